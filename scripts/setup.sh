@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Install everything imagenetfs needs on Debian/Ubuntu, idempotently.
+#
+#   scripts/setup.sh            # system packages + the package in /opt/imagenetfs/venv,
+#                               # `imagenetfs` linked into /usr/local/bin
+#
+# Runs as root, or as a normal user with sudo (only apt and the install prefix need it).
+# Environment: IMAGENETFS_PREFIX (default /opt/imagenetfs), IMAGENETFS_BIN (default
+# /usr/local/bin), IMAGENETFS_PYTHON (default python3, >= 3.11).
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+prefix=${IMAGENETFS_PREFIX:-/opt/imagenetfs}
+bindir=${IMAGENETFS_BIN:-/usr/local/bin}
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+
+if [ "$(id -u)" -eq 0 ]; then
+    as_root() { "$@"; }
+elif command -v sudo >/dev/null 2>&1; then
+    as_root() { sudo "$@"; }
+else
+    die "not root and no sudo: run as root, or install sudo"
+fi
+
+# --- system packages ---------------------------------------------------------------------
+# fuse3: fusermount3 for unprivileged mounts; libfuse3-dev + pkg-config + gcc + python3-dev:
+# pyfuse3 compiles against libfuse; squashfs-tools/squashfuse: image building and test oracles.
+apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv
+          squashfs-tools squashfuse ca-certificates)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install by hand: ${missing[*]}"
+    say "installing system packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+    say "system packages already installed"
+fi
+
+# --- Python package ----------------------------------------------------------------------
+python=${IMAGENETFS_PYTHON:-python3}
+command -v "$python" >/dev/null 2>&1 || die "$python not found"
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || die "$python is $("$python" -V 2>&1); imagenetfs needs Python >= 3.11"
+
+venv="$prefix/venv"
+if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c '' 2>/dev/null; then
+    say "creating virtual environment $venv"
+    as_root mkdir -p "$prefix"
+    as_root "$python" -m venv "$venv"
+fi
+say "installing imagenetfs (with test extras) from $repo"
+as_root "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip
+# Editable, so the checkout's code is what runs (tests and CLI alike).
+as_root "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$repo[test]"
+
+as_root mkdir -p "$bindir"
+as_root ln -sfn "$venv/bin/imagenetfs" "$bindir/imagenetfs"
+say "done: $(command -v imagenetfs || echo "$bindir/imagenetfs") -> $venv/bin/imagenetfs"
