@@ -1,0 +1,13 @@
+"""User-facing errors: each carries one clear line for stderr; the CLI prints it and exits non-zero."""
+
+
+class ImagenetfsError(Exception):
+    """Base of every error a user can cause or fix (bad input, missing tool, corrupt data)."""
+
+
+class UsageError(ImagenetfsError):
+    """Bad command-line input: an option out of range, a missing or unusable path."""
+
+
+class ToolError(ImagenetfsError):
+    """An external tool (mksquashfs, fusermount3, ...) is missing or failed."""
