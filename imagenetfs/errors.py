@@ -1,4 +1,4 @@
-"""User-facing errors: each carries one clear line for stderr; the CLI prints it and exits non-zero."""
+"""User-facing errors: each carries one clear line; the CLI prints it and exits non-zero."""
 
 
 class ImagenetfsError(Exception):
@@ -11,3 +11,7 @@ class UsageError(ImagenetfsError):
 
 class ToolError(ImagenetfsError):
     """An external tool (mksquashfs, fusermount3, ...) is missing or failed."""
+
+
+class MatFileError(ImagenetfsError):
+    """A MAT file (the devkit's meta.mat) that cannot be read: malformed, truncated or unexpected."""
