@@ -15,3 +15,7 @@ class ToolError(ImagenetfsError):
 
 class MatFileError(ImagenetfsError):
     """A MAT file (the devkit's meta.mat) that cannot be read: malformed, truncated or unexpected."""
+
+
+class CorruptImageError(ImagenetfsError):
+    """A SquashFS image that is not valid: the message names the image path and the problem."""
