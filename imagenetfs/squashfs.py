@@ -1,0 +1,724 @@
+"""SquashFS 4.0 reader: validate an image, walk its whole tree, read any byte range of a file.
+
+Design
+------
+An image is opened once (`SquashImage`), keeping one file descriptor; every access is an
+`os.pread`, so one image serves many threads without seeking. Opening parses the 96-byte
+superblock and checks every field the reader relies on (magic, version 4.0, block size and its
+log, compressor, table offsets within `bytes_used` and the file), then loads the two small lookup
+tables needed later: uid/gid ids and fragment locations (kept as raw bytes, decoded per use).
+
+`walk()` is what the index builder calls once per image. It reads the inode table and the
+directory table with one `pread` each and decompresses every metadata block exactly once into
+one contiguous buffer per table, with a map from a block's on-disk position to its offset in the
+buffer: an inode reference then costs a dict lookup plus `struct.unpack_from`, and records that
+straddle metadata blocks need no special case. The walk uses an explicit stack; a directory is
+entered at most once (a second visit means a loop) so corrupt images cannot make it hang.
+Entries come out as `Entry` named tuples: the root first, then for each directory all its
+children consecutively in stored (sorted) order, directories depth-first.
+
+`read(extent, offset, size)` needs only an `Extent` (which the index stores): block words give
+each data block's on-disk size (bit 24 = stored uncompressed, 0 = sparse); runs of uncompressed
+blocks are read with one `pread`, compressed data blocks and fragment blocks go through a small
+thread-safe LRU keyed by on-disk position. Decompressed sizes are bounded (a data block by
+`block_size`, a metadata block by 8 KiB) before anything is allocated from a size field.
+
+Every inconsistency raises `CorruptImageError` naming the image and the problem.
+"""
+
+from __future__ import annotations
+
+import lzma
+import os
+import stat
+import struct
+import sys
+import threading
+import zlib
+from array import array
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple, NoReturn, Self
+
+from imagenetfs.errors import CorruptImageError, ImagenetfsError
+
+MAGIC = 0x73717368
+NO_FRAGMENT = 0xFFFFFFFF
+METADATA_BLOCK_SIZE = 8192
+COMPRESSORS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
+
+# Inode types; the extended variant of each is the basic one + 7.
+DIR, FILE, SYMLINK, BLKDEV, CHRDEV, FIFO, SOCKET = range(1, 8)
+_FORMAT_BITS = {
+    DIR: stat.S_IFDIR,
+    FILE: stat.S_IFREG,
+    SYMLINK: stat.S_IFLNK,
+    BLKDEV: stat.S_IFBLK,
+    CHRDEV: stat.S_IFCHR,
+    FIFO: stat.S_IFIFO,
+    SOCKET: stat.S_IFSOCK,
+}
+
+_ABSENT = 0xFFFFFFFFFFFFFFFF
+_UNCOMPRESSED_DATA = 1 << 24
+_SIZE_MASK = 0xFFFFFF
+_MAX_SYMLINK = 65536
+
+_SUPERBLOCK = struct.Struct("<5I6H8Q")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+_U32X2 = struct.Struct("<II")
+_INODE_HEADER = struct.Struct("<HHHHII")
+_BASIC_FILE = struct.Struct("<IIII")
+_EXT_FILE = struct.Struct("<QQQIIII")
+_BASIC_DIR = struct.Struct("<IIHHI")
+_EXT_DIR = struct.Struct("<IIIIHHI")
+_DIR_HEADER = struct.Struct("<III")
+_DIR_ENTRY = struct.Struct("<HhHH")
+_FRAGMENT_ENTRY = struct.Struct("<QI4x")
+
+
+class Superblock(NamedTuple):
+    """The superblock fields, as stored."""
+
+    magic: int
+    inode_count: int
+    mkfs_time: int
+    block_size: int
+    fragment_count: int
+    compressor: int
+    block_log: int
+    flags: int
+    id_count: int
+    version_major: int
+    version_minor: int
+    root_inode: int
+    bytes_used: int
+    id_table_start: int
+    xattr_table_start: int
+    inode_table_start: int
+    directory_table_start: int
+    fragment_table_start: int
+    export_table_start: int
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What identifies an image's content: the index refuses to serve when this changes."""
+
+    file_size: int
+    file_mtime_ns: int
+    bytes_used: int
+    mkfs_time: int
+    inode_count: int
+    compressor: str
+    block_size: int
+
+
+@dataclass(frozen=True)
+class ReaderStatistics:
+    """Counters of the decompressed-block cache."""
+
+    cache_hits: int
+    cache_misses: int
+    cached_blocks: int
+    cache_capacity: int
+
+
+class Extent(NamedTuple):
+    """Where a regular file's bytes live: everything `SquashImage.read` needs."""
+
+    size: int  # file size in bytes
+    blocks_start: int  # image offset of the first data block
+    block_sizes: bytes  # the inode's block words, raw little-endian u32 (4 bytes per block)
+    fragment: int | None  # fragment index holding the tail, None when there is no tail
+    fragment_offset: int  # offset of the tail inside the (decompressed) fragment block
+    sparse: int  # bytes saved by sparse blocks (extended inodes only; 0 otherwise)
+
+    def block_words(self) -> array[int]:
+        """The block words as integers (on-disk size | 1<<24 if stored uncompressed; 0 sparse)."""
+        return _u32_array(self.block_sizes)
+
+
+class Entry(NamedTuple):
+    """One name in the tree (hard links: several entries share an `inode_number`)."""
+
+    path: bytes  # relative to the image root, b"" for the root, components joined by b"/"
+    name: bytes  # last component, b"" for the root
+    parent: int  # inode_number of the containing directory (the root's own for the root)
+    inode_number: int
+    inode_type: int  # 1..14 as stored: basic DIR..SOCKET, extended = basic + 7
+    mode: int  # full st_mode: file-type bits from the inode type + stored permission bits
+    uid: int
+    gid: int
+    mtime: int
+    nlink: int
+    size: int  # file size; symlink target length; directory listing size + 3 as stored
+    target: bytes | None  # symlink target
+    rdev: int  # device number (os.makedev form) for block/char devices, else 0
+    extent: Extent | None  # regular files only
+
+    @property
+    def kind(self) -> int:
+        """The basic inode type (DIR, FILE, SYMLINK, BLKDEV, CHRDEV, FIFO or SOCKET)."""
+        return self.inode_type - 7 if self.inode_type > 7 else self.inode_type
+
+
+class _MetadataTable(NamedTuple):
+    data: bytes  # every metadata block of the table, decompressed and concatenated
+    starts: dict[int, int]  # block position (relative to the table start) -> offset in data
+
+
+class _Listing(NamedTuple):
+    start_block: int
+    offset: int
+    size: int
+
+
+class SquashImage:
+    """One open SquashFS 4.0 image; safe to `read` from several threads at once."""
+
+    def __init__(self, path: str | os.PathLike[str], *, cache_blocks: int = 64) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise ImagenetfsError(f"{self.path}: cannot open: {exc.strerror}") from None
+        try:
+            st = os.fstat(self._fd)
+            self._file_size = self._end = st.st_size
+            self._file_mtime_ns = st.st_mtime_ns
+            self.superblock = sb = self._parse_superblock()
+            self._end = sb.bytes_used
+            self.block_size = sb.block_size
+            self.compressor = COMPRESSORS[sb.compressor]
+            self.fragment_count = sb.fragment_count
+            self._decompressor = _make_decompressor(self.compressor, self.path)
+            self._ids = self._load_ids()
+            self._fragments = self._load_lookup_table(
+                sb.fragment_table_start, sb.fragment_count, _FRAGMENT_ENTRY.size, "fragment table"
+            )
+        except BaseException:
+            os.close(self._fd)
+            raise
+        self._cache = _BlockCache(cache_blocks)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def fingerprint(self) -> Fingerprint:
+        sb = self.superblock
+        return Fingerprint(
+            file_size=self._file_size,
+            file_mtime_ns=self._file_mtime_ns,
+            bytes_used=sb.bytes_used,
+            mkfs_time=sb.mkfs_time,
+            inode_count=sb.inode_count,
+            compressor=self.compressor,
+            block_size=sb.block_size,
+        )
+
+    def statistics(self) -> ReaderStatistics:
+        return self._cache.statistics()
+
+    # -- low-level access ------------------------------------------------------------------
+
+    def _corrupt(self, problem: str) -> NoReturn:
+        raise CorruptImageError(f"{self.path}: {problem}")
+
+    def _pread(self, pos: int, size: int, what: str) -> bytes:
+        if pos < 0 or size < 0 or pos + size > self._end:
+            self._corrupt(
+                f"truncated: {what} at offset {pos} (+{size} bytes) beyond end ({self._end})"
+            )
+        data = os.pread(self._fd, size, pos)
+        if len(data) != size:
+            self._corrupt(f"truncated: {what} at offset {pos} beyond end of file")
+        return data
+
+    def _decompress(self, data: bytes, limit: int, pos: int) -> bytes:
+        try:
+            out = self._decompressor(data, limit)
+        except Exception as exc:  # every codec has its own error types; all mean "corrupt"
+            self._corrupt(f"decompression failed in block at {pos}: {exc}")
+        if len(out) > limit:
+            self._corrupt(f"decompression failed in block at {pos}: more than {limit} bytes")
+        return out
+
+    def _metadata_block(self, pos: int, what: str) -> bytes:
+        """One metadata block at an absolute position (for the lookup tables)."""
+        (header,) = _U16.unpack(self._pread(pos, 2, what))
+        size = header & 0x7FFF
+        if not 0 < size <= METADATA_BLOCK_SIZE:
+            self._corrupt(f"bad metadata block header in {what} at {pos}")
+        payload = self._pread(pos + 2, size, what)
+        if header & 0x8000:
+            return payload
+        return self._decompress(payload, METADATA_BLOCK_SIZE, pos)
+
+    # -- superblock and lookup tables ------------------------------------------------------
+
+    def _parse_superblock(self) -> Superblock:
+        if self._file_size < _SUPERBLOCK.size:
+            self._corrupt(f"not a SquashFS image (only {self._file_size} bytes)")
+        sb = Superblock(*_SUPERBLOCK.unpack(self._pread(0, _SUPERBLOCK.size, "superblock")))
+        if sb.magic != MAGIC:
+            self._corrupt("not a SquashFS image (bad magic)")
+        if (sb.version_major, sb.version_minor) != (4, 0):
+            self._corrupt(f"unsupported SquashFS version {sb.version_major}.{sb.version_minor}")
+        bs = sb.block_size
+        if not (4096 <= bs <= 1 << 20 and bs & (bs - 1) == 0 and 1 << sb.block_log == bs):
+            self._corrupt(f"invalid block size {bs} (block_log {sb.block_log})")
+        if sb.compressor not in COMPRESSORS:
+            self._corrupt(f"unknown compressor id {sb.compressor}")
+        if not _SUPERBLOCK.size <= sb.bytes_used <= self._file_size:
+            self._corrupt(
+                f"truncated: bytes_used {sb.bytes_used} beyond end of file ({self._file_size})"
+            )
+        tables = {
+            "inode table": sb.inode_table_start,
+            "directory table": sb.directory_table_start,
+            "id table": sb.id_table_start,
+        }
+        optional = {
+            "fragment table": sb.fragment_table_start,
+            "export table": sb.export_table_start,
+            "xattr table": sb.xattr_table_start,
+        }
+        tables.update({name: pos for name, pos in optional.items() if pos != _ABSENT})
+        for name, pos in tables.items():
+            if not _SUPERBLOCK.size <= pos <= sb.bytes_used:
+                self._corrupt(f"truncated: {name} at offset {pos} beyond end ({sb.bytes_used})")
+        if sb.inode_table_start > sb.directory_table_start:
+            self._corrupt("inode table starts after the directory table")
+        if sb.fragment_count and sb.fragment_table_start == _ABSENT:
+            self._corrupt(f"{sb.fragment_count} fragments but no fragment table")
+        # Each fragment block occupies at least one byte of the image.
+        if sb.fragment_count > sb.bytes_used:
+            self._corrupt(f"absurd fragment count {sb.fragment_count}")
+        if sb.id_count == 0:
+            self._corrupt("empty uid/gid table")
+        return sb
+
+    def _load_lookup_table(self, start: int, count: int, entry_size: int, what: str) -> bytes:
+        """A table of fixed-size entries: a list of u64 metadata-block addresses at `start`."""
+        if count == 0:
+            return b""
+        size = count * entry_size
+        nblocks = -(-size // METADATA_BLOCK_SIZE)
+        index = self._pread(start, 8 * nblocks, what)
+        data = b"".join(self._metadata_block(pos, what) for (pos,) in _U64.iter_unpack(index))
+        if len(data) < size:
+            self._corrupt(f"{what} is shorter than its {count} entries")
+        return data[:size]
+
+    def _load_ids(self) -> tuple[int, ...]:
+        sb = self.superblock
+        raw = self._load_lookup_table(sb.id_table_start, sb.id_count, 4, "id table")
+        return tuple(_u32_array(raw))
+
+    def _fragment(self, index: int) -> tuple[int, int]:
+        if not 0 <= index < self.fragment_count:
+            self._corrupt(f"fragment index {index} out of range ({self.fragment_count} fragments)")
+        start, word = _FRAGMENT_ENTRY.unpack_from(self._fragments, index * _FRAGMENT_ENTRY.size)
+        return start, word
+
+    # -- metadata tables for the walk ------------------------------------------------------
+
+    def _table_end(self, start: int) -> int:
+        """Where a table that starts at `start` ends: the nearest thing stored after it."""
+        sb = self.superblock
+        candidates = [sb.bytes_used]
+        tables = (
+            (sb.fragment_table_start, sb.fragment_count),
+            (sb.export_table_start, sb.inode_count),
+            (sb.xattr_table_start, 1),
+            (sb.id_table_start, sb.id_count),
+        )
+        for pos, count in tables:
+            if pos != _ABSENT:
+                candidates.append(pos)
+                if count:  # each of these starts with the u64 address of its first block
+                    (first,) = _U64.unpack(self._pread(pos, 8, "table index"))
+                    candidates.append(first)
+        return min(pos for pos in candidates if pos >= start)
+
+    def _load_metadata_table(self, start: int, end: int, what: str) -> _MetadataTable:
+        raw = self._pread(start, end - start, what)
+        blocks: list[bytes] = []
+        starts: dict[int, int] = {}
+        pos = length = 0
+        while pos < len(raw):
+            if pos + 2 > len(raw):
+                self._corrupt(f"truncated metadata block in {what} at {start + pos}")
+            (header,) = _U16.unpack_from(raw, pos)
+            size = header & 0x7FFF
+            if not 0 < size <= METADATA_BLOCK_SIZE or pos + 2 + size > len(raw):
+                self._corrupt(f"bad metadata block header in {what} at {start + pos}")
+            payload = raw[pos + 2 : pos + 2 + size]
+            if not header & 0x8000:
+                payload = self._decompress(payload, METADATA_BLOCK_SIZE, start + pos)
+            starts[pos] = length
+            blocks.append(payload)
+            length += len(payload)
+            pos += 2 + size
+        return _MetadataTable(b"".join(blocks), starts)
+
+    # -- the walk --------------------------------------------------------------------------
+
+    def walk(self) -> Iterator[Entry]:
+        """Every entry of the tree: the root, then each directory's children consecutively."""
+        sb = self.superblock
+        inodes = self._load_metadata_table(
+            sb.inode_table_start, sb.directory_table_start, "inode table"
+        )
+        directories = self._load_metadata_table(
+            sb.directory_table_start, self._table_end(sb.directory_table_start), "directory table"
+        )
+        walker = _Walker(self, inodes, directories)
+        try:
+            yield from walker.walk()
+        except (struct.error, IndexError) as exc:
+            self._corrupt(f"corrupt inode or directory table ({exc})")
+
+    # -- reading file data -----------------------------------------------------------------
+
+    def read(self, extent: Extent, offset: int, size: int) -> bytes:
+        """Bytes [offset, offset+size) of a file, short (or empty) at end of file."""
+        if offset < 0 or size < 0:
+            raise ValueError("offset and size must not be negative")
+        end = min(offset + size, extent.size)
+        if offset >= end:
+            return b""
+        bs = self.block_size
+        if len(extent.block_sizes) % 4:
+            self._corrupt("block list of a file is not a whole number of words")
+        words = extent.block_words()
+        nblocks = len(words)
+        if nblocks != _block_count(extent.size, extent.fragment is not None, bs):
+            self._corrupt(f"file of {extent.size} bytes has {nblocks} blocks (block size {bs})")
+        parts: list[bytes] = []
+        first = offset // bs
+        if first < nblocks:
+            pos = extent.blocks_start + sum(word & _SIZE_MASK for word in words[:first])
+            run_start = run_size = 0  # a pending run of uncompressed bytes, read by one pread
+            for i in range(first, min((end - 1) // bs + 1, nblocks)):
+                word = words[i]
+                disk = word & _SIZE_MASK
+                base = i * bs
+                length = min(bs, extent.size - base)
+                lo, hi = max(offset - base, 0), min(end - base, length)
+                if disk and word & _UNCOMPRESSED_DATA:
+                    if disk != length:
+                        self._corrupt(f"data block at {pos} has {disk} bytes, expected {length}")
+                    if run_size and run_start + run_size == pos + lo:
+                        run_size += hi - lo
+                    else:
+                        if run_size:
+                            parts.append(self._pread(run_start, run_size, "data block"))
+                        run_start, run_size = pos + lo, hi - lo
+                else:
+                    if run_size:
+                        parts.append(self._pread(run_start, run_size, "data block"))
+                        run_size = 0
+                    if disk == 0:
+                        parts.append(bytes(hi - lo))
+                    else:
+                        block = self._cached_block(pos, disk)
+                        if len(block) != length:
+                            self._corrupt(f"data block at {pos} decompressed to a wrong size")
+                        parts.append(block[lo:hi])
+                pos += disk
+            if run_size:
+                parts.append(self._pread(run_start, run_size, "data block"))
+        tail_start = nblocks * bs
+        if extent.fragment is not None and end > tail_start:
+            lo = max(offset, tail_start) - tail_start
+            parts.append(self._read_tail(extent, lo, end - tail_start, extent.size - tail_start))
+        return b"".join(parts)
+
+    def _read_tail(self, extent: Extent, lo: int, hi: int, tail: int) -> bytes:
+        assert extent.fragment is not None
+        start, word = self._fragment(extent.fragment)
+        disk = word & _SIZE_MASK
+        if not 0 < disk <= self.block_size:
+            self._corrupt(f"fragment {extent.fragment} has an invalid size word {word:#x}")
+        first = extent.fragment_offset
+        if word & _UNCOMPRESSED_DATA:
+            if first + tail > disk:
+                self._corrupt(f"file tail beyond the end of fragment {extent.fragment}")
+            return self._pread(start + first + lo, hi - lo, "fragment block")
+        block = self._cached_block(start, disk)
+        if first + tail > len(block):
+            self._corrupt(f"file tail beyond the end of fragment {extent.fragment}")
+        return block[first + lo : first + hi]
+
+    def _cached_block(self, pos: int, disk: int) -> bytes:
+        block = self._cache.get(pos)
+        if block is None:
+            block = self._decompress(self._pread(pos, disk, "data block"), self.block_size, pos)
+            self._cache.put(pos, block)
+        return block
+
+
+class _Walker:
+    """The tree walk over the decompressed inode and directory tables of one image."""
+
+    def __init__(
+        self, image: SquashImage, inodes: _MetadataTable, directories: _MetadataTable
+    ) -> None:
+        self.image = image
+        self.inodes = inodes.data
+        self.inode_starts = inodes.starts
+        self.dirs = directories.data
+        self.dir_starts = directories.starts
+        self.ids = image._ids
+        self.block_size = image.block_size
+        self.fragment_count = image.fragment_count
+
+    def walk(self) -> Iterator[Entry]:
+        root_ref = self.image.superblock.root_inode
+        root, listing = self.inode(self.inode_pos(root_ref >> 16, root_ref & 0xFFFF), b"", b"", 0)
+        if listing is None:
+            self.image._corrupt("the root inode is not a directory")
+        root = root._replace(parent=root.inode_number)
+        yield root
+        seen_listings: set[int] = set()
+        stack = [(root, listing)]
+        while stack:
+            directory, listing = stack.pop()
+            if listing.size <= 3:
+                continue
+            start = self.listing_pos(listing, directory.path)
+            if start in seen_listings:
+                self.image._corrupt(f"directory loop at {directory.path!r}")
+            seen_listings.add(start)
+            prefix = directory.path + b"/" if directory.path else b""
+            subdirectories = []
+            for name, pos, kind in self.listing(start, listing.size - 3, directory.path):
+                entry, sublisting = self.inode(pos, prefix + name, name, directory.inode_number)
+                if entry.kind != kind:
+                    self.image._corrupt(f"type mismatch between {entry.path!r} and its inode")
+                yield entry
+                if sublisting is not None:
+                    subdirectories.append((entry, sublisting))
+            stack.extend(reversed(subdirectories))
+
+    def inode_pos(self, block: int, offset: int) -> int:
+        base = self.inode_starts.get(block)
+        if base is None:
+            self.image._corrupt(f"inode reference to {block} is not a metadata block")
+        return base + offset
+
+    def listing_pos(self, listing: _Listing, path: bytes) -> int:
+        base = self.dir_starts.get(listing.start_block)
+        if base is None:
+            self.image._corrupt(f"listing of {path!r} does not start at a metadata block")
+        return base + listing.offset
+
+    def listing(self, pos: int, size: int, path: bytes) -> Iterator[tuple[bytes, int, int]]:
+        """(name, inode position, basic type) for each entry of a directory listing."""
+        buf = self.dirs
+        end = pos + size
+        if end > len(buf):
+            self.image._corrupt(f"listing of {path!r} beyond the end of the directory table")
+        while pos < end:
+            count, inode_block, _ = _DIR_HEADER.unpack_from(buf, pos)
+            pos += 12
+            if count >= 256:
+                self.image._corrupt(f"listing of {path!r} has a header of {count + 1} entries")
+            inode_base = self.inode_pos(inode_block, 0)
+            for _ in range(count + 1):
+                offset, _, kind, name_size = _DIR_ENTRY.unpack_from(buf, pos)
+                pos += 8
+                name = buf[pos : pos + name_size + 1]
+                pos += name_size + 1
+                if pos > end:
+                    self.image._corrupt(f"listing of {path!r} overruns its size")
+                if b"/" in name or b"\0" in name or name == b"." or name == b"..":
+                    self.image._corrupt(f"invalid name {name!r} in {path!r}")
+                yield name, inode_base + offset, kind
+
+    def inode(
+        self, pos: int, path: bytes, name: bytes, parent: int
+    ) -> tuple[Entry, _Listing | None]:
+        buf = self.inodes
+        itype, mode, uid, gid, mtime, number = _INODE_HEADER.unpack_from(buf, pos)
+        pos += 16
+        size = rdev = 0
+        nlink = 1
+        target = extent = listing = None
+        if itype == FILE:
+            start, fragment, fragment_offset, size = _BASIC_FILE.unpack_from(buf, pos)
+            extent = self.extent(pos + 16, start, size, fragment, fragment_offset, 0, path)
+        elif itype == FILE + 7:
+            start, size, sparse, nlink, fragment, fragment_offset, _ = _EXT_FILE.unpack_from(
+                buf, pos
+            )
+            extent = self.extent(pos + 40, start, size, fragment, fragment_offset, sparse, path)
+        elif itype == DIR:
+            start, nlink, size, offset, _ = _BASIC_DIR.unpack_from(buf, pos)
+            listing = _Listing(start, offset, size)
+        elif itype == DIR + 7:
+            nlink, size, start, _, _, offset, _ = _EXT_DIR.unpack_from(buf, pos)
+            listing = _Listing(start, offset, size)
+        elif itype in (SYMLINK, SYMLINK + 7):
+            nlink, size = _U32X2.unpack_from(buf, pos)
+            target = buf[pos + 8 : pos + 8 + size]
+            if len(target) != size or size > _MAX_SYMLINK:
+                self.image._corrupt(f"symlink {path!r} has an invalid target length {size}")
+        elif itype in (BLKDEV, CHRDEV, BLKDEV + 7, CHRDEV + 7):
+            nlink, raw = _U32X2.unpack_from(buf, pos)
+            rdev = os.makedev((raw >> 8) & 0xFFF, (raw & 0xFF) | ((raw >> 12) & 0xFFF00))
+        elif itype in (FIFO, SOCKET, FIFO + 7, SOCKET + 7):
+            (nlink,) = _U32.unpack_from(buf, pos)
+        else:
+            self.image._corrupt(f"unknown inode type {itype} for {path!r}")
+        mode = (mode & 0o7777) | _FORMAT_BITS[itype - 7 if itype > 7 else itype]
+        entry = Entry(
+            path,
+            name,
+            parent,
+            number,
+            itype,
+            mode,
+            self.ids[uid],
+            self.ids[gid],
+            mtime,
+            nlink,
+            size,
+            target,
+            rdev,
+            extent,
+        )
+        return entry, listing
+
+    def extent(
+        self,
+        pos: int,
+        start: int,
+        size: int,
+        fragment: int,
+        fragment_offset: int,
+        sparse: int,
+        path: bytes,
+    ) -> Extent:
+        has_fragment = fragment != NO_FRAGMENT
+        if has_fragment and fragment >= self.fragment_count:
+            self.image._corrupt(f"fragment index {fragment} of {path!r} out of range")
+        nbytes = 4 * _block_count(size, has_fragment, self.block_size)
+        words = self.inodes[pos : pos + nbytes]
+        if len(words) != nbytes:
+            self.image._corrupt(f"block list of {path!r} ({size} bytes) beyond the inode table")
+        return Extent(
+            size, start, words, fragment if has_fragment else None, fragment_offset, sparse
+        )
+
+
+def _block_count(size: int, has_fragment: bool, block_size: int) -> int:
+    """Number of data blocks (block words) of a file: the tail goes to a fragment if it has one."""
+    return size // block_size if has_fragment else -(-size // block_size)
+
+
+def _u32_array(raw: bytes) -> array[int]:
+    """Little-endian u32 words as an array."""
+    words = array("I", raw)
+    if sys.byteorder == "big":
+        words.byteswap()
+    return words
+
+
+class _BlockCache:
+    """A small LRU of decompressed blocks keyed by on-disk position, shared by threads."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = max(capacity, 0)
+        self._blocks: OrderedDict[int, bytes] = OrderedDict()
+        self._lock = threading.Lock()
+        self._hits = self._misses = 0
+
+    def get(self, pos: int) -> bytes | None:
+        with self._lock:
+            block = self._blocks.get(pos)
+            if block is None:
+                self._misses += 1
+            else:
+                self._hits += 1
+                self._blocks.move_to_end(pos)
+            return block
+
+    def put(self, pos: int, block: bytes) -> None:
+        with self._lock:
+            self._blocks[pos] = block
+            self._blocks.move_to_end(pos)
+            while len(self._blocks) > self._capacity:
+                self._blocks.popitem(last=False)
+
+    def statistics(self) -> ReaderStatistics:
+        with self._lock:
+            return ReaderStatistics(self._hits, self._misses, len(self._blocks), self._capacity)
+
+
+# -- decompressors: (data, limit) -> at most limit bytes, or an exception ----------------------
+
+_Decompressor = Callable[[bytes, int], bytes]
+
+
+def _make_decompressor(name: str, path: str) -> _Decompressor:
+    if name == "gzip":
+        return _zlib_decompress
+    if name in ("xz", "lzma"):
+        fmt = lzma.FORMAT_XZ if name == "xz" else lzma.FORMAT_ALONE
+        return lambda data, limit: _lzma_decompress(data, limit, fmt)
+    try:
+        if name == "lz4":
+            import lz4.block
+
+            return lambda data, limit: bytes(lz4.block.decompress(data, uncompressed_size=limit))
+        if name == "lzo":
+            import lzallright
+
+            return lambda data, limit: bytes(lzallright.LZOCompressor.decompress(data, limit))
+        import zstandard
+    except ImportError as exc:
+        raise ImagenetfsError(f"{path}: {name}-compressed image needs {exc.name}") from None
+    local = threading.local()
+
+    def zstd_decompress(data: bytes, limit: int) -> bytes:
+        # One decompression context per thread: sharing one across threads crashes.
+        context = getattr(local, "context", None)
+        if context is None:
+            context = local.context = zstandard.ZstdDecompressor()
+        if zstandard.frame_content_size(data) > limit:  # checked before it allocates that much
+            raise ValueError(f"frame claims more than {limit} bytes")
+        return bytes(context.decompress(data, max_output_size=limit))
+
+    return zstd_decompress
+
+
+def _zlib_decompress(data: bytes, limit: int) -> bytes:
+    decompressor = zlib.decompressobj()
+    out = decompressor.decompress(data, limit + 1)
+    if not decompressor.eof or len(out) > limit:
+        raise ValueError("truncated stream or too much output")
+    return out
+
+
+def _lzma_decompress(data: bytes, limit: int, fmt: int) -> bytes:
+    decompressor = lzma.LZMADecompressor(fmt)
+    out = decompressor.decompress(data, max_length=limit + 1)
+    if not decompressor.eof or len(out) > limit:
+        raise ValueError("truncated stream or too much output")
+    return out
