@@ -14,7 +14,7 @@ class ToolError(ImagenetfsError):
 
 
 class MatFileError(ImagenetfsError):
-    """A MAT file (the devkit's meta.mat) that cannot be read: malformed, truncated or unexpected."""
+    """A MAT file (the devkit's meta.mat) that is malformed, truncated or unexpected."""
 
 
 class CorruptImageError(ImagenetfsError):

@@ -282,12 +282,19 @@ def _tiny_pool(kind: Kind) -> tuple[bytes, ...]:
 
 
 def render_tiny(member: Member, seed: int) -> bytes:
-    """A valid 1-2 KB JPEG (or PNG) unique to this file: a pooled image plus a comment."""
+    """A valid 1-2.5 KB JPEG (or PNG) unique to this file: a pooled image plus a comment.
+
+    The comment pads each file to a size drawn uniformly from 1000..2599 bytes: besides
+    looking like a spread of real files, distinct sizes keep mksquashfs's duplicate
+    detection (a chain per file size) linear instead of quadratic over 1.43M files.
+    """
     digest = _file_seed(seed, member.split, member.relpath)
     base = _tiny_pool(member.kind)[digest % 16]
     if member.kind == "png":
         return base  # a single file per dataset: uniqueness does not matter
-    comment = f"imagenetfs synthetic {member.split}/{member.relpath} {digest:016x}".encode()
+    comment = f"imagenetfs synthetic {member.split}/{member.relpath} {digest:016x} ".encode()
+    target = 1000 + (digest >> 8) % 1600
+    comment += b"." * max(0, target - len(base) - len(comment) - 4)
     segment = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment
     return base[:2] + segment + base[2:]  # COM right after SOI
 

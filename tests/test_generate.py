@@ -308,7 +308,9 @@ def test_official_layout(tmp_path: Path) -> None:
             inner_bytes = outer.extractfile(f"{w}.tar").read()  # type: ignore[union-attr]
             with tarfile.open(fileobj=io.BytesIO(inner_bytes)) as inner:
                 names = sorted(inner.getnames())
-                assert names == sorted(m.name for m in members if m.wnid == w and m.split == "train")
+                assert names == sorted(
+                    m.name for m in members if m.wnid == w and m.split == "train"
+                )
                 first = inner.extractfile(names[0]).read()  # type: ignore[union-attr]
                 Image.open(io.BytesIO(first)).load()
     with tarfile.open(tmp_path / "ILSVRC2012_img_val.tar") as val:
@@ -323,9 +325,9 @@ def test_official_layout(tmp_path: Path) -> None:
         truth = devkit.extractfile(truth_file).read().decode().split()  # type: ignore[union-attr]
     by_id = {s.ILSVRC2012_ID: s for s in matfile.read_synsets(meta)}
     assert sorted(s.WNID for s in by_id.values()) == list(wnids)
-    assert [s.WNID for s in sorted(by_id.values(), key=lambda s: s.ILSVRC2012_ID)] != list(
-        wnids
-    ), "devkit ids must not follow sorted order"
+    assert [s.WNID for s in sorted(by_id.values(), key=lambda s: s.ILSVRC2012_ID)] != list(wnids), (
+        "devkit ids must not follow sorted order"
+    )
     labels = synsets.val_labels()
     assert len(truth) == len(val_names)
     for name, ident in zip(val_names, truth, strict=True):
