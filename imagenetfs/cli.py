@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from imagenetfs import __version__, generate
+from imagenetfs import __version__, generate, index, source
 from imagenetfs.errors import ImagenetfsError
 
 log = logging.getLogger("imagenetfs")
@@ -27,6 +28,27 @@ expects: train/<wnid>/..., val/<wnid>/..., test/..., meta.bin and file lists.
 def cmd_sample(args: argparse.Namespace) -> int:
     summary = generate.sample(args.dir)
     print(generate.describe(args.dir, summary))
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    root = source.find_source(args.source)
+    src = source.open_source(root)
+    path = source.find_index(args.index, root)
+    print(f"source: {src.describe()}")
+    if path.exists() and not args.rebuild:
+        with index.Index.open(path) as ix:
+            stats = ix.stats
+        print(f"index {path}: up to date ({stats.entries:,} entries, {stats.files:,} files)")
+        return 0
+    started = time.monotonic()
+    stats = index.build(
+        path, src.image_list, src.placer(), source=str(root), progress=not args.quiet
+    )
+    print(
+        f"index {path}: built in {time.monotonic() - started:.1f} s "
+        f"({stats.entries:,} entries, {stats.files:,} files, {path.stat().st_size / 1e6:.1f} MB)"
+    )
     return 0
 
 
@@ -50,6 +72,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("dir", type=Path, metavar="DIR", help="output directory")
     sample.set_defaults(func=cmd_sample)
+
+    idx = commands.add_parser(
+        "index",
+        help="build or verify the LMDB index of a source",
+        description=(
+            "Build the index of a source's SquashFS images (every name, attribute and file "
+            "extent, so that a mount never touches the images' metadata again), or, when it "
+            "exists, check that it still matches the images."
+        ),
+    )
+    idx.add_argument(
+        "--source",
+        type=Path,
+        help="directory holding the images (default: $IMAGENETFS_SOURCE, else /data/imagenet)",
+    )
+    idx.add_argument(
+        "--index",
+        type=Path,
+        help="index file (default: $IMAGENETFS_INDEX, else <source>/imagenetfs.lmdb if "
+        "present, else a per-user cache file)",
+    )
+    idx.add_argument("--rebuild", action="store_true", help="build even if an index exists")
+    idx.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    idx.set_defaults(func=cmd_index)
     return parser
 
 

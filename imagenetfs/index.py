@@ -1,0 +1,486 @@
+"""The LMDB index: the whole served tree, built once from the images, then memory-mapped.
+
+Design
+------
+`build()` walks every image once (`squashfs.SquashImage.walk`), asks a *placer* where each entry
+goes in the served tree (so the source layer decides that val files land in `val/<wnid>/`),
+assembles the tree in memory and writes it in one LMDB transaction. Inode numbers are dense:
+the root is 1 (FUSE's root id) and, breadth-first, the children of each directory get
+consecutive numbers in sorted-name order. So a directory record needs only its first child
+and its child count: `readdir(ino, offset)` is `getattr(first + offset)`, ... with the offset as
+a stable cookie, and no listing is ever stored twice.
+
+Databases in the one LMDB file (`subdir=False`):
+
+- `meta`: `schema` (version), `images` (JSON: path + fingerprint of each image), `stats`,
+  `source` (the source directory, for the rebuild hint);
+- `nodes`: ino (u32 big-endian, so byte order is numeric order) -> packed `Node`: kind,
+  parent, size, mtime, name, then a directory's (first child, count), a file's image number
+  and extent, or a symlink's target;
+- `names`: parent ino (u32 BE) + name -> child ino: one `get` per `lookup`.
+
+Every entry of the served tree is its own inode: a hard link in an image shows up as separate
+files with identical bytes (nlink 1), which is what a read-only tree of ImageNet needs and keeps
+the numbering dense. Device nodes, fifos and sockets are left out.
+
+Atomicity: a build writes `<index>.tmp-<pid>`, commits, syncs, and only then renames it over
+`<index>`; a killed build leaves at most a stray temporary file, never an index that opens.
+`Index.open()` is O(1) in the number of files: it maps the file and reads `meta`. It refuses an
+index of another schema version, and `verify()` refuses one whose images have changed (size,
+mtime or superblock), naming the command that rebuilds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import stat
+import struct
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Self
+
+import lmdb
+from tqdm import tqdm
+
+from imagenetfs import squashfs
+from imagenetfs.errors import CorruptImageError, ImagenetfsError
+
+SCHEMA_VERSION = 1
+ROOT_INO = 1
+MAX_NAME = 255
+
+DIR, FILE, SYMLINK = 1, 2, 3
+_KIND_OF_TYPE = {squashfs.DIR: DIR, squashfs.FILE: FILE, squashfs.SYMLINK: SYMLINK}
+_FORMAT = {DIR: stat.S_IFDIR | 0o555, FILE: stat.S_IFREG | 0o444, SYMLINK: stat.S_IFLNK | 0o777}
+
+_INO = struct.Struct(">I")  # keys: big-endian so LMDB's byte order is numeric order
+_CHILD = struct.Struct("<I")
+_HEAD = struct.Struct("<BIQQH")  # kind, parent, size, mtime, name length
+_DIR_TAIL = struct.Struct("<II")  # first child, count
+_FILE_TAIL = struct.Struct("<HQQIQ")  # image, blocks_start, fragment (or -1), frag offset, sparse
+_NO_FRAGMENT = 0xFFFFFFFF
+
+#: Address space reserved for a build; LMDB only writes what it uses.
+_BUILD_MAP_SIZE = 1 << 40
+
+
+class IndexError_(ImagenetfsError):
+    """The index cannot be used: missing, corrupt, another schema, or stale for its images."""
+
+
+class NoSuchEntry(Exception):
+    """lookup/getattr of a name or inode that the tree does not have."""
+
+
+class NotADirectory(Exception):
+    """readdir/lookup on something that is not a directory."""
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One entry of the served tree, as `getattr` answers it."""
+
+    ino: int
+    kind: int  # DIR, FILE or SYMLINK
+    parent: int
+    size: int  # bytes for files, target length for symlinks, child count for directories
+    mtime: int
+    name: bytes
+    tail: bytes  # kind-specific, decoded by the accessors below
+
+    @property
+    def mode(self) -> int:
+        return _FORMAT[self.kind]
+
+    @property
+    def nlink(self) -> int:
+        return 2 if self.kind == DIR else 1
+
+    def children(self) -> tuple[int, int]:
+        """(first child ino, child count) of a directory."""
+        if self.kind != DIR:
+            raise NotADirectory(self.ino)
+        first, count = _DIR_TAIL.unpack_from(self.tail)
+        return first, count
+
+    def extent(self) -> tuple[int, squashfs.Extent]:
+        """(image number, extent) of a regular file."""
+        image, start, fragment, frag_off, sparse = _FILE_TAIL.unpack_from(self.tail)
+        blocks = self.tail[_FILE_TAIL.size :]
+        frag = None if fragment == _NO_FRAGMENT else fragment
+        return image, squashfs.Extent(self.size, start, blocks, frag, frag_off, sparse)
+
+    @property
+    def target(self) -> bytes:
+        return self.tail if self.kind == SYMLINK else b""
+
+
+def _decode(ino: int, value: bytes) -> Node:
+    kind, parent, size, mtime, name_len = _HEAD.unpack_from(value)
+    end = _HEAD.size + name_len
+    return Node(ino, kind, parent, size, mtime, value[_HEAD.size : end], value[end:])
+
+
+def _encode(kind: int, parent: int, size: int, mtime: int, name: bytes, tail: bytes) -> bytes:
+    return _HEAD.pack(kind, parent, size, mtime, len(name)) + name + tail
+
+
+# --- building ---------------------------------------------------------------------------------
+
+#: Where an entry of image `i` goes in the served tree: path components, or None to leave it out.
+Placer = Callable[[int, squashfs.Entry], Sequence[bytes] | None]
+
+
+def place_by_image_name(images: Sequence[Path]) -> Placer:
+    """Each image's tree under a directory named after the image: train.squashfs -> train/."""
+    stems = [p.name.split(".", 1)[0].encode() for p in images]
+
+    def place(i: int, entry: squashfs.Entry) -> Sequence[bytes] | None:
+        return [stems[i], *entry.path.split(b"/")] if entry.path else [stems[i]]
+
+    return place
+
+
+@dataclass
+class _Dir:
+    mtime: int
+    children: dict[bytes, _Dir | _Leaf] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Leaf:
+    kind: int
+    size: int
+    mtime: int
+    tail: bytes
+
+
+def _valid_name(name: bytes) -> bool:
+    return (
+        0 < len(name) <= MAX_NAME
+        and name not in (b".", b"..")
+        and b"/" not in name
+        and (b"\0" not in name)
+    )
+
+
+class _TreeBuilder:
+    def __init__(self, default_mtime: int) -> None:
+        self.root = _Dir(default_mtime)
+        self.default_mtime = default_mtime
+        self.files = 0
+
+    def _parent(self, components: Sequence[bytes], where: str) -> _Dir:
+        node = self.root
+        for name in components:
+            child = node.children.get(name)
+            if child is None:
+                child = node.children[name] = _Dir(self.default_mtime)
+            elif not isinstance(child, _Dir):
+                raise IndexError_(f"{where}: {b'/'.join(components)!r} is both a file and a dir")
+            node = child
+        return node
+
+    def add(
+        self, components: Sequence[bytes], image: int, entry: squashfs.Entry, where: str
+    ) -> None:
+        for name in components:
+            if not _valid_name(name):
+                raise IndexError_(f"{where}: invalid name {name!r} in the tree")
+        kind = _KIND_OF_TYPE.get(entry.kind)
+        if kind is None:
+            return  # device nodes, fifos, sockets: not part of a dataset tree
+        if not components:  # the root itself
+            if kind == DIR:
+                self.root.mtime = entry.mtime
+            return
+        parent = self._parent(components[:-1], where)
+        name = components[-1]
+        if kind == DIR:
+            existing = parent.children.get(name)
+            if isinstance(existing, _Dir):
+                existing.mtime = entry.mtime
+                return
+            if existing is None:
+                parent.children[name] = _Dir(entry.mtime)
+                return
+        elif name not in parent.children:
+            if kind == FILE:
+                assert entry.extent is not None
+                ext = entry.extent
+                frag = _NO_FRAGMENT if ext.fragment is None else ext.fragment
+                tail = (
+                    _FILE_TAIL.pack(image, ext.blocks_start, frag, ext.fragment_offset, ext.sparse)
+                    + ext.block_sizes
+                )
+                parent.children[name] = _Leaf(FILE, ext.size, entry.mtime, tail)
+                self.files += 1
+            else:
+                target = entry.target or b""
+                parent.children[name] = _Leaf(SYMLINK, len(target), entry.mtime, target)
+            return
+        path = b"/".join(components)
+        raise IndexError_(f"{where}: two entries map to the same path {path!r}")
+
+    def records(self) -> Iterator[tuple[int, int, bytes, bytes]]:
+        """(ino, parent, name, packed node) in ino order: breadth-first, names sorted.
+
+        Consecutive numbers go to each directory's children when the directory is reached,
+        so the output is in ino order, and also in (parent, name) order.
+        """
+        queue: deque[tuple[int, int, bytes, _Dir | _Leaf]] = deque(
+            [(ROOT_INO, ROOT_INO, b"", self.root)]
+        )
+        next_ino = ROOT_INO + 1
+        while queue:
+            ino, parent, name, node = queue.popleft()
+            if isinstance(node, _Leaf):
+                yield (
+                    ino,
+                    parent,
+                    name,
+                    _encode(node.kind, parent, node.size, node.mtime, name, node.tail),
+                )
+                continue
+            names = sorted(node.children)
+            tail = _DIR_TAIL.pack(next_ino, len(names))
+            yield ino, parent, name, _encode(DIR, parent, len(names), node.mtime, name, tail)
+            for child_name in names:
+                queue.append((next_ino, ino, child_name, node.children[child_name]))
+                next_ino += 1
+            node.children = {}  # encoded: let the memory go
+
+
+@dataclass(frozen=True)
+class IndexStats:
+    entries: int
+    files: int
+    images: int
+
+
+def build(
+    index_path: Path,
+    images: Sequence[Path],
+    place: Placer | None = None,
+    *,
+    source: str | None = None,
+    progress: bool = True,
+) -> IndexStats:
+    """Walk `images`, place their entries with `place`, write the index atomically."""
+    images = [Path(os.path.abspath(p)) for p in images]
+    placer = place or place_by_image_name(images)
+    fingerprints = []
+    tree: _TreeBuilder | None = None
+    with tqdm(
+        desc="indexing", unit=" entries", unit_scale=True, disable=None if progress else True
+    ) as bar:
+        for i, image_path in enumerate(images):
+            with squashfs.SquashImage(image_path) as image:
+                fingerprints.append(asdict(image.fingerprint()))
+                if tree is None:
+                    tree = _TreeBuilder(image.superblock.mkfs_time)
+                for n, entry in enumerate(image.walk()):
+                    components = placer(i, entry)
+                    if components is not None:
+                        tree.add(components, i, entry, str(image_path))
+                    if n % 4096 == 4095:
+                        bar.update(4096)
+                bar.update(n % 4096 + 1)
+    if tree is None:
+        raise IndexError_("no images to index")
+    return _write(index_path, tree, images, fingerprints, source)
+
+
+def _write(
+    index_path: Path,
+    tree: _TreeBuilder,
+    images: Sequence[Path],
+    fingerprints: list[dict[str, Any]],
+    source: str | None,
+) -> IndexStats:
+    index_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = index_path.with_name(f"{index_path.name}.tmp-{os.getpid()}")
+    _remove(tmp)
+    entries = 0
+    env = lmdb.open(
+        str(tmp), subdir=False, map_size=_BUILD_MAP_SIZE, max_dbs=4, lock=False, sync=False
+    )
+    try:
+        nodes = env.open_db(b"nodes")
+        names = env.open_db(b"names")
+        meta = env.open_db(b"meta")
+        with env.begin(write=True) as txn:
+            node_cursor, name_cursor = txn.cursor(nodes), txn.cursor(names)
+            for ino, parent, name, value in tree.records():
+                node_cursor.put(_INO.pack(ino), value, append=True)
+                if ino != ROOT_INO:
+                    name_cursor.put(_INO.pack(parent) + name, _CHILD.pack(ino), append=True)
+                entries += 1
+            stats = IndexStats(entries=entries, files=tree.files, images=len(images))
+            record = [{"path": str(p), **fp} for p, fp in zip(images, fingerprints, strict=True)]
+            txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=meta)
+            txn.put(b"images", json.dumps(record).encode(), db=meta)
+            txn.put(b"stats", json.dumps(asdict(stats)).encode(), db=meta)
+            txn.put(b"source", json.dumps(source).encode(), db=meta)
+        env.sync(True)
+    except BaseException:
+        env.close()
+        _remove(tmp)
+        raise
+    env.close()
+    os.replace(tmp, index_path)
+    return stats
+
+
+def _remove(path: Path) -> None:
+    for p in (path, Path(f"{path}-lock")):
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+# --- querying ---------------------------------------------------------------------------------
+
+
+class Index:
+    """A built index, opened read-only: the query side (`lookup`, `getattr`, `readdir`, `read`).
+
+    Safe to share between threads: each thread keeps its own read transaction (the index never
+    changes once built, so a transaction never goes stale), and image reads are `pread`s.
+    """
+
+    def __init__(self, path: Path, env: lmdb.Environment, meta: dict[str, Any]) -> None:
+        self.path = path
+        self._env = env
+        self._nodes = env.open_db(b"nodes", create=False)
+        self._names = env.open_db(b"names", create=False)
+        self.source: str | None = meta.get("source")
+        self.image_records: list[dict[str, Any]] = meta["images"]
+        self.stats = IndexStats(**meta["stats"])
+        self._images: list[squashfs.SquashImage] = []
+        self._local = threading.local()
+
+    @classmethod
+    def open(cls, path: Path, *, verify: bool = True) -> Self:
+        """Open `path`; with `verify`, also check that every image still matches its fingerprint."""
+        if not path.is_file():
+            raise IndexError_(f"{path}: no index here; build it with: {rebuild_command(path)}")
+        try:
+            env = lmdb.open(
+                str(path), subdir=False, readonly=True, lock=False, max_dbs=4, readahead=False
+            )
+        except lmdb.Error as e:
+            raise IndexError_(f"{path}: not a usable imagenetfs index ({e})") from None
+        try:
+            meta = _read_meta(env, path)
+            index = cls(path, env, meta)
+        except (lmdb.Error, KeyError, TypeError, ValueError) as e:
+            env.close()
+            raise IndexError_(
+                f"{path}: corrupt index ({e}); rebuild it with: {rebuild_command(path, None)}"
+            ) from None
+        except BaseException:
+            env.close()
+            raise
+        if verify:
+            try:
+                index.open_images()
+            except BaseException:
+                index.close()
+                raise
+        return index
+
+    def open_images(self) -> None:
+        """Open every image and refuse to go on if one no longer matches its fingerprint."""
+        for record in self.image_records:
+            path = Path(record["path"])
+            try:
+                image = squashfs.SquashImage(path)
+            except FileNotFoundError:
+                self._stale(f"image {path} is gone")
+            except CorruptImageError as e:
+                self._stale(str(e))
+            self._images.append(image)
+            now = asdict(image.fingerprint())
+            changed = [k for k, v in now.items() if record.get(k) != v]
+            if changed:
+                self._stale(f"image {path} changed since indexing ({', '.join(changed)})")
+
+    def _stale(self, problem: str) -> None:
+        raise IndexError_(
+            f"{self.path}: {problem}; rebuild the index with: "
+            f"{rebuild_command(self.path, self.source)}"
+        )
+
+    def close(self) -> None:
+        for image in self._images:
+            image.close()
+        self._images = []
+        self._env.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _txn(self) -> lmdb.Transaction[bytes]:
+        txn: lmdb.Transaction[bytes] | None = getattr(self._local, "txn", None)
+        if txn is None:
+            txn = self._local.txn = self._env.begin(buffers=False)
+        return txn
+
+    def getattr(self, ino: int) -> Node:
+        value: bytes | None = (
+            self._txn().get(_INO.pack(ino), db=self._nodes) if 0 < ino < 1 << 32 else None
+        )
+        if value is None:
+            raise NoSuchEntry(ino)
+        return _decode(ino, value)
+
+    def lookup(self, parent: int, name: bytes) -> Node:
+        if not 0 < parent < 1 << 32:
+            raise NoSuchEntry(parent)
+        value = self._txn().get(_INO.pack(parent) + name, db=self._names)
+        if value is None:
+            if self.getattr(parent).kind != DIR:
+                raise NotADirectory(parent)
+            raise NoSuchEntry(name)
+        return self.getattr(_CHILD.unpack(value)[0])
+
+    def readdir(self, ino: int, offset: int = 0) -> Iterator[Node]:
+        """Children of directory `ino` from position `offset` (a stable cookie) on."""
+        first, count = self.getattr(ino).children()
+        for child in range(first + max(offset, 0), first + count):
+            yield self.getattr(child)
+
+    def read(self, node: Node, offset: int, size: int) -> bytes:
+        image, extent = node.extent()
+        return self._images[image].read(extent, offset, size)
+
+
+def _read_meta(env: lmdb.Environment, path: Path) -> dict[str, Any]:
+    meta_db = env.open_db(b"meta", create=False)
+    with env.begin(db=meta_db) as txn:
+        schema = txn.get(b"schema")
+        if schema is None:
+            raise KeyError("no schema version")
+        if int(schema) != SCHEMA_VERSION:
+            raise IndexError_(
+                f"{path}: index schema {int(schema)}, this imagenetfs reads schema "
+                f"{SCHEMA_VERSION}; rebuild it with: {rebuild_command(path, None)}"
+            )
+        meta: dict[str, Any] = {
+            key: json.loads(txn.get(key.encode()) or b"null")
+            for key in ("images", "stats", "source")
+        }
+    return meta
+
+
+def rebuild_command(index_path: Path, source: str | None = None) -> str:
+    src = f"--source {source} " if source else "--source DIR "
+    return f"imagenetfs index {src}--index {index_path} --rebuild"
