@@ -42,13 +42,13 @@ from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, NoReturn, Self
 
 import lmdb
 from tqdm import tqdm
 
 from imagenetfs import squashfs
-from imagenetfs.errors import CorruptImageError, ImagenetfsError
+from imagenetfs.errors import ImagenetfsError
 
 SCHEMA_VERSION = 1
 ROOT_INO = 1
@@ -376,6 +376,10 @@ class Index:
         except lmdb.Error as e:
             raise IndexError_(f"{path}: not a usable imagenetfs index ({e})") from None
         try:
+            # A truncated file would make LMDB touch pages past its end: SIGBUS, not an error.
+            needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
+            if path.stat().st_size < needed:
+                raise ValueError(f"truncated: {path.stat().st_size} of {needed} bytes")
             meta = _read_meta(env, path)
             index = cls(path, env, meta)
         except (lmdb.Error, KeyError, TypeError, ValueError) as e:
@@ -398,11 +402,11 @@ class Index:
         """Open every image and refuse to go on if one no longer matches its fingerprint."""
         for record in self.image_records:
             path = Path(record["path"])
+            if not path.exists():
+                self._stale(f"image {path} is gone")
             try:
                 image = squashfs.SquashImage(path)
-            except FileNotFoundError:
-                self._stale(f"image {path} is gone")
-            except CorruptImageError as e:
+            except ImagenetfsError as e:  # unreadable or no longer a valid image
                 self._stale(str(e))
             self._images.append(image)
             now = asdict(image.fingerprint())
@@ -410,7 +414,7 @@ class Index:
             if changed:
                 self._stale(f"image {path} changed since indexing ({', '.join(changed)})")
 
-    def _stale(self, problem: str) -> None:
+    def _stale(self, problem: str) -> NoReturn:
         raise IndexError_(
             f"{self.path}: {problem}; rebuild the index with: "
             f"{rebuild_command(self.path, self.source)}"

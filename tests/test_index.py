@@ -1,0 +1,285 @@
+"""The LMDB index over real generated images: tree, queries, bytes, atomicity, staleness."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lmdb
+import pytest
+
+from imagenetfs import generate, index, source, synsets
+from imagenetfs.generate import Spec
+from imagenetfs.index import Index, IndexError_, NoSuchEntry, NotADirectory
+
+SPEC = Spec(classes=4, train_per_class=5, val_per_class=3, test=4, tiny=True)
+
+
+def expected_tree(data: Path, spec: Spec) -> dict[str, bytes]:
+    """The served tree, computed independently: unsquashfs each image and regroup val."""
+    tree: dict[str, bytes] = {}
+    labels = synsets.val_labels()
+    for split in ("train", "val", "test"):
+        out = data / "x" / split
+        out.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["unsquashfs", "-q", "-n", "-d", str(out), str(data / f"{split}.squashfs")],
+            check=True,
+        )
+        for path in out.rglob("*"):
+            if path.is_file():
+                rel = str(path.relative_to(out))
+                if split == "val":
+                    rel = f"{synsets.wnids()[labels[rel]]}/{rel}"
+                tree[f"{split}/{rel}"] = path.read_bytes()
+    return tree
+
+
+def walk_index(ix: Index) -> dict[str, index.Node]:
+    found: dict[str, index.Node] = {}
+    stack = [(index.ROOT_INO, "")]
+    while stack:
+        ino, prefix = stack.pop()
+        for node in ix.readdir(ino):
+            path = prefix + node.name.decode()
+            found[path] = node
+            if node.kind == index.DIR:
+                stack.append((node.ino, path + "/"))
+    return found
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, dict[str, bytes]]:
+    data = tmp_path_factory.mktemp("data")
+    generate.generate(data, SPEC)
+    src = source.open_source(data)
+    path = data / "index.lmdb"
+    index.build(path, src.image_list, src.placer(), source=str(data), progress=False)
+    return data, path, expected_tree(data, SPEC)
+
+
+def test_tree_matches_images(built: tuple[Path, Path, dict[str, bytes]]) -> None:
+    _, path, expected = built
+    with Index.open(path) as ix:
+        nodes = walk_index(ix)
+        files = {p: n for p, n in nodes.items() if n.kind == index.FILE}
+        assert sorted(files) == sorted(expected)
+        dirs = sorted(p for p, n in nodes.items() if n.kind == index.DIR)
+        wnids = synsets.wnids()[:4]
+        assert dirs == sorted(
+            ["train", "val", "test"] + [f"train/{w}" for w in wnids] + [f"val/{w}" for w in wnids]
+        )
+        for p, node in files.items():
+            assert node.size == len(expected[p])
+            assert node.mode == 0o100444
+            assert ix.read(node, 0, node.size + 10) == expected[p]
+        assert ix.stats.files == len(expected)
+
+
+def test_queries(built: tuple[Path, Path, dict[str, bytes]]) -> None:
+    _, path, _ = built
+    with Index.open(path) as ix:
+        root = ix.getattr(index.ROOT_INO)
+        assert root.kind == index.DIR and root.mode == 0o40555
+        assert [n.name for n in ix.readdir(index.ROOT_INO)] == [b"test", b"train", b"val"]
+        train = ix.lookup(index.ROOT_INO, b"train")
+        listing = list(ix.readdir(train.ino))
+        assert [n.name for n in listing] == sorted(n.name for n in listing)
+        # offsets are stable cookies: resuming at k gives the rest of the listing
+        for k in range(len(listing) + 1):
+            assert [n.ino for n in ix.readdir(train.ino, k)] == [n.ino for n in listing[k:]]
+        wnid = listing[0]
+        assert ix.lookup(train.ino, wnid.name) == wnid
+        assert ix.getattr(wnid.ino).parent == train.ino
+        first_file = next(ix.readdir(wnid.ino))
+        with pytest.raises(NoSuchEntry):
+            ix.lookup(train.ino, b"n99999999")
+        with pytest.raises(NotADirectory):
+            ix.lookup(first_file.ino, b"x")
+        with pytest.raises(NotADirectory):
+            list(ix.readdir(first_file.ino))
+        for bad in (0, -1, 10**9, 2**40):
+            with pytest.raises(NoSuchEntry):
+                ix.getattr(bad)
+
+
+def test_random_partial_reads(built: tuple[Path, Path, dict[str, bytes]]) -> None:
+    _, path, expected = built
+    rng = random.Random(5)
+    with Index.open(path) as ix:
+        nodes = {p: n for p, n in walk_index(ix).items() if n.kind == index.FILE}
+        for _ in range(500):
+            p = rng.choice(sorted(nodes))
+            data = expected[p]
+            offset = rng.randrange(len(data) + 5)
+            size = rng.randrange(1, 4096)
+            assert ix.read(nodes[p], offset, size) == data[offset : offset + size]
+
+
+@pytest.mark.parametrize("args", ["-comp zstd", "-comp xz", "-noD -noF", "-b 4K -comp lz4"])
+def test_other_compressions(tmp_path: Path, args: str) -> None:
+    spec = Spec(**{**SPEC.__dict__, "mksquashfs_args": tuple(args.split())})
+    generate.generate(tmp_path, spec)
+    src = source.open_source(tmp_path)
+    index.build(tmp_path / "i.lmdb", src.image_list, src.placer(), progress=False)
+    expected = expected_tree(tmp_path, spec)
+    with Index.open(tmp_path / "i.lmdb") as ix:
+        nodes = walk_index(ix)
+        for p, data in expected.items():
+            assert ix.read(nodes[p], 0, len(data)) == data
+
+
+def test_nested_images_and_labels_file(tmp_path: Path) -> None:
+    """Images holding train/<wnid>/ (not <wnid>/) and a val_labels.txt serve the same tree."""
+    flat, nested = tmp_path / "flat", tmp_path / "nested"
+    generate.generate(flat, SPEC)
+    generate.generate(nested, Spec(**{**SPEC.__dict__, "nest": True}))
+    trees = []
+    for data in (flat, nested):
+        src = source.open_source(data)
+        assert (data / "val_labels.txt").is_file()
+        index.build(data / "i.lmdb", src.image_list, src.placer(), progress=False)
+        with Index.open(data / "i.lmdb") as ix:
+            nodes = walk_index(ix)
+            trees.append({p: ix.read(n, 0, n.size) for p, n in nodes.items() if n.kind == 2})
+    assert trees[0] == trees[1]
+
+
+def test_stale_index_is_refused(tmp_path: Path) -> None:
+    generate.generate(tmp_path, SPEC)
+    src = source.open_source(tmp_path)
+    path = tmp_path / "i.lmdb"
+    index.build(path, src.image_list, src.placer(), source=str(tmp_path), progress=False)
+    Index.open(path).close()
+
+    image = tmp_path / "val.squashfs"
+    os.utime(image, (1, 1))  # same bytes, other mtime
+    with pytest.raises(IndexError_, match=r"val.squashfs changed since indexing \(file_mtime_ns\)"):
+        Index.open(path)
+    with pytest.raises(IndexError_, match=f"imagenetfs index --source {tmp_path} --index {path}"):
+        Index.open(path)
+    # a different image under the same name
+    generate.generate(tmp_path / "other", Spec(**{**SPEC.__dict__, "seed": 3}))
+    os.replace(tmp_path / "other" / "val.squashfs", image)
+    with pytest.raises(IndexError_, match="changed since indexing"):
+        Index.open(path)
+    image.unlink()
+    with pytest.raises(IndexError_, match=r"val\.squashfs is gone"):
+        Index.open(path)
+    # without verification (e.g. `imagenetfs status`), the index itself still opens
+    Index.open(path, verify=False).close()
+
+
+def test_corrupt_and_foreign_indexes(tmp_path: Path) -> None:
+    generate.generate(tmp_path, SPEC)
+    src = source.open_source(tmp_path)
+    good = tmp_path / "i.lmdb"
+    index.build(good, src.image_list, src.placer(), progress=False)
+    blob = good.read_bytes()
+
+    cases = {
+        "missing": None,
+        "empty": b"",
+        "garbage": b"\x00\x01junk" * 1000,
+        "truncated": blob[: len(blob) // 3],
+    }
+    for name, content in cases.items():
+        path = tmp_path / f"{name}.lmdb"
+        if content is not None:
+            path.write_bytes(content)
+        with pytest.raises(IndexError_, match=f"{path}"):
+            Index.open(path)
+
+    other = tmp_path / "schema.lmdb"
+    other.write_bytes(blob)
+    env = lmdb.open(str(other), subdir=False, max_dbs=4, lock=False)
+    with env.begin(write=True, db=env.open_db(b"meta")) as txn:
+        txn.put(b"schema", b"999")
+    env.close()
+    with pytest.raises(IndexError_, match="index schema 999, this imagenetfs reads schema 1"):
+        Index.open(other)
+
+    plain = tmp_path / "plain.lmdb"  # an LMDB file that is not an imagenetfs index
+    env = lmdb.open(str(plain), subdir=False, lock=False)
+    with env.begin(write=True) as txn:
+        txn.put(b"k", b"v")
+    env.close()
+    with pytest.raises(IndexError_, match=r"plain\.lmdb"):
+        Index.open(plain)
+
+
+BUILD_SCRIPT = """
+import sys
+from pathlib import Path
+from imagenetfs import index, source
+src = source.open_source(Path(sys.argv[1]))
+index.build(Path(sys.argv[2]), src.image_list, src.placer(), progress=False)
+"""
+
+
+def test_killed_build_never_leaves_an_index(tmp_path: Path) -> None:
+    """SIGKILL at several points of a build: the index path holds a complete index or nothing,
+    and an existing index being rebuilt stays usable."""
+    spec = Spec(classes=40, train_per_class=500, val_per_class=0, test=0, tiny=True)
+    generate.generate(tmp_path, spec)
+    path, old = tmp_path / "i.lmdb", tmp_path / "old.lmdb"
+
+    def start(target: Path) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, str(tmp_path), str(target)])
+
+    began = time.monotonic()
+    start(old).wait()
+    duration = time.monotonic() - began
+    expected = Index.open(old).stats
+
+    for target in (path, old):
+        for fraction in (0.3, 0.6, 0.8, 0.9, 0.95):
+            proc = start(target)
+            time.sleep(duration * fraction)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            if target.exists():  # absent (killed before the rename) or complete
+                with Index.open(target) as ix:
+                    assert ix.stats == expected
+            if target == path:
+                path.unlink(missing_ok=True)
+    assert old.exists()
+
+
+def test_cli_index(tmp_path: Path) -> None:
+    generate.generate(tmp_path, SPEC)
+    path = tmp_path / "cli.lmdb"
+    cmd = [sys.executable, "-m", "imagenetfs.cli", "index", "--source", str(tmp_path)]
+    first = subprocess.run([*cmd, "--index", str(path)], capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[0] == (
+        f"source: {tmp_path} (cluster layout; train: train.squashfs, val: val.squashfs, "
+        "test: test.squashfs)"
+    )
+    assert lines[1].startswith(f"index {path}: built in ")
+    second = subprocess.run([*cmd, "--index", str(path)], capture_output=True, text=True)
+    assert second.stdout.splitlines()[1].startswith(f"index {path}: up to date (")
+    os.utime(tmp_path / "train.squashfs", (5, 5))
+    stale = subprocess.run([*cmd, "--index", str(path)], capture_output=True, text=True)
+    assert stale.returncode == 1
+    assert stale.stderr.strip().endswith(
+        f"rebuild the index with: imagenetfs index --source {tmp_path} --index {path} --rebuild"
+    )
+    assert "Traceback" not in stale.stderr
+    rebuilt = subprocess.run(
+        [*cmd, "--index", str(path), "--rebuild"], capture_output=True, text=True
+    )
+    assert rebuilt.returncode == 0 and "built in" in rebuilt.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "imagenetfs.cli", "index", "--source", str(tmp_path / "no")],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == f"imagenetfs: error: source {tmp_path / 'no'}: not a directory"
