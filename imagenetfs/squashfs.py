@@ -535,8 +535,10 @@ class _Walker:
                         if sublisting is not None:
                             subdirectories.append((entry, sublisting))
                 stack.extend(reversed(subdirectories))
-        except (struct.error, IndexError) as exc:
-            corrupt(f"corrupt inode or directory table ({exc})")
+        except struct.error:
+            corrupt("an inode or directory record runs past the end of its table")
+        except IndexError:
+            corrupt("an inode refers to a uid/gid beyond the id table")
 
     def inode_pos(self, block: int) -> int:
         base = self.inode_starts.get(block)
@@ -550,7 +552,7 @@ class _Walker:
         """The entry for the inode at `pos`, and its listing if it is a directory."""
         buf = self.inodes
         itype, mode, uid, gid, mtime, number = _INODE_HEADER.unpack_from(buf, pos)
-        if itype != kind and itype != kind + 7:
+        if (itype - 7 if itype > 7 else itype) != kind:
             self.image._corrupt(f"{path!r}: inode type {itype}, directory entry says {kind}")
         pos += 16
         size = rdev = 0
