@@ -488,20 +488,19 @@ class _Walker:
         # The hot loop (one iteration per entry) is written out flat: ~1-3 us per entry.
         corrupt = self.image._corrupt
         buf = self.dirs
-        inode = self.inode
+        file, directory, other = self.file, self.directory, self.other
         try:
             ref = self.image.superblock.root_inode
-            root, listing = inode(self.inode_pos(ref >> 16) + (ref & 0xFFFF), b"", b"", 0, DIR)
+            root, listing = directory(self.inode_pos(ref >> 16) + (ref & 0xFFFF), b"", b"", 0)
             root = root._replace(parent=root.inode_number)
             yield root
             seen_listings: set[int] = set()
             stack = [(root, listing)]
             while stack:
-                directory, listing = stack.pop()
-                assert listing is not None
+                parent_entry, listing = stack.pop()
                 if listing.size <= 3:  # empty
                     continue
-                path, parent = directory.path, directory.inode_number
+                path, parent = parent_entry.path, parent_entry.inode_number
                 base = self.dir_starts.get(listing.start_block)
                 if base is None:
                     corrupt(f"listing of {path!r} does not start at a metadata block")
@@ -528,12 +527,14 @@ class _Walker:
                             corrupt(f"listing of {path!r} overruns its size")
                         if b"/" in name or b"\0" in name or name == b"." or name == b"..":
                             corrupt(f"invalid name {name!r} in {path!r}")
-                        entry, sublisting = inode(
-                            inode_base + offset, prefix + name, name, parent, kind
-                        )
-                        yield entry
-                        if sublisting is not None:
-                            subdirectories.append((entry, sublisting))
+                        if kind == FILE:
+                            yield file(inode_base + offset, prefix + name, name, parent)
+                        elif kind == DIR:
+                            child = directory(inode_base + offset, prefix + name, name, parent)
+                            yield child[0]
+                            subdirectories.append(child)
+                        else:
+                            yield other(inode_base + offset, prefix + name, name, parent, kind)
                 stack.extend(reversed(subdirectories))
         except struct.error:
             corrupt("an inode or directory record runs past the end of its table")
@@ -546,73 +547,81 @@ class _Walker:
             self.image._corrupt(f"inode reference to {block} is not a metadata block")
         return base
 
-    def inode(
-        self, pos: int, path: bytes, name: bytes, parent: int, kind: int
-    ) -> tuple[Entry, _Listing | None]:
-        """The entry for the inode at `pos`, and its listing if it is a directory."""
+    def wrong_type(self, path: bytes, itype: int, kind: int) -> NoReturn:
+        self.image._corrupt(f"{path!r}: inode type {itype}, directory entry says {kind}")
+
+    # Each of the next three returns the Entry for the inode at `pos`; Entry._make skips the
+    # keyword-parsing __new__ (2x faster), so its tuples follow Entry's field order.
+
+    def file(self, pos: int, path: bytes, name: bytes, parent: int) -> Entry:
         buf = self.inodes
         itype, mode, uid, gid, mtime, number = _INODE_HEADER.unpack_from(buf, pos)
-        if (itype - 7 if itype > 7 else itype) != kind:
-            self.image._corrupt(f"{path!r}: inode type {itype}, directory entry says {kind}")
-        pos += 16
-        size = rdev = 0
-        nlink = 1
-        target = extent = listing = None
         if itype == FILE:
-            start, fragment, fragment_offset, size = _BASIC_FILE.unpack_from(buf, pos)
-            extent = self.extent(pos + 16, start, size, fragment, fragment_offset, 0, path)
+            start, fragment, fragment_offset, size = _BASIC_FILE.unpack_from(buf, pos + 16)
+            nlink, sparse = 1, 0
+            pos += 32
         elif itype == FILE + 7:
             start, size, sparse, nlink, fragment, fragment_offset, _ = _EXT_FILE.unpack_from(
-                buf, pos
+                buf, pos + 16
             )
-            extent = self.extent(pos + 40, start, size, fragment, fragment_offset, sparse, path)
-        elif itype == DIR:
-            start, nlink, size, offset, _ = _BASIC_DIR.unpack_from(buf, pos)
-            listing = _Listing(start, offset, size)
-        elif itype == DIR + 7:
-            nlink, size, start, _, _, offset, _ = _EXT_DIR.unpack_from(buf, pos)
-            listing = _Listing(start, offset, size)
-        elif itype in (SYMLINK, SYMLINK + 7):
-            nlink, size = _U32X2.unpack_from(buf, pos)
-            target = buf[pos + 8 : pos + 8 + size]
-            if len(target) != size or size > _MAX_SYMLINK:
-                self.image._corrupt(f"symlink {path!r} has an invalid target length {size}")
-        elif itype in (BLKDEV, CHRDEV, BLKDEV + 7, CHRDEV + 7):
-            nlink, raw = _U32X2.unpack_from(buf, pos)
-            rdev = os.makedev((raw >> 8) & 0xFFF, (raw & 0xFF) | ((raw >> 12) & 0xFFF00))
-        elif itype in (FIFO, SOCKET, FIFO + 7, SOCKET + 7):
-            (nlink,) = _U32.unpack_from(buf, pos)
+            pos += 56
         else:
-            self.image._corrupt(f"unknown inode type {itype} for {path!r}")
-        mode = (mode & 0o7777) | _FORMAT_BITS[kind]
-        ids = self.ids
-        # Field order of Entry; _make skips the keyword-parsing __new__ (2x faster).
-        fields = (path, name, parent, number, itype, mode, ids[uid], ids[gid], mtime, nlink, size)
-        return Entry._make((*fields, target, rdev, extent)), listing
-
-    def extent(
-        self,
-        pos: int,
-        start: int,
-        size: int,
-        fragment: int,
-        fragment_offset: int,
-        sparse: int,
-        path: bytes,
-    ) -> Extent:
-        """The extent of a file inode whose block words start at `pos`."""
+            self.wrong_type(path, itype, FILE)
         if fragment == NO_FRAGMENT:
             nbytes = 4 * -(-size // self.block_size)
         elif fragment < self.fragment_count:
             nbytes = 4 * (size // self.block_size)
         else:
             self.image._corrupt(f"fragment index {fragment} of {path!r} out of range")
-        words = self.inodes[pos : pos + nbytes]
+        words = buf[pos : pos + nbytes]
         if len(words) != nbytes:
             self.image._corrupt(f"block list of {path!r} ({size} bytes) beyond the inode table")
-        if fragment == NO_FRAGMENT:
-            return Extent._make((size, start, words, None, fragment_offset, sparse))
-        return Extent._make((size, start, words, fragment, fragment_offset, sparse))
+        tail = None if fragment == NO_FRAGMENT else fragment
+        extent = Extent._make((size, start, words, tail, fragment_offset, sparse))
+        ids = self.ids
+        mode = (mode & 0o7777) | stat.S_IFREG
+        fields = (path, name, parent, number, itype, mode, ids[uid], ids[gid], mtime, nlink)
+        return Entry._make((*fields, size, None, 0, extent))
+
+    def directory(self, pos: int, path: bytes, name: bytes, parent: int) -> tuple[Entry, _Listing]:
+        buf = self.inodes
+        itype, mode, uid, gid, mtime, number = _INODE_HEADER.unpack_from(buf, pos)
+        if itype == DIR:
+            start, nlink, size, offset, _ = _BASIC_DIR.unpack_from(buf, pos + 16)
+        elif itype == DIR + 7:
+            nlink, size, start, _, _, offset, _ = _EXT_DIR.unpack_from(buf, pos + 16)
+        else:
+            self.wrong_type(path, itype, DIR)
+        ids = self.ids
+        mode = (mode & 0o7777) | stat.S_IFDIR
+        fields = (path, name, parent, number, itype, mode, ids[uid], ids[gid], mtime, nlink)
+        return Entry._make((*fields, size, None, 0, None)), _Listing(start, offset, size)
+
+    def other(self, pos: int, path: bytes, name: bytes, parent: int, kind: int) -> Entry:
+        """Symlinks, devices, fifos and sockets."""
+        buf = self.inodes
+        itype, mode, uid, gid, mtime, number = _INODE_HEADER.unpack_from(buf, pos)
+        if itype not in (kind, kind + 7) or kind not in _FORMAT_BITS:
+            self.wrong_type(path, itype, kind)
+        pos += 16
+        size = rdev = 0
+        target = None
+        if kind == SYMLINK:
+            nlink, size = _U32X2.unpack_from(buf, pos)
+            target = buf[pos + 8 : pos + 8 + size]
+            if len(target) != size or size > _MAX_SYMLINK:
+                self.image._corrupt(f"symlink {path!r} has an invalid target length {size}")
+        elif kind in (BLKDEV, CHRDEV):
+            nlink, raw = _U32X2.unpack_from(buf, pos)
+            rdev = os.makedev((raw >> 8) & 0xFFF, (raw & 0xFF) | ((raw >> 12) & 0xFFF00))
+        elif kind in (FIFO, SOCKET):
+            (nlink,) = _U32.unpack_from(buf, pos)
+        else:  # FILE and DIR have their own methods
+            self.wrong_type(path, itype, kind)
+        ids = self.ids
+        mode = (mode & 0o7777) | _FORMAT_BITS[kind]
+        fields = (path, name, parent, number, itype, mode, ids[uid], ids[gid], mtime, nlink)
+        return Entry._make((*fields, size, target, rdev, None))
 
 
 def _block_count(size: int, has_fragment: bool, block_size: int) -> int:
