@@ -405,45 +405,53 @@ class SquashImage:
         nblocks = len(words)
         if nblocks != _block_count(extent.size, extent.fragment is not None, bs):
             self._corrupt(f"file of {extent.size} bytes has {nblocks} blocks (block size {bs})")
-        parts: list[bytes] = []
-        first = offset // bs
-        if first < nblocks:
-            pos = extent.blocks_start + sum(word & _SIZE_MASK for word in words[:first])
-            run_start = run_size = 0  # a pending run of uncompressed bytes, read by one pread
-            for i in range(first, min((end - 1) // bs + 1, nblocks)):
-                word = words[i]
-                disk = word & _SIZE_MASK
-                base = i * bs
-                length = min(bs, extent.size - base)
-                lo, hi = max(offset - base, 0), min(end - base, length)
-                if disk and word & _UNCOMPRESSED_DATA:
-                    if disk != length:
-                        self._corrupt(f"data block at {pos} has {disk} bytes, expected {length}")
-                    if run_size and run_start + run_size == pos + lo:
-                        run_size += hi - lo
-                    else:
-                        if run_size:
-                            parts.append(self._pread(run_start, run_size, "data block"))
-                        run_start, run_size = pos + lo, hi - lo
-                else:
-                    if run_size:
-                        parts.append(self._pread(run_start, run_size, "data block"))
-                        run_size = 0
-                    if disk == 0:
-                        parts.append(bytes(hi - lo))
-                    else:
-                        block = self._cached_block(pos, disk)
-                        if len(block) != length:
-                            self._corrupt(f"data block at {pos} decompressed to a wrong size")
-                        parts.append(block[lo:hi])
-                pos += disk
-            if run_size:
-                parts.append(self._pread(run_start, run_size, "data block"))
+        parts = self._read_blocks(extent, words, offset, end) if offset < nblocks * bs else []
         tail_start = nblocks * bs
         if extent.fragment is not None and end > tail_start:
             lo = max(offset, tail_start) - tail_start
             parts.append(self._read_tail(extent, lo, end - tail_start, extent.size - tail_start))
         return b"".join(parts)
+
+    def _read_blocks(self, extent: Extent, words: array[int], offset: int, end: int) -> list[bytes]:
+        """Pieces of [offset, end) held in data blocks; runs of uncompressed ones in one pread."""
+        bs = self.block_size
+        first = offset // bs
+        pos = extent.blocks_start + sum(word & _SIZE_MASK for word in words[:first])
+        parts: list[bytes] = []
+        run_start = run_size = 0  # the pending run of uncompressed bytes
+        for i in range(first, min((end - 1) // bs + 1, len(words))):
+            word = words[i]
+            disk = word & _SIZE_MASK
+            base = i * bs
+            length = min(bs, extent.size - base)
+            lo, hi = max(offset - base, 0), min(end - base, length)
+            if disk and word & _UNCOMPRESSED_DATA:
+                if disk != length:
+                    self._corrupt(f"data block at {pos} has {disk} bytes, expected {length}")
+                if run_size and run_start + run_size == pos + lo:
+                    run_size += hi - lo
+                    pos += disk
+                    continue
+                if run_size:
+                    parts.append(self._pread(run_start, run_size, "data block"))
+                run_start, run_size = pos + lo, hi - lo
+            else:
+                if run_size:
+                    parts.append(self._pread(run_start, run_size, "data block"))
+                    run_size = 0
+                if disk == 0:  # sparse
+                    parts.append(bytes(hi - lo))
+                elif disk > bs:
+                    self._corrupt(f"data block at {pos} has {disk} bytes, more than a block")
+                else:
+                    block = self._cached_block(pos, disk)
+                    if len(block) != length:
+                        self._corrupt(f"data block at {pos} decompressed to a wrong size")
+                    parts.append(block[lo:hi])
+            pos += disk
+        if run_size:
+            parts.append(self._pread(run_start, run_size, "data block"))
+        return parts
 
     def _read_tail(self, extent: Extent, lo: int, hi: int, tail: int) -> bytes:
         assert extent.fragment is not None
