@@ -71,7 +71,7 @@ _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 _U32X2 = struct.Struct("<II")
 _INODE_HEADER = struct.Struct("<HHHHII")
-_BASIC_FILE = struct.Struct("<IIII")
+_BASIC_FILE_INODE = struct.Struct("<HHHHIIIIII")  # header + basic file body
 _EXT_FILE = struct.Struct("<QQQIIII")
 _BASIC_DIR = struct.Struct("<IIHHI")
 _EXT_DIR = struct.Struct("<IIIIHHI")
@@ -563,16 +563,18 @@ class _Walker:
 
     def file(self, pos: int, path: bytes, name: bytes, parent: int) -> Entry:
         buf = self.inodes
-        itype, mode, uid, gid, mtime, number = _INODE_HEADER.unpack_from(buf, pos)
-        if itype == FILE:
-            start, fragment, fragment_offset, size = _BASIC_FILE.unpack_from(buf, pos + 16)
-            nlink, sparse = 1, 0
-            pos += 32
-        elif itype == FILE + 7:
+        # Most files have a basic inode: header and body in one unpack.
+        itype, mode, uid, gid, mtime, number, start, fragment, fragment_offset, size = (
+            _BASIC_FILE_INODE.unpack_from(buf, pos)
+        )
+        nlink, sparse = 1, 0
+        if itype == FILE + 7:
             start, size, sparse, nlink, fragment, fragment_offset, _ = _EXT_FILE.unpack_from(
                 buf, pos + 16
             )
             pos += 56
+        elif itype == FILE:
+            pos += 32
         else:
             self.wrong_type(path, itype, FILE)
         if fragment == NO_FRAGMENT:
@@ -585,11 +587,12 @@ class _Walker:
         if len(words) != nbytes:
             self.image._corrupt(f"block list of {path!r} ({size} bytes) beyond the inode table")
         tail = None if fragment == NO_FRAGMENT else fragment
-        extent = Extent._make((size, start, words, tail, fragment_offset, sparse))
         ids = self.ids
-        mode = (mode & 0o7777) | stat.S_IFREG
-        fields = (path, name, parent, number, itype, mode, ids[uid], ids[gid], mtime, nlink)
-        return Entry._make((*fields, size, None, 0, extent))
+        return Entry._make(
+            (path, name, parent, number, itype, (mode & 0o7777) | stat.S_IFREG, ids[uid],
+             ids[gid], mtime, nlink, size, None, 0,
+             Extent._make((size, start, words, tail, fragment_offset, sparse)))
+        )  # fmt: skip
 
     def directory(self, pos: int, path: bytes, name: bytes, parent: int) -> tuple[Entry, _Listing]:
         buf = self.inodes
