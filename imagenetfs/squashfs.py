@@ -12,10 +12,12 @@ tables needed later: uid/gid ids and fragment locations (kept as raw bytes, deco
 directory table with one `pread` each and decompresses every metadata block exactly once into
 one contiguous buffer per table, with a map from a block's on-disk position to its offset in the
 buffer: an inode reference then costs a dict lookup plus `struct.unpack_from`, and records that
-straddle metadata blocks need no special case. The walk uses an explicit stack; a directory is
-entered at most once (a second visit means a loop) so corrupt images cannot make it hang.
-Entries come out as `Entry` named tuples: the root first, then for each directory all its
-children consecutively in stored (sorted) order, directories depth-first.
+straddle metadata blocks need no special case. (The tables stay in memory for the walk only:
+~80 bytes per entry.) The walk uses an explicit stack and reads each directory listing once; a
+second visit means a loop (or a listing shared by two directories, which mksquashfs never
+writes), so corrupt images cannot make it hang. Entries come out as `Entry` named tuples: the
+root first, then for each directory all its children consecutively in stored (sorted) order,
+directories depth-first.
 
 `read(extent, offset, size)` needs only an `Extent` (which the index stores): block words give
 each data block's on-disk size (bit 24 = stored uncompressed, 0 = sparse); runs of uncompressed
