@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from imagenetfs import __version__, generate, index, source
+from imagenetfs import __version__, errors, generate, index, mount, source
 from imagenetfs.errors import ImagenetfsError
 
 log = logging.getLogger("imagenetfs")
@@ -52,6 +53,75 @@ def cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def resolve_source(explicit: Path | None, quiet: bool = False) -> Path:
+    """The source to serve: as given, else the built-in sample when no ImageNet is found."""
+    root = source.find_source(explicit)
+    given = explicit is not None or "IMAGENETFS_SOURCE" in os.environ
+    if given or root.exists():
+        return root
+    sample_dir = source.sample_dir()
+    if not (sample_dir / "train.squashfs").is_file():
+        generate.sample(sample_dir)
+    if not quiet:
+        print(
+            f"imagenetfs: no ImageNet at {root}; serving the built-in sample from {sample_dir}",
+            file=sys.stderr,
+        )
+    return sample_dir
+
+
+def ensure_index(root: Path, explicit: Path | None, quiet: bool = False) -> Path:
+    """The index for `root`: found as DESIGN.md says, built first if missing."""
+    src = source.open_source(root)
+    path = source.find_index(explicit, root)
+    if not path.exists():
+        if not quiet:
+            print(f"imagenetfs: indexing {src.describe()} into {path}", file=sys.stderr)
+        index.build(path, src.image_list, src.placer(), source=str(root), progress=not quiet)
+    return path
+
+
+def cmd_mount(args: argparse.Namespace) -> int:
+    root = resolve_source(args.source)
+    path = ensure_index(root, args.index)
+    request = mount.MountRequest(
+        mountpoint=args.mountpoint,
+        index_path=path,
+        source=root,
+        foreground=args.foreground,
+        allow_other=args.allow_other,
+    )
+    return mount.mount(request)
+
+
+def cmd_umount(args: argparse.Namespace) -> int:
+    print(mount.umount(args.mountpoint, lazy=args.lazy))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    wanted = str(args.mountpoint.absolute()) if args.mountpoint else None
+    shown = 0
+    for state in mount.read_states():
+        if wanted and state.get("mountpoint") != wanted:
+            continue
+        shown += 1
+        alive = mount.pid_alive(int(state.get("pid", 0)))
+        mp = Path(state["mountpoint"])
+        condition = "serving" if alive and os.path.ismount(mp) else "dead (run imagenetfs umount)"
+        print(f"{mp}: {condition}")
+        print(f"  source {state.get('source')}  index {state.get('index')}  pid {state.get('pid')}")
+        fs = state.get("fs")
+        if fs:
+            counters = "  ".join(f"{k} {v:,}" for k, v in fs.items())
+            print(f"  {counters}")
+    if wanted and not shown:
+        raise errors.UsageError(f"{wanted} is not mounted by imagenetfs")
+    if not shown:
+        print("no imagenetfs mounts")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imagenetfs", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"imagenetfs {__version__}")
@@ -73,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("dir", type=Path, metavar="DIR", help="output directory")
     sample.set_defaults(func=cmd_sample)
 
+    idx_source_help = (
+        "directory holding the images (default: $IMAGENETFS_SOURCE, else /data/imagenet)"
+    )
+    idx_index_help = (
+        "index file (default: $IMAGENETFS_INDEX, else <source>/imagenetfs.lmdb if present, "
+        "else a per-user cache file)"
+    )
     idx = commands.add_parser(
         "index",
         help="build or verify the LMDB index of a source",
@@ -82,20 +159,51 @@ def build_parser() -> argparse.ArgumentParser:
             "exists, check that it still matches the images."
         ),
     )
-    idx.add_argument(
-        "--source",
-        type=Path,
-        help="directory holding the images (default: $IMAGENETFS_SOURCE, else /data/imagenet)",
-    )
-    idx.add_argument(
-        "--index",
-        type=Path,
-        help="index file (default: $IMAGENETFS_INDEX, else <source>/imagenetfs.lmdb if "
-        "present, else a per-user cache file)",
-    )
+    idx.add_argument("--source", type=Path, help=idx_source_help)
+    idx.add_argument("--index", type=Path, help=idx_index_help)
     idx.add_argument("--rebuild", action="store_true", help="build even if an index exists")
     idx.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     idx.set_defaults(func=cmd_index)
+
+    mnt = commands.add_parser(
+        "mount",
+        help="mount the ImageNet tree (read-only, for this user)",
+        description=(
+            "Mount the ImageNet tree at MOUNTPOINT: train/<wnid>/, val/<wnid>/ (regrouped by "
+            "label), test/. Builds the index first if it is missing. Returns once the tree is "
+            "ready; the daemon runs until `imagenetfs umount MOUNTPOINT` or SIGTERM. Without a "
+            "source, serves the built-in sample."
+        ),
+    )
+    mnt.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="an empty directory")
+    mnt.add_argument("--source", type=Path, help=idx_source_help)
+    mnt.add_argument("--index", type=Path, help=idx_index_help)
+    mnt.add_argument(
+        "-f", "--foreground", action="store_true", help="stay in the foreground (log to stderr)"
+    )
+    mnt.add_argument(
+        "--allow-other",
+        action="store_true",
+        help="let other users read the tree (needs user_allow_other in /etc/fuse.conf)",
+    )
+    mnt.set_defaults(func=cmd_mount)
+
+    um = commands.add_parser(
+        "umount",
+        help="unmount (also clears a stale mount left by a killed daemon)",
+        description="Unmount MOUNTPOINT and wait until its daemon has exited.",
+    )
+    um.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
+    um.add_argument("-z", "--lazy", action="store_true", help="detach even if busy")
+    um.set_defaults(func=cmd_umount)
+
+    st = commands.add_parser(
+        "status",
+        help="list imagenetfs mounts: source, pid, counters",
+        description="Show this user's imagenetfs mounts (or one): source, index, pid, counters.",
+    )
+    st.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", nargs="?")
+    st.set_defaults(func=cmd_status)
     return parser
 
 

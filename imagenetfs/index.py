@@ -61,7 +61,7 @@ _FORMAT = {DIR: stat.S_IFDIR | 0o555, FILE: stat.S_IFREG | 0o444, SYMLINK: stat.
 _INO = struct.Struct(">I")  # keys: big-endian so LMDB's byte order is numeric order
 _CHILD = struct.Struct("<I")
 _HEAD = struct.Struct("<BIQQH")  # kind, parent, size, mtime, name length
-_DIR_TAIL = struct.Struct("<II")  # first child, count
+_DIR_TAIL = struct.Struct("<III")  # first child, count, subdirectory count
 _FILE_TAIL = struct.Struct("<HQQIQ")  # image, blocks_start, fragment (or -1), frag offset, sparse
 _NO_FRAGMENT = 0xFFFFFFFF
 
@@ -99,13 +99,14 @@ class Node:
 
     @property
     def nlink(self) -> int:
-        return 2 if self.kind == DIR else 1
+        """2 + subdirectories for a directory (the Unix convention `find` relies on), else 1."""
+        return 2 + _DIR_TAIL.unpack_from(self.tail)[2] if self.kind == DIR else 1
 
     def children(self) -> tuple[int, int]:
         """(first child ino, child count) of a directory."""
         if self.kind != DIR:
             raise NotADirectory(self.ino)
-        first, count = _DIR_TAIL.unpack_from(self.tail)
+        first, count, _ = _DIR_TAIL.unpack_from(self.tail)
         return first, count
 
     def extent(self) -> tuple[int, squashfs.Extent]:
@@ -174,6 +175,7 @@ class _TreeBuilder:
         self.root = _Dir(default_mtime)
         self.default_mtime = default_mtime
         self.files = 0
+        self.bytes = 0
 
     def _parent(self, components: Sequence[bytes], where: str) -> _Dir:
         node = self.root
@@ -220,6 +222,7 @@ class _TreeBuilder:
                 )
                 parent.children[name] = _Leaf(FILE, ext.size, entry.mtime, tail)
                 self.files += 1
+                self.bytes += ext.size
             else:
                 target = entry.target or b""
                 parent.children[name] = _Leaf(SYMLINK, len(target), entry.mtime, target)
@@ -248,7 +251,8 @@ class _TreeBuilder:
                 )
                 continue
             names = sorted(node.children)
-            tail = _DIR_TAIL.pack(next_ino, len(names))
+            subdirs = sum(isinstance(c, _Dir) for c in node.children.values())
+            tail = _DIR_TAIL.pack(next_ino, len(names), subdirs)
             yield ino, parent, name, _encode(DIR, parent, len(names), node.mtime, name, tail)
             for child_name in names:
                 queue.append((next_ino, ino, child_name, node.children[child_name]))
@@ -261,6 +265,7 @@ class IndexStats:
     entries: int
     files: int
     images: int
+    bytes: int  # total size of the files
 
 
 def build(
@@ -321,7 +326,7 @@ def _write(
                 if ino != ROOT_INO:
                     name_cursor.put(_INO.pack(parent) + name, _CHILD.pack(ino), append=True)
                 entries += 1
-            stats = IndexStats(entries=entries, files=tree.files, images=len(images))
+            stats = IndexStats(entries, tree.files, len(images), tree.bytes)
             record = [{"path": str(p), **fp} for p, fp in zip(images, fingerprints, strict=True)]
             txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=meta)
             txn.put(b"images", json.dumps(record).encode(), db=meta)

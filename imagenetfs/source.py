@@ -98,6 +98,15 @@ def _val_labels(root: Path) -> dict[bytes, bytes]:
     return labels
 
 
+def cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imagenetfs"
+
+
+def sample_dir() -> Path:
+    """Where the built-in sample is generated on first use (per user)."""
+    return cache_dir() / "sample"
+
+
 def find_index(explicit: Path | None, source: Path) -> Path:
     """`--index`, else `$IMAGENETFS_INDEX`, else `<source>/imagenetfs.lmdb` if present (admins
     prebuild it beside read-only data), else a per-user cache path for this source."""
@@ -109,6 +118,6 @@ def find_index(explicit: Path | None, source: Path) -> Path:
     beside = source / INDEX_NAME
     if beside.is_file():
         return beside
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imagenetfs"
+    cache = cache_dir()
     key = hashlib.blake2b(str(source.resolve()).encode(), digest_size=6).hexdigest()
     return cache / f"index-{source.resolve().name or 'root'}-{key}.lmdb"

@@ -1,0 +1,332 @@
+"""Mount lifecycle: checks, mount, daemonize, serve, signals, unmount; and the mount registry.
+
+One function owns a mount's life (`mount`):
+
+1. check the mount point: a stale FUSE mount left by a killed daemon (`os.statvfs` gives
+   ENOTCONN) is cleared with `fusermount3 -uz`; a live mount, a non-directory or a non-empty
+   directory is refused with one clear line;
+2. `pyfuse3.init()` mounts, in the calling process, so mount errors reach the terminal;
+3. without `-f`, fork: the child does `setsid`, sends its output to a log file and serves; the
+   parent returns once the kernel's FUSE_INIT has been answered (the child writes to a pipe
+   from `Operations.init`), i.e. once the tree answers requests;
+4. `trio.run(pyfuse3.main)` beside two small tasks: SIGTERM/SIGINT call `pyfuse3.terminate()`,
+   and the counters are published every few seconds to the mount's state file;
+5. `pyfuse3.close(unmount=True)` in a `finally`: whatever ends the loop, nothing stays mounted.
+
+The registry is one JSON state file per mount (mount point, source, index, pid, counters) in
+`$XDG_RUNTIME_DIR/imagenetfs` (else the user's cache dir); `status` and `umount` read it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import logging
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyfuse3
+import trio
+
+from imagenetfs.errors import ImagenetfsError, UsageError
+from imagenetfs.fs import Operations
+from imagenetfs.index import Index
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT = 60.0
+UNMOUNT_TIMEOUT = 30.0
+PUBLISH_INTERVAL = 2.0
+
+
+class MountError(ImagenetfsError):
+    """Mounting or unmounting failed for a reason the user can act on."""
+
+
+@dataclass(frozen=True)
+class MountRequest:
+    mountpoint: Path
+    index_path: Path
+    source: Path
+    foreground: bool = False
+    allow_other: bool = False
+    read_threads: int = 8
+
+
+# --- mount points -------------------------------------------------------------------------
+
+
+def is_stale(mountpoint: Path) -> bool:
+    """A FUSE mount whose daemon is gone: `statvfs` fails with ENOTCONN."""
+    try:
+        os.statvfs(mountpoint)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+def _fusermount(*args: str) -> subprocess.CompletedProcess[str]:
+    exe = shutil.which("fusermount3")
+    if exe is None:
+        raise MountError("fusermount3 not found: install fuse3 (scripts/setup.sh does)")
+    return subprocess.run([exe, *args], capture_output=True, text=True)
+
+
+def clear_stale(mountpoint: Path) -> None:
+    result = _fusermount("-u", "-z", "-q", str(mountpoint))
+    if is_stale(mountpoint):
+        raise MountError(
+            f"{mountpoint}: stale mount left by a killed daemon and it could not be "
+            f"cleared: {result.stderr.strip() or 'fusermount3 failed'}"
+        )
+
+
+def check_mountpoint(mountpoint: Path) -> None:
+    if is_stale(mountpoint):
+        log.info("clearing the stale mount at %s left by a killed daemon", mountpoint)
+        clear_stale(mountpoint)
+    if not mountpoint.exists():
+        raise UsageError(f"mount point {mountpoint} does not exist")
+    if not mountpoint.is_dir():
+        raise UsageError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise UsageError(f"mount point {mountpoint} is busy: something is mounted there")
+    try:
+        empty = next(os.scandir(mountpoint), None) is None
+    except PermissionError:
+        raise UsageError(f"mount point {mountpoint}: permission denied") from None
+    if not empty:
+        raise UsageError(f"mount point {mountpoint} is not empty")
+
+
+def _preflight() -> None:
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: this machine (or container) has no FUSE")
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        raise MountError("/dev/fuse is not readable and writable for this user")
+    if os.getuid() != 0 and shutil.which("fusermount3") is None:
+        raise MountError("fusermount3 not found: install fuse3 (scripts/setup.sh does)")
+
+
+# --- registry -----------------------------------------------------------------------------
+
+
+def state_dir() -> Path:
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK):
+        return Path(runtime) / "imagenetfs"
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(cache) / "imagenetfs" / "mounts"
+
+
+def state_file(mountpoint: Path) -> Path:
+    key = hashlib.blake2b(str(mountpoint.resolve()).encode(), digest_size=8).hexdigest()
+    return state_dir() / f"{key}.json"
+
+
+def _write_state(path: Path, state: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, path)
+
+
+def read_states() -> Iterator[dict[str, Any]]:
+    directory = state_dir()
+    if not directory.is_dir():
+        return
+    for path in sorted(directory.glob("*.json")):
+        with contextlib.suppress(OSError, ValueError):
+            state = json.loads(path.read_text())
+            state["state_file"] = str(path)
+            yield state
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # a zombie child of ours counts as gone
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
+            return False
+    return True
+
+
+# --- mounting -----------------------------------------------------------------------------
+
+
+def mount(request: MountRequest) -> int:
+    """Mount and serve; returns the exit code (daemonized: once the tree is ready)."""
+    mountpoint = request.mountpoint.absolute()
+    check_mountpoint(mountpoint)
+    _preflight()
+    # Nothing may touch the mount point between pyfuse3.init() and serving: until the daemon
+    # answers FUSE_INIT, any stat of it (even Path.resolve()) blocks forever.
+    state_path = state_file(mountpoint)
+    index = Index.open(request.index_path)
+    ops = Operations(index, read_threads=request.read_threads)
+    options = set(pyfuse3.default_options)
+    options |= {"fsname=imagenetfs", "subtype=imagenetfs", "ro", "noatime"}
+    if request.allow_other:
+        options.add("allow_other")
+    try:
+        pyfuse3.init(ops, str(mountpoint), options)
+    except RuntimeError as e:
+        index.close()
+        hint = ""
+        if request.allow_other:
+            hint = " (--allow-other needs 'user_allow_other' in /etc/fuse.conf)"
+        raise MountError(f"cannot mount {mountpoint}: {e}{hint}") from None
+    state = {
+        "mountpoint": str(mountpoint),
+        "source": str(request.source),
+        "index": str(request.index_path),
+        "pid": os.getpid(),
+        "started": time.time(),
+    }
+    if request.foreground:
+        return _serve(ops, state, state_path)
+    return _daemonize(ops, state, state_path)
+
+
+def _daemonize(ops: Operations, state: dict[str, Any], state_path: Path) -> int:
+    ready_r, ready_w = os.pipe()
+    log_path = state_path.with_suffix(".log")
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the daemon
+        code = 1
+        try:
+            os.close(ready_r)
+            os.setsid()
+            _redirect_stdio(log_path)
+
+            def ready() -> None:
+                with contextlib.suppress(OSError):
+                    os.write(ready_w, b"1")
+                    os.close(ready_w)
+
+            ops.on_init = ready
+            code = _serve(ops, {**state, "pid": os.getpid()}, state_path)
+        finally:
+            os._exit(code)
+    os.close(ready_w)
+    try:
+        readable, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
+        ok = bool(readable) and os.read(ready_r, 1) == b"1"
+    finally:
+        os.close(ready_r)
+    if not ok:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+        detail = _tail(log_path)
+        raise MountError(
+            f"the daemon did not start serving {state['mountpoint']}"
+            + (f": {detail}" if detail else "")
+        )
+    return 0
+
+
+def _redirect_stdio(log_path: Path) -> None:
+    null = os.open(os.devnull, os.O_RDONLY)
+    out = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    os.dup2(null, 0)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(null)
+    os.close(out)
+
+
+def _tail(path: Path) -> str:
+    with contextlib.suppress(OSError):
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+    return ""
+
+
+def _serve(ops: Operations, state: dict[str, Any], path: Path) -> int:
+    code = 0
+    try:
+        _write_state(path, state)
+        trio.run(_main, ops, state, path)
+    except BaseException:
+        log.exception("the daemon failed")
+        code = 1
+    finally:
+        pyfuse3.close(unmount=True)
+        ops.index.close()
+        with contextlib.suppress(OSError):
+            path.unlink()
+    log.info("unmounted %s", state["mountpoint"])
+    return code
+
+
+async def _main(ops: Operations, state: dict[str, Any], path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_on_signals)
+        nursery.start_soon(_publish, ops, state, path)
+        await pyfuse3.main(min_tasks=1, max_tasks=64)
+        nursery.cancel_scope.cancel()
+
+
+async def _on_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+
+
+async def _publish(ops: Operations, state: dict[str, Any], path: Path) -> None:
+    while True:
+        await trio.sleep(PUBLISH_INTERVAL)
+        with contextlib.suppress(OSError):
+            _write_state(path, {**state, "updated": time.time(), **ops.statistics()})
+
+
+# --- unmounting ---------------------------------------------------------------------------
+
+
+def umount(mountpoint: Path, lazy: bool = False) -> str:
+    """Unmount a live or stale mount and wait until its daemon has exited; returns a message."""
+    mountpoint = mountpoint.absolute()
+    state_path = state_file(mountpoint)
+    pid = None
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        pid = int(json.loads(state_path.read_text())["pid"])
+    if is_stale(mountpoint):
+        clear_stale(mountpoint)
+        with contextlib.suppress(OSError):
+            state_path.unlink()
+        return f"cleared the stale mount at {mountpoint}"
+    if not os.path.ismount(mountpoint):
+        raise UsageError(f"{mountpoint} is not mounted")
+    result = _fusermount("-u", *(["-z"] if lazy else []), str(mountpoint))
+    if result.returncode != 0:
+        message = result.stderr.strip().removeprefix("fusermount3: ")
+        if "busy" in message.lower():
+            raise MountError(f"{mountpoint} is busy (a process uses it); close it or use --lazy")
+        raise MountError(f"cannot unmount {mountpoint}: {message}")
+    if pid is not None:
+        deadline = time.monotonic() + UNMOUNT_TIMEOUT
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if pid_alive(pid):
+            raise MountError(f"unmounted {mountpoint}, but its daemon (pid {pid}) still runs")
+    return f"unmounted {mountpoint}"
