@@ -3,19 +3,32 @@
 #
 #   scripts/test.sh [PYTEST ARGS...]      e.g. scripts/test.sh -k squashfs -x
 #
+# The suite runs as root: it mounts FUSE as root and as a throw-away unprivileged user, makes
+# device nodes for SquashFS images and edits /etc/fuse.conf for --allow-other (restored after).
+# Started as a normal user, it re-runs itself with sudo, writing nothing into the checkout.
 # pytest's "no tests collected" (exit 5) fails the run like any other failure.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo"
+
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null 2>&1 || { echo "test: needs root (or sudo)" >&2; exit 1; }
+    exec sudo PYTHONDONTWRITEBYTECODE=1 IMAGENETFS_TEST_NO_CACHE=1 \
+        ${IMAGENETFS_PREFIX:+IMAGENETFS_PREFIX="$IMAGENETFS_PREFIX"} bash "$0" "$@"
+fi
+cache_opts=()
+[ -n "${IMAGENETFS_TEST_NO_CACHE:-}" ] && cache_opts=(-p no:cacheprovider)
 
 bash scripts/setup.sh
 venv=${IMAGENETFS_PREFIX:-/opt/imagenetfs}/venv
 py="$venv/bin/python"
 
 echo "test: ruff check, ruff format --check, mypy" >&2
-"$venv/bin/ruff" check imagenetfs tests scripts
-"$venv/bin/ruff" format --check imagenetfs tests scripts
-"$venv/bin/mypy" imagenetfs
+ruff_opts=()
+[ -n "${IMAGENETFS_TEST_NO_CACHE:-}" ] && ruff_opts=(--no-cache)
+"$venv/bin/ruff" check "${ruff_opts[@]}" imagenetfs tests scripts
+"$venv/bin/ruff" format "${ruff_opts[@]}" --check imagenetfs tests scripts
+"$venv/bin/mypy" ${IMAGENETFS_TEST_NO_CACHE:+--cache-dir=/dev/null} imagenetfs
 
 echo "test: pytest" >&2
-"$py" -m pytest -m "not slow" "$@"
+"$py" -m pytest "${cache_opts[@]}" -m "not slow" "$@"
