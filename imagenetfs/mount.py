@@ -2,7 +2,7 @@
 
 One function owns a mount's life (`mount`):
 
-1. check the mount point: a stale FUSE mount left by a killed daemon (`os.statvfs` gives
+1. check the mount point (created if missing, when its parent exists): a stale FUSE mount left by a killed daemon (`os.statvfs` gives
    ENOTCONN) is cleared with `fusermount3 -uz`; a live mount, a non-directory or a non-empty
    directory is refused with one clear line;
 2. `pyfuse3.init()` mounts, in the calling process, so mount errors reach the terminal;
@@ -96,8 +96,10 @@ def check_mountpoint(mountpoint: Path) -> None:
     if is_stale(mountpoint):
         log.info("clearing the stale mount at %s left by a killed daemon", mountpoint)
         clear_stale(mountpoint)
-    if not mountpoint.exists():
-        raise UsageError(f"mount point {mountpoint} does not exist")
+    if not mountpoint.exists() and not mountpoint.is_symlink():
+        if not mountpoint.parent.is_dir():
+            raise UsageError(f"mount point {mountpoint}: {mountpoint.parent} does not exist")
+        mountpoint.mkdir()  # `imagenetfs mount /tmp/inet` works on a fresh machine
     if not mountpoint.is_dir():
         raise UsageError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
