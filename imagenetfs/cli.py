@@ -111,7 +111,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         condition = "serving" if alive and os.path.ismount(mp) else "dead (run imagenetfs umount)"
         print(f"{mp}: {condition}")
         print(f"  source {state.get('source')}  index {state.get('index')}  pid {state.get('pid')}")
-        fs = state.get("fs")
+        fs = state.get("stats", {}).get("fs")
         if fs:
             counters = "  ".join(f"{k} {v:,}" for k, v in fs.items())
             print(f"  {counters}")

@@ -299,7 +299,7 @@ async def _publish(ops: Operations, state: dict[str, Any], path: Path) -> None:
     while True:
         await trio.sleep(PUBLISH_INTERVAL)
         with contextlib.suppress(OSError):
-            _write_state(path, {**state, "updated": time.time(), **ops.statistics()})
+            _write_state(path, {**state, "updated": time.time(), "stats": ops.statistics()})
 
 
 # --- unmounting ---------------------------------------------------------------------------
