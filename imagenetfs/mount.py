@@ -196,8 +196,8 @@ def mount(request: MountRequest) -> int:
         raise MountError(f"cannot mount {mountpoint}: {e}{hint}") from None
     state = {
         "mountpoint": str(mountpoint),
-        "source": str(request.source),
-        "index": str(request.index_path),
+        "source": str(request.source.absolute()),
+        "index": str(request.index_path.absolute()),
         "pid": os.getpid(),
         "started": time.time(),
     }
