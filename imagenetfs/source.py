@@ -73,6 +73,8 @@ def find_source(explicit: Path | None) -> Path:
 
 
 def open_source(root: Path) -> Source:
+    if not root.exists():
+        raise UsageError(f"source {root} does not exist")
     if not root.is_dir():
         raise UsageError(f"source {root}: not a directory")
     images = {s: root / f"{s}.squashfs" for s in SPLITS if (root / f"{s}.squashfs").is_file()}

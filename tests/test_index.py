@@ -282,4 +282,4 @@ def test_cli_index(tmp_path: Path) -> None:
         text=True,
     )
     assert missing.returncode == 1
-    assert missing.stderr.strip() == f"imagenetfs: error: source {tmp_path / 'no'}: not a directory"
+    assert missing.stderr.strip() == f"imagenetfs: error: source {tmp_path / 'no'} does not exist"
