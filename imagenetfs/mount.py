@@ -30,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -186,14 +187,20 @@ def mount(request: MountRequest) -> int:
     options |= {"fsname=imagenetfs", "subtype=imagenetfs", "ro", "noatime"}
     if request.allow_other:
         options.add("allow_other")
-    try:
-        pyfuse3.init(ops, str(mountpoint), options)
-    except RuntimeError as e:
+    failure: RuntimeError | None = None
+    with _stderr_captured() as said:
+        try:
+            pyfuse3.init(ops, str(mountpoint), options)
+        except RuntimeError as e:
+            failure = e
+    if failure is not None:
         index.close()
-        hint = ""
-        if request.allow_other:
-            hint = " (--allow-other needs 'user_allow_other' in /etc/fuse.conf)"
-        raise MountError(f"cannot mount {mountpoint}: {e}{hint}") from None
+        # libfuse and fusermount3 say why on stderr ("fusermount3: option allow_other only
+        # allowed if 'user_allow_other' is set in /etc/fuse.conf"): that is the one line.
+        lines = [line.strip() for line in "".join(said).splitlines() if line.strip()]
+        reason = lines[-1].removeprefix("fusermount3: ").removeprefix("fuse: ") if lines else ""
+        raise MountError(f"cannot mount {mountpoint}: {reason or failure}") from None
+    sys.stderr.write("".join(said))
     state = {
         "mountpoint": str(mountpoint),
         "source": str(request.source.absolute()),
@@ -204,6 +211,24 @@ def mount(request: MountRequest) -> int:
     if request.foreground:
         return _serve(ops, state, state_path)
     return _daemonize(ops, state, state_path)
+
+
+@contextlib.contextmanager
+def _stderr_captured() -> Iterator[list[str]]:
+    """Send fd 2 (this process's and its children's, e.g. fusermount3) to a temporary file
+    meanwhile; the yielded list holds what was written once the block has ended."""
+    said: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            said.append(tmp.read().decode(errors="replace"))
 
 
 def _daemonize(ops: Operations, state: dict[str, Any], state_path: Path) -> int:
