@@ -2,9 +2,9 @@
 
 One function owns a mount's life (`mount`):
 
-1. check the mount point (created if missing, when its parent exists): a stale FUSE mount left by a killed daemon (`os.statvfs` gives
-   ENOTCONN) is cleared with `fusermount3 -uz`; a live mount, a non-directory or a non-empty
-   directory is refused with one clear line;
+1. check the mount point (created if missing, when its parent exists): a stale FUSE mount
+   left by a killed daemon (`os.statvfs` gives ENOTCONN) is cleared with `fusermount3 -uz`;
+   a live mount, a non-directory or a non-empty directory is refused with one clear line;
 2. `pyfuse3.init()` mounts, in the calling process, so mount errors reach the terminal;
 3. without `-f`, fork: the child does `setsid`, sends its output to a log file and serves; the
    parent returns once the kernel's FUSE_INIT has been answered (the child writes to a pipe
