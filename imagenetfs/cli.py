@@ -82,6 +82,8 @@ def ensure_index(root: Path, explicit: Path | None, quiet: bool = False) -> Path
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    # a bad mount point is refused before any sample generation or index build (minutes)
+    mount.check_mountpoint(args.mountpoint.absolute())
     root = resolve_source(args.source)
     path = ensure_index(root, args.index)
     request = mount.MountRequest(
