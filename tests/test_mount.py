@@ -1,0 +1,1063 @@
+"""Real FUSE mounts through the `imagenetfs` command (issue 4): tree, bytes, users, lifecycle.
+
+No mocks: every test runs the installed CLI on SquashFS images made by the generator and
+compares what the mount serves with what `unsquashfs` extracts from the same images (val
+regrouped by `val_labels.txt`, as `source.py` does).
+
+Safety rules, because a leftover FUSE mount hangs whatever touches it next:
+
+- every test has a timeout, and every subprocess has its own (`timeout=` or `timeout(1)`);
+- every mount goes through a `Runner`, whose finalizer lazily unmounts what is still mounted
+  (`fusermount3 -uz`) and SIGKILLs the daemons it started; the module's base directory is swept
+  for mounts once more at the end;
+- readers of a killed daemon run in subprocesses under `timeout`, never in this process;
+- system changes (test users, `/dev/fuse` mode, `/etc/fuse.conf`, search bits on the
+  interpreter's directories) are undone by the fixtures that make them.
+
+Facts these tests pin, measured on Debian 12 (libfuse 3.14, kernel 6.x): root gets EACCES on a
+FUSE mount of another user without `allow_other` (even `stat` of the mount point); every write
+operation, for every user, fails with EROFS at the VFS because the mount is `ro`; after SIGKILL
+the mount point stays (no `auto_unmount` for users on 3.14) and every access gives ENOTCONN.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import grp
+import hashlib
+import json
+import os
+import pwd
+import random
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import imagenetfs
+from imagenetfs import generate, synsets
+from imagenetfs.generate import Spec
+
+CLI = str(Path(sys.executable).with_name("imagenetfs"))
+PY = sys.executable
+USER, OTHER = "imagenetfs-test", "imagenetfs-other"
+SPLITS = ("train", "val", "test")
+
+#: ~30 realistic JPEGs (tens to hundreds of KB: several FUSE reads per file).
+REALISTIC = Spec(classes=3, train_per_class=6, val_per_class=3, test=4, jobs=2)
+#: 3,000 tiny files: counts, names and random-order reads at scale.
+TINY = Spec(classes=20, train_per_class=120, val_per_class=10, test=400, tiny=True, jobs=2)
+
+
+def _fuse_usable() -> str | None:
+    if sys.platform != "linux" or not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse"
+    if os.geteuid() != 0:
+        return "these tests create users and change /dev/fuse: run them as root"
+    for tool in ("fusermount3", "unsquashfs", "mksquashfs", "runuser", "useradd", "timeout"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_fuse_usable() is not None, reason=str(_fuse_usable()))
+
+
+# --- small helpers ------------------------------------------------------------------------
+
+
+def mount_points() -> list[str]:
+    with open("/proc/mounts") as f:
+        return [line.split()[1].encode().decode("unicode_escape") for line in f]
+
+
+def mount_line(mp: Path) -> str | None:
+    with open("/proc/mounts") as f:
+        for line in f:
+            if line.split()[1].encode().decode("unicode_escape") == str(mp):
+                return line
+    return None
+
+
+def is_mounted(mp: Path) -> bool:
+    return str(mp) in mount_points()
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, e.g. an orphan not reaped yet, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def force_unmount(mp: Path) -> None:
+    subprocess.run(["fusermount3", "-u", "-z", "-q", str(mp)], capture_output=True, timeout=30)
+    if is_mounted(mp):
+        subprocess.run(["umount", "-l", str(mp)], capture_output=True, timeout=30)
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """The one error line of a refused command: exit 1, no traceback, nothing else said
+    except `imagenetfs:` notices (e.g. "indexing ...")."""
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("imagenetfs: error: ")]
+    assert len(errors) == 1, result.stderr
+    assert all(line.startswith("imagenetfs: ") for line in lines), result.stderr
+    return errors[0]
+
+
+# --- the datasets -------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    root: Path
+    index: Path
+    files: dict[str, bytes]  # path in the served tree -> bytes, from unsquashfs
+    dirs: set[str]
+    mtimes: dict[str, int]  # every path that exists in an image (not the regrouped val dirs)
+
+    @property
+    def entries(self) -> int:
+        return len(self.files) + len(self.dirs) + 1  # + the root
+
+
+def build_dataset(base: Path, name: str, spec: Spec) -> Dataset:
+    root = base / name
+    generate.generate(root, spec)
+    labels = dict(line.split() for line in (root / "val_labels.txt").read_text().splitlines())
+    files: dict[str, bytes] = {}
+    dirs: set[str] = set()
+    mtimes: dict[str, int] = {}
+    for split in SPLITS:
+        out = base / f"{name}-extracted" / split
+        out.parent.mkdir(exist_ok=True)
+        cmd = ["unsquashfs", "-q", "-n", "-d", str(out), str(root / f"{split}.squashfs")]
+        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+        dirs.add(split)
+        mtimes[split] = int(out.stat().st_mtime)
+        for dirpath, dirnames, filenames in os.walk(out):
+            inner = os.path.relpath(dirpath, out)
+            prefix = split if inner == "." else f"{split}/{inner}"
+            for d in dirnames:
+                dirs.add(f"{prefix}/{d}")
+                mtimes[f"{prefix}/{d}"] = int(os.lstat(os.path.join(dirpath, d)).st_mtime)
+            for f in filenames:
+                path = os.path.join(dirpath, f)
+                st = os.lstat(path)
+                assert stat.S_ISREG(st.st_mode), path
+                rel = f"{prefix}/{f}"
+                if prefix == "val":  # flat val in the image: regrouped by label
+                    dirs.add(f"val/{labels[f]}")
+                    rel = f"val/{labels[f]}/{f}"
+                files[rel] = Path(path).read_bytes()
+                mtimes[rel] = int(st.st_mtime)
+    index = base / f"{name}.lmdb"
+    subprocess.run(
+        [CLI, "index", "--source", str(root), "--index", str(index), "-q"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return Dataset(root, index, files, dirs, mtimes)
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[Path]:
+    """A world-searchable directory: other users need search permission on every parent of
+    their sources and mount points (pytest's tmp dirs are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="imagenetfs-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    for mp in mount_points():
+        if mp.startswith(f"{path}/"):
+            force_unmount(Path(mp))
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def realistic(base: Path) -> Dataset:
+    return build_dataset(base, "realistic", REALISTIC)
+
+
+@pytest.fixture(scope="module")
+def tiny(base: Path) -> Dataset:
+    data = build_dataset(base, "tiny", TINY)
+    assert len(data.files) == 3000
+    return data
+
+
+# --- running the CLI, as root or as a test user, and never leaving a mount behind ----------
+
+
+@dataclass
+class Runner:
+    """Runs `imagenetfs` (and Python snippets) as one user, with its own state directory;
+    remembers every mount point and daemon so that `cleanup()` can undo them."""
+
+    work: Path  # a directory this user owns (mount points, cache, state)
+    user: str | None = None  # None: root, this process's user
+    points: list[Path] = field(default_factory=list)
+    pids: set[int] = field(default_factory=set)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.work / "cache" / "imagenetfs" / "mounts"
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGENETFS_", "XDG_"))}
+        env.update(XDG_CACHE_HOME=str(self.work / "cache"), XDG_RUNTIME_DIR="")
+        if self.user is not None:
+            env = {
+                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "HOME": str(self.work),
+                "LANG": "C.UTF-8",
+                "XDG_CACHE_HOME": env["XDG_CACHE_HOME"],
+            }
+        return env
+
+    def _command(self, args: list[str]) -> list[str]:
+        if self.user is None:
+            return args
+        env = [f"{k}={v}" for k, v in self.env().items()]
+        return ["runuser", "-u", self.user, "--", "env", "-i", *env, *args]
+
+    def cli(
+        self, *args: object, timeout: float = 60, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self._command([CLI, *map(str, args)]),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(),
+            stdin=subprocess.DEVNULL,
+        )
+
+    def mkdir(self, name: str) -> Path:
+        path = self.work / name
+        path.mkdir()
+        if self.user is not None:
+            shutil.chown(path, self.user, self.user)
+        return path
+
+    def mount(self, mp: Path, data: Dataset | None, *extra: object, cwd: Path | None = None) -> int:
+        """Mount (daemonized) and return the daemon's pid."""
+        self.points.append(mp)
+        args: list[object] = ["mount", *extra, mp]
+        if data is not None:
+            args[1:1] = ["--source", data.root.relative_to(cwd) if cwd else data.root]
+            if self.user is None:
+                args[1:1] = ["--index", data.index]  # a user builds its own, in its cache
+        result = self.cli(*args, timeout=120, cwd=cwd)
+        assert result.returncode == 0, result.stderr
+        assert is_mounted(mp), mount_points()
+        return self.pid(mp)
+
+    def state(self, mp: Path) -> dict[str, Any] | None:
+        for path in self.state_dir.glob("*.json"):
+            with contextlib.suppress(OSError, ValueError):
+                state: dict[str, Any] = json.loads(path.read_text())
+                if state.get("mountpoint") == str(mp):
+                    state["state_file"] = str(path)
+                    return state
+        return None
+
+    def pid(self, mp: Path) -> int:
+        state = self.state(mp)
+        assert state is not None, f"no state file for {mp} in {self.state_dir}"
+        pid = int(state["pid"])
+        self.pids.add(pid)
+        return pid
+
+    def python(self, code: str, *args: object, timeout: float = 30) -> Any:
+        """Run a snippet as this user under timeout(1); it prints JSON."""
+        cmd = ["timeout", "-s", "KILL", str(timeout), *self._command([PY, "-c", code])]
+        result = subprocess.run(
+            cmd + [json.dumps(a if isinstance(a, list | dict) else str(a)) for a in args],
+            capture_output=True,
+            text=True,
+            timeout=timeout + 10,
+            env=self.env(),
+        )
+        assert result.returncode == 0, (result.returncode, result.stderr)
+        return json.loads(result.stdout)
+
+    def cleanup(self) -> None:
+        for mp in self.points:
+            if is_mounted(mp):
+                force_unmount(mp)
+        for pid in self.pids:
+            if alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture(autouse=True)
+def no_mount_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Whatever a test mounted under our directories and did not track (e.g. a refusal that
+    mounted after all) is detached after it; its daemon then exits (reads give ENODEV)."""
+    ours = (f"{tmp_path_factory.getbasetemp()}/", f"{tempfile.gettempdir()}/imagenetfs-test-")
+    before = set(mount_points())
+    yield
+    for mp in set(mount_points()) - before:
+        if mp.startswith(ours):
+            force_unmount(Path(mp))
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[Runner]:
+    runner = Runner(tmp_path)
+    yield runner
+    runner.cleanup()
+
+
+# Snippets run as another user (or in a separate process, where a hang must not reach pytest).
+
+READ_FILES = """
+import errno, hashlib, json, os, sys
+out = {}
+for p in json.loads(sys.argv[1]):
+    try:
+        st = os.stat(p)
+        with open(p, 'rb') as f:
+            data = f.read()
+        out[p] = [hashlib.sha256(data).hexdigest(), st.st_uid, st.st_gid, st.st_mode]
+    except OSError as e:
+        out[p] = errno.errorcode[e.errno]
+print(json.dumps(out))
+"""
+
+ACCESS = """
+import errno, json, os, sys
+out = {}
+for name, call in [('listdir', os.listdir), ('stat', os.stat), ('statvfs', os.statvfs),
+                   ('open', lambda p: os.close(os.open(p, os.O_RDONLY)))]:
+    for p in json.loads(sys.argv[1]):
+        try:
+            call(p)
+            out[name + ' ' + p] = 'ok'
+        except OSError as e:
+            out[name + ' ' + p] = errno.errorcode[e.errno]
+print(json.dumps(out))
+"""
+
+WRITES = """
+import errno, json, os, sys
+f, d = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+ops = {
+    'open O_WRONLY': lambda: os.open(f, os.O_WRONLY),
+    'open O_RDWR': lambda: os.open(f, os.O_RDWR),
+    'open O_APPEND': lambda: os.open(f, os.O_WRONLY | os.O_APPEND),
+    'open O_TRUNC': lambda: os.open(f, os.O_RDONLY | os.O_TRUNC),
+    'create': lambda: os.open(os.path.join(d, 'new'), os.O_WRONLY | os.O_CREAT, 0o644),
+    'unlink': lambda: os.unlink(f),
+    'rmdir': lambda: os.rmdir(d),
+    'rename': lambda: os.rename(f, f + '.renamed'),
+    'rename dir': lambda: os.rename(d, d + '.renamed'),
+    'chmod': lambda: os.chmod(f, 0o644),
+    'chown': lambda: os.chown(f, os.getuid(), os.getgid()),
+    'utime': lambda: os.utime(f, (0, 0)),
+    'truncate': lambda: os.truncate(f, 0),
+    'mkdir': lambda: os.mkdir(os.path.join(d, 'newdir')),
+    'symlink': lambda: os.symlink('x', os.path.join(d, 'newlink')),
+    'link': lambda: os.link(f, os.path.join(d, 'hardlink')),
+    'mkfifo': lambda: os.mkfifo(os.path.join(d, 'fifo')),
+    'setxattr': lambda: os.setxattr(f, 'user.x', b'1'),
+}
+out = {}
+for name, op in ops.items():
+    try:
+        op()
+        out[name] = 'succeeded'
+    except OSError as e:
+        out[name] = errno.errorcode[e.errno]
+out['access(W_OK)'] = 'writable' if os.access(f, os.W_OK) else 'EROFS'
+print(json.dumps(out))
+"""
+
+
+def assert_all_erofs(out: dict[str, str]) -> None:
+    """The mount is `ro`: the VFS answers every write EROFS before FUSE sees it."""
+    assert len(out) == 19
+    assert out == dict.fromkeys(out, "EROFS"), out
+
+
+def sample_files(data: Dataset, n: int, seed: int = 0) -> list[str]:
+    return random.Random(seed).sample(sorted(data.files), min(n, len(data.files)))
+
+
+def assert_reads(out: dict[str, Any], mp: Path, data: Dataset, rels: list[str], uid: int) -> None:
+    gid = pwd.getpwuid(uid).pw_gid
+    for rel in rels:
+        assert out[str(mp / rel)] == [sha(data.files[rel]), uid, gid, 0o100444], rel
+
+
+# --- 1. the tree and its bytes ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def served(
+    request: pytest.FixtureRequest, base: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Dataset, Path]]:
+    """A root mount of one dataset, shared by the read-only tests of this module."""
+    data: Dataset = request.getfixturevalue(request.param)
+    runner = Runner(tmp_path_factory.mktemp(f"served-{request.param}"))
+    mp = runner.mkdir("mp")
+    try:
+        runner.mount(mp, data)
+        yield data, mp
+    finally:
+        runner.cleanup()
+
+
+both = pytest.mark.parametrize("served", ["realistic", "tiny"], indirect=True)
+
+
+def walk(mp: Path) -> dict[str, os.stat_result]:
+    found: dict[str, os.stat_result] = {}
+    for dirpath, dirnames, filenames in os.walk(mp):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            found[os.path.relpath(path, mp)] = os.lstat(path)
+    return found
+
+
+@both
+@pytest.mark.timeout(180)
+def test_tree_and_stat_match_unsquashfs(served: tuple[Dataset, Path]) -> None:
+    data, mp = served
+    found = walk(mp)
+    files = {p for p, st in found.items() if stat.S_ISREG(st.st_mode)}
+    dirs = {p for p, st in found.items() if stat.S_ISDIR(st.st_mode)}
+    assert files == set(data.files)
+    assert dirs == data.dirs
+    assert len(found) == len(files) + len(dirs), "only files and directories"
+    assert sorted(os.listdir(mp)) == sorted(SPLITS)
+    for rel, st in found.items():
+        if rel in data.files:
+            assert st.st_size == len(data.files[rel]), rel
+            assert st.st_blocks * 512 >= st.st_size, rel
+        if rel in data.mtimes:
+            assert st.st_mtime_ns == data.mtimes[rel] * 1_000_000_000, rel
+
+
+class _Dirent(ctypes.Structure):  # glibc's struct dirent on 64-bit Linux
+    _fields_ = (
+        ("d_ino", ctypes.c_uint64),
+        ("d_off", ctypes.c_int64),
+        ("d_reclen", ctypes.c_ushort),
+        ("d_type", ctypes.c_ubyte),
+        ("d_name", ctypes.c_char * 256),
+    )
+
+
+def d_types(directory: Path) -> dict[str, int]:
+    """The d_type of each entry as readdir(3) returns it: no stat involved."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.opendir.restype = ctypes.c_void_p
+    libc.opendir.argtypes = (ctypes.c_char_p,)
+    libc.readdir.restype = ctypes.POINTER(_Dirent)
+    libc.readdir.argtypes = (ctypes.c_void_p,)
+    libc.closedir.argtypes = (ctypes.c_void_p,)
+    handle = libc.opendir(os.fsencode(directory))
+    assert handle, os.strerror(ctypes.get_errno())
+    out: dict[str, int] = {}
+    try:
+        while entry := libc.readdir(handle):
+            out[os.fsdecode(entry.contents.d_name)] = entry.contents.d_type
+    finally:
+        libc.closedir(handle)
+    return out
+
+
+DT_DIR, DT_REG = 4, 8
+
+
+@both
+@pytest.mark.timeout(60)
+def test_readdir_carries_entry_types(served: tuple[Dataset, Path]) -> None:
+    data, mp = served
+    seen = 0
+    for rel in ["", *sorted(data.dirs)]:
+        directory = mp / rel
+        types = d_types(directory)
+        assert types.pop(".") == DT_DIR and types.pop("..") == DT_DIR
+        for name, d_type in types.items():
+            child = f"{rel}/{name}".lstrip("/")
+            assert d_type == (DT_DIR if child in data.dirs else DT_REG), child
+            seen += 1
+        with os.scandir(directory) as it:
+            for entry in it:
+                child = f"{rel}/{entry.name}".lstrip("/")
+                assert entry.is_dir(follow_symlinks=False) == (child in data.dirs)
+                assert entry.is_file(follow_symlinks=False) == (child in data.files)
+                assert not entry.is_symlink()
+    assert seen == data.entries - 1
+
+
+@both
+@pytest.mark.timeout(120)
+def test_random_order_reads_are_byte_identical(served: tuple[Dataset, Path]) -> None:
+    """Every file, in random order: first a pread at a random offset (cold: the daemon serves
+    it), then the whole file; offsets at and past the end give short or empty reads."""
+    data, mp = served
+    rng = random.Random(4)
+    order = sorted(data.files)
+    rng.shuffle(order)
+    for rel in order:
+        expected = data.files[rel]
+        fd = os.open(mp / rel, os.O_RDONLY)
+        try:
+            assert os.fstat(fd).st_size == len(expected)
+            for _ in range(2):
+                off = rng.randrange(len(expected) + 1)
+                size = rng.choice([1, 17, 4096, 65536, 131072 + 3, 300_000])
+                assert os.pread(fd, size, off) == expected[off : off + size], (rel, off, size)
+            assert os.pread(fd, 10, len(expected)) == b""
+            assert os.pread(fd, 10, len(expected) + 12345) == b""
+        finally:
+            os.close(fd)
+        with open(mp / rel, "rb") as f:
+            assert f.read() == expected, rel
+    assert len(order) == len(data.files)
+
+
+# --- 6. read-only everywhere --------------------------------------------------------------
+
+
+@both
+@pytest.mark.timeout(60)
+def test_modes_owner_and_statvfs(served: tuple[Dataset, Path]) -> None:
+    data, mp = served
+    for rel, st in {"": os.lstat(mp), **walk(mp)}.items():
+        expected = 0o040555 if (rel in data.dirs or rel == "") else 0o100444
+        assert st.st_mode == expected, (rel, oct(st.st_mode))
+        assert not st.st_mode & 0o111 or stat.S_ISDIR(st.st_mode), rel
+        assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()), rel
+    vfs = os.statvfs(mp)
+    assert vfs.f_files == data.entries
+    assert vfs.f_namemax == 255
+    assert vfs.f_flag & os.ST_RDONLY
+    assert vfs.f_bsize > 0
+    assert vfs.f_blocks * vfs.f_frsize >= sum(map(len, data.files.values()))
+    assert vfs.f_bavail == vfs.f_bfree == vfs.f_ffree == 0
+    assert "ro," in (mount_line(mp) or "") and " fuse.imagenetfs " in (mount_line(mp) or "")
+
+
+@pytest.mark.parametrize("served", ["realistic"], indirect=True)
+@pytest.mark.timeout(60)
+def test_every_write_fails_with_erofs(served: tuple[Dataset, Path], tmp_path: Path) -> None:
+    data, mp = served
+    rel = sorted(data.files)[0]
+    before = {p: (st.st_mode, st.st_size, st.st_mtime_ns) for p, st in walk(mp).items()}
+    out = Runner(tmp_path).python(WRITES, str(mp / rel), str(mp / rel).rsplit("/", 1)[0])
+    assert_all_erofs(out)
+    assert {p: (st.st_mode, st.st_size, st.st_mtime_ns) for p, st in walk(mp).items()} == before
+    assert (mp / rel).read_bytes() == data.files[rel]
+    # and nothing reached the source either
+    assert sorted(p.name for p in data.root.iterdir()) == [
+        "test.squashfs",
+        "test_files.txt",
+        "train.squashfs",
+        "train_files.txt",
+        "val.squashfs",
+        "val_files.txt",
+        "val_labels.txt",
+    ]
+
+
+@pytest.mark.timeout(60)
+def test_data_unchanged_across_remount(root: Runner, realistic: Dataset) -> None:
+    mp = root.mkdir("mp")
+    digests = []
+    for _ in range(2):
+        root.mount(mp, realistic)
+        digests.append({rel: sha((mp / rel).read_bytes()) for rel in sorted(realistic.files)})
+        result = root.cli("umount", mp)
+        assert result.returncode == 0, result.stderr
+        assert not is_mounted(mp)
+    assert digests[0] == digests[1] == {k: sha(v) for k, v in realistic.files.items()}
+
+
+# --- 3. killed daemons and stale mounts, as root ------------------------------------------
+
+HOLD_AND_READ = """
+import errno, json, os, sys
+fd = os.open(json.loads(sys.argv[1]), os.O_RDONLY)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)  # no readahead: the next pread needs the daemon
+os.pread(fd, 10, 0)
+print('open', flush=True)
+sys.stdin.readline()  # the daemon is killed meanwhile
+try:
+    os.pread(fd, 4096, 8192)
+    print(json.dumps('read succeeded'))
+except OSError as e:
+    print(json.dumps(errno.errorcode[e.errno]))
+"""
+
+
+def check_stale_access(runner: Runner, mp: Path, rel: str) -> None:
+    """Every access to a stale mount point fails promptly, with ENOTCONN unless the kernel
+    answers from its cache without asking the daemon."""
+    out = runner.python(ACCESS, [str(mp), str(mp / rel)], timeout=20)
+    for key, value in out.items():
+        if key.startswith("stat "):  # attributes the kernel has cached (timeout: a year)
+            assert value in ("ok", "ENOTCONN"), value
+        elif key == f"listdir {mp / rel}":  # a file the kernel knows: opendir fails at once
+            assert value in ("ENOTDIR", "ENOTCONN"), value
+        else:
+            assert value == "ENOTCONN", (key, value)
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_leaves_stale_mount_that_mount_and_umount_clear(
+    root: Runner, realistic: Dataset
+) -> None:
+    mp = root.mkdir("mp")
+    rel = max(realistic.files, key=lambda r: len(realistic.files[r]))
+    pid = root.mount(mp, realistic)
+    holder = subprocess.Popen(
+        [PY, "-c", HOLD_AND_READ, json.dumps(str(mp / rel))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == "open\n"
+        os.kill(pid, signal.SIGKILL)
+        assert wait_until(lambda: not alive(pid), 10)
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        out, _ = holder.communicate(timeout=20)
+        assert json.loads(out) == "ENOTCONN", "a reader of an open file of a killed daemon"
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert is_mounted(mp), "stale: no auto_unmount after SIGKILL"
+    check_stale_access(root, mp, rel)
+    status = root.cli("status", mp)
+    assert status.returncode == 0 and "dead" in status.stdout, status
+
+    # mount over the stale point: cleared, then mounted and serving
+    pid2 = root.mount(mp, realistic)
+    assert pid2 != pid
+    assert (mp / rel).read_bytes() == realistic.files[rel]
+    assert [line for line in mount_points() if line == str(mp)] == [str(mp)], "one mount only"
+
+    # umount of a stale point clears it
+    os.kill(pid2, signal.SIGKILL)
+    assert wait_until(lambda: not alive(pid2), 10)
+    result = root.cli("umount", mp)
+    assert result.returncode == 0, result.stderr
+    assert "stale" in result.stdout
+    assert not is_mounted(mp)
+    assert root.state(mp) is None
+    assert os.listdir(mp) == []
+
+
+# --- 4. signals, umount, foreground -------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.timeout(60)
+def test_signal_ends_the_daemon_cleanly(
+    root: Runner, realistic: Dataset, signum: signal.Signals
+) -> None:
+    mp = root.mkdir("mp")
+    pid = root.mount(mp, realistic)
+    state = root.state(mp)
+    assert state is not None
+    rel = sorted(realistic.files)[-1]
+    assert (mp / rel).read_bytes() == realistic.files[rel]
+    started = time.monotonic()
+    os.kill(pid, signum)
+    assert wait_until(lambda: not alive(pid) and not is_mounted(mp), 5), "exits within 5 s"
+    assert time.monotonic() - started < 5
+    assert not Path(state["state_file"]).exists()
+    assert os.listdir(mp) == []
+
+
+@pytest.mark.timeout(60)
+def test_umount_waits_for_the_daemon(root: Runner, realistic: Dataset) -> None:
+    mp = root.mkdir("mp")
+    pid = root.mount(mp, realistic)
+    state = root.state(mp)
+    assert state is not None
+    (mp / sorted(realistic.files)[0]).read_bytes()
+    result = root.cli("umount", mp)
+    gone = not alive(pid)  # right when umount returned
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"unmounted {mp}"
+    assert gone, "umount returned before the daemon exited"
+    assert not is_mounted(mp)
+    assert not Path(state["state_file"]).exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.timeout(60)
+def test_foreground_mode(root: Runner, realistic: Dataset, signum: signal.Signals) -> None:
+    mp = root.mkdir("mp")
+    root.points.append(mp)
+    cmd = [CLI, "mount", "-f", "--source", str(realistic.root), "--index", str(realistic.index)]
+    proc = subprocess.Popen(
+        [*cmd, str(mp)], env=root.env(), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    root.pids.add(proc.pid)
+    try:
+        assert wait_until(lambda: is_mounted(mp) or proc.poll() is not None, 30)
+        assert proc.poll() is None, "the foreground process serves"
+        state = root.state(mp)
+        assert state is not None and state["pid"] == proc.pid
+        rel = sorted(realistic.files)[1]
+        assert (mp / rel).read_bytes() == realistic.files[rel]
+        proc.send_signal(signum)
+        assert proc.wait(timeout=10) == 0
+        assert not is_mounted(mp)
+        assert not Path(state["state_file"]).exists()
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        assert proc.stderr is not None
+        proc.stderr.close()
+
+
+# --- 5. refusals: one line, exit 1 --------------------------------------------------------
+
+
+def _prepare(case: str, tmp: Path, root: Runner, data: Dataset) -> list[object]:
+    empty = tmp / "empty"
+    empty.mkdir()
+    given = ["--source", data.root, "--index", data.index]
+    if case == "mount point's parent missing":
+        return ["mount", *given, tmp / "missing" / "mp"]
+    if case == "mount point not a directory":
+        (tmp / "file").write_text("x")
+        return ["mount", *given, tmp / "file"]
+    if case == "mount point not empty":
+        (empty / "x").write_text("x")
+        return ["mount", *given, empty]
+    if case == "mount point busy":
+        root.mount(empty, data)
+        return ["mount", *given, empty]
+    if case == "umount not mounted":
+        return ["umount", empty]
+    if case == "umount missing path":
+        return ["umount", tmp / "missing"]
+    if case == "source missing":
+        return ["mount", "--source", tmp / "nowhere", empty]
+    if case == "source without images":
+        (tmp / "nothing").mkdir()
+        return ["mount", "--source", tmp / "nothing", empty]
+    if case == "source is a file":
+        return ["mount", "--source", data.root / "train.squashfs", empty]
+    if case == "corrupt image":
+        (tmp / "bad").mkdir()
+        (tmp / "bad" / "train.squashfs").write_bytes(b"not squashfs" * 100)
+        return ["mount", "--source", tmp / "bad", "--index", tmp / "bad.lmdb", empty]
+    if case == "status not mounted":
+        return ["status", empty]
+    raise AssertionError(case)
+
+
+REFUSALS = {
+    "mount point's parent missing": "does not exist",
+    "mount point not a directory": "not a directory",
+    "mount point not empty": "not empty",
+    "mount point busy": "busy",
+    "umount not mounted": "not mounted",
+    "umount missing path": "not mounted",
+    "source missing": "does not exist",
+    "source without images": "no train.squashfs",
+    "source is a file": "not a directory",
+    "corrupt image": "not a SquashFS image",
+    "status not mounted": "not mounted",
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSALS))
+@pytest.mark.timeout(60)
+def test_refusal_is_one_line(root: Runner, realistic: Dataset, tmp_path: Path, case: str) -> None:
+    args = _prepare(case, tmp_path, root, realistic)
+    before = mount_points()
+    result = root.cli(*args)
+    line = error_line(result)
+    assert REFUSALS[case] in line, line
+    assert result.stdout == ""
+    assert mount_points() == before, "a refusal mounts nothing"
+
+
+@pytest.mark.timeout(60)
+def test_missing_mount_point_is_created(root: Runner, realistic: Dataset) -> None:
+    mp = root.work / "new"
+    root.mount(mp, realistic)
+    assert sorted(os.listdir(mp)) == sorted(SPLITS)
+    assert root.cli("umount", mp).returncode == 0
+    assert mp.is_dir() and os.listdir(mp) == []
+
+
+@pytest.mark.timeout(60)
+def test_bad_mount_point_is_refused_before_indexing(
+    root: Runner, realistic: Dataset, tmp_path: Path
+) -> None:
+    """Indexing full ImageNet takes minutes: a typo in the mount point must not wait for it."""
+    index = tmp_path / "new.lmdb"
+    result = root.cli("mount", "--source", realistic.root, "--index", index, tmp_path / "a" / "b")
+    assert error_line(result) == (
+        f"imagenetfs: error: mount point {tmp_path / 'a' / 'b'}: {tmp_path / 'a'} does not exist"
+    )
+    assert "indexing" not in result.stderr
+    assert not index.exists()
+
+
+# --- 7. status ----------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_status_lists_source_pid_and_counters(root: Runner, realistic: Dataset) -> None:
+    mp = root.mkdir("mp")
+    pid = root.mount(mp, realistic, cwd=realistic.root.parent)  # a relative --source
+    result = root.cli("status")
+    assert result.returncode == 0, result.stderr
+    assert f"{mp}: serving" in result.stdout
+    assert f"source {realistic.root}" in result.stdout
+    assert f"index {realistic.index}" in result.stdout
+    assert f"pid {pid}" in result.stdout
+    for rel in sorted(realistic.files)[:5]:
+        (mp / rel).read_bytes()
+
+    def counters() -> str:
+        out = root.cli("status", mp).stdout
+        return out if "reads" in out else ""
+
+    assert wait_until(lambda: bool(counters()), 8, interval=0.5), "counters published"
+    out = counters()
+    assert f"index {realistic.index}" in out, out
+    reads = re.search(r"\breads ([\d,]+)", out)
+    assert reads and int(reads.group(1).replace(",", "")) >= 5, out
+    assert root.cli("umount", mp).returncode == 0
+    assert root.cli("status").stdout.strip() == "no imagenetfs mounts"
+
+
+# --- 8. the built-in sample ---------------------------------------------------------------
+
+
+@pytest.mark.skipif(os.path.exists("/data/imagenet"), reason="/data/imagenet exists here")
+@pytest.mark.timeout(120)
+def test_first_mount_generates_the_sample_with_one_notice(root: Runner) -> None:
+    mp = root.mkdir("mp")
+    root.points.append(mp)
+    result = root.cli("mount", mp, timeout=100)
+    assert result.returncode == 0, result.stderr
+    root.pid(mp)
+    sample = root.work / "cache" / "imagenetfs" / "sample"
+    notices = [line for line in result.stderr.splitlines() if "built-in sample" in line]
+    assert notices == [
+        f"imagenetfs: no ImageNet at /data/imagenet; serving the built-in sample from {sample}"
+    ], result.stderr
+    assert (sample / "train.squashfs").is_file()
+    ls = subprocess.run(
+        f"ls {mp}/train | head", shell=True, capture_output=True, text=True, timeout=20
+    )
+    assert ls.stdout.split() == list(synsets.wnids()[: generate.SAMPLE.classes])
+    assert all(re.fullmatch(r"n\d{8}", w) for w in ls.stdout.split())
+    assert sorted(os.listdir(mp)) == sorted(SPLITS)
+
+
+# --- 2. an unprivileged user --------------------------------------------------------------
+
+
+@dataclass
+class Users:
+    user: Runner
+    other: Runner
+    uid: int
+
+
+def _search_bits_needed(paths: list[Path]) -> list[Path]:
+    """Directories on the way to `paths` that others cannot search (e.g. /root, when the
+    venv's interpreter is a pyenv build under /root)."""
+    needed: list[Path] = []
+    for path in paths:
+        for parent in [path, *path.parents]:
+            if parent.is_dir() and not parent.stat().st_mode & stat.S_IXOTH:
+                needed.append(parent)
+    return sorted(set(needed))
+
+
+@pytest.fixture(scope="module")
+def users(base: Path) -> Iterator[Users]:
+    """Two unprivileged users, /dev/fuse 0666 and a CLI they can run; all undone afterwards."""
+    fusermount = Path(shutil.which("fusermount3") or "fusermount3")
+    if not fusermount.stat().st_mode & stat.S_ISUID:
+        pytest.fail(f"{fusermount} is not setuid root: unprivileged mounts cannot work")
+    undo: list[Callable[[], None]] = []
+    try:
+        for name in (USER, OTHER):
+            try:
+                pwd.getpwnam(name)
+            except KeyError:
+                subprocess.run(["useradd", "--no-create-home", name], check=True, timeout=30)
+                undo.append(lambda name=name: subprocess.run(["userdel", name], timeout=30))
+        fuse_mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+        undo.append(lambda: os.chmod("/dev/fuse", fuse_mode))
+        os.chmod("/dev/fuse", 0o666)
+        code = Path(imagenetfs.__file__).resolve().parent
+        for d in _search_bits_needed([Path(PY).resolve().parent, Path(os.__file__), code]):
+            mode = stat.S_IMODE(d.stat().st_mode)
+            undo.append(lambda d=d, mode=mode: d.chmod(mode))
+            d.chmod(mode | stat.S_IXOTH)
+        runners = []
+        for name in (USER, OTHER):
+            work = base / name
+            work.mkdir(mode=0o755)
+            shutil.chown(work, name, grp.getgrgid(pwd.getpwnam(name).pw_gid).gr_name)
+            runners.append(Runner(work, name))
+        version = runners[0].cli("--version")
+        assert version.returncode == 0, f"the CLI does not run as {USER}: {version.stderr}"
+        yield Users(runners[0], runners[1], pwd.getpwnam(USER).pw_uid)
+        for runner in runners:
+            runner.cleanup()
+    finally:
+        for step in reversed(undo):
+            with contextlib.suppress(Exception):
+                step()
+
+
+@pytest.fixture
+def user(users: Users) -> Iterator[Runner]:
+    yield users.user
+    users.user.cleanup()
+
+
+@pytest.fixture
+def fuse_conf() -> Iterator[Callable[[bool], None]]:
+    """Set or clear `user_allow_other` in /etc/fuse.conf; the file is restored byte for byte."""
+    path = Path("/etc/fuse.conf")
+    original = path.read_bytes() if path.exists() else None
+    lines = [] if original is None else original.decode().splitlines()
+    kept = [line for line in lines if line.strip() != "user_allow_other"]
+
+    def allow(on: bool) -> None:
+        path.write_text("\n".join([*kept, *(["user_allow_other"] if on else [])]) + "\n")
+
+    yield allow
+    if original is None:
+        path.unlink(missing_ok=True)
+    else:
+        path.write_bytes(original)
+
+
+@pytest.mark.timeout(120)
+def test_unprivileged_user_mounts_reads_and_unmounts(
+    users: Users, user: Runner, realistic: Dataset
+) -> None:
+    mp = user.mkdir("mp-plain")
+    pid = user.mount(mp, realistic)
+    line = mount_line(mp) or ""
+    assert f"user_id={users.uid}," in line and "allow_other" not in line, line
+
+    rels = sorted(realistic.files)
+    out = user.python(READ_FILES, [str(mp / r) for r in rels])
+    assert_reads(out, mp, realistic, rels, users.uid)
+    # the index was built as this user, in its own cache
+    assert list((user.work / "cache" / "imagenetfs").glob("index-*.lmdb"))
+
+    writes = user.python(WRITES, str(mp / rels[0]), str(mp / rels[0]).rsplit("/", 1)[0])
+    assert_all_erofs(writes)
+
+    # without allow_other, nobody else gets in: not another user, and not even root
+    probe = [str(mp), str(mp / rels[0])]
+    expected = {f"{op} {p}": "EACCES" for op in ("listdir", "stat", "open") for p in probe}
+    # ... except statfs of the mount point: the kernel answers it with zeros, no error
+    expected |= {f"statvfs {mp}": "ok", f"statvfs {mp / rels[0]}": "EACCES"}
+    assert users.other.python(ACCESS, probe) == expected
+    for call in (os.stat, os.listdir):
+        with pytest.raises(PermissionError):
+            call(mp)
+    vfs = os.statvfs(mp)
+    assert (vfs.f_files, vfs.f_blocks, vfs.f_namemax) == (0, 0, 0), vfs
+
+    status = user.cli("status")
+    assert f"{mp}: serving" in status.stdout and f"pid {pid}" in status.stdout
+
+    result = user.cli("umount", mp)
+    assert result.returncode == 0, result.stderr
+    assert not alive(pid)
+    assert not is_mounted(mp)
+
+
+@pytest.mark.timeout(120)
+def test_allow_other_lets_another_user_read(
+    users: Users, user: Runner, realistic: Dataset, fuse_conf: Callable[[bool], None]
+) -> None:
+    mp = user.mkdir("mp-shared")
+    fuse_conf(False)
+    refused = user.cli("mount", "--allow-other", "--source", realistic.root, mp)
+    assert "user_allow_other" in error_line(refused)
+    assert not is_mounted(mp)
+
+    fuse_conf(True)
+    pid = user.mount(mp, realistic, "--allow-other")
+    assert "allow_other" in (mount_line(mp) or "")
+    rels = sample_files(realistic, 10)
+    out = users.other.python(READ_FILES, [str(mp / r) for r in rels])
+    assert_reads(out, mp, realistic, rels, users.uid)  # owner: the mounting user
+    assert (mp / rels[0]).read_bytes() == realistic.files[rels[0]]  # root too
+    writes = users.other.python(WRITES, str(mp / rels[0]), str(mp / rels[0]).rsplit("/", 1)[0])
+    assert_all_erofs(writes)
+
+    assert user.cli("umount", mp).returncode == 0
+    assert not alive(pid) and not is_mounted(mp)
+
+
+@pytest.mark.timeout(120)
+def test_unprivileged_stale_mount_is_cleared(user: Runner, realistic: Dataset) -> None:
+    mp = user.mkdir("mp-stale")
+    rel = sorted(realistic.files)[0]
+    pid = user.mount(mp, realistic)
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not alive(pid), 10)
+    assert is_mounted(mp), "libfuse 3.14: no auto_unmount for users after SIGKILL"
+    check_stale_access(user, mp, rel)
+
+    pid2 = user.mount(mp, realistic)  # clears the stale point first
+    out = user.python(READ_FILES, [str(mp / rel)])
+    assert out[str(mp / rel)][0] == sha(realistic.files[rel])
+
+    os.kill(pid2, signal.SIGKILL)
+    assert wait_until(lambda: not alive(pid2), 10)
+    result = user.cli("umount", mp)
+    assert result.returncode == 0, result.stderr
+    assert "stale" in result.stdout
+    assert not is_mounted(mp)
