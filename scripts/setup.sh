@@ -6,7 +6,7 @@
 #
 # Runs as root, or as a normal user with sudo (only apt and the install prefix need it).
 # Environment: IMAGENETFS_PREFIX (default /opt/imagenetfs), IMAGENETFS_BIN (default
-# /usr/local/bin), IMAGENETFS_PYTHON (default python3, >= 3.11).
+# /usr/local/bin), IMAGENETFS_PYTHON (default: Debian's /usr/bin/python3, >= 3.11).
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -44,13 +44,21 @@ else
 fi
 
 # --- Python package ----------------------------------------------------------------------
-python=${IMAGENETFS_PYTHON:-python3}
+# Debian's interpreter by default: a venv links to its base interpreter, and one under a
+# private home (pyenv in /root, say) would be unusable for the other users who mount.
+python=${IMAGENETFS_PYTHON:-/usr/bin/python3}
 command -v "$python" >/dev/null 2>&1 || die "$python not found"
+python=$(command -v "$python")
 "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
     || die "$python is $("$python" -V 2>&1); imagenetfs needs Python >= 3.11"
 
 venv="$prefix/venv"
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c '' 2>/dev/null; then
+base=$("$python" -c 'import sys; print(sys.base_prefix)')
+if [ -x "$venv/bin/python" ] && [ "$("$venv/bin/python" -c 'import sys; print(sys.base_prefix)' 2>/dev/null)" != "$base" ]; then
+    say "recreating $venv for $python"
+    as_root rm -rf "$venv"
+fi
+if [ ! -x "$venv/bin/python" ]; then
     say "creating virtual environment $venv"
     as_root mkdir -p "$prefix"
     as_root "$python" -m venv "$venv"

@@ -1,0 +1,191 @@
+"""Every bad input of DESIGN.md "Commands": one clear line on stderr, exit code 1, no traceback.
+
+Each case runs the real `imagenetfs` CLI in a subprocess. Cases that need the machine to lack
+something (no /dev/fuse, no fusermount3) create that situation for real: a private mount
+namespace with an empty /dev, or a PATH without fusermount3 for an unprivileged user.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from imagenetfs import generate
+from imagenetfs.generate import Spec
+
+CLI = [sys.executable, "-m", "imagenetfs.cli"]
+SPEC = Spec(classes=2, train_per_class=2, val_per_class=1, test=1, tiny=True)
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    """Exit 1; the error is the last line and the only one (progress notes may precede it)."""
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if "error" in line.lower()]
+    assert errors == lines[-1:], result.stderr
+    assert lines[-1].startswith("imagenetfs: error: "), lines[-1]
+    assert expected in lines[-1], lines[-1]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    generate.generate(out, SPEC)
+    return out
+
+
+@pytest.fixture
+def mountpoint(tmp_path: Path) -> Path:
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    return mp
+
+
+def test_missing_source(tmp_path: Path, mountpoint: Path) -> None:
+    missing = tmp_path / "nowhere"
+    for command in (["mount", str(mountpoint)], ["index"]):
+        result = run(*command, "--source", str(missing))
+        assert_one_line_error(result, f"source {missing} does not exist")
+    env = {**os.environ, "IMAGENETFS_SOURCE": str(missing)}
+    assert_one_line_error(run("mount", str(mountpoint), env=env), f"source {missing}")
+
+
+def test_source_without_images(tmp_path: Path, mountpoint: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run("mount", "--source", str(empty), str(mountpoint))
+    assert_one_line_error(result, "no train.squashfs, val.squashfs or test.squashfs found")
+
+
+def test_not_a_squashfs_image(tmp_path: Path, mountpoint: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "train.squashfs").write_bytes(b"this is a tarball, not an image" * 100)
+    result = run("mount", "--source", str(src), "--index", str(tmp_path / "i"), str(mountpoint))
+    assert_one_line_error(result, f"{src / 'train.squashfs'}: not a SquashFS image")
+    assert not os.path.ismount(mountpoint)
+
+
+def test_corrupt_image(tmp_path: Path, data: Path, mountpoint: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(data, src)
+    image = src / "train.squashfs"
+    blob = bytearray(image.read_bytes())
+    del blob[len(blob) // 2 :]  # truncated: tables point past the end
+    image.write_bytes(bytes(blob))
+    result = run("mount", "--source", str(src), "--index", str(tmp_path / "i"), str(mountpoint))
+    assert_one_line_error(result, str(image))
+    assert not os.path.ismount(mountpoint)
+
+
+def test_bad_mount_points(tmp_path: Path, data: Path) -> None:
+    index = str(tmp_path / "i.lmdb")
+    base = ["mount", "--source", str(data), "--index", index]
+    afile = tmp_path / "file"
+    afile.write_text("x")
+    assert_one_line_error(run(*base, str(afile)), f"mount point {afile} is not a directory")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "something").write_text("x")
+    assert_one_line_error(run(*base, str(full)), f"mount point {full} is not empty")
+    orphan = tmp_path / "no" / "such" / "dir"
+    assert_one_line_error(run(*base, str(orphan)), "does not exist")
+
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    assert run(*base, str(busy)).returncode == 0
+    try:
+        assert_one_line_error(run(*base, str(busy)), f"mount point {busy} is busy")
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(busy)], check=False)
+
+
+def test_umount_not_mounted(mountpoint: Path) -> None:
+    assert_one_line_error(run("umount", str(mountpoint)), f"{mountpoint} is not mounted")
+
+
+def test_bad_index(tmp_path: Path, data: Path, mountpoint: Path) -> None:
+    bogus = tmp_path / "bogus.lmdb"
+    bogus.write_bytes(b"\0" * 10000)
+    result = run("mount", "--source", str(data), "--index", str(bogus), str(mountpoint))
+    assert_one_line_error(result, f"{bogus}")
+
+
+@pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
+def test_no_dev_fuse(tmp_path: Path, data: Path, mountpoint: Path) -> None:
+    """In a private mount namespace whose /dev is an empty tmpfs, there is no /dev/fuse."""
+    index = tmp_path / "i.lmdb"
+    assert run("index", "--source", str(data), "--index", str(index)).returncode == 0
+    script = (
+        "mount -t tmpfs none /dev && "
+        f"exec {' '.join(CLI)} mount --source {data} --index {index} {mountpoint}"
+    )
+    result = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert_one_line_error(result, "/dev/fuse is missing")
+
+
+def test_no_fusermount3_for_a_user(tmp_path: Path, data: Path) -> None:
+    """An unprivileged user whose PATH has no fusermount3 gets told to install fuse3."""
+    user = "nobody"
+    base = Path("/tmp") / f"imagenetfs-nofusermount-{os.getpid()}"
+    base.mkdir(mode=0o755)
+    try:
+        src, mp = base / "src", base / "mnt"
+        shutil.copytree(data, src)
+        src.chmod(0o755)
+        mp.mkdir()
+        shutil.chown(mp, user)
+        index = base / "i.lmdb"
+        assert run("index", "--source", str(src), "--index", str(index)).returncode == 0
+        os.chmod(index, 0o644)
+        fuse_mode = os.stat("/dev/fuse").st_mode
+        os.chmod("/dev/fuse", 0o666)
+        try:
+            result = subprocess.run(
+                [
+                    "runuser",
+                    "-u",
+                    user,
+                    "--",
+                    "env",
+                    "PATH=/nonexistent",
+                    "HOME=/tmp",
+                    *CLI,
+                    "mount",
+                    "--source",
+                    str(src),
+                    "--index",
+                    str(index),
+                    str(mp),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        finally:
+            os.chmod("/dev/fuse", fuse_mode & 0o7777)
+        assert_one_line_error(result, "fusermount3 not found: install fuse3")
+    finally:
+        shutil.rmtree(base)
