@@ -44,7 +44,12 @@ def cmd_index(args: argparse.Namespace) -> int:
         return 0
     started = time.monotonic()
     stats = index.build(
-        path, src.image_list, src.placer(), source=str(root), progress=not args.quiet
+        path,
+        src.image_list,
+        src.placer(),
+        source=str(root),
+        virtual=src.virtual_files,
+        progress=not args.quiet,
     )
     print(
         f"index {path}: built in {time.monotonic() - started:.1f} s "
@@ -77,7 +82,14 @@ def ensure_index(root: Path, explicit: Path | None, quiet: bool = False) -> Path
     if not path.exists():
         if not quiet:
             print(f"imagenetfs: indexing {src.describe()} into {path}", file=sys.stderr)
-        index.build(path, src.image_list, src.placer(), source=str(root), progress=not quiet)
+        index.build(
+            path,
+            src.image_list,
+            src.placer(),
+            source=str(root),
+            virtual=src.virtual_files,
+            progress=not quiet,
+        )
     return path
 
 

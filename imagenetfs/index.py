@@ -17,7 +17,9 @@ Databases in the one LMDB file (`subdir=False`):
 - `nodes`: ino (u32 big-endian, so byte order is numeric order) -> packed `Node`: kind,
   parent, size, mtime, name, then a directory's (first child, count), a file's image number
   and extent, or a symlink's target;
-- `names`: parent ino (u32 BE) + name -> child ino: one `get` per `lookup`.
+- `names`: parent ino (u32 BE) + name -> child ino: one `get` per `lookup`;
+- `blobs`: ino -> bytes of a virtual file (meta.bin, file lists; see views.py), whose node
+  names the pseudo image `BLOB_IMAGE`.
 
 Every entry of the served tree is its own inode: a hard link in an image shows up as separate
 files with identical bytes (nlink 1), which is what a read-only tree of ImageNet needs and keeps
@@ -50,7 +52,7 @@ from tqdm import tqdm
 from imagenetfs import squashfs
 from imagenetfs.errors import ImagenetfsError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 ROOT_INO = 1
 MAX_NAME = 255
 
@@ -64,6 +66,8 @@ _HEAD = struct.Struct("<BIQQH")  # kind, parent, size, mtime, name length
 _DIR_TAIL = struct.Struct("<III")  # first child, count, subdirectory count
 _FILE_TAIL = struct.Struct("<HQQIQ")  # image, blocks_start, fragment (or -1), frag offset, sparse
 _NO_FRAGMENT = 0xFFFFFFFF
+#: The "image number" of virtual files: their bytes are in the `blobs` database.
+BLOB_IMAGE = 0xFFFF
 
 #: Address space reserved for a build; LMDB only writes what it uses.
 _BUILD_MAP_SIZE = 1 << 40
@@ -147,6 +151,10 @@ def place_by_image_name(images: Sequence[Path]) -> Placer:
     return place
 
 
+#: Computes virtual files (path components -> bytes) from the paths of the placed files.
+VirtualFiles = Callable[[list[tuple[bytes, ...]]], dict[tuple[bytes, ...], bytes]]
+
+
 @dataclass
 class _Dir:
     mtime: int
@@ -159,6 +167,7 @@ class _Leaf:
     size: int
     mtime: int
     tail: bytes
+    blob: bytes | None = None  # contents of a virtual file, stored in the index
 
 
 def _valid_name(name: bytes) -> bool:
@@ -230,8 +239,27 @@ class _TreeBuilder:
         path = b"/".join(components)
         raise IndexError_(f"{where}: two entries map to the same path {path!r}")
 
-    def records(self) -> Iterator[tuple[int, int, bytes, bytes]]:
-        """(ino, parent, name, packed node) in ino order: breadth-first, names sorted.
+    def file_paths(self) -> Iterator[tuple[bytes, ...]]:
+        """Paths of every placed file, as components."""
+        stack: list[tuple[tuple[bytes, ...], _Dir]] = [((), self.root)]
+        while stack:
+            prefix, directory = stack.pop()
+            for name, child in directory.children.items():
+                if isinstance(child, _Dir):
+                    stack.append(((*prefix, name), child))
+                elif child.kind == FILE:
+                    yield (*prefix, name)
+
+    def add_blob(self, components: Sequence[bytes], data: bytes) -> None:
+        """A virtual file whose bytes live in the index itself."""
+        parent = self._parent(components[:-1], "virtual files")
+        if components[-1] in parent.children:
+            return  # the source has a real file of that name: it wins
+        tail = _FILE_TAIL.pack(BLOB_IMAGE, 0, _NO_FRAGMENT, 0, 0)
+        parent.children[components[-1]] = _Leaf(FILE, len(data), self.default_mtime, tail, data)
+
+    def records(self) -> Iterator[tuple[int, int, bytes, bytes, bytes | None]]:
+        """(ino, parent, name, packed node, blob) in ino order: breadth-first, names sorted.
 
         Consecutive numbers go to each directory's children when the directory is reached,
         so the output is in ino order, and also in (parent, name) order.
@@ -243,17 +271,13 @@ class _TreeBuilder:
         while queue:
             ino, parent, name, node = queue.popleft()
             if isinstance(node, _Leaf):
-                yield (
-                    ino,
-                    parent,
-                    name,
-                    _encode(node.kind, parent, node.size, node.mtime, name, node.tail),
-                )
+                value = _encode(node.kind, parent, node.size, node.mtime, name, node.tail)
+                yield ino, parent, name, value, node.blob
                 continue
             names = sorted(node.children)
             subdirs = sum(isinstance(c, _Dir) for c in node.children.values())
             tail = _DIR_TAIL.pack(next_ino, len(names), subdirs)
-            yield ino, parent, name, _encode(DIR, parent, len(names), node.mtime, name, tail)
+            yield ino, parent, name, _encode(DIR, parent, len(names), node.mtime, name, tail), None
             for child_name in names:
                 queue.append((next_ino, ino, child_name, node.children[child_name]))
                 next_ino += 1
@@ -274,9 +298,11 @@ def build(
     place: Placer | None = None,
     *,
     source: str | None = None,
+    virtual: VirtualFiles | None = None,
     progress: bool = True,
 ) -> IndexStats:
-    """Walk `images`, place their entries with `place`, write the index atomically."""
+    """Walk `images`, place their entries with `place`, add the `virtual` files computed from
+    the placed ones, and write the index atomically."""
     images = [Path(os.path.abspath(p)) for p in images]
     placer = place or place_by_image_name(images)
     fingerprints = []
@@ -298,6 +324,9 @@ def build(
                 bar.update(n % 4096 + 1)
     if tree is None:
         raise IndexError_("no images to index")
+    if virtual is not None:
+        for components, data in virtual(list(tree.file_paths())).items():
+            tree.add_blob(components, data)
     return _write(index_path, tree, images, fingerprints, source)
 
 
@@ -318,11 +347,14 @@ def _write(
     try:
         nodes = env.open_db(b"nodes")
         names = env.open_db(b"names")
+        blobs = env.open_db(b"blobs")
         meta = env.open_db(b"meta")
         with env.begin(write=True) as txn:
             node_cursor, name_cursor = txn.cursor(nodes), txn.cursor(names)
-            for ino, parent, name, value in tree.records():
+            for ino, parent, name, value, blob in tree.records():
                 node_cursor.put(_INO.pack(ino), value, append=True)
+                if blob is not None:
+                    txn.put(_INO.pack(ino), blob, db=blobs)
                 if ino != ROOT_INO:
                     name_cursor.put(_INO.pack(parent) + name, _CHILD.pack(ino), append=True)
                 entries += 1
@@ -363,6 +395,7 @@ class Index:
         self._env = env
         self._nodes = env.open_db(b"nodes", create=False)
         self._names = env.open_db(b"names", create=False)
+        self._blobs = env.open_db(b"blobs", create=False)
         self.source: str | None = meta.get("source")
         self.image_records: list[dict[str, Any]] = meta["images"]
         self.stats = IndexStats(**meta["stats"])
@@ -469,6 +502,9 @@ class Index:
 
     def read(self, node: Node, offset: int, size: int) -> bytes:
         image, extent = node.extent()
+        if image == BLOB_IMAGE:
+            blob = self._txn().get(_INO.pack(node.ino), db=self._blobs) or b""
+            return blob[offset : offset + size]
         return self._images[image].read(extent, offset, size)
 
 

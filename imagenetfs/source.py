@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagenetfs import squashfs, synsets
+from imagenetfs import squashfs, synsets, views
 from imagenetfs.errors import UsageError
 from imagenetfs.index import Placer
 
@@ -47,6 +47,10 @@ class Source:
         parts = [f"{split}: {path.name}" for split, path in self.images.items()]
         return f"{self.root} (cluster layout; {', '.join(parts)})"
 
+    def virtual_files(self, files: list[tuple[bytes, ...]]) -> dict[tuple[bytes, ...], bytes]:
+        """meta.bin, LOC_synset_mapping.txt and the file lists for the placed `files`."""
+        return views.root_files(files, _class_names)
+
     def placer(self) -> Placer:
         splits = list(self.images)
 
@@ -62,6 +66,13 @@ class Source:
             return [split.encode(), *parts]
 
         return place
+
+
+def _class_names(wnid: str) -> tuple[str, ...]:
+    try:
+        return synsets.class_names(wnid)
+    except KeyError:  # not one of the 1000: its wnid is all we know
+        return (wnid,)
 
 
 def find_source(explicit: Path | None) -> Path:
