@@ -500,12 +500,13 @@ class Index:
         for child in range(first + max(offset, 0), first + count):
             yield self.getattr(child)
 
-    def read(self, node: Node, offset: int, size: int) -> bytes:
+    def read(self, node: Node, offset: int, size: int, *, nowait: bool = False) -> bytes:
+        """File bytes; with `nowait`, raises `squashfs.WouldBlock` rather than wait (see there)."""
         image, extent = node.extent()
         if image == BLOB_IMAGE:
             blob = self._txn().get(_INO.pack(node.ino), db=self._blobs) or b""
             return blob[offset : offset + size]
-        return self._images[image].read(extent, offset, size)
+        return self._images[image].read(extent, offset, size, nowait=nowait)
 
 
 def _read_meta(env: lmdb.Environment, path: Path) -> dict[str, Any]:

@@ -82,6 +82,10 @@ _DIR_ENTRY = struct.Struct("<HhHH")
 _FRAGMENT_ENTRY = struct.Struct("<QI4x")
 
 
+class WouldBlock(Exception):
+    """A `read(..., nowait=True)` would have to wait for the disk or decompress a block."""
+
+
 class Superblock(NamedTuple):
     """The superblock fields, as stored."""
 
@@ -393,8 +397,13 @@ class SquashImage:
 
     # -- reading file data -----------------------------------------------------------------
 
-    def read(self, extent: Extent, offset: int, size: int) -> bytes:
-        """Bytes [offset, offset+size) of a file, short (or empty) at end of file."""
+    def read(self, extent: Extent, offset: int, size: int, *, nowait: bool = False) -> bytes:
+        """Bytes [offset, offset+size) of a file, short (or empty) at end of file.
+
+        With `nowait`, raise `WouldBlock` instead of waiting for the disk or decompressing:
+        the read succeeds only from the page cache (`RWF_NOWAIT`) and the block cache, so a
+        caller on an event loop can try it inline and hand the rest to a thread.
+        """
         if offset < 0 or size < 0:
             raise ValueError("offset and size must not be negative")
         end = min(offset + size, extent.size)
@@ -407,14 +416,19 @@ class SquashImage:
         nblocks = len(words)
         if nblocks != _block_count(extent.size, extent.fragment is not None, bs):
             self._corrupt(f"file of {extent.size} bytes has {nblocks} blocks (block size {bs})")
-        parts = self._read_blocks(extent, words, offset, end) if offset < nblocks * bs else []
+        parts = (
+            self._read_blocks(extent, words, offset, end, nowait) if offset < nblocks * bs else []
+        )
         tail_start = nblocks * bs
         if extent.fragment is not None and end > tail_start:
             lo = max(offset, tail_start) - tail_start
-            parts.append(self._read_tail(extent, lo, end - tail_start, extent.size - tail_start))
+            tail = extent.size - tail_start
+            parts.append(self._read_tail(extent, lo, end - tail_start, tail, nowait))
         return b"".join(parts)
 
-    def _read_blocks(self, extent: Extent, words: array[int], offset: int, end: int) -> list[bytes]:
+    def _read_blocks(
+        self, extent: Extent, words: array[int], offset: int, end: int, nowait: bool
+    ) -> list[bytes]:
         """Pieces of [offset, end) held in data blocks; runs of uncompressed ones in one pread."""
         bs = self.block_size
         first = offset // bs
@@ -435,27 +449,27 @@ class SquashImage:
                     pos += disk
                     continue
                 if run_size:
-                    parts.append(self._pread(run_start, run_size, "data block"))
+                    parts.append(self._pread_data(run_start, run_size, nowait))
                 run_start, run_size = pos + lo, hi - lo
             else:
                 if run_size:
-                    parts.append(self._pread(run_start, run_size, "data block"))
+                    parts.append(self._pread_data(run_start, run_size, nowait))
                     run_size = 0
                 if disk == 0:  # sparse
                     parts.append(bytes(hi - lo))
                 elif disk > bs:
                     self._corrupt(f"data block at {pos} has {disk} bytes, more than a block")
                 else:
-                    block = self._cached_block(pos, disk)
+                    block = self._cached_block(pos, disk, nowait)
                     if len(block) != length:
                         self._corrupt(f"data block at {pos} decompressed to a wrong size")
                     parts.append(block[lo:hi])
             pos += disk
         if run_size:
-            parts.append(self._pread(run_start, run_size, "data block"))
+            parts.append(self._pread_data(run_start, run_size, nowait))
         return parts
 
-    def _read_tail(self, extent: Extent, lo: int, hi: int, tail: int) -> bytes:
+    def _read_tail(self, extent: Extent, lo: int, hi: int, tail: int, nowait: bool) -> bytes:
         assert extent.fragment is not None
         start, word = self._fragment(extent.fragment)
         disk = word & _SIZE_MASK
@@ -465,18 +479,35 @@ class SquashImage:
         if word & _UNCOMPRESSED_DATA:
             if first + tail > disk:
                 self._corrupt(f"file tail beyond the end of fragment {extent.fragment}")
-            return self._pread(start + first + lo, hi - lo, "fragment block")
-        block = self._cached_block(start, disk)
+            return self._pread_data(start + first + lo, hi - lo, nowait)
+        block = self._cached_block(start, disk, nowait)
         if first + tail > len(block):
             self._corrupt(f"file tail beyond the end of fragment {extent.fragment}")
         return block[first + lo : first + hi]
 
-    def _cached_block(self, pos: int, disk: int) -> bytes:
+    def _cached_block(self, pos: int, disk: int, nowait: bool = False) -> bytes:
         block = self._cache.get(pos)
         if block is None:
+            if nowait:
+                raise WouldBlock(pos)
             block = self._decompress(self._pread(pos, disk, "data block"), self.block_size, pos)
             self._cache.put(pos, block)
         return block
+
+    def _pread_data(self, pos: int, size: int, nowait: bool) -> bytes:
+        """File data by pread; with `nowait`, only what the page cache holds (RWF_NOWAIT)."""
+        if not nowait:
+            return self._pread(pos, size, "data block")
+        if pos < 0 or pos + size > self._end:
+            self._pread(pos, size, "data block")  # raises the precise CorruptImageError
+        buf = bytearray(size)
+        try:
+            got = os.preadv(self._fd, [buf], pos, os.RWF_NOWAIT)
+        except BlockingIOError:
+            raise WouldBlock(pos) from None
+        if got != size:  # partly cached, or truncated: let the blocking path decide
+            raise WouldBlock(pos)
+        return bytes(buf)
 
 
 class _Walker:

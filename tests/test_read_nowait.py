@@ -1,0 +1,43 @@
+"""`read(..., nowait=True)`: served from the page cache and block cache, or WouldBlock."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from imagenetfs import generate
+from imagenetfs.squashfs import SquashImage, WouldBlock
+
+SPEC = generate.Spec(classes=2, train_per_class=6, val_per_class=0, test=0)
+
+
+def evict(path: Path) -> None:
+    """Drop the image's pages from the page cache (as a cold cluster file would be)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())  # dirty pages (just written by mksquashfs) are not dropped
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+@pytest.mark.parametrize("args", [("-noD", "-noF"), ()])
+def test_nowait_reads(tmp_path: Path, args: tuple[str, ...]) -> None:
+    generate.generate(tmp_path, generate.Spec(**{**SPEC.__dict__, "mksquashfs_args": args}))
+    image_path = tmp_path / "train.squashfs"
+    with SquashImage(image_path) as image:
+        files = [e for e in image.walk() if e.extent is not None]
+    assert len(files) == 12
+    for entry in files:
+        assert entry.extent is not None
+        evict(image_path)
+        with SquashImage(image_path) as image:  # an empty block cache
+            with pytest.raises(WouldBlock):
+                image.read(entry.extent, 0, entry.size, nowait=True)
+            whole = image.read(entry.extent, 0, entry.size)
+            assert len(whole) == entry.size
+            if args:  # uncompressed: now in the page cache, readable without waiting
+                assert image.read(entry.extent, 0, entry.size, nowait=True) == whole
+                assert image.read(entry.extent, 100, 5000, nowait=True) == whole[100:5100]
+            else:  # compressed: the block cache holds the blocks just decompressed
+                last = entry.size - 1
+                assert image.read(entry.extent, last, 1, nowait=True) == whole[last:]
