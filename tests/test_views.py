@@ -140,7 +140,7 @@ def test_lists_match_the_tree(mounted: Path) -> None:
 
 @pytest.mark.skipif(
     importlib.util.find_spec("torch") is None,
-    reason="torch is not installed (see README: the torch check runs in a documented command)",
+    reason="torch is not installed (README, Quick start: how to add it and run this test)",
 )
 def test_torch_loads_meta_bin(mounted: Path) -> None:
     import torch
