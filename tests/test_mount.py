@@ -26,8 +26,10 @@ import contextlib
 import ctypes
 import grp
 import hashlib
+import io
 import json
 import os
+import pickle
 import pwd
 import random
 import re
@@ -38,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,7 +49,7 @@ from typing import Any
 import pytest
 
 import imagenetfs
-from imagenetfs import generate, synsets
+from imagenetfs import generate, synsets, views
 from imagenetfs.generate import Spec
 
 CLI = str(Path(sys.executable).with_name("imagenetfs"))
@@ -146,6 +149,10 @@ class Dataset:
     mtimes: dict[str, int]  # every path that exists in an image (not the regrouped val dirs)
 
     @property
+    def images(self) -> list[str]:
+        return sorted(p for p in self.files if p.split("/")[0] in SPLITS and "/" in p)
+
+    @property
     def entries(self) -> int:
         return len(self.files) + len(self.dirs) + 1  # + the root
 
@@ -180,6 +187,7 @@ def build_dataset(base: Path, name: str, spec: Spec) -> Dataset:
                     rel = f"val/{labels[f]}/{f}"
                 files[rel] = Path(path).read_bytes()
                 mtimes[rel] = int(st.st_mtime)
+    files |= expected_root_files(files)
     index = base / f"{name}.lmdb"
     subprocess.run(
         [CLI, "index", "--source", str(root), "--index", str(index), "-q"],
@@ -188,6 +196,52 @@ def build_dataset(base: Path, name: str, spec: Spec) -> Dataset:
         timeout=120,
     )
     return Dataset(root, index, files, dirs, mtimes)
+
+
+ROOT_FILES = (
+    "LOC_synset_mapping.txt",
+    "meta.bin",
+    "train.txt",
+    "val.txt",
+    "test.txt",
+    "train_files.txt",
+    "val_files.txt",
+    "test_files.txt",
+)
+
+
+def expected_root_files(images: dict[str, bytes]) -> dict[str, bytes]:
+    """The virtual files at the root (DESIGN.md), from the list of images alone: labels in
+    sorted-wnid order, lists in sorted path order, `meta.bin` = torch.save((wnid_to_classes,
+    val_wnids)) with val_wnids in sorted file-name order."""
+    paths = {split: sorted(p for p in images if p.startswith(f"{split}/")) for split in SPLITS}
+    wnids = sorted({p.split("/")[1] for p in paths["train"]})
+    label = {w: i for i, w in enumerate(wnids)}
+
+    def lines(rows: list[str]) -> bytes:
+        return "".join(f"{row}\n" for row in rows).encode()
+
+    out = {
+        "LOC_synset_mapping.txt": lines(
+            [f"{w} {', '.join(synsets.class_names(w))}" for w in wnids]
+        ),
+        "train.txt": lines([f"{p} {label[p.split('/')[1]]}" for p in paths["train"]]),
+        "val.txt": lines([f"{p} {label[p.split('/')[1]]}" for p in paths["val"]]),
+        "test.txt": lines([f"{p} 0" for p in paths["test"]]),
+    }
+    for split in SPLITS:
+        out[f"{split}_files.txt"] = lines(paths[split])
+    val_wnids = [p.split("/")[1] for p in sorted(paths["val"], key=lambda p: p.split("/")[2])]
+    out["meta.bin"] = views.meta_bin({w: synsets.class_names(w) for w in wnids}, val_wnids)
+    return out
+
+
+def load_meta_bin(data: bytes) -> Any:
+    """What torch.load would return, read without torch: the pickle inside the zip."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        names = archive.namelist()
+        assert sorted(n.split("/", 1)[1] for n in names) == ["byteorder", "data.pkl", "version"]
+        return pickle.loads(archive.read(next(n for n in names if n.endswith("/data.pkl"))))
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +265,7 @@ def realistic(base: Path) -> Dataset:
 @pytest.fixture(scope="module")
 def tiny(base: Path) -> Dataset:
     data = build_dataset(base, "tiny", TINY)
-    assert len(data.files) == 3000
+    assert len(data.files) == 3000 + len(ROOT_FILES)
     return data
 
 
@@ -462,7 +516,13 @@ def test_tree_and_stat_match_unsquashfs(served: tuple[Dataset, Path]) -> None:
     assert files == set(data.files)
     assert dirs == data.dirs
     assert len(found) == len(files) + len(dirs), "only files and directories"
-    assert sorted(os.listdir(mp)) == sorted(SPLITS)
+    assert sorted(os.listdir(mp)) == sorted(SPLITS + ROOT_FILES)
+    wnid_to_classes, val_wnids = load_meta_bin((mp / "meta.bin").read_bytes())
+    wnids = {p.split("/")[1] for p in data.images if not p.startswith("test/")}
+    assert sorted(wnid_to_classes) == sorted(wnids)
+    assert all(isinstance(v, tuple) and v for v in wnid_to_classes.values())
+    val = sorted((p for p in data.images if p.startswith("val/")), key=os.path.basename)
+    assert val_wnids == [p.split("/")[1] for p in val]
     for rel, st in found.items():
         if rel in data.files:
             assert st.st_size == len(data.files[rel]), rel
@@ -569,7 +629,8 @@ def test_modes_owner_and_statvfs(served: tuple[Dataset, Path]) -> None:
     assert vfs.f_namemax == 255
     assert vfs.f_flag & os.ST_RDONLY
     assert vfs.f_bsize > 0
-    assert vfs.f_blocks * vfs.f_frsize >= sum(map(len, data.files.values()))
+    # the images' bytes (the root's virtual files are not counted in the index stats)
+    assert vfs.f_blocks * vfs.f_frsize >= sum(len(data.files[p]) for p in data.images)
     assert vfs.f_bavail == vfs.f_bfree == vfs.f_ffree == 0
     assert "ro," in (mount_line(mp) or "") and " fuse.imagenetfs " in (mount_line(mp) or "")
 
@@ -578,7 +639,7 @@ def test_modes_owner_and_statvfs(served: tuple[Dataset, Path]) -> None:
 @pytest.mark.timeout(60)
 def test_every_write_fails_with_erofs(served: tuple[Dataset, Path], tmp_path: Path) -> None:
     data, mp = served
-    rel = sorted(data.files)[0]
+    rel = data.images[0]
     before = {p: (st.st_mode, st.st_size, st.st_mtime_ns) for p, st in walk(mp).items()}
     out = Runner(tmp_path).python(WRITES, str(mp / rel), str(mp / rel).rsplit("/", 1)[0])
     assert_all_erofs(out)
@@ -735,7 +796,11 @@ def test_foreground_mode(root: Runner, realistic: Dataset, signum: signal.Signal
     )
     root.pids.add(proc.pid)
     try:
-        assert wait_until(lambda: is_mounted(mp) or proc.poll() is not None, 30)
+
+        def ready() -> bool:  # mounted by pyfuse3.init(), then the state file, then serving
+            return (root.state(mp) is not None and is_mounted(mp)) or proc.poll() is not None
+
+        assert wait_until(ready, 30)
         assert proc.poll() is None, "the foreground process serves"
         state = root.state(mp)
         assert state is not None and state["pid"] == proc.pid
@@ -821,7 +886,7 @@ def test_refusal_is_one_line(root: Runner, realistic: Dataset, tmp_path: Path, c
 def test_missing_mount_point_is_created(root: Runner, realistic: Dataset) -> None:
     mp = root.work / "new"
     root.mount(mp, realistic)
-    assert sorted(os.listdir(mp)) == sorted(SPLITS)
+    assert sorted(os.listdir(mp)) == sorted(SPLITS + ROOT_FILES)
     assert root.cli("umount", mp).returncode == 0
     assert mp.is_dir() and os.listdir(mp) == []
 
@@ -891,7 +956,7 @@ def test_first_mount_generates_the_sample_with_one_notice(root: Runner) -> None:
     )
     assert ls.stdout.split() == list(synsets.wnids()[: generate.SAMPLE.classes])
     assert all(re.fullmatch(r"n\d{8}", w) for w in ls.stdout.split())
-    assert sorted(os.listdir(mp)) == sorted(SPLITS)
+    assert sorted(os.listdir(mp)) == sorted(SPLITS + ROOT_FILES)
 
 
 # --- 2. an unprivileged user --------------------------------------------------------------
@@ -988,12 +1053,13 @@ def test_unprivileged_user_mounts_reads_and_unmounts(
     assert f"user_id={users.uid}," in line and "allow_other" not in line, line
 
     rels = sorted(realistic.files)
+    image = realistic.images[0]
     out = user.python(READ_FILES, [str(mp / r) for r in rels])
     assert_reads(out, mp, realistic, rels, users.uid)
     # the index was built as this user, in its own cache
     assert list((user.work / "cache" / "imagenetfs").glob("index-*.lmdb"))
 
-    writes = user.python(WRITES, str(mp / rels[0]), str(mp / rels[0]).rsplit("/", 1)[0])
+    writes = user.python(WRITES, str(mp / image), str(mp / image).rsplit("/", 1)[0])
     assert_all_erofs(writes)
 
     # without allow_other, nobody else gets in: not another user, and not even root
@@ -1031,10 +1097,11 @@ def test_allow_other_lets_another_user_read(
     pid = user.mount(mp, realistic, "--allow-other")
     assert "allow_other" in (mount_line(mp) or "")
     rels = sample_files(realistic, 10)
+    image = realistic.images[-1]
     out = users.other.python(READ_FILES, [str(mp / r) for r in rels])
     assert_reads(out, mp, realistic, rels, users.uid)  # owner: the mounting user
     assert (mp / rels[0]).read_bytes() == realistic.files[rels[0]]  # root too
-    writes = users.other.python(WRITES, str(mp / rels[0]), str(mp / rels[0]).rsplit("/", 1)[0])
+    writes = users.other.python(WRITES, str(mp / image), str(mp / image).rsplit("/", 1)[0])
     assert_all_erofs(writes)
 
     assert user.cli("umount", mp).returncode == 0
