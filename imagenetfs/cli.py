@@ -66,7 +66,7 @@ def resolve_source(explicit: Path | None, quiet: bool = False) -> Path:
         return root
     sample_dir = source.sample_dir()
     if not (sample_dir / "train.squashfs").is_file():
-        generate.sample(sample_dir)
+        generate.sample(sample_dir, progress=False)
     if not quiet:
         print(
             f"imagenetfs: no ImageNet at {root}; serving the built-in sample from {sample_dir}",

@@ -79,6 +79,7 @@ class Spec:
     nest: bool = False  # cluster: each image holds <split>/... instead of its files at the root
     kaggle_squashfs: bool = False  # kaggle: ILSVRC/ packed as ILSVRC.squashfs
     jobs: int = 0  # 0: all cores
+    progress: bool = True  # progress bars and "packing ..." notes on stderr
 
     def validate(self) -> None:
         if not 1 <= self.classes <= synsets.N_CLASSES:
@@ -332,7 +333,13 @@ def write_members(
         for i in range(0, len(placed), size)
     ]
     total = 0
-    with tqdm(total=len(placed), desc=desc, unit="file", unit_scale=True, disable=None) as bar:
+    with tqdm(
+        total=len(placed),
+        desc=desc,
+        unit="file",
+        unit_scale=True,
+        disable=None if spec.progress else True,
+    ) as bar:
         if jobs == 1 or len(chunks) == 1:
             results: Iterable[tuple[int, int]] = map(_write_chunk, chunks)
             for n, nbytes in results:
@@ -396,7 +403,7 @@ def build_cluster(out: Path, spec: Spec, members: Sequence[Member]) -> None:
             write_members([(m, inner / m.relpath) for m in items], spec, split)
             inner.mkdir(parents=True, exist_ok=True)
             os.utime(inner, (BASE_MTIME, BASE_MTIME))
-            _note(f"packing {split}.squashfs ({len(items)} files)")
+            _note(spec, f"packing {split}.squashfs ({len(items)} files)")
             mksquashfs(root, out / f"{split}.squashfs", spec)
             shutil.rmtree(root)
             _write_lines(out / f"{split}_files.txt", sorted(prefix + m.relpath for m in items))
@@ -432,7 +439,7 @@ def build_kaggle(out: Path, spec: Spec, members: Sequence[Member]) -> None:
         os.utime(d, (BASE_MTIME, BASE_MTIME))
     _kaggle_files(out, members, synsets.wnids()[: spec.classes])
     if spec.kaggle_squashfs:
-        _note("packing ILSVRC.squashfs")
+        _note(spec, "packing ILSVRC.squashfs")
         mksquashfs(ilsvrc, out / "ILSVRC.squashfs", spec)
         shutil.rmtree(ilsvrc)
 
@@ -468,7 +475,7 @@ def build_official(out: Path, spec: Spec, members: Sequence[Member]) -> None:
     try:
         placed = [(m, staging / m.split / m.relpath) for m in members]
         write_members(placed, spec, "images")
-        _note("writing ILSVRC2012_img_train.tar")
+        _note(spec, "writing ILSVRC2012_img_train.tar")
         with tarfile.open(out / "ILSVRC2012_img_train.tar", "w", format=tarfile.GNU_FORMAT) as t:
             per_class: dict[str | None, list[Member]] = {}
             for m in split_of["train"]:
@@ -487,7 +494,7 @@ def build_official(out: Path, spec: Spec, members: Sequence[Member]) -> None:
                     _tarinfo(f"{wnid}.tar", buf.tell(), BASE_MTIME), io.BytesIO(buf.getvalue())
                 )
         for split, tar_name in (("val", "ILSVRC2012_img_val.tar"), ("test", TEST_TAR)):
-            _note(f"writing {tar_name}")
+            _note(spec, f"writing {tar_name}")
             with tarfile.open(out / tar_name, "w", format=tarfile.GNU_FORMAT) as t:
                 prefix = "test/" if split == "test" else ""
                 _tar_files(
@@ -539,8 +546,9 @@ def _write_devkit(out: Path, spec: Spec, val: Sequence[Member]) -> None:
             t.addfile(_tarinfo(f"{DEVKIT}/data/{name}", len(blob), BASE_MTIME), io.BytesIO(blob))
 
 
-def _note(message: str) -> None:
-    print(f"imagenetfs: {message}", file=sys.stderr, flush=True)
+def _note(spec: Spec, message: str) -> None:
+    if spec.progress:
+        print(f"imagenetfs: {message}", file=sys.stderr, flush=True)
 
 
 @dataclass(frozen=True)
@@ -569,8 +577,8 @@ def generate(out: Path, spec: Spec) -> Summary:
 SAMPLE = Spec(classes=10, train_per_class=4, val_per_class=2, test=6)
 
 
-def sample(out: Path) -> Summary:
-    return generate(out, SAMPLE)
+def sample(out: Path, *, progress: bool = True) -> Summary:
+    return generate(out, dataclasses.replace(SAMPLE, progress=progress))
 
 
 # --- command line ---------------------------------------------------------------------------

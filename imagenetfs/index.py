@@ -257,6 +257,7 @@ class _TreeBuilder:
             return  # the source has a real file of that name: it wins
         tail = _FILE_TAIL.pack(BLOB_IMAGE, 0, _NO_FRAGMENT, 0, 0)
         parent.children[components[-1]] = _Leaf(FILE, len(data), self.default_mtime, tail, data)
+        self.bytes += len(data)
 
     def records(self) -> Iterator[tuple[int, int, bytes, bytes, bytes | None]]:
         """(ino, parent, name, packed node, blob) in ino order: breadth-first, names sorted.
