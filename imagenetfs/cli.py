@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from imagenetfs import __version__, errors, generate, index, mount, source
+from imagenetfs import __version__, errors, generate, index, mount, resize, source, views
 from imagenetfs.errors import ImagenetfsError
 
 log = logging.getLogger("imagenetfs")
@@ -104,6 +104,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
         source=root,
         foreground=args.foreground,
         allow_other=args.allow_other,
+        resize=tuple(args.resize),
+        resize_quality=resize.check_quality(args.resize_quality),
+        cache_dir=None if args.no_cache else (args.cache_dir or resize.default_cache_dir()),
+        cache_size=args.cache_size,
     )
     return mount.mount(request)
 
@@ -134,6 +138,81 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not shown:
         print("no imagenetfs mounts")
     return 0
+
+
+def cmd_warm(args: argparse.Namespace) -> int:
+    if not args.resize:
+        raise errors.UsageError("warm: give at least one --resize SPEC")
+    if args.mountpoint is not None:  # the index and source of a running mount
+        state = next(
+            (
+                s
+                for s in mount.read_states()
+                if s.get("mountpoint") == str(args.mountpoint.absolute())
+            ),
+            None,
+        )
+        if state is None:
+            raise errors.UsageError(f"{args.mountpoint} is not mounted by imagenetfs")
+        path = Path(state["index"])
+    else:
+        path = ensure_index(resolve_source(args.source), args.index)
+    cache_dir = args.cache_dir or resize.default_cache_dir()
+    job = views.WarmJob(
+        str(path),
+        tuple(args.resize),
+        resize.check_quality(args.resize_quality),
+        str(cache_dir),
+        args.cache_size,
+    )
+    started = time.monotonic()
+    counts = views.warm(job, args.split or ["train", "val", "test"], args.jobs, not args.quiet)
+    print(
+        f"warmed {cache_dir}: {counts['resized']:,} resized, {counts['cached']:,} already "
+        f"cached, {counts['failed']:,} failed, in {time.monotonic() - started:.1f} s"
+    )
+    return 1 if counts["failed"] else 0
+
+
+def add_resize_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--resize",
+        type=resize_spec,
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="add resized/SPEC/: N = shorter side N (aspect kept, smaller images unchanged), "
+        "WxH = exactly W x H; 8..4096; repeatable",
+    )
+    parser.add_argument(
+        "--resize-quality", type=int, default=resize.DEFAULT_QUALITY, help="JPEG quality (90)"
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="persistent cache of resized images (default: $TMPDIR/imagenetfs-cache in a "
+        "Slurm job, else ~/.cache/imagenetfs/resized)",
+    )
+    parser.add_argument(
+        "--cache-size",
+        type=cache_size,
+        default=10 << 30,
+        help="bound of the resize cache; the oldest entries go first (default 10G)",
+    )
+
+
+def resize_spec(text: str) -> resize.ResizeSpec:
+    try:
+        return resize.parse_spec(text)
+    except errors.UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def cache_size(text: str) -> int:
+    try:
+        return resize.parse_size(text)
+    except errors.UsageError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="let other users read the tree (needs user_allow_other in /etc/fuse.conf)",
     )
+    add_resize_options(mnt)
+    mnt.add_argument(
+        "--no-cache", action="store_true", help="keep no persistent cache of resized images"
+    )
     mnt.set_defaults(func=cmd_mount)
 
     um = commands.add_parser(
@@ -210,6 +293,28 @@ def build_parser() -> argparse.ArgumentParser:
     um.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     um.add_argument("-z", "--lazy", action="store_true", help="detach even if busy")
     um.set_defaults(func=cmd_umount)
+
+    wm = commands.add_parser(
+        "warm",
+        help="fill the resize cache ahead of a job, on all cores",
+        description=(
+            "Resize every image of the given splits for each --resize SPEC into the persistent "
+            "cache, so that a mount with the same --resize and --cache-dir serves them at once. "
+            "Give the MOUNTPOINT of a running mount, or a source (--source, as for mount)."
+        ),
+    )
+    wm.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", nargs="?")
+    wm.add_argument("--source", type=Path, help=idx_source_help)
+    wm.add_argument("--index", type=Path, help=idx_index_help)
+    wm.add_argument(
+        "--split", action="append", choices=["train", "val", "test"], help="(default: all)"
+    )
+    wm.add_argument(
+        "-j", "--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: cores)"
+    )
+    wm.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_resize_options(wm)
+    wm.set_defaults(func=cmd_warm)
 
     st = commands.add_parser(
         "status",

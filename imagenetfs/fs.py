@@ -24,15 +24,18 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pyfuse3
 import trio
 
 from imagenetfs.errors import CorruptImageError, ImagenetfsError
-from imagenetfs.index import DIR, FILE, SYMLINK, Index, Node, NoSuchEntry, NotADirectory
+from imagenetfs.index import DIR, FILE, SYMLINK, Node, NoSuchEntry, NotADirectory
+from imagenetfs.resize import ResizeError
 from imagenetfs.squashfs import WouldBlock
+from imagenetfs.views import Tree
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ _ERRNO: dict[type[BaseException], int] = {
     NoSuchEntry: errno.ENOENT,
     NotADirectory: errno.ENOTDIR,
     CorruptImageError: errno.EIO,
+    ResizeError: errno.EIO,
     ImagenetfsError: errno.EIO,
 }
 
@@ -69,11 +73,16 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, index: Index, *, read_threads: int = 8) -> None:
+    def __init__(self, tree: Tree, *, read_threads: int = 8) -> None:
         super().__init__()
-        self.index = index
+        self.tree = tree
+        self.index = tree.index
         self.uid, self.gid = os.getuid(), os.getgid()
-        self._handles: dict[int, Node] = {}
+        # open handle -> (file, its resized bytes when it is in a resized view)
+        self._handles: dict[int, tuple[Node, bytes | None]] = {}
+        self._resizing: dict[int, trio.Event] = {}
+        self._recent: dict[int, bytes] = {}  # last few resized files, for concurrent openers
+        self.cache_settings: tuple[Path, int] | None = None  # resize cache, opened when serving
         self._next_fh = 1
         self._limiter = trio.CapacityLimiter(read_threads)
         self.counters = Counters()
@@ -81,7 +90,10 @@ class Operations(pyfuse3.Operations):
 
     def statistics(self) -> dict[str, Any]:
         self.counters.open_handles = len(self._handles)
-        return {"fs": vars(self.counters).copy(), "index": vars(self.index.stats).copy()}
+        stats = {"fs": vars(self.counters).copy(), "index": vars(self.index.stats).copy()}
+        if self.tree.cache is not None:
+            stats["resize_cache"] = self.tree.cache.statistics()
+        return stats
 
     # --- the boundary: domain errors to errno, once --------------------------------------
 
@@ -102,12 +114,14 @@ class Operations(pyfuse3.Operations):
                 log.error("%s(%r): %s", what, ident, exc)
             raise pyfuse3.FUSEError(code) from None
 
-    def _attributes(self, node: Node) -> pyfuse3.EntryAttributes:
+    def _attributes(self, node: Node, *, cacheable: bool = True) -> pyfuse3.EntryAttributes:
+        """The one attribute builder. `cacheable=False` for a resized file whose size is not
+        known yet: the kernel must ask again (GETATTR) before it relies on the size."""
         attr = pyfuse3.EntryAttributes()
         attr.st_ino = node.ino
         attr.generation = 0
-        attr.entry_timeout = TIMEOUT
-        attr.attr_timeout = TIMEOUT
+        attr.entry_timeout = TIMEOUT if cacheable else 0
+        attr.attr_timeout = TIMEOUT if cacheable else 0
         attr.st_mode = node.mode
         attr.st_nlink = node.nlink
         attr.st_uid = self.uid
@@ -134,30 +148,30 @@ class Operations(pyfuse3.Operations):
         self.counters.lookups += 1
         with self._errors("lookup", (parent_inode, name)):
             if name == b".":
-                node = self.index.getattr(parent_inode)
+                node = self.tree.getattr(parent_inode)
             elif name == b"..":
-                node = self.index.getattr(self.index.getattr(parent_inode).parent)
+                node = self.tree.getattr(self.tree.getattr(parent_inode).parent)
             else:
-                node = self.index.lookup(parent_inode, name)
-            return self._attributes(node)
+                node = self.tree.lookup(parent_inode, name)
+            return self._attributes(await self._sized(node))
 
     async def getattr(
         self, inode: int, ctx: pyfuse3.RequestContext | None = None
     ) -> pyfuse3.EntryAttributes:
         self.counters.getattrs += 1
         with self._errors("getattr", inode):
-            return self._attributes(self.index.getattr(inode))
+            return self._attributes(await self._sized(self.tree.getattr(inode)))
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         with self._errors("readlink", inode):
-            node = self.index.getattr(inode)
+            node = self.tree.getattr(inode)
             if node.kind != SYMLINK:
                 raise pyfuse3.FUSEError(errno.EINVAL)
             return node.target
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         with self._errors("opendir", inode):
-            if self.index.getattr(inode).kind != DIR:
+            if self.tree.getattr(inode).kind != DIR:
                 raise NotADirectory(inode)
             return inode
 
@@ -165,18 +179,22 @@ class Operations(pyfuse3.Operations):
         """Entries `.`, `..`, then the children; cookie k = "resume after the k-th entry"."""
         self.counters.readdirs += 1
         with self._errors("readdir", fh):
-            directory = self.index.getattr(fh)
+            directory = self.tree.getattr(fh)
             if start_id < 1 and not pyfuse3.readdir_reply(
                 token, b".", self._attributes(directory), 1
             ):
                 return
             if start_id < 2:
-                parent = self.index.getattr(directory.parent)
+                parent = self.tree.getattr(directory.parent)
                 if not pyfuse3.readdir_reply(token, b"..", self._attributes(parent), 2):
                     return
-            children = self.index.readdir(fh, max(start_id - 2, 0))
+            children = self.tree.readdir(fh, max(start_id - 2, 0))
             for cookie, node in enumerate(children, max(start_id, 2) + 1):
-                if not pyfuse3.readdir_reply(token, node.name, self._attributes(node), cookie):
+                size = self.tree.known_size(node)  # listing resizes nothing
+                attr = self._attributes(
+                    node if size is None else replace(node, size=size), cacheable=size is not None
+                )
+                if not pyfuse3.readdir_reply(token, node.name, attr, cookie):
                     break
 
     async def releasedir(self, fh: int) -> None:
@@ -195,7 +213,7 @@ class Operations(pyfuse3.Operations):
 
     async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
         with self._errors("access", inode):
-            self.index.getattr(inode)
+            self.tree.getattr(inode)
         if mode & os.W_OK:
             raise pyfuse3.FUSEError(errno.EROFS)
         return True
@@ -207,19 +225,24 @@ class Operations(pyfuse3.Operations):
         if flags & _WRITE_FLAGS:
             raise pyfuse3.FUSEError(errno.EROFS)
         with self._errors("open", inode):
-            node = self.index.getattr(inode)
+            node = self.tree.getattr(inode)
             if node.kind != FILE:
                 raise pyfuse3.FUSEError(errno.EISDIR if node.kind == DIR else errno.EINVAL)
+            data = await self._resized(node) if self.tree.spec_of(node) else None
         fh = self._next_fh
         self._next_fh += 1
-        self._handles[fh] = node
+        self._handles[fh] = (node, data)
         return pyfuse3.FileInfo(fh=fh, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         self.counters.reads += 1
-        node = self._handles.get(fh)
-        if node is None:
+        handle = self._handles.get(fh)
+        if handle is None:
             raise pyfuse3.FUSEError(errno.EBADF)
+        node, resized = handle
+        if resized is not None:
+            self.counters.bytes_read += min(size, max(len(resized) - off, 0))
+            return resized[off : off + size]
         if off >= node.size or size <= 0:
             return b""
         with self._errors("read", (node.ino, off, size)):
@@ -235,3 +258,33 @@ class Operations(pyfuse3.Operations):
 
     async def release(self, fh: int) -> None:
         self._handles.pop(fh, None)
+
+    # --- resized views ---------------------------------------------------------------------
+
+    async def _sized(self, node: Node) -> Node:
+        """`node` with its served size: for a resized file, resize it if nobody has yet."""
+        if self.tree.spec_of(node) is None:
+            return node
+        size = self.tree.known_size(node)
+        if size is None:
+            size = len(await self._resized(node))
+        return replace(node, size=size)
+
+    async def _resized(self, node: Node) -> bytes:
+        """The resized bytes, in a worker thread; concurrent requests share one resize."""
+        while (pending := self._resizing.get(node.ino)) is not None:
+            await pending.wait()
+        if (recent := self._recent.get(node.ino)) is not None:
+            return recent
+        done = self._resizing[node.ino] = trio.Event()
+        try:
+            data: bytes = await trio.to_thread.run_sync(
+                self.tree.resized_bytes, node, limiter=self._limiter
+            )
+            self._recent[node.ino] = data
+            if len(self._recent) > 64:
+                del self._recent[next(iter(self._recent))]
+        finally:
+            del self._resizing[node.ino]
+            done.set()
+        return data

@@ -113,6 +113,11 @@ class Node:
         first, count, _ = _DIR_TAIL.unpack_from(self.tail)
         return first, count
 
+    @property
+    def image(self) -> int | None:
+        """The image number holding a file's bytes (`BLOB_IMAGE` for a virtual file)."""
+        return _FILE_TAIL.unpack_from(self.tail)[0] if self.kind == FILE else None
+
     def extent(self) -> tuple[int, squashfs.Extent]:
         """(image number, extent) of a regular file."""
         image, start, fragment, frag_off, sparse = _FILE_TAIL.unpack_from(self.tail)
@@ -123,6 +128,11 @@ class Node:
     @property
     def target(self) -> bytes:
         return self.tail if self.kind == SYMLINK else b""
+
+
+def directory_node(ino: int, parent: int, name: bytes, mtime: int, subdirs: int) -> Node:
+    """A directory that is not in the index (the views' `resized/`): attributes only."""
+    return Node(ino, DIR, parent, subdirs, mtime, name, _DIR_TAIL.pack(0, 0, subdirs))
 
 
 def _decode(ino: int, value: bytes) -> Node:

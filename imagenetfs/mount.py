@@ -37,12 +37,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pyfuse3
 import trio
 
 from imagenetfs.errors import ImagenetfsError, UsageError
 from imagenetfs.fs import Operations
 from imagenetfs.index import Index
+from imagenetfs.resize import DEFAULT_QUALITY, ResizeCache, ResizeSpec
+from imagenetfs.views import Tree
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +66,10 @@ class MountRequest:
     foreground: bool = False
     allow_other: bool = False
     read_threads: int = 8
+    resize: tuple[ResizeSpec, ...] = ()
+    resize_quality: int = DEFAULT_QUALITY
+    cache_dir: Path | None = None  # None: no persistent resize cache
+    cache_size: int = 10 << 30
 
 
 # --- mount points -------------------------------------------------------------------------
@@ -182,7 +189,10 @@ def mount(request: MountRequest) -> int:
     # answers FUSE_INIT, any stat of it (even Path.resolve()) blocks forever.
     state_path = state_file(mountpoint)
     index = Index.open(request.index_path)
-    ops = Operations(index, read_threads=request.read_threads)
+    tree = Tree(index, request.resize, quality=request.resize_quality)
+    ops = Operations(tree, read_threads=request.read_threads)
+    if request.resize and request.cache_dir is not None:
+        ops.cache_settings = (request.cache_dir, request.cache_size)
     options = set(pyfuse3.default_options)
     options |= {"fsname=imagenetfs", "subtype=imagenetfs", "ro", "noatime"}
     if request.allow_other:
@@ -292,6 +302,8 @@ def _serve(ops: Operations, state: dict[str, Any], path: Path) -> int:
     code = 0
     try:
         _write_state(path, state)
+        if ops.cache_settings is not None:  # opened here: an LMDB env must not cross a fork
+            ops.tree.cache = _open_cache(*ops.cache_settings)
         trio.run(_main, ops, state, path)
     except BaseException:
         log.exception("the daemon failed")
@@ -299,10 +311,20 @@ def _serve(ops: Operations, state: dict[str, Any], path: Path) -> int:
     finally:
         pyfuse3.close(unmount=True)
         ops.index.close()
+        if ops.tree.cache is not None:
+            ops.tree.cache.close()
         with contextlib.suppress(OSError):
             path.unlink()
     log.info("unmounted %s", state["mountpoint"])
     return code
+
+
+def _open_cache(directory: Path, size: int) -> ResizeCache | None:
+    try:
+        return ResizeCache(directory, size)
+    except (OSError, lmdb.Error) as e:
+        log.warning("resize cache %s unusable (%s): resizing without a cache", directory, e)
+        return None
 
 
 async def _main(ops: Operations, state: dict[str, Any], path: Path) -> None:
