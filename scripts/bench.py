@@ -1,0 +1,579 @@
+#!/usr/bin/env python3
+"""imagenetfs against its peers, on the same data, in one run (issue 6 parts 1 and 2).
+
+    scripts/bench.py --quick              # a few minutes: 100k tiny entries, 5k realistic files
+    scripts/bench.py                      # full: 1.43M tiny entries, 25k realistic files, 3 repeats
+    scripts/bench.py --only imagenetfs,squashfuse_ll --variants gzip --no-storm
+
+Contenders: imagenetfs; the kernel's SquashFS (loop mount, root only); squashfuse and
+squashfuse_ll (one daemon per image); ratarmount (PyPI, in the benchmark's own venv
+`<work>/bench-venv`, made on first use together with matplotlib for the plot); the unpacked
+tree on local disk. Every contender serves the same files: each split's image root (train
+`<wnid>/<file>`, flat val and test), which imagenetfs serves as `train/`, `val/<wnid>/` and
+`test/`.
+
+Workloads, on fresh mounts with caches dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`,
+root only) unless said otherwise:
+- metadata, on the metadata set (full ImageNet entry count, tiny files): first-mount build
+  (contenders with an index: imagenetfs, ratarmount), mount-ready time (from the mount command
+  to a successful stat), `os.walk` of the whole tree, `os.stat` of every file after that walk
+  (same mount) and on a fresh mount;
+- reads, on the realistic set: every file read whole in random order by 1 and by 8 reader
+  processes, cold (fresh mount, caches dropped) and warm (the next epoch on the same mount);
+  the daemons' peak RSS (VmHWM, daemon and children) after 3 epochs of 8 readers;
+- the metadata storm (scripts/storm/stormfs.c, see benchlib/storm.py).
+Both image variants: mksquashfs's default gzip and `-noD -noF` (uncompressed). Medians over
+--repeat runs; every ratio is contender / imagenetfs (above 1: imagenetfs is faster/smaller).
+Results: `<out>/results.md`, `results.json`, `results.png`. Everything mounted is unmounted
+on any exit, including Ctrl-C and SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import _venv  # noqa: F401  (re-executes with the imagenetfs environment if needed)
+from benchlib import contenders as C
+from benchlib import data, storm
+from benchlib.workloads import Readers, stat_all, walk
+
+REPO = Path(__file__).resolve().parent.parent
+ORDER = ["imagenetfs", "kernel", "squashfuse", "squashfuse_ll", "ratarmount", "unpacked"]
+META_ROWS = ["first-mount build", "mount ready", "walk", "stat after walk", "stat fresh mount"]
+READ_ROWS = ["read 1 cold", "read 1 warm", "read 8 cold", "read 8 warm", "peak RSS 3 epochs"]
+ROW_TITLES = {
+    "first-mount build": "index / first-mount build (s)",
+    "mount ready": "mount ready, built index (s)",
+    "walk": "os.walk whole tree, fresh mount (s)",
+    "stat after walk": "os.stat every file, after the walk (s)",
+    "stat fresh mount": "os.stat every file, fresh mount (s)",
+    "read 1 cold": "read epoch, 1 reader, cold (s)",
+    "read 1 warm": "read epoch, 1 reader, warm (s)",
+    "read 8 cold": "read epoch, 8 readers, cold (s)",
+    "read 8 warm": "read epoch, 8 readers, warm (s)",
+    "peak RSS 3 epochs": "daemon peak RSS after 3 epochs (MiB)",
+}
+
+
+def note(msg: str) -> None:
+    print(f"bench {time.strftime('%H:%M:%S')}: {msg}", file=sys.stderr, flush=True)
+
+
+class Run:
+    """One benchmark run: the registry of mounts, the reader pool and the results."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.work: Path = args.work
+        self.mounts = C.Mounts()
+        self.readers = Readers(8)
+        self.dropped = True
+        # results[variant][row][contender] = list of values; extra[...] = anything else
+        self.results: dict[str, dict[str, dict[str, list[float]]]] = {}
+        self.extra: dict[str, Any] = {"entries": {}, "rss_by_epoch": {}, "errors": []}
+
+    def drop(self) -> None:
+        if not C.drop_caches():
+            self.dropped = False
+
+    def record(self, variant: str, row: str, who: str, value: float | None) -> None:
+        if value is not None:
+            self.results.setdefault(variant, {}).setdefault(row, {}).setdefault(who, []).append(
+                value
+            )
+
+    def error(self, variant: str, who: str, what: str, e: BaseException) -> None:
+        msg = f"{who} ({variant}, {what}): {type(e).__name__}: {e}"
+        note(f"FAILED {msg}")
+        self.extra["errors"].append(msg)
+
+    def mounted(self, c: C.Contender, setdir: Path, probe: data.File) -> tuple[C.Mounted, float]:
+        mp = self.work / "mnt" / c.name
+        t = time.perf_counter()
+        m = self.mounts.add(c.mount(setdir, mp, probe))
+        return m, time.perf_counter() - t
+
+    # --- metadata workloads --------------------------------------------------------------
+
+    def meta(self, variant: str, setdir: Path, c: C.Contender, files: list[data.File], rep: int):
+        probe = files[0]
+        if c.has_index and rep == 0:
+            c.forget_index(setdir)
+            self.drop()
+            m, built = self.mounted(c, setdir, probe)
+            self.mounts.release(m)
+            self.record(variant, "first-mount build", c.name, built)
+            note(f"[{variant}] {c.name}: first-mount build {built:.2f} s")
+        self.drop()
+        m, ready = self.mounted(c, setdir, probe)
+        if c.name != "unpacked":
+            self.record(variant, "mount ready", c.name, ready)
+        t_walk, entries = walk(m.walk_tops)
+        self.extra["entries"][c.name] = entries
+        paths = [m.path(f) for f in files]
+        t_stat = stat_all(paths)
+        self.mounts.release(m)
+        self.record(variant, "walk", c.name, t_walk)
+        self.record(variant, "stat after walk", c.name, t_stat)
+        self.drop()
+        m, _ = self.mounted(c, setdir, probe)
+        t_fresh = stat_all(paths)
+        self.mounts.release(m)
+        self.record(variant, "stat fresh mount", c.name, t_fresh)
+        note(
+            f"[{variant}] {c.name}: ready {ready:.3f} s, walk {t_walk:.2f} s ({entries:,} "
+            f"entries), stat after walk {t_stat:.2f} s, stat fresh {t_fresh:.2f} s"
+        )
+
+    # --- read workloads ------------------------------------------------------------------
+
+    def reads(self, variant: str, setdir: Path, c: C.Contender, files: list[data.File], rep: int):
+        total = sum(f.size for f in files)
+        seed = 1000 * rep
+
+        def epoch(paths: list[str], readers: int, s: int) -> float:
+            dt, nbytes = self.readers.epoch(paths, readers, s)
+            if nbytes != total:
+                raise RuntimeError(f"read {nbytes:,} bytes, expected {total:,}")
+            return dt
+
+        self.drop()
+        m, _ = self.mounted(c, setdir, files[0])
+        paths = [m.path(f) for f in files]
+        cold1 = epoch(paths, 1, seed + 1)
+        warm1 = epoch(paths, 1, seed + 2)
+        self.mounts.release(m)
+        self.drop()
+        m, _ = self.mounted(c, setdir, files[0])
+        times, rss = [], []
+        for e in range(3):
+            times.append(epoch(paths, 8, seed + 3 + e))
+            rss.append(C.memory_mib(m.pids))
+        self.mounts.release(m)
+        for row, v in zip(READ_ROWS, [cold1, warm1, *times[:2]], strict=False):
+            self.record(variant, row, c.name, v)
+        if m.pids:
+            self.record(variant, "peak RSS 3 epochs", c.name, rss[-1][1])
+            key = f"{variant}/{c.name}"
+            self.extra["rss_by_epoch"].setdefault(key, []).append([r[0] for r in rss])
+        n = len(files)
+        note(
+            f"[{variant}] {c.name}: 1 reader {n / cold1:,.0f}/{n / warm1:,.0f} files/s "
+            f"cold/warm, 8 readers {n / times[0]:,.0f}/{n / times[1]:,.0f}, "
+            f"RSS by epoch {[round(r[0], 1) for r in rss]} MiB, peak {rss[-1][1]:.1f}"
+        )
+
+    # --- the metadata storm --------------------------------------------------------------
+
+    def storm(self, scale: data.Scale, setdir: Path, files: list[data.File], rep: int) -> None:
+        a = self.args
+        cfg = storm.Config(a.storm_delay_ms, a.storm_inflight, a.storm_timeout)
+        exe = storm.build(self.work)
+        storm.link_images(self.work, setdir)
+        smp = self.work / "mnt" / "storm"
+        images = smp / "storm-images" / setdir.name
+        inet = C.Imagenetfs(self.work, a.imagenetfs_src, tag="storm-")
+        tree = smp / "unpacked" / scale.name
+
+        def backing() -> storm.Stormfs:
+            s = storm.Stormfs(exe, self.work, smp, cfg)
+            self.mounts.add(C.Mounted("stormfs", {}, [], unmount=s.unmount))
+            return s
+
+        if rep == 0:  # the index, on local disk, built through the passthrough
+            inet.forget_index(images)
+            backing()
+            cmd = [*inet.cmd, "index", "-q", "--source", str(images)]
+            cmd += ["--index", str(inet.index_path(images))]
+            subprocess.run(cmd, env=inet.env, check=True, capture_output=True)
+            self.mounts.close()
+        out = self.extra.setdefault("storm", {"config": cfg.__dict__, "files": len(files)})
+        for who in ("unpacked", "imagenetfs"):
+            self.storm_side(who, out, backing, inet, images, tree, files, rep)
+
+    def storm_side(
+        self,
+        who: str,
+        out: dict[str, Any],
+        backing: Callable[[], storm.Stormfs],
+        inet: C.Imagenetfs,
+        images: Path,
+        tree: Path,
+        files: list[data.File],
+        rep: int,
+    ) -> None:
+        n = len(files)
+
+        def rec(row: str, v: Any) -> None:
+            out.setdefault(row, {}).setdefault(who, []).append(v)
+
+        def unpacked_path(f: data.File) -> str:
+            return f"{tree}/{f.split}/{f.relpath}"
+
+        def start() -> tuple[storm.Stormfs, Callable[[data.File], str], list[Path]]:
+            self.drop()
+            s = backing()
+            if who == "unpacked":
+                return s, unpacked_path, [tree]
+            c0 = s.counts()
+            m, ready = self.mounted(inet, images, files[0])
+            rec("mount ready (s)", ready)
+            rec("mount: backing metadata ops", storm.metadata_ops(storm.delta(c0, s.counts())))
+            return s, m.path, m.walk_tops
+
+        s, path, tops = start()
+        c0 = s.counts()
+        t_walk, _ = walk(tops)
+        d = storm.delta(c0, s.counts())
+        rec("walk (s)", t_walk)
+        rec("walk: backing metadata ops", storm.metadata_ops(d))
+        self.mounts.close()
+        note(f"storm {who}: walk {t_walk:.2f} s, {storm.metadata_ops(d)} backing metadata ops")
+        for readers, epochs in ((1, 1), (8, 2)):
+            s, path, _ = start()
+            paths = [path(f) for f in files]
+            for e in range(epochs):
+                c0 = s.counts()
+                dt, _ = self.readers.epoch(paths, readers, 1000 * rep + 10 + e)
+                d = storm.delta(c0, s.counts())
+                label = f"epoch {readers} reader{'s' if readers > 1 else ''} " + (
+                    "cold" if e == 0 else "warm"
+                )
+                per_file = storm.metadata_ops(d) / n
+                rec(f"{label} (s)", dt)
+                rec(f"{label}: backing metadata ops per file", per_file)
+                rec(f"{label}: ops by kind", d)
+                note(f"storm {who}: {label} {dt:.2f} s, {per_file:.3f} ops/file, {d}")
+            self.mounts.close()
+
+
+def machine(args: argparse.Namespace, venv: Path) -> dict[str, Any]:
+    def sh(*cmd: str) -> str:
+        try:
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+            return (r.stdout or r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr) else ""
+        except (OSError, subprocess.TimeoutExpired):
+            return "n/a"
+
+    mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+    src = args.imagenetfs_src or REPO
+    dirty = sh("git", "-C", str(REPO), "status", "--short", "--", "imagenetfs")
+    return {
+        "nproc": os.cpu_count(),
+        "ram_gib": round(int(mem) / 2**20, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "libfuse": sh("pkg-config", "--modversion", "fuse3"),
+        "squashfuse": sh("dpkg-query", "-W", "-f=${Version}", "squashfuse"),
+        "ratarmount": sh(str(venv / "bin" / "ratarmount"), "--version"),
+        "imagenetfs_src": str(src),
+        "imagenetfs_commit": sh("git", "-C", str(REPO), "rev-parse", "--short", "HEAD"),
+        "imagenetfs_dirty": bool(dirty) if args.imagenetfs_src is None else "snapshot",
+        "loadavg_start": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def medians(results: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+    return {row: {c: statistics.median(v) for c, v in cs.items()} for row, cs in results.items()}
+
+
+def table(variant: str, med: dict[str, dict[str, float]], who: list[str], meta: str, rd: str):
+    out = [f"### {variant} images\n", f"metadata rows: {meta}; read rows: {rd}\n"]
+    out.append("| workload | " + " | ".join(who) + " |")
+    out.append("|---|" + "---|" * len(who))
+    for row in META_ROWS + READ_ROWS:
+        cells = []
+        base = med.get(row, {}).get("imagenetfs")
+        for c in who:
+            v = med.get(row, {}).get(c)
+            if v is None:
+                cells.append("n/a")
+            elif c == "imagenetfs" or not base:
+                cells.append(f"{v:,.3g}")
+            else:
+                cells.append(f"{v:,.3g} ({v / base:.2f}×)")
+        out.append(f"| {ROW_TITLES[row]} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def goals(med: dict[str, dict[str, float]], storm_med: dict[str, dict[str, float]]) -> list[str]:
+    """Issue 6 part 3, as ratios measured in this run."""
+
+    def r(row: str, peer: str) -> float | None:
+        a, b = med.get(row, {}).get("imagenetfs"), med.get(row, {}).get(peer)
+        return b / a if a and b else None  # peer time / our time = our speed-up
+
+    def line(text: str, v: float | None, ok: Callable[[float], bool]) -> str:
+        if v is None:
+            return f"- {text}: not measured"
+        return f"- {text}: {v:.2f} — {'met' if ok(v) else 'NOT met'}"
+
+    out = [
+        line(
+            "8 readers cold, imagenetfs / squashfuse_ll speed (≥ 1.0)",
+            r("read 8 cold", "squashfuse_ll"),
+            lambda v: v >= 1.0,
+        ),
+        line(
+            "8 readers cold, imagenetfs / ratarmount speed (≥ 3)",
+            r("read 8 cold", "ratarmount"),
+            lambda v: v >= 3.0,
+        ),
+        line(
+            "8 readers warm, imagenetfs / squashfuse_ll speed (≥ 1.5)",
+            r("read 8 warm", "squashfuse_ll"),
+            lambda v: v >= 1.5,
+        ),
+        line(
+            "8 readers cold, fraction of the kernel mount's speed (report)",
+            r("read 8 cold", "kernel"),
+            lambda v: True,
+        ),
+        line(
+            "8 readers warm, fraction of the kernel mount's speed (report)",
+            r("read 8 warm", "kernel"),
+            lambda v: True,
+        ),
+    ]
+    w = r("walk", "squashfuse_ll")
+    out.append(
+        line(
+            "os.walk, imagenetfs time / squashfuse_ll time (≤ 1.5)",
+            1 / w if w else None,
+            lambda v: v <= 1.5,
+        )
+    )
+    ready = med.get("mount ready", {}).get("imagenetfs")
+    out.append(line("mount ready with a built index, s (< 1)", ready, lambda v: v < 1.0))
+    su = storm_med.get("epoch 8 readers cold (s)", {})
+    sp = storm_med.get("epoch 8 readers cold: backing metadata ops per file", {})
+    if su.get("imagenetfs") and su.get("unpacked"):
+        out.append(
+            line(
+                "storm, 8 readers cold: unpacked epoch / imagenetfs epoch (≥ 10)",
+                su["unpacked"] / su["imagenetfs"],
+                lambda v: v >= 10,
+            )
+        )
+    out.append(
+        line(
+            "storm: backing metadata ops per file read by imagenetfs (0)",
+            sp.get("imagenetfs"),
+            lambda v: v == 0,
+        )
+    )
+    return out
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.3g}"
+
+
+def storm_table(st: dict[str, Any]) -> tuple[str, dict[str, dict[str, float]]]:
+    med: dict[str, dict[str, float]] = {}
+    out = ["| storm | unpacked tree | imagenetfs | ratio |", "|---|---|---|---|"]
+    for row, by in st.items():
+        if row in ("config", "files") or row.endswith("ops by kind"):
+            continue
+        med[row] = {w: statistics.median(v) for w, v in by.items()}
+        u, i = med[row].get("unpacked"), med[row].get("imagenetfs")
+        ratio = f"{u / i:.1f}×" if u is not None and i else "–"
+        out.append(f"| {row} | {_fmt(u)} | {_fmt(i)} | {ratio} |")
+    return "\n".join(out) + "\n", med
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--work", type=Path, default=Path("/var/tmp/imagenetfs-bench"))
+    p.add_argument("--out", type=Path, help="results dir (default docs/bench, or docs/bench/quick)")
+    p.add_argument("--quick", action="store_true", help="small sets, 1 repeat")
+    p.add_argument("--repeat", type=int, help="runs per measurement (default 3; --quick: 1)")
+    p.add_argument(
+        "--meta-repeat", type=int, help="runs of the metadata workloads (default: --repeat)"
+    )
+    p.add_argument("--only", help="comma-separated contenders (default: all)")
+    p.add_argument("--variants", default="gzip,noD-noF")
+    p.add_argument("--no-meta", action="store_true")
+    p.add_argument("--no-reads", action="store_true")
+    p.add_argument("--no-storm", action="store_true")
+    p.add_argument("--storm-delay-ms", type=float, default=0.5)
+    p.add_argument("--storm-inflight", type=int, default=4, help="metadata ops served at once")
+    p.add_argument("--storm-timeout", type=float, default=1.0, help="entry/attr timeout, s")
+    p.add_argument(
+        "--imagenetfs-src",
+        type=Path,
+        help="dir holding the imagenetfs package to run "
+        "(e.g. a `git archive` snapshot; default: the installed checkout)",
+    )
+    args = p.parse_args()
+    repeat = args.repeat or (1 if args.quick else 3)
+    meta_repeat = args.meta_repeat or repeat
+    out_dir = args.out or REPO / "docs" / "bench" / ("quick" if args.quick else "")
+    variants = args.variants.split(",")
+    meta_scale = data.QUICK_META if args.quick else data.FULL_META
+    read_scale = data.QUICK_READ if args.quick else data.FULL_READ
+    command = "scripts/bench.py " + shlex.join(sys.argv[1:])
+    args.work.mkdir(parents=True, exist_ok=True)
+
+    main_pid = os.getpid()
+
+    def on_signal(signum: int, frame: object) -> None:
+        if os.getpid() != main_pid:  # a forked worker (generator, readers): just go
+            os._exit(1)
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    venv, rat_problem = C.bench_venv(args.work)
+    meta_sets = data.ensure(args.work, meta_scale, variants) if not args.no_meta else {}
+    read_sets = data.ensure(args.work, read_scale, variants)
+    all_c: dict[str, C.Contender] = {
+        "imagenetfs": C.Imagenetfs(args.work, args.imagenetfs_src),
+        "kernel": C.Kernel(args.work),
+        "squashfuse": C.Squashfuse(args.work),
+        "squashfuse_ll": C.SquashfuseLL(args.work),
+        "ratarmount": C.Ratarmount(args.work, venv, rat_problem),
+    }
+    chosen = args.only.split(",") if args.only else ORDER
+    facts = machine(args, venv)
+    unavailable = {n: c.unavailable() for n, c in all_c.items() if c.unavailable()}
+    for n, why in unavailable.items():
+        note(f"skipping {n}: {why}")
+    run = Run(args)
+    started = time.monotonic()
+    try:
+        for rep in range(max(repeat, meta_repeat)):
+            for variant in variants:
+                groups = []
+                if not args.no_meta and rep < meta_repeat:
+                    groups.append(("meta", meta_sets[variant], meta_scale, run.meta))
+                if not args.no_reads and rep < repeat:
+                    groups.append(("reads", read_sets[variant], read_scale, run.reads))
+                for what, setdir, scale, fn in groups:
+                    files = data.files(args.work, scale)
+                    tree = C.Unpacked(args.work, data.unpacked_dir(args.work, scale))
+                    for name in chosen:
+                        if name in unavailable:
+                            continue
+                        if name == "unpacked" and variant != variants[0]:
+                            continue  # the same tree for every variant: measured once
+                        c = tree if name == "unpacked" else all_c[name]
+                        try:
+                            fn(variant, setdir, c, files, rep)
+                        except (
+                            C.MountFailed,
+                            OSError,
+                            RuntimeError,
+                            subprocess.SubprocessError,
+                        ) as e:
+                            run.error(variant, name, what, e)
+                        finally:
+                            run.mounts.close()
+            if not args.no_storm and rep < repeat:
+                try:
+                    run.storm(read_scale, read_sets["gzip"], data.files(args.work, read_scale), rep)
+                except (C.MountFailed, OSError, RuntimeError, subprocess.SubprocessError) as e:
+                    run.error("gzip", "storm", "storm", e)
+                finally:
+                    run.mounts.close()
+    finally:
+        run.mounts.close()
+        run.readers.close()
+    facts["loadavg_end"] = os.getloadavg()
+    facts["wall_s"] = round(time.monotonic() - started)
+    facts["caches_dropped"] = run.dropped
+
+    # unpacked was measured on the first variant only: show it in every table
+    first = variants[0]
+    for variant in variants[1:]:
+        for row, by in run.results.get(first, {}).items():
+            if "unpacked" in by:
+                run.results.setdefault(variant, {}).setdefault(row, {})["unpacked"] = by["unpacked"]
+    who = [c for c in chosen if c not in unavailable]
+    meds = {v: medians(r) for v, r in run.results.items()}
+    meta_desc = (
+        f"{meta_scale.name} ({len(data.files(args.work, meta_scale)):,} files)"
+        if not args.no_meta
+        else "not run"
+    )
+    read_files = data.files(args.work, read_scale)
+    read_desc = (
+        f"{read_scale.name} ({len(read_files):,} files, "
+        f"{sum(f.size for f in read_files) / 1e9:.2f} GB)"
+    )
+    md = [
+        f"# imagenetfs vs peers{' (quick)' if args.quick else ''}\n",
+        f"Command: `{command}`\n",
+        "Machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()) + "\n",
+        f"Medians of {repeat} runs (metadata: {meta_repeat}); cells: value "
+        "(contender ÷ imagenetfs; above 1: imagenetfs faster or smaller). Caches "
+        f"{'dropped' if run.dropped else 'NOT dropped (not root)'} before every cold "
+        "measurement. unpacked is measured once and shown under each variant.\n",
+    ]
+    for n, why in unavailable.items():
+        md.append(f"- {n}: not run: {why}")
+    md.append("")
+    for variant in variants:
+        md.append(table(variant, meds.get(variant, {}), who, meta_desc, read_desc))
+    storm_med: dict[str, dict[str, float]] = {}
+    if "storm" in run.extra:
+        st = run.extra["storm"]
+        s_md, storm_med = storm_table(st)
+        md += [
+            f"### metadata storm ({read_desc}, gzip images, {st['config']})\n",
+            "Backing store: scripts/storm/stormfs.c over the work dir (unpacked tree + images); "
+            "ratio = unpacked ÷ imagenetfs.\n",
+            s_md,
+        ]
+    md += ["### issue 6 goals (gzip images)\n", *goals(meds.get("gzip", {}), storm_med), ""]
+    if run.extra["errors"]:
+        md += ["### failures\n", *(f"- {e}" for e in run.extra["errors"]), ""]
+    text = "\n".join(md)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.md").write_text(text)
+    doc = {
+        "command": command,
+        "machine": facts,
+        "repeat": repeat,
+        "meta_repeat": meta_repeat,
+        "sets": {"meta": meta_desc, "reads": read_desc},
+        "unavailable": unavailable,
+        "results": run.results,
+        "medians": meds,
+        "storm_medians": storm_med,
+        **run.extra,
+    }
+    (out_dir / "results.json").write_text(json.dumps(doc, indent=1))
+    plot = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            str(REPO / "scripts" / "benchlib" / "plot.py"),
+            str(out_dir / "results.json"),
+            str(out_dir / "results.png"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if plot.returncode != 0:
+        note(f"plot failed: {plot.stderr.strip()[-300:]}")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

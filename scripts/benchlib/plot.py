@@ -1,0 +1,76 @@
+"""Plot scripts/bench.py's results.json (run with the benchmark venv's Python: matplotlib).
+
+    <work>/bench-venv/bin/python scripts/benchlib/plot.py results.json results.png
+
+One panel per workload: a bar per contender and image variant (median), log scale, so that
+the kernel's microseconds and ratarmount's minutes fit; the storm in the last panels.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+ORDER = ["imagenetfs", "kernel", "squashfuse", "squashfuse_ll", "ratarmount", "unpacked"]
+ROWS = [
+    ("first-mount build", "first-mount build (s)"),
+    ("mount ready", "mount ready (s)"),
+    ("walk", "os.walk, fresh (s)"),
+    ("stat after walk", "stat all, after walk (s)"),
+    ("stat fresh mount", "stat all, fresh (s)"),
+    ("read 1 cold", "read epoch, 1 reader, cold (s)"),
+    ("read 1 warm", "read epoch, 1 reader, warm (s)"),
+    ("read 8 cold", "read epoch, 8 readers, cold (s)"),
+    ("read 8 warm", "read epoch, 8 readers, warm (s)"),
+    ("peak RSS 3 epochs", "daemon peak RSS (MiB)"),
+]
+
+
+def main(src: str, dst: str) -> None:
+    with open(src) as f:
+        doc = json.load(f)
+    meds = doc["medians"]
+    variants = list(meds)
+    storm = doc.get("storm_medians", {})
+    storm_rows = [r for r in storm if r.endswith("(s)")]
+    panels = len(ROWS) + len(storm_rows)
+    cols = 3
+    rows = -(-panels // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(15, 3.2 * rows))
+    axes = axes.ravel()
+    colors = ["tab:blue", "tab:orange"]
+    for ax, (key, title) in zip(axes, ROWS, strict=False):
+        who = [c for c in ORDER if any(c in meds[v].get(key, {}) for v in variants)]
+        width = 0.8 / max(len(variants), 1)
+        for j, v in enumerate(variants):
+            vals = [meds[v].get(key, {}).get(c, 0) for c in who]
+            xs = [i + j * width for i in range(len(who))]
+            ax.bar(xs, vals, width, label=v, color=colors[j % 2])
+        ax.set_xticks([i + width * (len(variants) - 1) / 2 for i in range(len(who))])
+        ax.set_xticklabels(who, rotation=30, ha="right", fontsize=8)
+        ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    for ax, key in zip(axes[len(ROWS) :], storm_rows, strict=False):
+        who = [w for w in ("unpacked", "imagenetfs") if w in storm[key]]
+        ax.bar(who, [storm[key][w] for w in who], color=["tab:gray", "tab:green"][: len(who)])
+        ax.set_yscale("log")
+        ax.set_title(f"storm: {key}", fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    for ax in axes[panels:]:
+        ax.axis("off")
+    fig.suptitle(
+        f"{doc['command']}  —  {doc['machine']['nproc']} cores, {doc['machine']['kernel']}"
+    )
+    fig.tight_layout()
+    fig.savefig(dst, dpi=90)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
