@@ -247,11 +247,11 @@ class Operations(pyfuse3.Operations):
             return b""
         with self._errors("read", (node.ino, off, size)):
             try:  # in the page cache and needing no decompression: serve it inline
-                data = self.index.read(node, off, size, nowait=True)
+                data = self.tree.read(node, off, size, nowait=True)
                 self.counters.inline_reads += 1
             except WouldBlock:
                 data = await trio.to_thread.run_sync(
-                    self.index.read, node, off, size, limiter=self._limiter
+                    self.tree.read, node, off, size, limiter=self._limiter
                 )
         self.counters.bytes_read += len(data)
         return data

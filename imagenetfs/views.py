@@ -127,6 +127,7 @@ RESIZED = b"resized"
 VIEW_SHIFT = 32
 #: The `resized/` directory itself.
 RESIZED_INO = (0xFFFF << VIEW_SHIFT) | 1
+_BASE_MASK = (1 << VIEW_SHIFT) - 1
 
 
 class Tree:
@@ -159,7 +160,7 @@ class Tree:
     @staticmethod
     def split(ino: int) -> tuple[int, int]:
         """(view number, 0 for the base tree; base inode) of `ino`."""
-        return ino >> VIEW_SHIFT, ino & ((1 << VIEW_SHIFT) - 1)
+        return ino >> VIEW_SHIFT, ino & _BASE_MASK
 
     def _in_view(self, view: int, node: Node) -> Node:
         if view == 0:
@@ -211,6 +212,11 @@ class Tree:
         if view == 0 and base == ROOT_INO and self.specs and offset <= self._root_count:
             yield self._resized_dir()
 
+    def read(self, node: Node, offset: int, size: int, *, nowait: bool = False) -> bytes:
+        """Bytes of a file as stored (not resized), whichever view `node` is in."""
+        base = replace(node, ino=node.ino & _BASE_MASK)
+        return self.index.read(base, offset, size, nowait=nowait)
+
     # resized files
     def spec_of(self, node: Node) -> ResizeSpec | None:
         """The spec a file is served through, None for base files and virtual files."""
@@ -249,7 +255,7 @@ class Tree:
             data = self.cache.get(key)
             if data is not None:
                 return data
-        base = self.index.getattr(node.ino & ((1 << VIEW_SHIFT) - 1))
+        base = self.index.getattr(node.ino & _BASE_MASK)
         original = self.index.read(base, 0, base.size)
         data = resize(original, spec, self.quality)
         self.resizes += 1

@@ -1,0 +1,245 @@
+"""Resized views: specs, the resize itself, and resized/<spec>/ trees on a real mount."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imagenetfs import generate, mount, resize
+from imagenetfs.errors import UsageError
+from imagenetfs.generate import Spec
+from imagenetfs.resize import ResizeError, ResizeSpec, parse_spec
+
+CLI = [sys.executable, "-m", "imagenetfs.cli"]
+SPEC = Spec(classes=3, train_per_class=4, val_per_class=2, test=2)
+
+
+# --- specs and the resize function ---------------------------------------------------------
+
+
+def test_parse_spec() -> None:
+    assert parse_spec("256") == ResizeSpec(None, 256)
+    assert parse_spec("64x48") == ResizeSpec(64, 48)
+    assert parse_spec(" 32X32 ").name == "32x32"
+    for bad in ("0", "7", "4097", "x", "64x", "64x64x64", "-5", "abc", "1e3", ""):
+        with pytest.raises(UsageError, match="expected N"):
+            parse_spec(bad)
+    assert resize.parse_size("10G") == 10 << 30
+    assert resize.parse_size("500M") == 500 << 20
+    for bad in ("1K", "lots", "-1G"):
+        with pytest.raises(UsageError):
+            resize.parse_size(bad)
+
+
+def test_target_sizes() -> None:
+    short = parse_spec("256")
+    assert short.target(500, 375) == (341, 256)  # int(256 * 500 / 375)
+    assert short.target(375, 500) == (256, 341)
+    assert short.target(200, 300) is None  # already at or below: served as is
+    assert parse_spec("64x64").target(500, 375) == (64, 64)
+
+
+def jpeg(mode: str, size: tuple[int, int], fmt: str = "JPEG") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, "white" if mode != "CMYK" else (10, 20, 30, 40)).save(out, fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK", "P"])
+@pytest.mark.parametrize("spec", ["64x64", "100"])
+def test_resize_outputs_rgb_jpeg(mode: str, spec: str) -> None:
+    data = jpeg(mode, (500, 375), "PNG" if mode == "P" else "JPEG")
+    out = resize.resize(data, parse_spec(spec))
+    with Image.open(io.BytesIO(out)) as img:
+        assert img.format == "JPEG" and img.mode == "RGB"
+        assert img.size == ((64, 64) if spec == "64x64" else (133, 100))
+
+
+def test_small_images_served_as_is_unless_odd() -> None:
+    rgb = jpeg("RGB", (200, 150))
+    assert resize.resize(rgb, parse_spec("256")) == rgb
+    for odd in (jpeg("CMYK", (200, 150)), jpeg("L", (200, 150)), jpeg("RGB", (200, 150), "PNG")):
+        out = resize.resize(odd, parse_spec("256"))
+        with Image.open(io.BytesIO(out)) as img:
+            assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (200, 150))
+
+
+def png_header(width: int, height: int) -> bytes:
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + struct.pack(">I", len(ihdr))
+        + chunk
+        + struct.pack(">I", zlib.crc32(chunk))
+    )
+
+
+def test_hostile_inputs_raise_resize_error() -> None:
+    good = jpeg("RGB", (500, 375))
+    cases = {
+        "truncated": good[: len(good) // 2],
+        "garbage": b"\xff\xd8\xff" + os.urandom(2000),
+        "empty": b"",
+        "bomb": png_header(100_000, 100_000),  # 10 Gpx claimed by the header
+    }
+    for name, data in cases.items():
+        with pytest.raises(ResizeError):
+            resize.resize(data, parse_spec("64x64"))
+        assert name
+
+
+# --- resized trees on a mount ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("data")
+    generate.generate(out, SPEC)
+    return out
+
+
+def mount_at(data: Path, mp: Path, cache: Path, *specs: str) -> None:
+    args = [arg for s in specs for arg in ("--resize", s)]
+    subprocess.run(
+        [*CLI, "mount", "--source", str(data), "--index", str(data / "i.lmdb"),
+         "--cache-dir", str(cache), *args, str(mp)],
+        check=True,
+        timeout=120,
+    )  # fmt: skip
+
+
+def umount(mp: Path) -> None:
+    subprocess.run([*CLI, "umount", "--lazy", str(mp)], check=False, timeout=60)
+
+
+def daemon_stats(mp: Path) -> dict[str, int]:
+    """The resize cache counters the daemon publishes next (every 2 s)."""
+    asked = time.time()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        state = json.loads(mount.state_file(mp).read_text())
+        if state.get("updated", 0) > asked:
+            return dict(state["stats"]["resize_cache"])
+        time.sleep(0.3)
+    raise AssertionError("the daemon published no fresh counters")
+
+
+@pytest.fixture
+def mounted(data: Path, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    mp, cache = tmp_path / "mnt", tmp_path / "cache"
+    mp.mkdir()
+    mount_at(data, mp, cache, "64x64", "160")
+    try:
+        yield mp, cache
+    finally:
+        umount(mp)
+
+
+def files_under(root: Path) -> list[Path]:
+    return sorted(Path(d) / f for d, _, fs in os.walk(root) for f in fs)
+
+
+def test_resized_trees(mounted: tuple[Path, Path], data: Path, tmp_path: Path) -> None:
+    mp, cache = mounted
+    assert sorted(os.listdir(mp / "resized")) == ["160", "64x64"]
+    base = [p.relative_to(mp) for p in files_under(mp) if p.parts[len(mp.parts)] != "resized"]
+    for spec in ("64x64", "160"):
+        root = mp / "resized" / spec
+        assert [p.relative_to(root) for p in files_under(root)] == base, "a full root"
+        assert (root / "meta.bin").read_bytes() == (mp / "meta.bin").read_bytes()
+    assert daemon_stats(mp)["stores"] == 0, "listing resizes nothing"
+
+    modes = set()
+    first: dict[Path, bytes] = {}
+    for spec in ("64x64", "160"):
+        root = mp / "resized" / spec
+        for split in ("train", "val", "test"):
+            for path in files_under(root / split):
+                data_bytes = path.read_bytes()
+                assert len(data_bytes) == path.stat().st_size
+                assert path.read_bytes() == data_bytes
+                original = mp / path.relative_to(root)
+                with Image.open(io.BytesIO(data_bytes)) as img, Image.open(original) as orig:
+                    img.load()
+                    modes.add(orig.mode)
+                    assert img.mode == "RGB" and img.format == "JPEG"
+                    if spec == "64x64":
+                        assert img.size == (64, 64)
+                    else:
+                        w, h = orig.size
+                        expected = parse_spec("160").target(w, h) or (w, h)
+                        assert img.size == expected
+                first[path.relative_to(mp)] = data_bytes
+    assert {"CMYK", "RGB"} <= modes, "the odd files are covered"
+    assert daemon_stats(mp)["stores"] == len(first)
+
+    umount(mp)  # again: everything now comes from the cache, identical
+    mount_at(data, mp, cache, "64x64", "160")
+    for rel, data_bytes in first.items():
+        assert (mp / rel).stat().st_size == len(data_bytes)
+        assert (mp / rel).read_bytes() == data_bytes
+    stats = daemon_stats(mp)
+    assert stats["stores"] == 0 and stats["hits"] >= len(first)
+
+
+def test_truncated_jpeg_gives_eio_and_others_read(data: Path, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    shutil.copytree(data, src, ignore=shutil.ignore_patterns("*.lmdb"))
+    tree = tmp_path / "tree"
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tree), str(src / "train.squashfs")],
+                   check=True)  # fmt: skip
+    victim = sorted(tree.rglob("*.JPEG"))[0]
+    victim.write_bytes(victim.read_bytes()[:3000])
+    (src / "train.squashfs").unlink()
+    subprocess.run(["mksquashfs", str(tree), str(src / "train.squashfs"), "-quiet",
+                    "-no-progress"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    mount_at(src, mp, tmp_path / "cache", "64x64")
+    try:
+        bad = mp / "resized" / "64x64" / "train" / victim.relative_to(tree)
+        with pytest.raises(OSError) as info:
+            bad.read_bytes()
+        assert info.value.errno == 5  # EIO
+        others = [p for p in files_under(mp / "resized" / "64x64" / "train") if p != bad]
+        assert len(others) == 11
+        for path in others:
+            with Image.open(path) as img:
+                assert img.size == (64, 64)
+        assert (mp / "train" / victim.relative_to(tree)).read_bytes() == victim.read_bytes()
+    finally:
+        umount(mp)
+
+
+def test_warm_fills_the_cache(data: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    result = subprocess.run(
+        [*CLI, "warm", "--source", str(data), "--index", str(data / "i.lmdb"), "--resize", "32x32",
+         "--cache-dir", str(cache), "--split", "val", "-q"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"warmed {cache}: 6 resized, 0 already cached, 0 failed")
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    mount_at(data, mp, cache, "32x32")
+    try:
+        for path in files_under(mp / "resized" / "32x32" / "val"):
+            assert Image.open(path).size == (32, 32)
+        stats = daemon_stats(mp)
+        assert stats["hits"] >= 6 and stats["stores"] == 0
+    finally:
+        umount(mp)
