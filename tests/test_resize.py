@@ -12,6 +12,7 @@ import sys
 import time
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -243,3 +244,12 @@ def test_warm_fills_the_cache(data: Path, tmp_path: Path) -> None:
         assert stats["hits"] >= 6 and stats["stores"] == 0
     finally:
         umount(mp)
+
+
+def test_concurrent_first_reads_resize_once(mounted: tuple[Path, Path]) -> None:
+    mp, _ = mounted
+    target = files_under(mp / "resized" / "160" / "train")[0]
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda _: target.read_bytes(), range(32)))
+    assert len(set(results)) == 1 and len(results[0]) == target.stat().st_size
+    assert daemon_stats(mp)["stores"] == 1, "16 concurrent readers, one resize"
