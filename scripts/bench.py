@@ -36,7 +36,6 @@ import os
 import platform
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -46,25 +45,11 @@ from typing import Any
 
 import _venv  # noqa: F401  (re-executes with the imagenetfs environment if needed)
 from benchlib import contenders as C
-from benchlib import data, storm
+from benchlib import data, report, storm
 from benchlib.workloads import Readers, stat_all, walk
 
 REPO = Path(__file__).resolve().parent.parent
 ORDER = ["imagenetfs", "kernel", "squashfuse", "squashfuse_ll", "ratarmount", "unpacked"]
-META_ROWS = ["first-mount build", "mount ready", "walk", "stat after walk", "stat fresh mount"]
-READ_ROWS = ["read 1 cold", "read 1 warm", "read 8 cold", "read 8 warm", "peak RSS 3 epochs"]
-ROW_TITLES = {
-    "first-mount build": "index / first-mount build (s)",
-    "mount ready": "mount ready, built index (s)",
-    "walk": "os.walk whole tree, fresh mount (s)",
-    "stat after walk": "os.stat every file, after the walk (s)",
-    "stat fresh mount": "os.stat every file, fresh mount (s)",
-    "read 1 cold": "read epoch, 1 reader, cold (s)",
-    "read 1 warm": "read epoch, 1 reader, warm (s)",
-    "read 8 cold": "read epoch, 8 readers, cold (s)",
-    "read 8 warm": "read epoch, 8 readers, warm (s)",
-    "peak RSS 3 epochs": "daemon peak RSS after 3 epochs (MiB)",
-}
 
 
 def note(msg: str) -> None:
@@ -162,7 +147,7 @@ class Run:
             times.append(epoch(paths, 8, seed + 3 + e))
             rss.append(C.memory_mib(m.pids))
         self.mounts.release(m)
-        for row, v in zip(READ_ROWS, [cold1, warm1, *times[:2]], strict=False):
+        for row, v in zip(report.READ_ROWS, [cold1, warm1, *times[:2]], strict=False):
             self.record(variant, row, c.name, v)
         if m.pids:
             self.record(variant, "peak RSS 3 epochs", c.name, rss[-1][1])
@@ -286,118 +271,6 @@ def machine(args: argparse.Namespace, venv: Path) -> dict[str, Any]:
     }
 
 
-# --- report ------------------------------------------------------------------------------
-
-
-def medians(results: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
-    return {row: {c: statistics.median(v) for c, v in cs.items()} for row, cs in results.items()}
-
-
-def table(variant: str, med: dict[str, dict[str, float]], who: list[str], meta: str, rd: str):
-    out = [f"### {variant} images\n", f"metadata rows: {meta}; read rows: {rd}\n"]
-    out.append("| workload | " + " | ".join(who) + " |")
-    out.append("|---|" + "---|" * len(who))
-    for row in META_ROWS + READ_ROWS:
-        cells = []
-        base = med.get(row, {}).get("imagenetfs")
-        for c in who:
-            v = med.get(row, {}).get(c)
-            if v is None:
-                cells.append("n/a")
-            elif c == "imagenetfs" or not base:
-                cells.append(f"{v:,.3g}")
-            else:
-                cells.append(f"{v:,.3g} ({v / base:.2f}×)")
-        out.append(f"| {ROW_TITLES[row]} | " + " | ".join(cells) + " |")
-    return "\n".join(out) + "\n"
-
-
-def goals(med: dict[str, dict[str, float]], storm_med: dict[str, dict[str, float]]) -> list[str]:
-    """Issue 6 part 3, as ratios measured in this run."""
-
-    def r(row: str, peer: str) -> float | None:
-        a, b = med.get(row, {}).get("imagenetfs"), med.get(row, {}).get(peer)
-        return b / a if a and b else None  # peer time / our time = our speed-up
-
-    def line(text: str, v: float | None, ok: Callable[[float], bool]) -> str:
-        if v is None:
-            return f"- {text}: not measured"
-        return f"- {text}: {v:.2f} — {'met' if ok(v) else 'NOT met'}"
-
-    out = [
-        line(
-            "8 readers cold, imagenetfs / squashfuse_ll speed (≥ 1.0)",
-            r("read 8 cold", "squashfuse_ll"),
-            lambda v: v >= 1.0,
-        ),
-        line(
-            "8 readers cold, imagenetfs / ratarmount speed (≥ 3)",
-            r("read 8 cold", "ratarmount"),
-            lambda v: v >= 3.0,
-        ),
-        line(
-            "8 readers warm, imagenetfs / squashfuse_ll speed (≥ 1.5)",
-            r("read 8 warm", "squashfuse_ll"),
-            lambda v: v >= 1.5,
-        ),
-        line(
-            "8 readers cold, fraction of the kernel mount's speed (report)",
-            r("read 8 cold", "kernel"),
-            lambda v: True,
-        ),
-        line(
-            "8 readers warm, fraction of the kernel mount's speed (report)",
-            r("read 8 warm", "kernel"),
-            lambda v: True,
-        ),
-    ]
-    w = r("walk", "squashfuse_ll")
-    out.append(
-        line(
-            "os.walk, imagenetfs time / squashfuse_ll time (≤ 1.5)",
-            1 / w if w else None,
-            lambda v: v <= 1.5,
-        )
-    )
-    ready = med.get("mount ready", {}).get("imagenetfs")
-    out.append(line("mount ready with a built index, s (< 1)", ready, lambda v: v < 1.0))
-    su = storm_med.get("epoch 8 readers cold (s)", {})
-    sp = storm_med.get("epoch 8 readers cold: backing metadata ops per file", {})
-    if su.get("imagenetfs") and su.get("unpacked"):
-        out.append(
-            line(
-                "storm, 8 readers cold: unpacked epoch / imagenetfs epoch (≥ 10)",
-                su["unpacked"] / su["imagenetfs"],
-                lambda v: v >= 10,
-            )
-        )
-    out.append(
-        line(
-            "storm: backing metadata ops per file read by imagenetfs (0)",
-            sp.get("imagenetfs"),
-            lambda v: v == 0,
-        )
-    )
-    return out
-
-
-def _fmt(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:,.3g}"
-
-
-def storm_table(st: dict[str, Any]) -> tuple[str, dict[str, dict[str, float]]]:
-    med: dict[str, dict[str, float]] = {}
-    out = ["| storm | unpacked tree | imagenetfs | ratio |", "|---|---|---|---|"]
-    for row, by in st.items():
-        if row in ("config", "files") or row.endswith("ops by kind"):
-            continue
-        med[row] = {w: statistics.median(v) for w, v in by.items()}
-        u, i = med[row].get("unpacked"), med[row].get("imagenetfs")
-        ratio = f"{u / i:.1f}×" if u is not None and i else "–"
-        out.append(f"| {row} | {_fmt(u)} | {_fmt(i)} | {ratio} |")
-    return "\n".join(out) + "\n", med
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--work", type=Path, default=Path("/var/tmp/imagenetfs-bench"))
@@ -421,7 +294,11 @@ def main() -> int:
         help="dir holding the imagenetfs package to run "
         "(e.g. a `git archive` snapshot; default: the installed checkout)",
     )
+    p.add_argument("--render", type=Path, metavar="JSON", help="only re-render a results.json")
     args = p.parse_args()
+    if args.render:
+        print(report.write(args.render, C.bench_venv(args.work)[0]))
+        return 0
     repeat = args.repeat or (1 if args.quick else 3)
     meta_repeat = args.meta_repeat or repeat
     out_dir = args.out or REPO / "docs" / "bench" / ("quick" if args.quick else "")
@@ -504,8 +381,6 @@ def main() -> int:
         for row, by in run.results.get(first, {}).items():
             if "unpacked" in by:
                 run.results.setdefault(variant, {}).setdefault(row, {})["unpacked"] = by["unpacked"]
-    who = [c for c in chosen if c not in unavailable]
-    meds = {v: medians(r) for v, r in run.results.items()}
     meta_desc = (
         f"{meta_scale.name} ({len(data.files(args.work, meta_scale)):,} files)"
         if not args.no_meta
@@ -516,62 +391,22 @@ def main() -> int:
         f"{read_scale.name} ({len(read_files):,} files, "
         f"{sum(f.size for f in read_files) / 1e9:.2f} GB)"
     )
-    md = [
-        f"# imagenetfs vs peers{' (quick)' if args.quick else ''}\n",
-        f"Command: `{command}`\n",
-        "Machine: " + ", ".join(f"{k} {v}" for k, v in facts.items()) + "\n",
-        f"Medians of {repeat} runs (metadata: {meta_repeat}); cells: value "
-        "(contender ÷ imagenetfs; above 1: imagenetfs faster or smaller). Caches "
-        f"{'dropped' if run.dropped else 'NOT dropped (not root)'} before every cold "
-        "measurement. unpacked is measured once and shown under each variant.\n",
-    ]
-    for n, why in unavailable.items():
-        md.append(f"- {n}: not run: {why}")
-    md.append("")
-    for variant in variants:
-        md.append(table(variant, meds.get(variant, {}), who, meta_desc, read_desc))
-    storm_med: dict[str, dict[str, float]] = {}
-    if "storm" in run.extra:
-        st = run.extra["storm"]
-        s_md, storm_med = storm_table(st)
-        md += [
-            f"### metadata storm ({read_desc}, gzip images, {st['config']})\n",
-            "Backing store: scripts/storm/stormfs.c over the work dir (unpacked tree + images); "
-            "ratio = unpacked ÷ imagenetfs.\n",
-            s_md,
-        ]
-    md += ["### issue 6 goals (gzip images)\n", *goals(meds.get("gzip", {}), storm_med), ""]
-    if run.extra["errors"]:
-        md += ["### failures\n", *(f"- {e}" for e in run.extra["errors"]), ""]
-    text = "\n".join(md)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.md").write_text(text)
     doc = {
         "command": command,
+        "quick": args.quick,
         "machine": facts,
         "repeat": repeat,
         "meta_repeat": meta_repeat,
+        "variants": variants,
+        "contenders": [c for c in chosen if c not in unavailable],
         "sets": {"meta": meta_desc, "reads": read_desc},
         "unavailable": unavailable,
         "results": run.results,
-        "medians": meds,
-        "storm_medians": storm_med,
         **run.extra,
     }
+    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(doc, indent=1))
-    plot = subprocess.run(
-        [
-            str(venv / "bin" / "python"),
-            str(REPO / "scripts" / "benchlib" / "plot.py"),
-            str(out_dir / "results.json"),
-            str(out_dir / "results.png"),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if plot.returncode != 0:
-        note(f"plot failed: {plot.stderr.strip()[-300:]}")
-    print(text)
+    print(report.write(out_dir / "results.json", venv))
     return 0
 
 

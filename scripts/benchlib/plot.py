@@ -9,6 +9,7 @@ the kernel's microseconds and ratarmount's minutes fit; the storm in the last pa
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 
 import matplotlib
@@ -34,9 +35,16 @@ ROWS = [
 def main(src: str, dst: str) -> None:
     with open(src) as f:
         doc = json.load(f)
-    meds = doc["medians"]
+    meds = {
+        v: {row: {c: statistics.median(x) for c, x in by.items()} for row, by in r.items()}
+        for v, r in doc["results"].items()
+    }
     variants = list(meds)
-    storm = doc.get("storm_medians", {})
+    storm = {
+        row: {w: statistics.median(x) for w, x in by.items()}
+        for row, by in doc.get("storm", {}).items()
+        if row.endswith("(s)")
+    }
     storm_rows = [r for r in storm if r.endswith("(s)")]
     panels = len(ROWS) + len(storm_rows)
     cols = 3

@@ -1,0 +1,241 @@
+"""scripts/bench.py's report: results.json -> results.md (tables, storm, issue 6 goals) + PNG.
+
+`render(doc)` needs only the JSON document, so a run can be re-rendered without measuring
+again (`scripts/bench.py --render docs/bench/results.json`). Every ratio in the tables is
+contender / imagenetfs: above 1, imagenetfs is faster (times) or smaller (memory).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+META_ROWS = ["first-mount build", "mount ready", "walk", "stat after walk", "stat fresh mount"]
+READ_ROWS = ["read 1 cold", "read 1 warm", "read 8 cold", "read 8 warm", "peak RSS 3 epochs"]
+ROW_TITLES = {
+    "first-mount build": "index / first-mount build (s)",
+    "mount ready": "mount ready, built index (s)",
+    "walk": "os.walk whole tree, fresh mount (s)",
+    "stat after walk": "os.stat every file, after the walk (s)",
+    "stat fresh mount": "os.stat every file, fresh mount (s)",
+    "read 1 cold": "read epoch, 1 reader, cold (s)",
+    "read 1 warm": "read epoch, 1 reader, warm (s)",
+    "read 8 cold": "read epoch, 8 readers, cold (s)",
+    "read 8 warm": "read epoch, 8 readers, warm (s)",
+    "peak RSS 3 epochs": "daemon peak RSS after 3 epochs (MiB)",
+}
+Medians = dict[str, dict[str, float]]
+
+
+def medians(results: dict[str, dict[str, list[float]]]) -> Medians:
+    return {row: {c: statistics.median(v) for c, v in cs.items()} for row, cs in results.items()}
+
+
+def _set_of(desc: str, variant: str) -> str:
+    """'real-100x100 (25,000 files ...)' -> the same for the variant's set directory."""
+    name, _, rest = desc.partition(" ")
+    if variant == "gzip" or desc == "not run":
+        return desc
+    return f"{name.removesuffix('-gzip')}-{variant} {rest}"
+
+
+def table(variant: str, med: Medians, who: list[str], sets: dict[str, str]) -> str:
+    out = [
+        f"### {variant} images\n",
+        f"metadata rows: {_set_of(sets['meta'], variant)}; "
+        f"read rows: {_set_of(sets['reads'], variant)}\n",
+        "| workload | " + " | ".join(who) + " |",
+        "|---|" + "---|" * len(who),
+    ]
+    for row in META_ROWS + READ_ROWS:
+        cells = []
+        base = med.get(row, {}).get("imagenetfs")
+        for c in who:
+            v = med.get(row, {}).get(c)
+            if v is None:
+                cells.append("n/a")
+            elif c == "imagenetfs" or not base:
+                cells.append(f"{v:,.3g}")
+            else:
+                cells.append(f"{v:,.3g} ({v / base:.2f}×)")
+        out.append(f"| {ROW_TITLES[row]} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _fmt(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:,.3g}"
+
+
+def storm_table(st: dict[str, Any]) -> tuple[str, Medians]:
+    med: Medians = {}
+    out = ["| storm | unpacked tree | imagenetfs | unpacked ÷ imagenetfs |", "|---|---|---|---|"]
+    for row, by in st.items():
+        if row in ("config", "files") or row.endswith("ops by kind"):
+            continue
+        med[row] = {w: statistics.median(v) for w, v in by.items()}
+        u, i = med[row].get("unpacked"), med[row].get("imagenetfs")
+        ratio = f"{u / i:.1f}×" if u is not None and i else "–"
+        out.append(f"| {row} | {_fmt(u)} | {_fmt(i)} | {ratio} |")
+    kinds = []
+    for row, by in st.items():
+        if row.endswith("ops by kind"):
+            for who, runs in by.items():
+                nonzero = {k: v for k, v in runs[-1].items() if v}
+                kinds.append(f"- {row.removesuffix(': ops by kind')}, {who}: {nonzero}")
+    if kinds:
+        out += ["", "Operations the backing store received (last run, all kinds):", "", *kinds]
+    return "\n".join(out) + "\n", med
+
+
+def goals(med: Medians, storm_med: Medians) -> list[str]:
+    """Issue 6 part 3, as ratios measured in this run."""
+
+    def speedup(row: str, peer: str) -> float | None:
+        a, b = med.get(row, {}).get("imagenetfs"), med.get(row, {}).get(peer)
+        return b / a if a and b else None  # peer time / our time
+
+    def line(text: str, v: float | None, ok: Callable[[float], bool] | None) -> str:
+        if v is None:
+            return f"- {text}: not measured"
+        verdict = "reported" if ok is None else ("met" if ok(v) else "NOT met")
+        return f"- {text}: {v:.2f} — {verdict}"
+
+    walk = speedup("walk", "squashfuse_ll")
+    out = [
+        line(
+            "random reads, 8 readers, first epoch: imagenetfs speed ÷ squashfuse_ll (goal ≥ 1.0)",
+            speedup("read 8 cold", "squashfuse_ll"),
+            lambda v: v >= 1.0,
+        ),
+        line(
+            "random reads, 8 readers, first epoch: imagenetfs speed ÷ ratarmount (goal ≥ 3)",
+            speedup("read 8 cold", "ratarmount"),
+            lambda v: v >= 3.0,
+        ),
+        line(
+            "random reads, 8 readers, second epoch: imagenetfs speed ÷ squashfuse_ll (goal ≥ 1.5)",
+            speedup("read 8 warm", "squashfuse_ll"),
+            lambda v: v >= 1.5,
+        ),
+        line(
+            "fraction of the kernel mount's speed, 8 readers, first epoch",
+            speedup("read 8 cold", "kernel"),
+            None,
+        ),
+        line(
+            "fraction of the kernel mount's speed, 8 readers, second epoch",
+            speedup("read 8 warm", "kernel"),
+            None,
+        ),
+        line(
+            "os.walk: imagenetfs time ÷ squashfuse_ll time (goal ≤ 1.5)",
+            1 / walk if walk else None,
+            lambda v: v <= 1.5,
+        ),
+        line(
+            "mount ready with a built index, seconds (goal < 1)",
+            med.get("mount ready", {}).get("imagenetfs"),
+            lambda v: v < 1.0,
+        ),
+    ]
+    su = storm_med.get("epoch 8 readers cold (s)", {})
+    out.append(
+        line(
+            "metadata storm, 8 readers, first epoch: unpacked time ÷ imagenetfs time (goal ≥ 10)",
+            su["unpacked"] / su["imagenetfs"]
+            if su.get("imagenetfs") and su.get("unpacked")
+            else None,
+            lambda v: v >= 10,
+        )
+    )
+    sp = storm_med.get("epoch 8 readers cold: backing metadata ops per file", {})
+    out.append(
+        line(
+            "metadata storm: backing-store metadata ops per file read by imagenetfs (goal 0)",
+            sp.get("imagenetfs"),
+            lambda v: v == 0,
+        )
+    )
+    rss = med.get("peak RSS 3 epochs", {}).get("imagenetfs")
+    out.append(line("imagenetfs daemon peak RSS after 3 epochs, MiB (see rss_by_epoch)", rss, None))
+    return out
+
+
+def render(doc: dict[str, Any]) -> str:
+    meds = {v: medians(r) for v, r in doc["results"].items()}
+    variants = doc.get("variants", list(meds))
+    who = doc.get("contenders") or [
+        c
+        for c in ["imagenetfs", "kernel", "squashfuse", "squashfuse_ll", "ratarmount", "unpacked"]
+        if c not in doc["unavailable"]
+    ]
+    m = doc["machine"]
+    md = [
+        f"# imagenetfs vs peers{' (--quick)' if doc.get('quick') else ''}\n",
+        f"Command: `{doc['command']}`\n",
+        f"Machine: {m['nproc']} cores, {m['ram_gib']} GiB RAM, kernel {m['kernel']}, Python "
+        f"{m['python']}, libfuse {m['libfuse']}, squashfuse {m['squashfuse']}, "
+        f"{m['ratarmount']}; imagenetfs {m['imagenetfs_commit']} from {m['imagenetfs_src']}. "
+        f"Started {m['date']}, took {m.get('wall_s', '?')} s. The machine is shared with other "
+        f"work (load average {m['loadavg_start'][0]:.1f} at the start, "
+        f"{m.get('loadavg_end', [0])[0]:.1f} at the end): numbers are noisy.\n",
+        f"Medians of {doc['repeat']} run(s) (metadata workloads: {doc['meta_repeat']}). Cells: "
+        "value (contender ÷ imagenetfs; above 1: imagenetfs faster or smaller). Caches "
+        f"{'dropped' if m.get('caches_dropped') else 'NOT dropped (not root)'} before every "
+        "cold measurement; cold = fresh mount + dropped caches, warm = the next epoch on the "
+        "same mount. Files compared: every file of the train, val and test images, at the "
+        "same paths inside each image (imagenetfs: train/, val/<wnid>/, test/). The unpacked "
+        "tree is measured once and shown under each variant. RSS: VmHWM of the daemon "
+        "process(es) serving the mount (the three per-image daemons summed for squashfuse and "
+        "ratarmount).\n",
+    ]
+    md += [f"- {n}: not run: {why}" for n, why in doc["unavailable"].items()]
+    md.append("")
+    for variant in variants:
+        md.append(table(variant, meds.get(variant, {}), who, doc["sets"]))
+    storm_med: Medians = {}
+    if "storm" in doc:
+        st = doc["storm"]
+        s_md, storm_med = storm_table(st)
+        md += [
+            f"### metadata storm ({doc['sets']['reads']}, gzip images)\n",
+            "Backing store: scripts/storm/stormfs.c mounted over the work dir (unpacked tree + "
+            f"images): {st['config']['delay_ms']} ms per LOOKUP/GETATTR/OPENDIR/READDIR/OPEN/"
+            f"STATFS/READLINK, at most {st['config']['inflight']} served at once, reads free, "
+            f"entry/attr timeout {st['config']['timeout_s']} s. imagenetfs: --source = the "
+            "images through stormfs, index on local disk built beforehand. Fresh stormfs mount "
+            "and dropped caches before each measurement.\n",
+            s_md,
+        ]
+    md += ["### issue 6 goals (gzip images)\n", *goals(meds.get("gzip", {}), storm_med), ""]
+    if doc.get("rss_by_epoch"):
+        md += ["RSS (MiB) after each of the 3 epochs, per run:", ""]
+        md += [f"- {k}: {v}" for k, v in doc["rss_by_epoch"].items()]
+        md.append("")
+    if doc.get("errors"):
+        md += ["### failures\n", *(f"- {e}" for e in doc["errors"]), ""]
+    return "\n".join(md)
+
+
+def write(json_path: Path, venv: Path) -> str:
+    """results.md and results.png beside `json_path`; returns the Markdown."""
+    doc = json.loads(json_path.read_text())
+    text = render(doc)
+    json_path.with_suffix(".md").write_text(text)
+    plot = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            str(Path(__file__).with_name("plot.py")),
+            str(json_path),
+            str(json_path.with_suffix(".png")),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    if plot.returncode != 0:
+        text += f"\n(plot failed: {plot.stderr.strip()[-300:]})\n"
+    return text
