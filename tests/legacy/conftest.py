@@ -1,0 +1,168 @@
+"""One real mount and the same tree unpacked on local disk, shared by every legacy test.
+
+The mount is made the way a user makes it (`imagenetfs mount --source DATA --index ...`) from
+a small generated dataset in the cluster layout (5 classes of realistic JPEGs, CMYK, grayscale
+and the PNG named `.JPEG` among them). The comparison tree is built without imagenetfs code:
+`unsquashfs` of each image, the flat val files moved into `val/<wnid>/` by the generator's
+`val_labels.txt`, and the root's virtual files (`meta.bin`, the lists, ...) copied from the mount
+with their mtimes (`shutil.copy2`); tests that care check those files against the tree itself.
+
+Both fixtures are package-scoped: one mount and one unpacked tree for all of `tests/legacy`.
+The mount is lazily unmounted by a finalizer (`imagenetfs umount --lazy`, then
+`fusermount3 -uz` if it is still there), so no test leaves a mount behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from imagenetfs import generate
+
+#: ~50 realistic JPEGs (a few MB): every program reads all of them in well under a second.
+CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, TEST = 5, 6, 3, 4
+SPEC = generate.Spec(CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, TEST, jobs=2, progress=False)
+N_IMAGES = CLASSES * (TRAIN_PER_CLASS + VAL_PER_CLASS) + TEST
+SPLITS = ("train", "val", "test")
+ROOT_FILES = (
+    "LOC_synset_mapping.txt",
+    "meta.bin",
+    "train.txt",
+    "val.txt",
+    "test.txt",
+    "train_files.txt",
+    "val_files.txt",
+    "test_files.txt",
+)
+PROGRAMS = Path(__file__).with_name("programs")
+#: The same output on both trees needs the same locale (sort order, messages) and time zone.
+ENV = {**os.environ, "LC_ALL": "C", "TZ": "UTC"}
+TIMEOUT = 120
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "torchvision: needs an environment where torchvision imports (see tests/legacy); "
+        "skipped elsewhere",
+    )
+
+
+def _unusable() -> str | None:
+    if sys.platform != "linux" or not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse"
+    for tool in ("fusermount3", "unsquashfs", "mksquashfs", "tar", "md5sum", "du", "diff"):
+        if shutil.which(tool) is None:
+            return f"{tool} not found"
+    return None
+
+
+def is_mounted(mp: Path) -> bool:
+    with open("/proc/mounts") as f:
+        return any(line.split()[1] == str(mp) for line in f)
+
+
+def run(
+    cmd: Sequence[str | os.PathLike[str]] | str,
+    cwd: Path | None = None,
+    check: bool = True,
+) -> subprocess.CompletedProcess[str]:
+    """Run a command (a string runs in `sh -c`) in the C locale and UTC; text out, timed."""
+    result = subprocess.run(
+        cmd if isinstance(cmd, str) else [str(c) for c in cmd],
+        shell=isinstance(cmd, str),
+        cwd=cwd,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{cmd!r} in {cwd} exited {result.returncode}: {result.stderr}")
+    return result
+
+
+def program(name: str, *args: str | os.PathLike[str], python: str = sys.executable) -> str:
+    """Run `programs/<name>.py ARGS...` with this interpreter; its stdout."""
+    return run([python, PROGRAMS / f"{name}.py", *args]).stdout
+
+
+@dataclass(frozen=True)
+class Trees:
+    mount: Path
+    unpacked: Path
+    source: Path
+    val_labels: dict[str, str]  # val file name -> wnid, from the generator's val_labels.txt
+
+    @property
+    def both(self) -> tuple[Path, Path]:
+        return self.mount, self.unpacked
+
+
+@pytest.fixture(scope="package")
+def base() -> Iterator[Path]:
+    reason = _unusable()
+    if reason is not None:
+        pytest.skip(f"legacy programs need a real FUSE mount: {reason}")
+    path = Path(tempfile.mkdtemp(prefix="imagenetfs-legacy-", dir="/tmp"))
+    yield path
+    for dirpath, dirnames, _ in os.walk(path):  # copies of the mount are read-only
+        for d in dirnames:
+            os.chmod(os.path.join(dirpath, d), 0o755)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="package")
+def source(base: Path) -> Path:
+    out = base / "data"
+    generate.generate(out, SPEC)
+    return out
+
+
+@pytest.fixture(scope="package")
+def mount(base: Path, source: Path) -> Iterator[Path]:
+    mp = base / "mnt"
+    mp.mkdir()
+    cli = [sys.executable, "-m", "imagenetfs.cli"]
+    try:
+        run([*cli, "mount", "--source", source, "--index", source / "i.lmdb", mp])
+        assert is_mounted(mp)
+        yield mp
+    finally:
+        if is_mounted(mp):
+            run([*cli, "umount", "--lazy", mp], check=False)
+        if is_mounted(mp):
+            run(["fusermount3", "-u", "-z", mp], check=False)
+        assert not is_mounted(mp), f"{mp} is still mounted"
+
+
+@pytest.fixture(scope="package")
+def unpacked(base: Path, source: Path, mount: Path) -> Path:
+    root = base / "unpacked"
+    root.mkdir()
+    for split in SPLITS:
+        run(["unsquashfs", "-q", "-n", "-d", root / split, source / f"{split}.squashfs"])
+    for name, wnid in _val_labels(source).items():
+        (root / "val" / wnid).mkdir(exist_ok=True)
+        os.rename(root / "val" / name, root / "val" / wnid / name)
+    for name in ROOT_FILES:
+        shutil.copy2(mount / name, root / name)
+    return root
+
+
+def _val_labels(source: Path) -> dict[str, str]:
+    lines = (source / "val_labels.txt").read_text().splitlines()
+    return dict(line.split() for line in lines)
+
+
+@pytest.fixture(scope="package")
+def trees(mount: Path, unpacked: Path, source: Path) -> Trees:
+    return Trees(mount, unpacked, source, _val_labels(source))
