@@ -2,7 +2,8 @@
 
 Design
 ------
-`build()` walks every image once (`squashfs.SquashImage.walk`), asks a *placer* where each entry
+`build()` walks every image once (`squashfs.SquashImage.walk`, or `dirtree.DirImage.walk` for
+an unpacked tree), asks a *placer* where each entry
 goes in the served tree (so the source layer decides that val files land in `val/<wnid>/`),
 assembles the tree in memory and writes it in one LMDB transaction. Inode numbers are dense:
 the root is 1 (FUSE's root id) and, breadth-first, the children of each directory get
@@ -50,6 +51,7 @@ import lmdb
 from tqdm import tqdm
 
 from imagenetfs import squashfs
+from imagenetfs.dirtree import DirImage, open_image
 from imagenetfs.errors import ImagenetfsError
 
 SCHEMA_VERSION = 2
@@ -322,10 +324,10 @@ def build(
         desc="indexing", unit=" entries", unit_scale=True, disable=None if progress else True
     ) as bar:
         for i, image_path in enumerate(images):
-            with squashfs.SquashImage(image_path) as image:
+            with open_image(image_path) as image:
                 fingerprints.append(asdict(image.fingerprint()))
                 if tree is None:
-                    tree = _TreeBuilder(image.superblock.mkfs_time)
+                    tree = _TreeBuilder(image.mkfs_time)
                 for n, entry in enumerate(image.walk()):
                     components = placer(i, entry)
                     if components is not None:
@@ -410,7 +412,7 @@ class Index:
         self.source: str | None = meta.get("source")
         self.image_records: list[dict[str, Any]] = meta["images"]
         self.stats = IndexStats(**meta["stats"])
-        self._images: list[squashfs.SquashImage] = []
+        self._images: list[squashfs.SquashImage | DirImage] = []
         self._local = threading.local()
 
     @classmethod
@@ -454,7 +456,7 @@ class Index:
             if not path.exists():
                 self._stale(f"image {path} is gone")
             try:
-                image = squashfs.SquashImage(path)
+                image = open_image(path)
             except ImagenetfsError as e:  # unreadable or no longer a valid image
                 self._stale(str(e))
             self._images.append(image)

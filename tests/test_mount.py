@@ -863,7 +863,7 @@ REFUSALS = {
     "umount not mounted": "not mounted",
     "umount missing path": "not mounted",
     "source missing": "does not exist",
-    "source without images": "no train.squashfs",
+    "source without images": "no ImageNet found",
     "source is a file": "not a directory",
     "corrupt image": "not a SquashFS image",
     "status not mounted": "not mounted",

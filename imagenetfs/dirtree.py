@@ -1,0 +1,146 @@
+"""An unpacked directory tree as an "image": the cluster's "Direct" form, or Kaggle's ILSVRC/.
+
+`DirImage` offers what the index builder and the index need of a `squashfs.SquashImage` --
+`walk()`, `read()`, `fingerprint()`, `mkfs_time`, `close()` -- so an unpacked tree is indexed
+once like an image, and afterwards every lookup, stat and listing comes from LMDB: the shared
+filesystem only sees the `open` and `pread` of the files actually read.
+
+A file's `Extent` carries its path relative to the tree's root in `block_sizes` (a directory
+has no blocks); `read()` opens that path under the root with `O_NOFOLLOW` (relative to the
+root's descriptor), reads, closes. Symlinks are kept as symlinks, devices, fifos and sockets
+are left out, as for images.
+
+Staleness: the fingerprint covers the root and its immediate subdirectories (their mtimes and
+inode numbers) -- cheap to check at every mount. A file changed deep inside a class directory
+goes unnoticed until `imagenetfs index --rebuild`: an unpacked tree is mutable, unlike an image.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+from imagenetfs import squashfs
+from imagenetfs.errors import CorruptImageError, ImagenetfsError
+
+_TYPES = {
+    stat.S_IFDIR: squashfs.DIR,
+    stat.S_IFREG: squashfs.FILE,
+    stat.S_IFLNK: squashfs.SYMLINK,
+}
+MAX_DEPTH = 64
+
+
+@dataclass(frozen=True)
+class DirFingerprint:
+    root_dev: int
+    root_ino: int
+    root_mtime_ns: int
+    children_mtime_ns: int  # sum over the root's subdirectories
+
+
+class DirImage:
+    """A directory tree read like an image."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise ImagenetfsError(f"{self.path}: cannot open: {e.strerror}") from None
+        self.mkfs_time = int(os.fstat(self._fd).st_mtime)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def fingerprint(self) -> DirFingerprint:
+        st = os.fstat(self._fd)
+        children = 0
+        with os.scandir(self._fd) as it:
+            for entry in it:
+                if entry.is_dir(follow_symlinks=False):
+                    children += entry.stat(follow_symlinks=False).st_mtime_ns
+        return DirFingerprint(st.st_dev, st.st_ino, st.st_mtime_ns, children)
+
+    def walk(self) -> Iterator[squashfs.Entry]:
+        """The root, then each directory's children in sorted order, directories depth-first."""
+        root = os.fstat(self._fd)
+        top = self._entry(b"", b"", root.st_ino, root)
+        assert top is not None  # a directory
+        yield top
+        stack: list[tuple[bytes, int, int]] = [(b"", root.st_ino, 0)]
+        while stack:
+            prefix, parent, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                raise CorruptImageError(f"{self.path}: deeper than {MAX_DEPTH} levels")
+            where = os.path.join(self.path, os.fsdecode(prefix)) if prefix else self.path
+            try:
+                with os.scandir(os.fsencode(where)) as it:
+                    names = sorted(e.name for e in it)
+            except OSError as e:
+                raise ImagenetfsError(f"{where}: cannot list: {e.strerror}") from None
+            subdirs = []
+            for name in names:
+                path = prefix + b"/" + name if prefix else name
+                st = os.lstat(os.path.join(self.path, os.fsdecode(path)))
+                entry = self._entry(path, name, parent, st)
+                if entry is None:
+                    continue
+                yield entry
+                if entry.kind == squashfs.DIR:
+                    subdirs.append((path, st.st_ino, depth + 1))
+            stack.extend(reversed(subdirs))
+
+    def _entry(
+        self, path: bytes, name: bytes, parent: int, st: os.stat_result
+    ) -> squashfs.Entry | None:
+        kind = _TYPES.get(stat.S_IFMT(st.st_mode))
+        if kind is None:
+            return None
+        target = None
+        extent = None
+        if kind == squashfs.SYMLINK:
+            target = os.readlink(os.path.join(self.path, os.fsdecode(path)).encode())
+        elif kind == squashfs.FILE:
+            extent = squashfs.Extent(st.st_size, 0, path, None, 0, 0)
+        return squashfs.Entry(
+            path, name, parent, st.st_ino, kind, st.st_mode, st.st_uid, st.st_gid,
+            int(st.st_mtime), st.st_nlink, st.st_size, target, 0, extent,
+        )  # fmt: skip
+
+    def read(
+        self, extent: squashfs.Extent, offset: int, size: int, *, nowait: bool = False
+    ) -> bytes:
+        """Bytes of the file whose relative path the extent carries."""
+        if offset < 0 or size < 0:
+            raise ValueError("offset and size must not be negative")
+        if nowait:  # an open() on a shared filesystem can always block
+            raise squashfs.WouldBlock(0)
+        relative = extent.block_sizes
+        if relative.startswith(b"/") or b"\0" in relative or b".." in relative.split(b"/"):
+            raise CorruptImageError(f"{self.path}: bad path {relative!r} in the index")
+        try:
+            fd = os.open(relative, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._fd)
+        except OSError as e:
+            raise ImagenetfsError(f"{self.path}/{os.fsdecode(relative)}: {e.strerror}") from None
+        try:
+            return os.pread(fd, size, offset)
+        finally:
+            os.close(fd)
+
+
+def open_image(path: str | os.PathLike[str]) -> squashfs.SquashImage | DirImage:
+    """A SquashFS image file, or an unpacked directory tree, whichever `path` is."""
+    return DirImage(path) if Path(path).is_dir() else squashfs.SquashImage(path)
