@@ -444,10 +444,9 @@ def build_kaggle(out: Path, spec: Spec, members: Sequence[Member]) -> None:
         shutil.rmtree(ilsvrc)
 
 
-def ilsvrc_ids(classes: int) -> dict[str, int]:
-    """Devkit ILSVRC2012_IDs 1..K: a fixed order that differs from sorted-wnid order."""
-    wnids = list(synsets.wnids()[:classes])
-    order = wnids[:]
+def ilsvrc_ids() -> dict[str, int]:
+    """Devkit ILSVRC2012_IDs 1..1000: a fixed order that differs from sorted-wnid order."""
+    order = list(synsets.wnids())
     _rng("ILSVRC2012_ID").shuffle(order)
     return {wnid: i + 1 for i, wnid in enumerate(order)}
 
@@ -504,7 +503,7 @@ def build_official(out: Path, spec: Spec, members: Sequence[Member]) -> None:
                         for m in split_of[split]
                     ),
                 )
-        _write_devkit(out, spec, split_of["val"])
+        _write_devkit(out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
@@ -513,10 +512,12 @@ TEST_TAR = "ILSVRC2012_img_test_v10102019.tar"
 DEVKIT = "ILSVRC2012_devkit_t12"
 
 
-def _write_devkit(out: Path, spec: Spec, val: Sequence[Member]) -> None:
+def _write_devkit(out: Path) -> None:
+    """The devkit as ImageNet ships it, whatever subset was generated: all 1000 synsets in
+    meta.mat and a ground truth line (an ILSVRC2012_ID) for each of the 50,000 val images."""
     from imagenetfs.matfile import Synset, write_synsets
 
-    ids = ilsvrc_ids(spec.classes)
+    ids = ilsvrc_ids()
     rows = sorted(
         (
             Synset(
@@ -535,7 +536,11 @@ def _write_devkit(out: Path, spec: Spec, val: Sequence[Member]) -> None:
     )
     meta = io.BytesIO()
     write_synsets(meta, rows)
-    truth = "".join(f"{ids[m.wnid]}\n" for m in val if m.wnid is not None).encode()
+    wnids, labels = synsets.wnids(), synsets.val_labels()
+    truth = "".join(
+        f"{ids[wnids[labels[synsets.eval_filename('val', n)]]]}\n"
+        for n in range(1, synsets.N_VAL + 1)
+    ).encode()
     with tarfile.open(out / f"{DEVKIT}.tar.gz", "w:gz", format=tarfile.GNU_FORMAT) as t:
         for d in (DEVKIT, f"{DEVKIT}/data"):
             t.addfile(_tarinfo(d, 0, BASE_MTIME, directory=True))
