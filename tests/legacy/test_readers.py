@@ -1,0 +1,82 @@
+"""Python readers a training script uses, on the mount and on the unpacked tree: the outputs
+must be identical (every program prints what it read: paths, labels, sizes, pixels, MD5s)."""
+
+from __future__ import annotations
+
+import importlib.util
+import mmap
+import os
+
+import pytest
+
+from .conftest import CLASSES, N_IMAGES, ROOT_FILES, TRAIN_PER_CLASS, VAL_PER_CLASS, Trees, program
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def both(trees: Trees, name: str, *args: str) -> tuple[str, str]:
+    mount, unpacked = (program(name, root, *args) for root in trees.both)
+    return mount, unpacked
+
+
+def test_pil_loop_over_random_images(trees: Trees) -> None:
+    mount, unpacked = both(trees, "pil_loop", str(N_IMAGES), "1")  # every image, random order
+    assert mount == unpacked
+    lines = mount.splitlines()
+    assert len(lines) == N_IMAGES
+    kinds = {(line.split()[1], line.split()[2]) for line in lines}
+    # the oddities are there and read: CMYK and grayscale JPEGs, the PNG named .JPEG
+    assert {("JPEG", "RGB"), ("JPEG", "CMYK"), ("PNG", "RGB")} <= kinds, kinds
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_imagefolder_walk_and_pil(trees: Trees, split: str) -> None:
+    mount, unpacked = both(trees, "imagefolder", split)
+    assert mount == unpacked
+    lines = mount.splitlines()
+    classes = lines[0].split()[1:]
+    assert classes == sorted(p.name for p in (trees.unpacked / split).iterdir())
+    assert len(classes) == CLASSES
+    per_class = TRAIN_PER_CLASS if split == "train" else VAL_PER_CLASS
+    assert len(lines) - 1 == CLASSES * per_class
+    for line in lines[1:]:
+        path, label = line.split()[:2]
+        wnid = path.split("/")[1]
+        assert classes[int(label)] == wnid
+        if split == "val":
+            assert trees.val_labels[path.split("/")[2]] == wnid
+
+
+def test_dali_style_file_list_reader(trees: Trees) -> None:
+    mount, unpacked = both(trees, "dali_reader", "train.txt", "val.txt", "test.txt")
+    assert mount == unpacked
+    lines = mount.splitlines()
+    assert lines[-1] == "copy-on-write private"
+    rows = [line.split() for line in lines[:-1]]
+    assert len(rows) == N_IMAGES
+    for rel, _, size, magic, _ in rows:
+        assert int(size) == (trees.unpacked / rel).stat().st_size
+        assert magic.startswith(("ffd8ff", "89504e47")), rel  # JPEG, or the PNG
+
+
+def test_root_files_mmap_by_st_size(trees: Trees) -> None:
+    """The generated root files are mapped the same way (DALI maps a file_list's files; torch
+    maps meta.bin with mmap=True): exactly st_size bytes, the bytes a read gives."""
+    for name in ROOT_FILES:
+        path = trees.mount / name
+        size = os.stat(path).st_size
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), size, mmap.MAP_PRIVATE) as m:
+            assert m[:] == (trees.unpacked / name).read_bytes() == path.read_bytes(), name
+
+
+def test_opencv_imread(trees: Trees) -> None:
+    if importlib.util.find_spec("cv2") is None:
+        pytest.skip(
+            "cv2 is not importable: install opencv-python-headless "
+            "(pip install opencv-python-headless) to run the OpenCV reader"
+        )
+    mount, unpacked = both(trees, "cv2_read")
+    assert mount == unpacked
+    lines = mount.splitlines()
+    assert len(lines) == N_IMAGES
+    assert not [line for line in lines if "UNREADABLE" in line]
