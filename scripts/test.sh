@@ -5,7 +5,8 @@
 #
 # The suite runs as root: it mounts FUSE as root and as a throw-away unprivileged user, makes
 # device nodes for SquashFS images and edits /etc/fuse.conf for --allow-other (restored after).
-# Started as a normal user, it re-runs itself with sudo, writing nothing into the checkout.
+# Started as a normal user, it re-runs itself with sudo, keeping pytest, ruff, mypy and
+# hypothesis caches out of the checkout (pip's editable install still writes its egg-info).
 # pytest's "no tests collected" (exit 5) fails the run like any other failure.
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -17,7 +18,11 @@ if [ "$(id -u)" -ne 0 ]; then
         ${IMAGENETFS_PREFIX:+IMAGENETFS_PREFIX="$IMAGENETFS_PREFIX"} bash "$0" "$@"
 fi
 cache_opts=()
-[ -n "${IMAGENETFS_TEST_NO_CACHE:-}" ] && cache_opts=(-p no:cacheprovider)
+if [ -n "${IMAGENETFS_TEST_NO_CACHE:-}" ]; then
+    cache_opts=(-p no:cacheprovider)
+    HYPOTHESIS_STORAGE_DIRECTORY=$(mktemp -d)
+    export HYPOTHESIS_STORAGE_DIRECTORY
+fi
 
 bash scripts/setup.sh
 venv=${IMAGENETFS_PREFIX:-/opt/imagenetfs}/venv

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import searchable_by_others
 
 from imagenetfs import generate
 from imagenetfs.generate import Spec
@@ -162,28 +163,30 @@ def test_no_fusermount3_for_a_user(tmp_path: Path, data: Path) -> None:
         os.chmod(index, 0o644)
         fuse_mode = os.stat("/dev/fuse").st_mode
         os.chmod("/dev/fuse", 0o666)
+        code = Path(__file__).resolve().parent.parent
         try:
-            result = subprocess.run(
-                [
-                    "runuser",
-                    "-u",
-                    user,
-                    "--",
-                    "env",
-                    "PATH=/nonexistent",
-                    "HOME=/tmp",
-                    *CLI,
-                    "mount",
-                    "--source",
-                    str(src),
-                    "--index",
-                    str(index),
-                    str(mp),
-                ],
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
+            with searchable_by_others([code, Path(sys.executable).resolve()]):
+                result = subprocess.run(
+                    [
+                        "runuser",
+                        "-u",
+                        user,
+                        "--",
+                        "env",
+                        "PATH=/nonexistent",
+                        "HOME=/tmp",
+                        *CLI,
+                        "mount",
+                        "--source",
+                        str(src),
+                        "--index",
+                        str(index),
+                        str(mp),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    timeout=120,
+                )
         finally:
             os.chmod("/dev/fuse", fuse_mode & 0o7777)
         assert_one_line_error(result, "fusermount3 not found: install fuse3")

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import search_bits_needed
 
 import imagenetfs
 from imagenetfs import generate, synsets, views
@@ -969,17 +970,6 @@ class Users:
     uid: int
 
 
-def _search_bits_needed(paths: list[Path]) -> list[Path]:
-    """Directories on the way to `paths` that others cannot search (e.g. /root, when the
-    venv's interpreter is a pyenv build under /root)."""
-    needed: list[Path] = []
-    for path in paths:
-        for parent in [path, *path.parents]:
-            if parent.is_dir() and not parent.stat().st_mode & stat.S_IXOTH:
-                needed.append(parent)
-    return sorted(set(needed))
-
-
 @pytest.fixture(scope="module")
 def users(base: Path) -> Iterator[Users]:
     """Two unprivileged users, /dev/fuse 0666 and a CLI they can run; all undone afterwards."""
@@ -998,7 +988,7 @@ def users(base: Path) -> Iterator[Users]:
         undo.append(lambda: os.chmod("/dev/fuse", fuse_mode))
         os.chmod("/dev/fuse", 0o666)
         code = Path(imagenetfs.__file__).resolve().parent
-        for d in _search_bits_needed([Path(PY).resolve().parent, Path(os.__file__), code]):
+        for d in search_bits_needed([Path(PY).resolve().parent, Path(os.__file__), code]):
             mode = stat.S_IMODE(d.stat().st_mode)
             undo.append(lambda d=d, mode=mode: d.chmod(mode))
             d.chmod(mode | stat.S_IXOTH)
