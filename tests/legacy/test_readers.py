@@ -6,10 +6,25 @@ from __future__ import annotations
 import importlib.util
 import mmap
 import os
+import re
+import shutil
+import sys
+from collections import Counter
+from pathlib import Path
 
 import pytest
 
-from .conftest import CLASSES, N_IMAGES, ROOT_FILES, TRAIN_PER_CLASS, VAL_PER_CLASS, Trees, program
+from .conftest import (
+    CLASSES,
+    N_IMAGES,
+    PROGRAMS,
+    ROOT_FILES,
+    TRAIN_PER_CLASS,
+    VAL_PER_CLASS,
+    Trees,
+    program,
+    run,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -80,3 +95,31 @@ def test_opencv_imread(trees: Trees) -> None:
     lines = mount.splitlines()
     assert len(lines) == N_IMAGES
     assert not [line for line in lines if "UNREADABLE" in line]
+
+
+def _path_syscalls(trace: str, root: Path) -> Counter[str]:
+    """Syscalls of an strace log that name a path under `root`, counted by name."""
+    calls: Counter[str] = Counter()
+    for line in trace.splitlines():
+        if f'"{root}/' in line or f'"{root}"' in line:
+            name = re.match(r"(?:\d+\s+)?(\w+)\(", line)
+            if name and name[1] != "execve":
+                calls[name[1]] += 1
+    return calls
+
+
+def test_imagefolder_makes_no_per_file_stat(trees: Trees, tmp_path: Path) -> None:
+    """Directory listings carry entry types, so the ImageFolder walk makes the same path
+    syscalls on the mount as on a local disk: one open per file, a stat per class, no
+    per-file stat."""
+    if shutil.which("strace") is None:
+        pytest.skip("strace not found")
+    calls = []
+    for root in trees.both:
+        log = tmp_path / f"{root.name}.strace"
+        script = PROGRAMS / "imagefolder.py"
+        run(["strace", "-f", "-qq", "-o", log, sys.executable, script, root, "train"])
+        calls.append(_path_syscalls(log.read_text(), root))
+    assert calls[0] == calls[1]
+    stats = sum(n for name, n in calls[0].items() if "stat" in name)
+    assert stats <= CLASSES + 2, calls[0]
