@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from imagenetfs import __version__, errors, generate, index, mount, resize, source, views
+from imagenetfs import __version__, errors, index, mount, resize, source, views
 from imagenetfs.errors import ImagenetfsError
 
 log = logging.getLogger("imagenetfs")
@@ -27,6 +27,8 @@ expects: train/<wnid>/..., val/<wnid>/..., test/..., meta.bin and file lists.
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from imagenetfs import generate  # numpy and Pillow: only when generating
+
     summary = generate.sample(args.dir)
     print(generate.describe(args.dir, summary))
     return 0
@@ -66,6 +68,8 @@ def resolve_source(explicit: Path | None, quiet: bool = False) -> Path:
         return root
     sample_dir = source.sample_dir()
     if not (sample_dir / "train.squashfs").is_file():
+        from imagenetfs import generate
+
         generate.sample(sample_dir, progress=False)
     if not quiet:
         print(

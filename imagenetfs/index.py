@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any, NoReturn, Self
 
 import lmdb
-from tqdm import tqdm
 
 from imagenetfs import squashfs
 from imagenetfs.dirtree import DirImage, open_image
@@ -320,6 +319,8 @@ def build(
     placer = place or place_by_image_name(images)
     fingerprints = []
     tree: _TreeBuilder | None = None
+    from tqdm import tqdm  # only when building: keeps mounting light
+
     with tqdm(
         desc="indexing", unit=" entries", unit_scale=True, disable=None if progress else True
     ) as bar:

@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import lmdb
-from PIL import Image
 
 from imagenetfs.errors import ImagenetfsError, UsageError
 
@@ -99,6 +98,8 @@ def check_quality(quality: int) -> int:
 
 def resize(data: bytes, spec: ResizeSpec, quality: int = DEFAULT_QUALITY) -> bytes:
     """The resized JPEG of `data`, or `data` itself when a shorter-side spec leaves it as is."""
+    from PIL import Image  # imported on first use: mounts without --resize never load it
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

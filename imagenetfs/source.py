@@ -23,6 +23,7 @@ that mapping, one call per image entry.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tarfile
@@ -63,10 +64,33 @@ class Source:
     root: Path
     layout: str
     images: tuple[ImageRef, ...]
-    val_labels: dict[bytes, bytes]  # val file name -> wnid
-    names: dict[str, tuple[str, ...]]  # wnid -> class names, from the source itself
-    labels_from: str
-    names_from: str
+
+    # Labels and names are read on first use: only building an index needs them.
+    @functools.cached_property
+    def _labels(self) -> tuple[dict[bytes, bytes], str]:
+        return _val_labels(self.root)
+
+    @functools.cached_property
+    def _names(self) -> tuple[dict[str, tuple[str, ...]], str]:
+        return _class_names(self.root)
+
+    @property
+    def val_labels(self) -> dict[bytes, bytes]:
+        """Val file name -> wnid."""
+        return self._labels[0]
+
+    @property
+    def labels_from(self) -> str:
+        return self._labels[1]
+
+    @property
+    def names(self) -> dict[str, tuple[str, ...]]:
+        """wnid -> class names, from the source itself."""
+        return self._names[0]
+
+    @property
+    def names_from(self) -> str:
+        return self._names[1]
 
     @property
     def image_list(self) -> list[Path]:
@@ -154,9 +178,7 @@ def open_source(root: Path) -> Source:
     if not root.is_dir():
         raise UsageError(f"source {root}: not a directory")
     layout, images = _images(root)
-    labels, labels_from = _val_labels(root)
-    names, names_from = _class_names(root)
-    return Source(root, layout, images, labels, names, labels_from, names_from)
+    return Source(root, layout, images)
 
 
 def _read_small(path: Path) -> bytes:

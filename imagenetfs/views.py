@@ -35,8 +35,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path as PathLib
 
-from tqdm import tqdm
-
 from imagenetfs.errors import ImagenetfsError
 from imagenetfs.index import (
     BLOB_IMAGE,
@@ -321,6 +319,8 @@ def warm(job: WarmJob, splits: Sequence[str], jobs: int, progress: bool) -> dict
                         inos.extend(
                             (v << VIEW_SHIFT) | node.ino for v in range(1, len(job.specs) + 1)
                         )
+    from tqdm import tqdm
+
     counts = {"resized": 0, "cached": 0, "failed": 0}
     names = {1: "resized", 0: "cached", -1: "failed"}
     context = multiprocessing.get_context("fork")
