@@ -61,7 +61,7 @@ def test_ls_lR(trees: Trees) -> None:
 
 
 def test_ls_l_root_and_class(trees: Trees) -> None:
-    """The two listings a user looks at first, with their owner: the mounting user."""
+    """The listings a user looks at first; the owner is the mounting user."""
     for where in (".", "train", f"train/{FIRST}", f"val/{FIRST}"):
         cmd = ["ls", "-l", "--time-style=full-iso", where]
         mount, unpacked = (run(cmd, cwd=root).stdout for root in trees.both)
@@ -104,8 +104,9 @@ def test_du_apparent_size(trees: Trees) -> None:
 
 def test_du_s_is_file_size_in_512_byte_units(trees: Trees) -> None:
     """Plain `du -s` counts allocated blocks: the mount reports ceil(size / 512) for every file,
-    so its `du -s` is the data size rounded per file; the unpacked tree's is larger (its
-    filesystem allocates whole blocks) and is not compared."""
+    so its `du -s` is the data size rounded up per file. The unpacked tree's depends on its
+    filesystem (ext4 here allocates whole 4 KiB blocks: 5544 KiB against the mount's 5426 for
+    this data) and is not compared."""
     listing = run(["find", ".", "-printf", "%y %b %s %p\n"], cwd=trees.mount).stdout
     blocks = 0
     for line in listing.splitlines():
@@ -115,8 +116,6 @@ def test_du_s_is_file_size_in_512_byte_units(trees: Trees) -> None:
         blocks += int(nblocks)
     du = int(run(["du", "-s", "--block-size=512", "."], cwd=trees.mount).stdout.split()[0])
     assert du == blocks
-    mount, unpacked = (run(["du", "-s", "-k", "."], cwd=root).stdout for root in trees.both)
-    assert int(mount.split()[0]) <= int(unpacked.split()[0])
 
 
 @pytest.mark.parametrize("where", [f"train/{FIRST}", f"val/{FIRST}", "train"])
@@ -190,3 +189,6 @@ def test_md5sum_of_every_file(trees: Trees) -> None:
     assert mount == unpacked
     n_files = len(mount.splitlines())
     assert n_files == int(run("find . -type f | wc -l", cwd=trees.mount).stdout)
+    # the same with four readers at once
+    parallel = "find . -type f -print0 | xargs -0 -P 4 -n 4 md5sum | sort -k 2"
+    assert run(parallel, cwd=trees.mount).stdout == mount

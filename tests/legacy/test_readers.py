@@ -3,7 +3,6 @@ must be identical (every program prints what it read: paths, labels, sizes, pixe
 
 from __future__ import annotations
 
-import importlib.util
 import mmap
 import os
 import re
@@ -41,7 +40,7 @@ def test_pil_loop_over_random_images(trees: Trees) -> None:
     assert len(lines) == N_IMAGES
     kinds = {(line.split()[1], line.split()[2]) for line in lines}
     # the oddities are there and read: CMYK and grayscale JPEGs, the PNG named .JPEG
-    assert {("JPEG", "RGB"), ("JPEG", "CMYK"), ("PNG", "RGB")} <= kinds, kinds
+    assert kinds == {("JPEG", "RGB"), ("JPEG", "CMYK"), ("JPEG", "L"), ("PNG", "RGB")}
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
@@ -85,10 +84,12 @@ def test_root_files_mmap_by_st_size(trees: Trees) -> None:
 
 
 def test_opencv_imread(trees: Trees) -> None:
-    if importlib.util.find_spec("cv2") is None:
+    try:
+        import cv2  # noqa: F401
+    except Exception as exc:  # ImportError, or a wheel that needs missing system libraries
         pytest.skip(
-            "cv2 is not importable: install opencv-python-headless "
-            "(pip install opencv-python-headless) to run the OpenCV reader"
+            f"cv2 is not importable ({exc}): pip install opencv-python-headless to run the "
+            "OpenCV reader"
         )
     mount, unpacked = both(trees, "cv2_read")
     assert mount == unpacked
@@ -114,6 +115,8 @@ def test_imagefolder_makes_no_per_file_stat(trees: Trees, tmp_path: Path) -> Non
     per-file stat."""
     if shutil.which("strace") is None:
         pytest.skip("strace not found")
+    if run(["strace", "-o", "/dev/null", "true"], check=False).returncode != 0:
+        pytest.skip("strace cannot trace here (ptrace not permitted)")
     calls = []
     for root in trees.both:
         log = tmp_path / f"{root.name}.strace"
