@@ -511,8 +511,18 @@ class Index:
     def readdir(self, ino: int, offset: int = 0) -> Iterator[Node]:
         """Children of directory `ino` from position `offset` (a stable cookie) on."""
         first, count = self.getattr(ino).children()
-        for child in range(first + max(offset, 0), first + count):
-            yield self.getattr(child)
+        start, end = first + max(offset, 0), first + count
+        if start >= end:
+            return
+        # Children are consecutive keys: one cursor walk instead of a lookup each.
+        cursor = self._txn().cursor(db=self._nodes)
+        if not cursor.set_key(_INO.pack(start)):
+            raise NoSuchEntry(start)
+        for expected, (key, value) in zip(range(start, end), cursor.iternext(), strict=False):
+            child = _INO.unpack(key)[0]
+            if child != expected:  # a gap: only a corrupt index has one
+                raise NoSuchEntry(expected)
+            yield _decode(child, value)
 
     def read(self, node: Node, offset: int, size: int, *, nowait: bool = False) -> bytes:
         """File bytes; with `nowait`, raises `squashfs.WouldBlock` rather than wait (see there)."""
