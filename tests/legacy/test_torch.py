@@ -59,11 +59,19 @@ def test_torchvision_imagenet_and_dataloader(trees: Trees) -> None:
     mount, unpacked = (program("torchvision_imagenet", root) for root in trees.both)
     assert mount == unpacked
     out = json.loads(mount)
+    for split in ("train", "val"):  # the evidence, shown by pytest -rP
+        data, first = out[split], out[split]["batches"][0]
+        print(
+            f"{split}: torch {out['torch']} len={data['len']} classes[0]={data['first_class']} "
+            f"batches={len(data['batches'])} first batch {first['shape']} {first['dtype']} "
+            f"labels={first['labels']}; mount == unpacked"
+        )
     counts = {"train": CLASSES * TRAIN_PER_CLASS, "val": CLASSES * VAL_PER_CLASS}
     for split, count in counts.items():
         data = out[split]
         assert data["len"] == count == len(data["samples"])
         assert data["classes"][0] == TENCH[1]
+        assert data["first_class"] == "('tench', 'Tinca tinca')"  # a tuple, as torchvision has it
         assert data["wnids"] == sorted(p.name for p in (trees.unpacked / split).iterdir())
         assert sum(len(b["labels"]) for b in data["batches"]) == count
         for batch in data["batches"]:
