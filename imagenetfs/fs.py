@@ -218,6 +218,18 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         return True
 
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        """No extended attributes, as on squashfs, ext4 and squashfuse: ENODATA."""
+        with self._errors("getxattr", inode):
+            self.tree.getattr(inode)
+        raise pyfuse3.FUSEError(errno.ENODATA)
+
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        """An empty list (ENOTSUP would make `tar --xattrs` warn on every file)."""
+        with self._errors("listxattr", inode):
+            self.tree.getattr(inode)
+        return []
+
     # --- data ------------------------------------------------------------------------------
 
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:

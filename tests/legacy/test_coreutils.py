@@ -165,12 +165,6 @@ def test_tar_c_of_a_class(trees: Trees, tmp_path: Path) -> None:
         assert ordered[0] == ordered[1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="imagenetfs bug: listxattr/getxattr are not implemented, so the kernel answers "
-    "EOPNOTSUPP where a local disk, squashfuse and the kernel's squashfs answer an empty list "
-    "(getxattr: ENODATA), so `tar --xattrs` warns for every file",
-)
 def test_tar_xattrs_is_quiet(trees: Trees) -> None:
     """`tar c --xattrs` (as backup and staging scripts run it) asks every file for its extended
     attributes: an image without any must look like a file without any, not like a filesystem
