@@ -1,0 +1,262 @@
+"""Hostile input through the index builder and the whole path to a mount (issue 7, part 3).
+
+tests/test_squashfs.py already fuzzes the SquashFS reader alone (random byte mutations) and
+pins crafted images at the reader level: names with `/`, `..`, `.` or NUL, directory loops,
+inodes claiming a terabyte, fragment and block pointers out of range, absurd counts. This
+module adds:
+
+- a hypothesis fuzz target over `imagenetfs.index.build` (what `imagenetfs index` and the
+  first `mount` run): small generated images with mutated or truncated bytes, gzip and
+  uncompressed metadata, train/val/test; the build either succeeds -- and then every entry
+  of the index has a valid name and every file reads or fails with `CorruptImageError` -- or
+  raises an `ImagenetfsError` subclass (one clean line for the CLI). Nothing else: no
+  `struct.error`, `IndexError`, `KeyError`, `MemoryError`, hang or crash;
+- crafted images and label files through the CLI: `imagenetfs index` and `imagenetfs mount`
+  refuse them with one line, and nothing gets mounted.
+
+Longer fuzz runs (not CI), e.g. 100,000 examples:
+
+    IMAGENETFS_FUZZ_EXAMPLES=100000 /opt/imagenetfs/venv/bin/python -m pytest \\
+        tests/test_fuzz_index.py -k mutated -p no:cacheprovider
+
+(the test's timeout grows with the count). A coverage-guided harness for the reader is
+`scripts/fuzz_reader.py` (atheris, where `pip install atheris` works).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from imagenetfs import generate, index, source
+from imagenetfs.errors import CorruptImageError, ImagenetfsError
+from imagenetfs.generate import Spec
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("mksquashfs") is None or shutil.which("unsquashfs") is None,
+    reason="needs mksquashfs and unsquashfs (squashfs-tools)",
+)
+
+CLI = str(Path(sys.executable).with_name("imagenetfs"))
+EXAMPLES = int(os.environ.get("IMAGENETFS_FUZZ_EXAMPLES", "100"))
+SPLITS = ("train", "val", "test")
+TINY = Spec(classes=2, train_per_class=3, val_per_class=2, test=2, tiny=True, jobs=1,
+            progress=False)  # fmt: skip
+#: metadata compressed (gzip) or stored as is (-noI: mutations hit the records themselves)
+VARIANTS = {"gzip": (), "noI": ("-noI", "-noX"), "plain": ("-noI", "-noD", "-noF", "-noX")}
+_SUPERBLOCK = struct.Struct("<5I6H8Q")
+_TABLES = ("root_inode", "bytes_used", "id_table_start", "xattr_table_start",
+           "inode_table_start", "directory_table_start")  # fmt: skip
+
+
+def superblock(data: bytes | bytearray) -> dict[str, int]:
+    """The superblock's u64 fields that the tests need, by name."""
+    return dict(zip(_TABLES, _SUPERBLOCK.unpack_from(data)[11:17], strict=True))
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("fuzz-sources")
+    out = {}
+    for name, args in VARIANTS.items():
+        out[name] = base / name
+        generate.generate(out[name], Spec(**{**TINY.__dict__, "mksquashfs_args": args}))
+    return out
+
+
+def build(root: Path, index_path: Path) -> index.IndexStats:
+    """What `imagenetfs index` does."""
+    src = source.open_source(root)
+    return index.build(
+        index_path,
+        src.image_list,
+        src.placer(),
+        source=str(root),
+        virtual=src.virtual_files,
+        progress=False,
+    )
+
+
+def check_index(path: Path) -> int:
+    """Walk a built index: valid names only; every file reads or is reported corrupt.
+    Returns how many files failed to read."""
+    failed = 0
+    with index.Index.open(path) as ix:
+        stack = [index.ROOT_INO]
+        while stack:
+            for node in ix.readdir(stack.pop()):
+                assert 0 < len(node.name) <= 255 and node.name not in (b".", b"..")
+                assert b"/" not in node.name and b"\0" not in node.name
+                if node.kind == index.DIR:
+                    stack.append(node.ino)
+                elif node.kind == index.FILE:
+                    try:
+                        data = ix.read(node, 0, node.size)
+                        assert len(data) == node.size
+                    except CorruptImageError:
+                        failed += 1
+    return failed
+
+
+@pytest.mark.timeout(max(600, EXAMPLES * 3))
+@settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_mutated_image_indexes_or_refuses_cleanly(
+    sources: dict[str, Path], data: st.DataObject
+) -> None:
+    variant = data.draw(st.sampled_from(sorted(VARIANTS)), label="variant")
+    split = data.draw(st.sampled_from(SPLITS), label="split")
+    original = (sources[variant] / f"{split}.squashfs").read_bytes()
+    sb = superblock(original)
+    used, metadata = sb["bytes_used"], sb["inode_table_start"]
+    mutated = bytearray(original)
+    for _ in range(data.draw(st.integers(0, 8), label="mutations")):
+        low = data.draw(st.sampled_from([0, metadata, metadata]))  # mostly the metadata
+        pos = data.draw(st.integers(low, used - 1))
+        mutated[pos] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans(), label="truncate"):
+        del mutated[data.draw(st.integers(0, len(mutated) - 1)) :]
+    if mutated == original:
+        mutated[data.draw(st.integers(metadata, used - 1))] ^= 0xFF
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name in [f"{s}.squashfs" for s in SPLITS if s != split] + ["val_labels.txt"]:
+            os.link(sources[variant] / name, root / name)
+        (root / f"{split}.squashfs").write_bytes(mutated)
+        started = time.monotonic()
+        try:
+            build(root, root / "index.lmdb")
+        except ImagenetfsError as exc:
+            message = str(exc)
+            assert message and "\n" not in message, message
+            event(f"refused: {type(exc).__name__}")
+        else:
+            failed = check_index(root / "index.lmdb")
+            event("built, some files corrupt" if failed else "built, all files read")
+        assert time.monotonic() - started < 20, "bounded time per image"
+
+
+# --- crafted inputs through the CLI --------------------------------------------------------
+
+
+def fuse_usable() -> str | None:
+    if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
+        return "needs /dev/fuse and root"
+    if shutil.which("fusermount3") is None:
+        return "fusermount3 not found"
+    return None
+
+
+def mount_points() -> list[str]:
+    with open("/proc/mounts") as f:
+        return [line.split()[1].encode().decode("unicode_escape") for line in f]
+
+
+@pytest.fixture
+def mountpoint(tmp_path: Path) -> Iterator[Path]:
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    yield mp
+    if str(mp) in mount_points():  # a refusal that mounted after all must not outlive us
+        subprocess.run(["fusermount3", "-u", "-z", "-q", str(mp)], timeout=30)
+
+
+def run(*args: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CLI, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+        env={**os.environ, "XDG_CACHE_HOME": tempfile.gettempdir() + "/imagenetfs-fuzz-cache"},
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("imagenetfs: error: ")]
+    assert len(errors) == 1 and all(ln.startswith("imagenetfs: ") for ln in lines), lines
+    return errors[0]
+
+
+def crafted_source(tmp_path: Path, old: bytes, bad: bytes) -> Path:
+    """A source whose train.squashfs holds `train/n01440764/<bad>`: built with a harmless
+    name of the same length, then patched in its (uncompressed, -noI) directory table."""
+    tree = tmp_path / "tree" / "n01440764"
+    tree.mkdir(parents=True)
+    for name in (old, b"n01440764_1.JPEG"):
+        (tree / os.fsdecode(name)).write_bytes(b"\xff\xd8\xff\xe0 not much of a JPEG")
+    root = tmp_path / "src"
+    root.mkdir()
+    image = root / "train.squashfs"
+    subprocess.run(
+        ["mksquashfs", str(tree.parent), str(image), "-noI", "-noappend", "-no-progress",
+         "-quiet"],
+        check=True, stdout=subprocess.DEVNULL, timeout=60,
+    )  # fmt: skip
+    data = bytearray(image.read_bytes())
+    directory_table = superblock(data)["directory_table_start"]
+    entry = struct.pack("<H", len(old) - 1) + old  # name_size - 1, then the name
+    pos = data.index(entry, directory_table) + 2
+    data[pos : pos + len(old)] = bad
+    image.write_bytes(data)
+    return root
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(fuse_usable() is not None, reason=str(fuse_usable()))
+@pytest.mark.parametrize(
+    ("old", "bad"),
+    [(b"aa", b".."), (b"b", b"."), (b"ab", b"a/"), (b"ab", b"a\0"), (b"abc", b"../")],
+)
+def test_crafted_names_are_refused_end_to_end(
+    tmp_path: Path, mountpoint: Path, old: bytes, bad: bytes
+) -> None:
+    """Names that could escape the tree (`..`, `.`, `/`, NUL) in an image: `imagenetfs
+    index` and `imagenetfs mount` refuse the image with one line naming it; nothing is
+    mounted and no index is left behind."""
+    root = crafted_source(tmp_path, old, bad)
+    image = root / "train.squashfs"
+    refused = one_error_line(run("index", "--source", root, "--index", tmp_path / "i.lmdb"))
+    assert str(image) in refused and "invalid name" in refused, refused
+    assert not (tmp_path / "i.lmdb").exists()
+    refused = one_error_line(
+        run("mount", "--source", root, "--index", tmp_path / "j.lmdb", mountpoint)
+    )
+    assert str(image) in refused and "invalid name" in refused, refused
+    assert str(mountpoint) not in mount_points() and os.listdir(mountpoint) == []
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("label", ["..", "../../etc", "n01440764/..", "."])
+def test_hostile_val_labels_are_refused(
+    tmp_path: Path, sources: dict[str, Path], label: str
+) -> None:
+    """val_labels.txt decides directory names under val/: a label that would climb out of
+    the tree is refused at index time, with one line."""
+    root = tmp_path / "src"
+    shutil.copytree(sources["gzip"], root)
+    lines = (root / "val_labels.txt").read_text().splitlines()
+    lines[0] = f"{lines[0].split()[0]} {label}"
+    (root / "val_labels.txt").write_text("\n".join(lines) + "\n")
+    refused = one_error_line(run("index", "--source", root, "--index", tmp_path / "i.lmdb"))
+    assert "invalid name" in refused, refused
+    assert not (tmp_path / "i.lmdb").exists()
