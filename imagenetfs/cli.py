@@ -112,6 +112,7 @@ def cmd_mount(args: argparse.Namespace) -> int:
         resize_quality=resize.check_quality(args.resize_quality),
         cache_dir=None if args.no_cache else (args.cache_dir or resize.default_cache_dir()),
         cache_size=args.cache_size,
+        workers=args.workers,
     )
     return mount.mount(request)
 
@@ -282,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--allow-other",
         action="store_true",
         help="let other users read the tree (needs user_allow_other in /etc/fuse.conf)",
+    )
+    mnt.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        choices=range(0, 65),
+        metavar="N",
+        help="serve with N worker processes speaking the FUSE protocol after start-up (uses "
+        "N cores; experimental); 0 (default): one pyfuse3 process",
     )
     add_resize_options(mnt)
     mnt.add_argument(

@@ -41,6 +41,7 @@ import lmdb
 import pyfuse3
 import trio
 
+from imagenetfs import wire
 from imagenetfs.errors import ImagenetfsError, UsageError
 from imagenetfs.fs import Operations
 from imagenetfs.index import Index
@@ -66,6 +67,7 @@ class MountRequest:
     foreground: bool = False
     allow_other: bool = False
     read_threads: int = 8
+    workers: int = 0  # wire-protocol worker processes after INIT; 0: pyfuse3 serves alone
     resize: tuple[ResizeSpec, ...] = ()
     resize_quality: int = DEFAULT_QUALITY
     cache_dir: Path | None = None  # None: no persistent resize cache
@@ -219,8 +221,8 @@ def mount(request: MountRequest) -> int:
         "started": time.time(),
     }
     if request.foreground:
-        return _serve(ops, state, state_path)
-    return _daemonize(ops, state, state_path)
+        return _serve(ops, state, state_path, request.workers)
+    return _daemonize(ops, state, state_path, request.workers)
 
 
 @contextlib.contextmanager
@@ -241,7 +243,7 @@ def _stderr_captured() -> Iterator[list[str]]:
             said.append(tmp.read().decode(errors="replace"))
 
 
-def _daemonize(ops: Operations, state: dict[str, Any], state_path: Path) -> int:
+def _daemonize(ops: Operations, state: dict[str, Any], state_path: Path, workers: int) -> int:
     ready_r, ready_w = os.pipe()
     log_path = state_path.with_suffix(".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +263,7 @@ def _daemonize(ops: Operations, state: dict[str, Any], state_path: Path) -> int:
                     os.close(ready_w)
 
             ops.on_init = ready
-            code = _serve(ops, {**state, "pid": os.getpid()}, state_path)
+            code = _serve(ops, {**state, "pid": os.getpid()}, state_path, workers)
         finally:
             os._exit(code)
     os.close(ready_w)
@@ -298,13 +300,29 @@ def _tail(path: Path) -> str:
     return ""
 
 
-def _serve(ops: Operations, state: dict[str, Any], path: Path) -> int:
+def _serve(ops: Operations, state: dict[str, Any], path: Path, workers: int = 0) -> int:
     code = 0
+    handed_over = False
+
+    def hand_over() -> None:  # runs in Operations.init, once FUSE_INIT has arrived
+        nonlocal handed_over
+        if ready is not None:
+            ready()
+        handed_over = True
+        pyfuse3.terminate()  # our loop ends; the workers serve from now on
+
+    ready = ops.on_init
+    if workers:
+        ops.on_init = hand_over
     try:
         _write_state(path, state)
-        if ops.cache_settings is not None:  # opened here: an LMDB env must not cross a fork
+        if ops.cache_settings is not None and not workers:
+            # opened here, in the serving process: an LMDB env must not cross a fork
             ops.tree.cache = _open_cache(*ops.cache_settings)
         trio.run(_main, ops, state, path)
+        if handed_over:
+            time.sleep(0.01)  # let libfuse's INIT reply go out first
+            _supervise(ops, workers)
     except BaseException:
         log.exception("the daemon failed")
         code = 1
@@ -317,6 +335,70 @@ def _serve(ops: Operations, state: dict[str, Any], path: Path) -> int:
             path.unlink()
     log.info("unmounted %s", state["mountpoint"])
     return code
+
+
+def _supervise(ops: Operations, count: int) -> None:
+    """Run `count` wire-protocol workers until unmount or a signal; restart one that dies."""
+    session = wire.session_fd()
+    stopping = False
+    pids: set[int] = set()
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        log.info("%s: unmounting", signal.Signals(signum).name)
+        stopping = True
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGTERM)
+
+    def spawn() -> int:
+        pid = os.fork()
+        if pid:
+            return pid
+        code = 1
+        try:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides on Ctrl-C
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            ops.index.close()  # the parent's LMDB env must not be used across fork
+            index = Index.open(ops.index.path)  # LMDB env and image fds of our own
+            tree = Tree(index, ops.tree.specs, quality=ops.tree.quality)
+            if ops.cache_settings is not None:
+                tree.cache = _open_cache(*ops.cache_settings)
+            wire.Worker(tree, session, ops.uid, ops.gid).run()
+            code = 0
+        except SystemExit:
+            code = 0
+        except BaseException:
+            log.exception("worker %d failed", os.getpid())
+        finally:
+            os._exit(code)
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, stop)
+    for _ in range(count):
+        pids.add(spawn())
+    failures: list[float] = []  # recent unexpected worker exits: a crash loop stops the mount
+    log.info("serving with %d worker processes", count)
+    while pids:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        pids.discard(pid)
+        if stopping:
+            continue
+        if os.waitstatus_to_exitcode(status) == 0:  # the mount went away (ENODEV)
+            stopping = True
+            stop(signal.SIGTERM, None)
+        else:
+            failures = [t for t in failures if t > time.monotonic() - 10] + [time.monotonic()]
+            if len(failures) > 3:
+                log.error("workers keep failing: unmounting")
+                stop(signal.SIGTERM, None)
+                continue
+            log.warning("worker %d ended (status %d): starting another", pid, status)
+            pids.add(spawn())
 
 
 def _open_cache(directory: Path, size: int) -> ResizeCache | None:
