@@ -287,11 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
     mnt.add_argument(
         "--workers",
         type=int,
-        default=0,
+        default=int(os.environ.get("IMAGENETFS_WORKERS") or 0),
         choices=range(0, 65),
         metavar="N",
         help="serve with N worker processes speaking the FUSE protocol after start-up (uses "
-        "N cores; experimental); 0 (default): one pyfuse3 process",
+        "N cores; experimental); 0: one pyfuse3 process (default: $IMAGENETFS_WORKERS, else 0)",
     )
     add_resize_options(mnt)
     mnt.add_argument(
