@@ -186,8 +186,8 @@ def private_state() -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XDG_CACHE_HOME", str(path))
         patch.delenv("XDG_RUNTIME_DIR", raising=False)
-        patch.delenv("IMAGENETFS_SOURCE", raising=False)
-        patch.delenv("IMAGENETFS_INDEX", raising=False)
+        for name in [n for n in os.environ if n.startswith("IMAGENETFS_")]:
+            patch.delenv(name)  # e.g. IMAGENETFS_WORKERS: these tests pin the default daemon
         yield path
     shutil.rmtree(path, ignore_errors=True)
 
