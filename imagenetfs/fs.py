@@ -191,9 +191,9 @@ class Operations(pyfuse3.Operations):
             children = self.tree.readdir(fh, max(start_id - 2, 0))
             for cookie, node in enumerate(children, max(start_id, 2) + 1):
                 size = self.tree.known_size(node)  # listing resizes nothing
-                attr = self._attributes(
-                    node if size is None else replace(node, size=size), cacheable=size is not None
-                )
+                if size is not None and size != node.size:
+                    node = replace(node, size=size)
+                attr = self._attributes(node, cacheable=size is not None)
                 if not pyfuse3.readdir_reply(token, node.name, attr, cookie):
                     break
 

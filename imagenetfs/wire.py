@@ -220,7 +220,7 @@ class Worker:
             return bytes(out)
         for cookie, node in enumerate(tree.readdir(ino, max(offset - 2, 0)), max(offset, 2) + 1):
             known = tree.known_size(node)  # listing resizes nothing
-            shown = node if known is None else replace(node, size=known)
+            shown = node if known is None or known == node.size else replace(node, size=known)
             if not add(node.name, shown, cookie, known is not None):
                 break
         return bytes(out)
