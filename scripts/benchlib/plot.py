@@ -18,6 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 ORDER = ["imagenetfs", "kernel", "squashfuse", "squashfuse_ll", "ratarmount", "unpacked"]
+STORM_COLORS = {"unpacked": "tab:gray", "imagenetfs": "tab:green"}
 ROWS = [
     ("first-mount build", "first-mount build (s)"),
     ("mount ready", "mount ready (s)"),
@@ -67,7 +68,7 @@ def main(src: str, dst: str) -> None:
     axes[0].legend(fontsize=8)
     for ax, key in zip(axes[len(ROWS) :], storm_rows, strict=False):
         who = [w for w in ("unpacked", "imagenetfs") if w in storm[key]]
-        ax.bar(who, [storm[key][w] for w in who], color=["tab:gray", "tab:green"][: len(who)])
+        ax.bar(who, [storm[key][w] for w in who], color=[STORM_COLORS[w] for w in who])
         ax.set_yscale("log")
         ax.set_title(f"storm: {key}", fontsize=10)
         ax.grid(axis="y", alpha=0.3)

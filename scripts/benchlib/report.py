@@ -196,7 +196,8 @@ def render(doc: dict[str, Any]) -> str:
     md += [f"- {n}: not run: {why}" for n, why in doc["unavailable"].items()]
     md.append("")
     for variant in variants:
-        md.append(table(variant, meds.get(variant, {}), who, doc["sets"]))
+        if meds.get(variant):
+            md.append(table(variant, meds[variant], who, doc["sets"]))
     storm_med: Medians = {}
     if "storm" in doc:
         st = doc["storm"]

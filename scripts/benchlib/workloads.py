@@ -12,6 +12,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import random
+import signal
 import time
 from pathlib import Path
 
@@ -41,12 +42,18 @@ def _read_all(paths: list[str]) -> int:
     return total
 
 
+def _reader_signals() -> None:
+    """Readers die quietly on the pool's SIGTERM; Ctrl-C is the parent's to handle."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class Readers:
     """A pool of reader processes, forked once (before any mount) and reused."""
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self.pool = multiprocessing.get_context("fork").Pool(n)
+        self.pool = multiprocessing.get_context("fork").Pool(n, initializer=_reader_signals)
 
     def close(self) -> None:
         self.pool.terminate()

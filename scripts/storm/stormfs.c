@@ -6,8 +6,9 @@
  *
  * Design (written for imagenetfs's benchmark, scripts/bench.py; see notes/storm-sim.md):
  * - Low-level libfuse 3 API, so that every opcode the kernel sends is seen and counted as what
- *   it is (the high-level API folds LOOKUP into getattr). Nodes are O_PATH file descriptors
- *   keyed by (st_dev, st_ino); the FUSE node id is the node's address; FORGET frees them.
+ *   it is (the high-level API folds LOOKUP into getattr). Nodes hold their path relative to
+ *   SOURCE (no fd each: the kernel may remember more nodes than RLIMIT_NOFILE allows), keyed
+ *   by (st_dev, st_ino); the FUSE node id is the node's address; FORGET frees them.
  * - Metadata operations (LOOKUP, GETATTR, OPENDIR, READDIR, OPEN, STATFS, READLINK) each take
  *   one of MAX_INFLIGHT service slots (a counting semaphore: the metadata server's queue), then
  *   sleep DELAY_MS (absolute clock_nanosleep, 1 ns timer slack), then do the real work.
@@ -63,11 +64,12 @@ static unsigned long long stats_seq;
 struct node {
 	dev_t dev;
 	ino_t ino;
-	int fd;              /* O_PATH */
+	char *path;          /* relative to SOURCE; "." for the root */
 	uint64_t nlookup;
 };
 
 static struct node root;
+static int source_fd;  /* O_PATH, the SOURCE directory */
 static void *nodes;      /* tsearch tree of struct node *, by (dev, ino) */
 static pthread_mutex_t nodes_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -168,8 +170,18 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	metadata(OP_LOOKUP);
 	struct node *p = node_of(parent);
+	char *path;
+	if (p == &root)
+		path = strdup(name);
+	else if (asprintf(&path, "%s/%s", p->path, name) < 0)
+		path = NULL;
+	if (!path) {
+		fuse_reply_err(req, ENOMEM);
+		return;
+	}
 	struct stat st;
-	if (fstatat(p->fd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+	if (fstatat(source_fd, path, &st, AT_SYMLINK_NOFOLLOW) != 0) {
+		free(path);
 		if (errno == ENOENT) {  /* negative entry, cached like a positive one */
 			struct fuse_entry_param e;
 			memset(&e, 0, sizeof e);
@@ -187,18 +199,12 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (found) {
 		n = *found;
 		n->nlookup++;
+		free(path);
 	} else {
-		int fd = openat(p->fd, name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-		if (fd < 0) {
-			int err = errno;
-			pthread_mutex_unlock(&nodes_lock);
-			fuse_reply_err(req, err);
-			return;
-		}
 		n = calloc(1, sizeof *n);
 		n->dev = st.st_dev;
 		n->ino = st.st_ino;
-		n->fd = fd;
+		n->path = path;
 		n->nlookup = 1;
 		tsearch(n, &nodes, node_cmp);
 	}
@@ -216,7 +222,7 @@ static void forget_one(fuse_ino_t ino, uint64_t nlookup)
 	n->nlookup -= nlookup < n->nlookup ? nlookup : n->nlookup;
 	if (n->nlookup == 0) {
 		tdelete(n, &nodes, node_cmp);
-		close(n->fd);
+		free(n->path);
 		free(n);
 	}
 	pthread_mutex_unlock(&nodes_lock);
@@ -242,7 +248,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	(void)fi;
 	metadata(OP_GETATTR);
 	struct stat st;
-	if (fstatat(node_of(ino)->fd, "", &st, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) != 0)
+	if (fstatat(source_fd, node_of(ino)->path, &st, AT_SYMLINK_NOFOLLOW) != 0)
 		fuse_reply_err(req, errno);
 	else
 		fuse_reply_attr(req, &st, timeout_s);
@@ -252,7 +258,7 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 {
 	metadata(OP_READLINK);
 	char buf[4096];
-	ssize_t len = readlinkat(node_of(ino)->fd, "", buf, sizeof buf - 1);
+	ssize_t len = readlinkat(source_fd, node_of(ino)->path, buf, sizeof buf - 1);
 	if (len < 0) {
 		fuse_reply_err(req, errno);
 		return;
@@ -263,9 +269,7 @@ static void op_readlink(fuse_req_t req, fuse_ino_t ino)
 
 static int reopen(struct node *n, int flags)
 {
-	char path[64];
-	snprintf(path, sizeof path, "/proc/self/fd/%d", n->fd);
-	return open(path, flags | O_CLOEXEC);
+	return openat(source_fd, n->path, flags | O_NOFOLLOW | O_CLOEXEC);
 }
 
 struct dir {
@@ -339,7 +343,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		fuse_reply_err(req, EROFS);
 		return;
 	}
-	int fd = reopen(node_of(ino), fi->flags & ~(O_NOFOLLOW | O_CREAT | O_TRUNC));
+	int fd = reopen(node_of(ino), fi->flags & ~(O_CREAT | O_TRUNC));
 	if (fd < 0) {
 		fuse_reply_err(req, errno);
 		return;
@@ -373,7 +377,8 @@ static void op_statfs(fuse_req_t req, fuse_ino_t ino)
 {
 	metadata(OP_STATFS);
 	struct statvfs sv;
-	if (fstatvfs(node_of(ino)->fd, &sv) != 0)
+	(void)ino;
+	if (fstatvfs(source_fd, &sv) != 0)
 		fuse_reply_err(req, errno);
 	else
 		fuse_reply_statfs(req, &sv);
@@ -440,8 +445,9 @@ int main(int argc, char *argv[])
 	const char *source = argv[optind], *mountpoint = argv[optind + 1];
 
 	struct stat st;
-	root.fd = open(source, O_PATH | O_DIRECTORY | O_CLOEXEC);
-	if (root.fd < 0 || fstat(root.fd, &st) != 0) {
+	source_fd = open(source, O_PATH | O_DIRECTORY | O_CLOEXEC);
+	root.path = ".";
+	if (source_fd < 0 || fstat(source_fd, &st) != 0) {
 		perror(source);
 		return 1;
 	}
