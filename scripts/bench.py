@@ -182,7 +182,7 @@ class Run:
             backing()
             cmd = [*inet.cmd, "index", "-q", "--source", str(images)]
             cmd += ["--index", str(inet.index_path(images))]
-            subprocess.run(cmd, env=inet.env, check=True, capture_output=True)
+            subprocess.run(cmd, env=inet.env, cwd=inet.cwd, check=True, capture_output=True)
             self.mounts.close()
         out = self.extra.setdefault("storm", {"config": cfg.__dict__, "files": len(files)})
         for who in ("unpacked", "imagenetfs"):
@@ -294,6 +294,7 @@ def main() -> int:
         help="dir holding the imagenetfs package to run "
         "(e.g. a `git archive` snapshot; default: the installed checkout)",
     )
+    p.add_argument("--note", action="append", default=[], help="a line for the report")
     p.add_argument("--render", type=Path, metavar="JSON", help="only re-render a results.json")
     args = p.parse_args()
     if args.render:
@@ -401,6 +402,7 @@ def main() -> int:
         "contenders": [c for c in chosen if c not in unavailable],
         "sets": {"meta": meta_desc, "reads": read_desc},
         "unavailable": unavailable,
+        "notes": args.note,
         "results": run.results,
         **run.extra,
     }

@@ -197,7 +197,10 @@ class Imagenetfs(Contender):
         self.env = dict(os.environ)
         if src is not None:  # a snapshot of the package, e.g. from `git archive`
             self.env["PYTHONPATH"] = str(src)
+        # `-m` puts the working directory first on sys.path: run from the work dir, so that
+        # a checkout there (or here) does not shadow PYTHONPATH's snapshot
         self.cmd = [sys.executable, "-m", "imagenetfs.cli"]
+        self.cwd = work
 
     def index_path(self, setdir: Path) -> Path:
         return self.work / "index" / f"{self.tag}{setdir.name}.lmdb"
@@ -217,13 +220,15 @@ class Imagenetfs(Contender):
 
         def unmount() -> None:
             pids = m.pids
-            r = subprocess.run([*self.cmd, "umount", str(mp)], env=self.env, capture_output=True)
+            r = subprocess.run(
+                [*self.cmd, "umount", str(mp)], env=self.env, cwd=self.cwd, capture_output=True
+            )
             if r.returncode != 0 or os.path.ismount(mp):
                 _fusermount_lazy(mp)
             _wait_gone(pids)
 
         m.unmount = unmount
-        r = subprocess.run(cmd, env=self.env, capture_output=True, text=True)
+        r = subprocess.run(cmd, env=self.env, cwd=self.cwd, capture_output=True, text=True)
         if r.returncode != 0:
             if os.path.ismount(mp):
                 _fusermount_lazy(mp)

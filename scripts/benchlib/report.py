@@ -102,7 +102,7 @@ def goals(med: Medians, storm_med: Medians) -> list[str]:
         if v is None:
             return f"- {text}: not measured"
         verdict = "reported" if ok is None else ("met" if ok(v) else "NOT met")
-        return f"- {text}: {v:.2f} — {verdict}"
+        return f"- {text}: {v:.3g} — {verdict}"
 
     walk = speedup("walk", "squashfuse_ll")
     out = [
@@ -193,6 +193,7 @@ def render(doc: dict[str, Any]) -> str:
         "process(es) serving the mount (the three per-image daemons summed for squashfuse and "
         "ratarmount).\n",
     ]
+    md += [f"Note: {n}\n" for n in doc.get("notes", [])]
     md += [f"- {n}: not run: {why}" for n, why in doc["unavailable"].items()]
     md.append("")
     for variant in variants:
