@@ -30,6 +30,7 @@ Every inconsistency raises `CorruptImageError` naming the image and the problem.
 
 from __future__ import annotations
 
+import errno
 import lzma
 import os
 import stat
@@ -192,6 +193,7 @@ class SquashImage:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
             raise ImagenetfsError(f"{self.path}: cannot open: {exc.strerror}") from None
+        self._nowait_supported = True  # until the image's filesystem says otherwise
         try:
             st = os.fstat(self._fd)
             self._file_size = self._end = st.st_size
@@ -504,10 +506,19 @@ class SquashImage:
             return self._pread(pos, size, "data block")
         if pos < 0 or pos + size > self._end:
             self._pread(pos, size, "data block")  # raises the precise CorruptImageError
+        if not self._nowait_supported:
+            raise WouldBlock(pos)
         buf = bytearray(size)
         try:
             got = os.preadv(self._fd, [buf], pos, os.RWF_NOWAIT)
         except BlockingIOError:
+            raise WouldBlock(pos) from None
+        except OSError as e:
+            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                raise
+            # The image's filesystem (FUSE, some network filesystems) has no RWF_NOWAIT:
+            # every read of this image goes the blocking way, in a thread.
+            self._nowait_supported = False
             raise WouldBlock(pos) from None
         if got != size:  # partly cached, or truncated: let the blocking path decide
             raise WouldBlock(pos)

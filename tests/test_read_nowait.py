@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,30 @@ def test_nowait_reads(tmp_path: Path, args: tuple[str, ...]) -> None:
             else:  # compressed: the block cache holds the blocks just decompressed
                 last = entry.size - 1
                 assert image.read(entry.extent, last, 1, nowait=True) == whole[last:]
+
+
+def test_image_on_a_filesystem_without_rwf_nowait(tmp_path: Path) -> None:
+    """An image on FUSE (here: squashfuse over an image holding our image) has no RWF_NOWAIT:
+    nowait reads say WouldBlock, never an error, and blocking reads work."""
+    generate.generate(
+        tmp_path / "data", generate.Spec(**{**SPEC.__dict__, "mksquashfs_args": ("-noD", "-noF")})
+    )
+    outer = tmp_path / "outer.squashfs"
+    subprocess.run(
+        ["mksquashfs", str(tmp_path / "data"), str(outer), "-quiet", "-no-progress"],
+        check=True, stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    mp = tmp_path / "mnt"
+    mp.mkdir()
+    subprocess.run(["squashfuse", str(outer), str(mp)], check=True)
+    try:
+        with SquashImage(mp / "train.squashfs") as image:
+            files = [e for e in image.walk() if e.extent is not None]
+            for entry in files:
+                assert entry.extent is not None
+                whole = image.read(entry.extent, 0, entry.size)
+                with pytest.raises(WouldBlock):
+                    image.read(entry.extent, 0, entry.size, nowait=True)
+                assert len(whole) == entry.size
+    finally:
+        subprocess.run(["fusermount3", "-u", "-z", str(mp)], check=False)
