@@ -19,8 +19,10 @@ Databases in the one LMDB file (`subdir=False`):
   parent, size, mtime, name, then a directory's (first child, count), a file's image number
   and extent, or a symlink's target;
 - `names`: parent ino (u32 BE) + name -> child ino: one `get` per `lookup`;
-- `blobs`: ino -> bytes of a virtual file (meta.bin, file lists; see views.py), whose node
-  names the pseudo image `BLOB_IMAGE`.
+- `blobs`: (ino, chunk number) -> a zlib-compressed 1 MiB chunk of a virtual file (meta.bin,
+  the file lists; see views.py), whose node names the pseudo image `BLOB_IMAGE`. Compressed,
+  the lists of full ImageNet take ~12 MB instead of 110; a read decompresses only the chunks
+  it touches (the last one is kept per thread).
 
 Every entry of the served tree is its own inode: a hard link in an image shows up as separate
 files with identical bytes (nlink 1), which is what a read-only tree of ImageNet needs and keeps
@@ -41,6 +43,7 @@ import os
 import stat
 import struct
 import threading
+import zlib
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -53,7 +56,7 @@ from imagenetfs import squashfs
 from imagenetfs.dirtree import DirImage, open_image
 from imagenetfs.errors import ImagenetfsError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 ROOT_INO = 1
 MAX_NAME = 255
 
@@ -69,6 +72,7 @@ _FILE_TAIL = struct.Struct("<HQQIQ")  # image, blocks_start, fragment (or -1), f
 _NO_FRAGMENT = 0xFFFFFFFF
 #: The "image number" of virtual files: their bytes are in the `blobs` database.
 BLOB_IMAGE = 0xFFFF
+BLOB_CHUNK = 1 << 20
 
 #: Address space reserved for a build; LMDB only writes what it uses.
 _BUILD_MAP_SIZE = 1 << 40
@@ -368,7 +372,9 @@ def _write(
             for ino, parent, name, value, blob in tree.records():
                 node_cursor.put(_INO.pack(ino), value, append=True)
                 if blob is not None:
-                    txn.put(_INO.pack(ino), blob, db=blobs)
+                    for n, start in enumerate(range(0, len(blob), BLOB_CHUNK)):
+                        chunk = zlib.compress(blob[start : start + BLOB_CHUNK], 6)
+                        txn.put(_INO.pack(ino) + _INO.pack(n), chunk, db=blobs)
                 if ino != ROOT_INO:
                     name_cursor.put(_INO.pack(parent) + name, _CHILD.pack(ino), append=True)
                 entries += 1
@@ -524,12 +530,35 @@ class Index:
                 raise NoSuchEntry(expected)
             yield _decode(child, value)
 
+    def _blob_chunk(self, ino: int, n: int) -> bytes:
+        """Chunk `n` of virtual file `ino`, decompressed (bounded by the chunk size)."""
+        last: tuple[tuple[int, int], bytes] | None = getattr(self._local, "blob", None)
+        if last is not None and last[0] == (ino, n):
+            return last[1]
+        stored = self._txn().get(_INO.pack(ino) + _INO.pack(n), db=self._blobs)
+        if stored is None:
+            raise NoSuchEntry(ino)
+        try:
+            data = zlib.decompressobj().decompress(stored, BLOB_CHUNK)
+        except zlib.error as e:
+            raise IndexError_(f"{self.path}: corrupt virtual file {ino}: {e}") from None
+        self._local.blob = ((ino, n), data)
+        return data
+
+    def _read_blob(self, node: Node, offset: int, size: int) -> bytes:
+        end = min(offset + size, node.size)
+        parts = []
+        for n in range(offset // BLOB_CHUNK, (end - 1) // BLOB_CHUNK + 1 if end > offset else 0):
+            chunk = self._blob_chunk(node.ino, n)
+            base = n * BLOB_CHUNK
+            parts.append(chunk[max(offset - base, 0) : end - base])
+        return b"".join(parts)
+
     def read(self, node: Node, offset: int, size: int, *, nowait: bool = False) -> bytes:
         """File bytes; with `nowait`, raises `squashfs.WouldBlock` rather than wait (see there)."""
         image, extent = node.extent()
         if image == BLOB_IMAGE:
-            blob = self._txn().get(_INO.pack(node.ino), db=self._blobs) or b""
-            return blob[offset : offset + size]
+            return self._read_blob(node, offset, size)
         return self._images[image].read(extent, offset, size, nowait=nowait)
 
 

@@ -285,3 +285,35 @@ def test_cli_index(tmp_path: Path) -> None:
     )
     assert missing.returncode == 1
     assert missing.stderr.strip() == f"imagenetfs: error: source {tmp_path / 'no'} does not exist"
+
+
+def test_virtual_files_span_compressed_chunks(tmp_path: Path) -> None:
+    """Virtual files are stored as zlib chunks of 1 MiB: reads across chunk edges are exact."""
+    generate.generate(tmp_path, SPEC)
+    src = source.open_source(tmp_path)
+    rng = random.Random(3)
+    big = "".join(  # like train.txt: 3.4 MiB of text
+        f"train/n{i % 1000:08d}/n{i % 1000:08d}_{rng.randrange(99999)}.JPEG {i % 1000}\n"
+        for i in range(80_000)
+    ).encode()
+    small = b"just a few bytes\n"
+
+    def virtual(files: list[tuple[bytes, ...]]) -> dict[tuple[bytes, ...], bytes]:
+        return {(b"big.bin",): big, (b"small.txt",): small, (b"empty",): b""}
+
+    path = tmp_path / "i.lmdb"
+    index.build(path, src.image_list, src.placer(), virtual=virtual, progress=False)
+    assert path.stat().st_size < 3 << 20, "stored compressed"
+    with Index.open(path) as ix:
+        node = ix.lookup(index.ROOT_INO, b"big.bin")
+        assert node.size == len(big)
+        assert ix.read(node, 0, node.size + 100) == big
+        edge = index.BLOB_CHUNK
+        for offset, size in [(edge - 5, 10), (0, edge), (2 * edge - 1, 2), (len(big) - 3, 100)]:
+            assert ix.read(node, offset, size) == big[offset : offset + size]
+        for _ in range(200):
+            offset, size = rng.randrange(len(big) + 10), rng.randrange(1, 300_000)
+            assert ix.read(node, offset, size) == big[offset : offset + size]
+        small_node = ix.lookup(index.ROOT_INO, b"small.txt")
+        assert ix.read(small_node, 0, 4096) == small
+        assert ix.read(ix.lookup(index.ROOT_INO, b"empty"), 0, 10) == b""
