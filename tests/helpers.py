@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import stat
-from collections.abc import Iterator
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,3 +34,49 @@ def searchable_by_others(paths: list[Path]) -> Iterator[None]:
     finally:
         for d, mode in reversed(changed):
             d.chmod(mode)
+
+
+#: The virtual files at the root of every tree (views.root_files).
+ROOT_FILES = (
+    "LOC_synset_mapping.txt",
+    "meta.bin",
+    "train.txt",
+    "val.txt",
+    "test.txt",
+    "train_files.txt",
+    "val_files.txt",
+    "test_files.txt",
+)
+
+
+def mount_points() -> list[str]:
+    with open("/proc/mounts") as f:
+        return [line.split()[1].encode().decode("unicode_escape") for line in f]
+
+
+def is_mounted(mp: Path) -> bool:
+    return str(mp) in mount_points()
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie, e.g. an orphan not reaped yet, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state not in ("Z", "X")
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def force_unmount(mp: Path) -> None:
+    subprocess.run(["fusermount3", "-u", "-z", "-q", str(mp)], capture_output=True, timeout=30)
+    if is_mounted(mp):
+        subprocess.run(["umount", "-l", str(mp)], capture_output=True, timeout=30)

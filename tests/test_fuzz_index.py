@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import mount_points
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -161,11 +162,6 @@ def fuse_usable() -> str | None:
     if shutil.which("fusermount3") is None:
         return "fusermount3 not found"
     return None
-
-
-def mount_points() -> list[str]:
-    with open("/proc/mounts") as f:
-        return [line.split()[1].encode().decode("unicode_escape") for line in f]
 
 
 @pytest.fixture

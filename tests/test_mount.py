@@ -47,7 +47,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import search_bits_needed
+from helpers import (
+    ROOT_FILES,
+    alive,
+    force_unmount,
+    is_mounted,
+    mount_points,
+    search_bits_needed,
+    wait_until,
+)
 
 import imagenetfs
 from imagenetfs import generate, synsets, views
@@ -81,45 +89,12 @@ pytestmark = pytest.mark.skipif(_fuse_usable() is not None, reason=str(_fuse_usa
 # --- small helpers ------------------------------------------------------------------------
 
 
-def mount_points() -> list[str]:
-    with open("/proc/mounts") as f:
-        return [line.split()[1].encode().decode("unicode_escape") for line in f]
-
-
 def mount_line(mp: Path) -> str | None:
     with open("/proc/mounts") as f:
         for line in f:
             if line.split()[1].encode().decode("unicode_escape") == str(mp):
                 return line
     return None
-
-
-def is_mounted(mp: Path) -> bool:
-    return str(mp) in mount_points()
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie, e.g. an orphan not reaped yet, counts as gone)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
-def force_unmount(mp: Path) -> None:
-    subprocess.run(["fusermount3", "-u", "-z", "-q", str(mp)], capture_output=True, timeout=30)
-    if is_mounted(mp):
-        subprocess.run(["umount", "-l", str(mp)], capture_output=True, timeout=30)
 
 
 def sha(data: bytes) -> str:
@@ -197,18 +172,6 @@ def build_dataset(base: Path, name: str, spec: Spec) -> Dataset:
         timeout=120,
     )
     return Dataset(root, index, files, dirs, mtimes)
-
-
-ROOT_FILES = (
-    "LOC_synset_mapping.txt",
-    "meta.bin",
-    "train.txt",
-    "val.txt",
-    "test.txt",
-    "train_files.txt",
-    "val_files.txt",
-    "test_files.txt",
-)
 
 
 def expected_root_files(images: dict[str, bytes]) -> dict[str, bytes]:

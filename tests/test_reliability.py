@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import ROOT_FILES, alive, force_unmount, is_mounted, mount_points, wait_until
 from PIL import Image
 
 from imagenetfs import generate, mount, resize
@@ -63,16 +64,6 @@ PY = sys.executable
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 SPLITS = ("train", "val", "test")
-ROOT_FILES = (
-    "LOC_synset_mapping.txt",
-    "meta.bin",
-    "train.txt",
-    "val.txt",
-    "test.txt",
-    "train_files.txt",
-    "val_files.txt",
-    "test_files.txt",
-)
 SPEC64 = "64x64"
 
 #: 72 realistic JPEGs (tens to hundreds of KB: several FUSE reads each), oddities included.
@@ -97,38 +88,6 @@ pytestmark = pytest.mark.skipif(_usable() is not None, reason=str(_usable()))
 
 
 # --- small helpers ------------------------------------------------------------------------
-
-
-def mount_points() -> list[str]:
-    with open("/proc/mounts") as f:
-        return [line.split()[1].encode().decode("unicode_escape") for line in f]
-
-
-def is_mounted(mp: Path) -> bool:
-    return str(mp) in mount_points()
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return state not in ("Z", "X")
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
-def force_unmount(mp: Path) -> None:
-    subprocess.run(["fusermount3", "-u", "-z", "-q", str(mp)], capture_output=True, timeout=30)
-    if is_mounted(mp):
-        subprocess.run(["umount", "-l", str(mp)], capture_output=True, timeout=30)
 
 
 def proc_status(pid: int) -> dict[str, int]:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import ROOT_FILES, is_mounted
 
 from imagenetfs import generate
 
@@ -32,16 +33,6 @@ CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, TEST = 5, 6, 3, 4
 SPEC = generate.Spec(CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, TEST, jobs=2, progress=False)
 N_IMAGES = CLASSES * (TRAIN_PER_CLASS + VAL_PER_CLASS) + TEST
 SPLITS = ("train", "val", "test")
-ROOT_FILES = (
-    "LOC_synset_mapping.txt",
-    "meta.bin",
-    "train.txt",
-    "val.txt",
-    "test.txt",
-    "train_files.txt",
-    "val_files.txt",
-    "test_files.txt",
-)
 PROGRAMS = Path(__file__).with_name("programs")
 #: The same output on both trees needs the same locale (sort order, messages) and time zone.
 ENV = {**os.environ, "LC_ALL": "C", "TZ": "UTC"}
@@ -63,11 +54,6 @@ def _unusable() -> str | None:
         if shutil.which(tool) is None:
             return f"{tool} not found"
     return None
-
-
-def is_mounted(mp: Path) -> bool:
-    with open("/proc/mounts") as f:
-        return any(line.split()[1] == str(mp) for line in f)
 
 
 def run(
