@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import stat
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -80,3 +83,16 @@ def force_unmount(mp: Path) -> None:
     subprocess.run(["fusermount3", "-u", "-z", "-q", str(mp)], capture_output=True, timeout=30)
     if is_mounted(mp):
         subprocess.run(["umount", "-l", str(mp)], capture_output=True, timeout=30)
+
+
+def fuse_unusable(tools: tuple[str, ...], root_because: str | None = None) -> str | None:
+    """Why tests that mount cannot run here (a skip reason), or None: no /dev/fuse, not root
+    when `root_because` says the tests need it, or one of `tools` missing."""
+    if sys.platform != "linux" or not os.path.exists("/dev/fuse"):
+        return "no /dev/fuse"
+    if root_because is not None and os.geteuid() != 0:
+        return root_because
+    for tool in tools:
+        if shutil.which(tool) is None:
+            return f"{tool} not found"
+    return None

@@ -36,7 +36,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import mount_points
+from helpers import fuse_unusable, mount_points
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -157,11 +157,7 @@ def test_mutated_image_indexes_or_refuses_cleanly(
 
 
 def fuse_usable() -> str | None:
-    if not os.path.exists("/dev/fuse") or os.geteuid() != 0:
-        return "needs /dev/fuse and root"
-    if shutil.which("fusermount3") is None:
-        return "fusermount3 not found"
-    return None
+    return fuse_unusable(("fusermount3",), "needs /dev/fuse and root")
 
 
 @pytest.fixture

@@ -51,6 +51,7 @@ from helpers import (
     ROOT_FILES,
     alive,
     force_unmount,
+    fuse_unusable,
     is_mounted,
     mount_points,
     search_bits_needed,
@@ -73,14 +74,10 @@ TINY = Spec(classes=20, train_per_class=120, val_per_class=10, test=400, tiny=Tr
 
 
 def _fuse_usable() -> str | None:
-    if sys.platform != "linux" or not os.path.exists("/dev/fuse"):
-        return "no /dev/fuse"
-    if os.geteuid() != 0:
-        return "these tests create users and change /dev/fuse: run them as root"
-    for tool in ("fusermount3", "unsquashfs", "mksquashfs", "runuser", "useradd", "timeout"):
-        if shutil.which(tool) is None:
-            return f"{tool} not found"
-    return None
+    return fuse_unusable(
+        ("fusermount3", "unsquashfs", "mksquashfs", "runuser", "useradd", "timeout"),
+        "these tests create users and change /dev/fuse: run them as root",
+    )
 
 
 pytestmark = pytest.mark.skipif(_fuse_usable() is not None, reason=str(_fuse_usable()))

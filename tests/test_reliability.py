@@ -50,7 +50,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import ROOT_FILES, alive, force_unmount, is_mounted, mount_points, wait_until
+from helpers import (
+    ROOT_FILES,
+    alive,
+    force_unmount,
+    fuse_unusable,
+    is_mounted,
+    mount_points,
+    wait_until,
+)
 from PIL import Image
 
 from imagenetfs import generate, mount, resize
@@ -74,14 +82,10 @@ TINY = Spec(classes=10, train_per_class=80, val_per_class=10, test=100, tiny=Tru
 
 
 def _usable() -> str | None:
-    if sys.platform != "linux" or not os.path.exists("/dev/fuse"):
-        return "no /dev/fuse"
-    if os.geteuid() != 0:
-        return "these tests mount tmpfs and raise rlimits: run them as root (scripts/test.sh)"
-    for tool in ("fusermount3", "unsquashfs", "mksquashfs", "timeout", "mount", "umount"):
-        if shutil.which(tool) is None:
-            return f"{tool} not found"
-    return None
+    return fuse_unusable(
+        ("fusermount3", "unsquashfs", "mksquashfs", "timeout", "mount", "umount"),
+        "these tests mount tmpfs and raise rlimits: run them as root (scripts/test.sh)",
+    )
 
 
 pytestmark = pytest.mark.skipif(_usable() is not None, reason=str(_usable()))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import ROOT_FILES, is_mounted
+from helpers import ROOT_FILES, fuse_unusable, is_mounted
 
 from imagenetfs import generate
 
@@ -48,12 +48,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _unusable() -> str | None:
-    if sys.platform != "linux" or not os.path.exists("/dev/fuse"):
-        return "no /dev/fuse"
-    for tool in ("fusermount3", "unsquashfs", "mksquashfs", "tar", "md5sum", "du", "diff"):
-        if shutil.which(tool) is None:
-            return f"{tool} not found"
-    return None
+    tools = ("fusermount3", "unsquashfs", "mksquashfs", "tar", "md5sum", "du", "diff")
+    return fuse_unusable(tools)
 
 
 def run(
