@@ -19,6 +19,13 @@ Databases in the one LMDB file (`subdir=False`):
   parent, size, mtime, name, then a directory's (first child, count), a file's image number
   and extent, or a symlink's target;
 - `names`: parent ino (u32 BE) + name -> child ino: one `get` per `lookup`;
+- `lists`: (directory ino, chunk number) -> the directory's listing as FUSE READDIRPLUS
+  records, `LIST_CHUNK` children per chunk, zlib-compressed: a u16 count, the records' end
+  offsets (u32 each), then the records, each a `fuse_direntplus` whose entry part is zero
+  ("no attributes": the kernel makes no inode per listed entry) and whose dirent carries the
+  child's ino, its cookie (position + 3, after `.` and `..`), its type and name. Native byte
+  order, like the protocol. A listing request is then one `get`, a decompression and a slice,
+  not a loop over the children (a walk of full ImageNet: seconds less);
 - `blobs`: (ino, chunk number) -> a zlib-compressed 1 MiB chunk of a virtual file (meta.bin,
   the file lists; see views.py), whose node names the pseudo image `BLOB_IMAGE`. Compressed,
   the lists of full ImageNet take ~12 MB instead of 110; a read decompresses only the chunks
@@ -37,7 +44,10 @@ mtime or superblock), naming the command that rebuilds it.
 
 from __future__ import annotations
 
+import array
+import bisect
 import contextlib
+import errno
 import json
 import os
 import stat
@@ -56,7 +66,7 @@ from imagenetfs import squashfs
 from imagenetfs.dirtree import DirImage, open_image
 from imagenetfs.errors import ImagenetfsError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 ROOT_INO = 1
 MAX_NAME = 255
 
@@ -67,12 +77,23 @@ _FORMAT = {DIR: stat.S_IFDIR | 0o555, FILE: stat.S_IFREG | 0o444, SYMLINK: stat.
 _INO = struct.Struct(">I")  # keys: big-endian so LMDB's byte order is numeric order
 _CHILD = struct.Struct("<I")
 _HEAD = struct.Struct("<BIQQH")  # kind, parent, size, mtime, name length
+_NAME_AT = _HEAD.size - 2  # where a record keeps its name length
 _DIR_TAIL = struct.Struct("<III")  # first child, count, subdirectory count
 _FILE_TAIL = struct.Struct("<HQQIQ")  # image, blocks_start, fragment (or -1), frag offset, sparse
 _NO_FRAGMENT = 0xFFFFFFFF
 #: The "image number" of virtual files: their bytes are in the `blobs` database.
 BLOB_IMAGE = 0xFFFF
 BLOB_CHUNK = 1 << 20
+
+#: Children per stored listing chunk (`lists`): ~23 KB of records for ImageNet's names.
+LIST_CHUNK = 128
+_LIST_COUNT = struct.Struct("<H")
+_DIRENT = struct.Struct("=QQII")  # struct fuse_dirent without the name: ino, off, namelen, type
+_DIRENT_TYPE = {DIR: 4, FILE: 8, SYMLINK: 10}  # DT_DIR, DT_REG, DT_LNK
+_NO_ENTRY = bytes(128)  # struct fuse_entry_out with nodeid 0 ("no attributes")
+_PADDING = [b"\0" * (-n % 8) for n in range(8)]
+_LIST_CHUNK_MAX = 2 + LIST_CHUNK * (4 + 128 + _DIRENT.size + MAX_NAME + 7)
+_Child = tuple[int, int, bytes]  # ino, kind, name
 
 #: Address space reserved for a build; LMDB only writes what it uses.
 _BUILD_MAP_SIZE = 1 << 40
@@ -274,8 +295,9 @@ class _TreeBuilder:
         parent.children[components[-1]] = _Leaf(FILE, len(data), self.default_mtime, tail, data)
         self.bytes += len(data)
 
-    def records(self) -> Iterator[tuple[int, int, bytes, bytes, bytes | None]]:
-        """(ino, parent, name, packed node, blob) in ino order: breadth-first, names sorted.
+    def records(self) -> Iterator[tuple[int, int, bytes, bytes, bytes | list[_Child] | None]]:
+        """(ino, parent, name, packed node, extra) in ino order: breadth-first, names sorted;
+        extra is a virtual file's bytes, a directory's children (ino, kind, name), or None.
 
         Consecutive numbers go to each directory's children when the directory is reached,
         so the output is in ino order, and also in (parent, name) order.
@@ -293,7 +315,10 @@ class _TreeBuilder:
             names = sorted(node.children)
             subdirs = sum(isinstance(c, _Dir) for c in node.children.values())
             tail = _DIR_TAIL.pack(next_ino, len(names), subdirs)
-            yield ino, parent, name, _encode(DIR, parent, len(names), node.mtime, name, tail), None
+            value = _encode(DIR, parent, len(names), node.mtime, name, tail)
+            kinds = [c.kind if isinstance(c, _Leaf) else DIR for c in map(node.children.get, names)]
+            listing = list(zip(range(next_ino, next_ino + len(names)), kinds, names, strict=True))
+            yield ino, parent, name, value, listing
             for child_name in names:
                 queue.append((next_ino, ino, child_name, node.children[child_name]))
                 next_ino += 1
@@ -360,21 +385,26 @@ def _write(
     _remove(tmp)
     entries = 0
     env = lmdb.open(
-        str(tmp), subdir=False, map_size=_BUILD_MAP_SIZE, max_dbs=4, lock=False, sync=False
+        str(tmp), subdir=False, map_size=_BUILD_MAP_SIZE, max_dbs=5, lock=False, sync=False
     )
     try:
         nodes = env.open_db(b"nodes")
         names = env.open_db(b"names")
         blobs = env.open_db(b"blobs")
+        lists = env.open_db(b"lists")
         meta = env.open_db(b"meta")
         with env.begin(write=True) as txn:
             node_cursor, name_cursor = txn.cursor(nodes), txn.cursor(names)
-            for ino, parent, name, value, blob in tree.records():
+            list_cursor = txn.cursor(lists)
+            for ino, parent, name, value, extra in tree.records():
                 node_cursor.put(_INO.pack(ino), value, append=True)
-                if blob is not None:
-                    for n, start in enumerate(range(0, len(blob), BLOB_CHUNK)):
-                        chunk = zlib.compress(blob[start : start + BLOB_CHUNK], 6)
+                if isinstance(extra, bytes):
+                    for n, start in enumerate(range(0, len(extra), BLOB_CHUNK)):
+                        chunk = zlib.compress(extra[start : start + BLOB_CHUNK], 6)
                         txn.put(_INO.pack(ino) + _INO.pack(n), chunk, db=blobs)
+                elif extra is not None:
+                    for n, chunk in enumerate(_listing_chunks(extra)):
+                        list_cursor.put(_INO.pack(ino) + _INO.pack(n), chunk, append=True)
                 if ino != ROOT_INO:
                     name_cursor.put(_INO.pack(parent) + name, _CHILD.pack(ino), append=True)
                 entries += 1
@@ -392,6 +422,19 @@ def _write(
     env.close()
     os.replace(tmp, index_path)
     return stats
+
+
+def _listing_chunks(children: Sequence[_Child]) -> Iterator[bytes]:
+    """The `lists` values of one directory (see the module docstring)."""
+    for first in range(0, len(children), LIST_CHUNK):
+        records, ends, end = [], array.array("I"), 0
+        for cookie, (ino, kind, name) in enumerate(children[first : first + LIST_CHUNK], first + 3):
+            dirent = _DIRENT.pack(ino, cookie, len(name), _DIRENT_TYPE[kind])
+            record = _NO_ENTRY + dirent + name + _PADDING[len(name) & 7]
+            records.append(record)
+            end += len(record)
+            ends.append(end)
+        yield zlib.compress(_LIST_COUNT.pack(len(ends)) + ends.tobytes() + b"".join(records), 1)
 
 
 def _remove(path: Path) -> None:
@@ -416,6 +459,7 @@ class Index:
         self._nodes = env.open_db(b"nodes", create=False)
         self._names = env.open_db(b"names", create=False)
         self._blobs = env.open_db(b"blobs", create=False)
+        self._lists = env.open_db(b"lists", create=False)
         self.source: str | None = meta.get("source")
         self.image_records: list[dict[str, Any]] = meta["images"]
         self.stats = IndexStats(**meta["stats"])
@@ -429,7 +473,7 @@ class Index:
             raise IndexError_(f"{path}: no index here; build it with: {rebuild_command(path)}")
         try:
             env = lmdb.open(
-                str(path), subdir=False, readonly=True, lock=False, max_dbs=4, readahead=False
+                str(path), subdir=False, readonly=True, lock=False, max_dbs=5, readahead=False
             )
         except lmdb.Error as e:
             raise IndexError_(f"{path}: not a usable imagenetfs index ({e})") from None
@@ -516,6 +560,53 @@ class Index:
 
     def readdir(self, ino: int, offset: int = 0) -> Iterator[Node]:
         """Children of directory `ino` from position `offset` (a stable cookie) on."""
+        for child, value in self._children(ino, offset):
+            yield _decode(child, value)
+
+    def entries(self, ino: int, offset: int = 0) -> Iterator[tuple[int, int, bytes]]:
+        """(ino, kind, name) of the children from `offset` on: `readdir` without a `Node`
+        per entry, for listings that need no attributes (most of a walk's entries)."""
+        for child, value in self._children(ino, offset):
+            end = _HEAD.size + int.from_bytes(value[_NAME_AT : _HEAD.size], "little")
+            yield child, value[0], value[_HEAD.size : end]
+
+    def listing(self, ino: int, first: int, size: int) -> bytes:
+        """READDIRPLUS records of the children of `ino` from position `first` on: as many as
+        fit in `size` bytes, up to the end of their stored chunk; b"" past the last child."""
+        count = self.getattr(ino).children()[1]
+        if first >= count:
+            return b""
+        n, within = divmod(first, LIST_CHUNK)
+        ends, records = self._list_chunk(ino, n)
+        if within >= len(ends):
+            raise IndexError_(f"{self.path}: corrupt listing of directory {ino}")
+        start = ends[within - 1] if within else 0
+        stop = bisect.bisect_right(ends, start + size, lo=within)
+        if stop == within:
+            raise OSError(errno.EINVAL, "listing buffer too small for one entry")
+        return records[start : ends[stop - 1]]
+
+    def _list_chunk(self, ino: int, n: int) -> tuple[array.array[int], bytes]:
+        last: tuple[tuple[int, int], array.array[int], bytes] | None
+        last = getattr(self._local, "listing", None)
+        if last is not None and last[0] == (ino, n):
+            return last[1], last[2]
+        stored = self._txn().get(_INO.pack(ino) + _INO.pack(n), db=self._lists)
+        if stored is None:
+            raise IndexError_(f"{self.path}: directory {ino} has no stored listing {n}")
+        try:
+            data = zlib.decompressobj().decompress(stored, _LIST_CHUNK_MAX)
+            count = _LIST_COUNT.unpack_from(data)[0]
+            ends = array.array("I", data[2 : 2 + 4 * count])
+        except (zlib.error, struct.error, ValueError) as e:
+            raise IndexError_(f"{self.path}: corrupt listing of directory {ino}: {e}") from None
+        records = data[2 + 4 * count :]
+        if count > LIST_CHUNK or len(ends) != count or (count and ends[-1] != len(records)):
+            raise IndexError_(f"{self.path}: corrupt listing of directory {ino}")
+        self._local.listing = ((ino, n), ends, records)
+        return ends, records
+
+    def _children(self, ino: int, offset: int) -> Iterator[tuple[int, bytes]]:
         first, count = self.getattr(ino).children()
         start, end = first + max(offset, 0), first + count
         if start >= end:
@@ -525,10 +616,9 @@ class Index:
         if not cursor.set_key(_INO.pack(start)):
             raise NoSuchEntry(start)
         for expected, (key, value) in zip(range(start, end), cursor.iternext(), strict=False):
-            child = _INO.unpack(key)[0]
-            if child != expected:  # a gap: only a corrupt index has one
+            if int.from_bytes(key, "big") != expected:  # a gap: only a corrupt index has one
                 raise NoSuchEntry(expected)
-            yield _decode(child, value)
+            yield expected, value
 
     def _blob_chunk(self, ino: int, n: int) -> bytes:
         """Chunk `n` of virtual file `ino`, decompressed (bounded by the chunk size)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -317,3 +318,56 @@ def test_virtual_files_span_compressed_chunks(tmp_path: Path) -> None:
         small_node = ix.lookup(index.ROOT_INO, b"small.txt")
         assert ix.read(small_node, 0, 4096) == small
         assert ix.read(ix.lookup(index.ROOT_INO, b"empty"), 0, 10) == b""
+
+
+def parse_listing(data: bytes) -> list[tuple[int, int, int, bytes]]:
+    """READDIRPLUS records -> (ino, cookie, type, name); every entry part must be zero."""
+    out, at = [], 0
+    while at < len(data):
+        assert data[at : at + 128] == bytes(128), "no attributes: nodeid 0"
+        ino, cookie, length, kind = struct.unpack_from("=QQII", data, at + 128)
+        name = data[at + 152 : at + 152 + length]
+        out.append((ino, cookie, kind, name))
+        at += 152 + length + (-length % 8)
+    assert at == len(data), "whole records only"
+    return out
+
+
+def test_stored_listings_equal_readdir(tmp_path: Path) -> None:
+    """The precomputed READDIRPLUS records (`Index.listing`) of a directory of 700 entries
+    with names of 1..255 bytes, a subdirectory and a symlink: every position, any buffer
+    size from one record up, resumed where the previous reply ended, gives readdir's
+    entries with their cookies and types, and nothing past the end."""
+    top = tmp_path / "src" / "train"
+    (top / "sub").mkdir(parents=True)
+    rng = random.Random(7)
+    for n in range(700):
+        length = rng.choice([4, 7, 8, 9, 20, 100, 200, 251]) if n % 50 else 255
+        (top / (f"{n:04d}" + "x" * (length - 4))).write_bytes(b"%d" % n)
+    (top / "zz-link").symlink_to("0001")
+    image = tmp_path / "train.squashfs"
+    subprocess.run(["mksquashfs", str(top), str(image), "-quiet", "-no-progress"], check=True)
+    path = tmp_path / "i.lmdb"
+    index.build(path, [image], progress=False)
+    types = {index.DIR: 4, index.FILE: 8, index.SYMLINK: 10}
+    with Index.open(path) as ix:
+        train = ix.lookup(index.ROOT_INO, b"train")
+        expected = [
+            (node.ino, position + 3, types[node.kind], node.name)
+            for position, node in enumerate(ix.readdir(train.ino))
+        ]
+        assert len(expected) == len(os.listdir(top)) > 5 * index.LIST_CHUNK
+        assert {e[2] for e in expected} == {4, 8, 10}
+        for size in (408, 4096, 32768, 1 << 20):
+            got, first = [], 0
+            while chunk := ix.listing(train.ino, first, size):
+                assert len(chunk) <= size
+                records = parse_listing(chunk)
+                got += records
+                first = records[-1][1] - 2  # the cookie: resume after this entry
+            assert got == expected, size
+        for first in rng.sample(range(len(expected)), 60):
+            assert parse_listing(ix.listing(train.ino, first, 4096))[0] == expected[first]
+        assert ix.listing(train.ino, len(expected), 4096) == b""
+        with pytest.raises(NotADirectory):
+            ix.listing(expected[0][0], 0, 4096)
