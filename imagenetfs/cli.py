@@ -112,9 +112,20 @@ def cmd_mount(args: argparse.Namespace) -> int:
         resize_quality=resize.check_quality(args.resize_quality),
         cache_dir=None if args.no_cache else (args.cache_dir or resize.default_cache_dir()),
         cache_size=args.cache_size,
-        workers=args.workers,
+        workers=workers_option(args.workers),
     )
     return mount.mount(request)
+
+
+def workers_option(given: int | None) -> int:
+    if given is not None:
+        return given
+    env = os.environ.get("IMAGENETFS_WORKERS", "").strip()
+    if not env:
+        return mount.default_workers()
+    if not env.isdigit() or int(env) > 64:
+        raise errors.UsageError(f"IMAGENETFS_WORKERS={env!r}: give a number of processes, 0 to 64")
+    return int(env)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -287,11 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     mnt.add_argument(
         "--workers",
         type=int,
-        default=int(os.environ.get("IMAGENETFS_WORKERS") or 0),
+        default=None,
         choices=range(0, 65),
         metavar="N",
-        help="serve with N worker processes speaking the FUSE protocol after start-up (uses "
-        "N cores; experimental); 0: one pyfuse3 process (default: $IMAGENETFS_WORKERS, else 0)",
+        help="serve with N worker processes speaking the FUSE protocol after start-up, one "
+        "core each (default: $IMAGENETFS_WORKERS, else one per usable CPU, 2 to 8); 0: a "
+        "single pyfuse3 process serves everything (slower; the fallback)",
     )
     add_resize_options(mnt)
     mnt.add_argument(

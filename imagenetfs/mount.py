@@ -20,6 +20,7 @@ The registry is one JSON state file per mount (mount point, source, index, pid, 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import hashlib
 import json
@@ -53,6 +54,13 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT = 60.0
 UNMOUNT_TIMEOUT = 30.0
 PUBLISH_INTERVAL = 2.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def default_workers() -> int:
+    """Worker processes of a mount: one per CPU this process may use (a job's cpuset), at least
+    2 so that one slow request (a resize, a cold read) never holds up the rest, at most 8."""
+    return max(2, min(8, len(os.sched_getaffinity(0))))
 
 
 class MountError(ImagenetfsError):
@@ -322,7 +330,7 @@ def _serve(ops: Operations, state: dict[str, Any], path: Path, workers: int = 0)
         trio.run(_main, ops, state, path)
         if handed_over:
             time.sleep(0.01)  # let libfuse's INIT reply go out first
-            _supervise(ops, workers)
+            _supervise(ops, workers, state, path)
     except BaseException:
         log.exception("the daemon failed")
         code = 1
@@ -337,26 +345,40 @@ def _serve(ops: Operations, state: dict[str, Any], path: Path, workers: int = 0)
     return code
 
 
-def _supervise(ops: Operations, count: int) -> None:
-    """Run `count` wire-protocol workers until unmount or a signal; restart one that dies."""
+def _supervise(ops: Operations, count: int, state: dict[str, Any], path: Path) -> None:
+    """Run `count` wire-protocol workers until unmount or a signal; restart one that dies;
+    publish their summed counters every PUBLISH_INTERVAL."""
     session = wire.session_fd()
+    board = wire.Board(count)
+    if ops.cache_settings is not None:  # an unusable cache: say so once, not in each worker
+        probe = _open_cache(*ops.cache_settings)
+        if probe is None:
+            ops.cache_settings = None
+        else:
+            probe.close()
+    # the resize lock file: record locks on its bytes, never any data (see wire.py)
+    lock_fd = os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
     stopping = False
-    pids: set[int] = set()
+    workers: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, slot)
 
     def stop(signum: int, _frame: object) -> None:
         nonlocal stopping
         log.info("%s: unmounting", signal.Signals(signum).name)
         stopping = True
-        for pid in pids:
+        for pid, _ in workers.values():
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
 
-    def spawn() -> int:
+    parent = os.getpid()
+
+    def spawn(slot: int) -> None:
         pid = os.fork()
         if pid:
-            return pid
+            workers[os.pidfd_open(pid)] = (pid, slot)
+            return
         code = 1
         try:
+            _die_with_parent(parent)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides on Ctrl-C
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -365,7 +387,8 @@ def _supervise(ops: Operations, count: int) -> None:
             tree = Tree(index, ops.tree.specs, quality=ops.tree.quality)
             if ops.cache_settings is not None:
                 tree.cache = _open_cache(*ops.cache_settings)
-            wire.Worker(tree, session, ops.uid, ops.gid).run()
+            counters = board.slot(slot)
+            wire.Worker(tree, session, ops.uid, ops.gid, counters=counters, lock_fd=lock_fd).run()
             code = 0
         except SystemExit:
             code = 0
@@ -374,31 +397,52 @@ def _supervise(ops: Operations, count: int) -> None:
         finally:
             os._exit(code)
 
+    def publish() -> None:
+        stats: dict[str, Any] = {**board.totals(), "index": vars(ops.index.stats).copy()}
+        if ops.cache_settings is None:
+            del stats["resize_cache"]
+        with contextlib.suppress(OSError):
+            _write_state(path, {**state, "updated": time.time(), "stats": stats})
+
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, stop)
-    for _ in range(count):
-        pids.add(spawn())
+    for slot in range(count):
+        spawn(slot)
     failures: list[float] = []  # recent unexpected worker exits: a crash loop stops the mount
     log.info("serving with %d worker processes", count)
-    while pids:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            break
-        pids.discard(pid)
-        if stopping:
-            continue
-        if os.waitstatus_to_exitcode(status) == 0:  # the mount went away (ENODEV)
-            stopping = True
-            stop(signal.SIGTERM, None)
-        else:
-            failures = [t for t in failures if t > time.monotonic() - 10] + [time.monotonic()]
-            if len(failures) > 3:
-                log.error("workers keep failing: unmounting")
-                stop(signal.SIGTERM, None)
+    next_publish = time.monotonic()
+    while workers:
+        ended, _, _ = select.select(list(workers), [], [], PUBLISH_INTERVAL)
+        if time.monotonic() >= next_publish:
+            publish()
+            next_publish = time.monotonic() + PUBLISH_INTERVAL
+        for pidfd in ended:
+            pid, slot = workers.pop(pidfd)
+            os.close(pidfd)
+            status = os.waitpid(pid, 0)[1]
+            if stopping:
                 continue
-            log.warning("worker %d ended (status %d): starting another", pid, status)
-            pids.add(spawn())
+            if os.waitstatus_to_exitcode(status) == 0:  # the mount went away (ENODEV)
+                stop(signal.SIGTERM, None)
+            else:
+                failures = [t for t in failures if t > time.monotonic() - 10] + [time.monotonic()]
+                if len(failures) > 3:
+                    log.error("workers keep failing: unmounting")
+                    stop(signal.SIGTERM, None)
+                    continue
+                log.warning("worker %d ended (status %d): starting another", pid, status)
+                spawn(slot)
+    os.close(lock_fd)
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this worker when the supervising parent dies (even by SIGKILL): the mount then
+    goes stale at once, as with a single daemon, instead of living on headless."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:  # it died before the prctl
+        os._exit(1)
 
 
 def _open_cache(directory: Path, size: int) -> ResizeCache | None:

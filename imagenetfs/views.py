@@ -210,6 +210,28 @@ class Tree:
         if view == 0 and base == ROOT_INO and self.specs and offset <= self._root_count:
             yield self._resized_dir()
 
+    def listing(self, ino: int, first: int, size: int) -> bytes | None:
+        """The index's precomputed READDIRPLUS records (`Index.listing`) where they are right:
+        base-tree directories except a root that lists `resized`; None elsewhere."""
+        if ino >> VIEW_SHIFT or ino == RESIZED_INO or (ino == ROOT_INO and self.specs):
+            return None
+        return self.index.listing(ino, first, size)
+
+    def entries(self, ino: int, offset: int = 0) -> Iterator[tuple[int, int, bytes]]:
+        """(ino, kind, name) of the same children as `readdir`, without a `Node` each."""
+        if ino == RESIZED_INO and self.specs:
+            for view in range(offset + 1, len(self.specs) + 1):
+                yield (view << VIEW_SHIFT) | ROOT_INO, DIR, self.specs[view - 1].name.encode()
+            return
+        view, base = self.split(ino)
+        if view > len(self.specs):
+            raise NoSuchEntry(ino)
+        shift = view << VIEW_SHIFT
+        for child, kind, name in self.index.entries(base, offset):
+            yield shift | child, kind, name
+        if view == 0 and base == ROOT_INO and self.specs and offset <= self._root_count:
+            yield RESIZED_INO, DIR, RESIZED
+
     def read(self, node: Node, offset: int, size: int, *, nowait: bool = False) -> bytes:
         """Bytes of a file as stored (not resized), whichever view `node` is in."""
         base = replace(node, ino=node.ino & _BASE_MASK)

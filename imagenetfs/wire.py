@@ -7,14 +7,22 @@ requests to whichever clone reads first, and aborts only a dead worker's own req
 answers requests with a plain `os.read`/`os.write` loop over the same `views.Tree` the pyfuse3
 adapter uses. Measured on this kind of machine: ~6 µs per request instead of ~30.
 
-Workers are stateless between requests: a file handle is the file's inode number, so OPEN,
-READ and RELEASE of one file may reach different workers. Listings (READDIRPLUS) give files
-their type and inode number but no attributes (nodeid 0), so the kernel instantiates no inode
-per listed file -- the bulk of a walk's cost -- while directories come with full attributes.
-Otherwise replies mirror `fs.Operations` (same attributes, timeouts and errnos); see
-docs/SEMANTICS.md. A worker exits when the mount
-goes away (ENODEV) or on SIGTERM; the parent supervises, restarts a worker that died, and
-unmounts at the end.
+Workers are stateless between requests. OPEN and OPENDIR are answered ENOSYS once a request
+has passed the checks: the kernel then stops sending them (and RELEASE) for the rest of the
+mount, keeps file pages cached across opens and caches directory listings, and READ names the
+file by its inode number. Listings (READDIRPLUS) give each entry its type and inode number but no
+attributes (nodeid 0), so the kernel instantiates no inode per listed entry -- the bulk of a
+walk's cost; `os.walk` and `scandir` need only the type, and a stat that follows costs one
+LOOKUP. The records of base-tree listings are stored in the index ready to send (`lists`);
+elsewhere they are built from the index records without a `Node` per entry. Otherwise replies mirror
+`fs.Operations` (same attributes, timeouts and errnos); see docs/SEMANTICS.md.
+
+Counters for `imagenetfs status` live in a `Board`, one slot of shared memory per worker that
+only that worker writes and the parent sums. Concurrent requests for one resized file in two
+workers resize it once: the second waits on a POSIX record lock (byte `ino % LOCK_STRIPES` of a
+shared file; the kernel drops it if its holder dies) and then finds the result in the resize
+cache. A worker exits when the mount goes away (ENODEV) or on SIGTERM; the parent supervises,
+restarts a worker that died, and unmounts at the end.
 """
 
 from __future__ import annotations
@@ -22,12 +30,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import logging
+import mmap
 import os
 import struct
 from collections import OrderedDict
-from dataclasses import replace
+from dataclasses import fields, replace
+from typing import Any
 
 from imagenetfs.errors import ImagenetfsError
+from imagenetfs.fs import Counters
 from imagenetfs.index import DIR, FILE, SYMLINK, Node, NoSuchEntry, NotADirectory
 from imagenetfs.views import Tree
 
@@ -54,8 +65,41 @@ OPEN_OUT = struct.Struct("<QIi")
 READ_IN = struct.Struct("<QQIIQII")
 DIRENT = struct.Struct("<QQII")
 STATFS_OUT = struct.Struct("<QQQQQIIII24x")
-OPEN_KEEP_CACHE = 2
 NO_ATTRIBUTES = bytes(ENTRY.size + ATTR.size)  # an entry_out with nodeid 0: "no attributes"
+PADDING = [b"\0" * (-n % 8) for n in range(8)]  # a dirent with a name of n bytes: PADDING[n % 8]
+DIRENT_TYPE = {DIR: 4, FILE: 8, SYMLINK: 10}  # DT_DIR, DT_REG, DT_LNK
+
+#: Slot layout of the `Board`: the pyfuse3 adapter's counters, then the resize cache's.
+FS_COUNTERS = tuple(f.name for f in fields(Counters))
+CACHE_COUNTERS = ("hits", "misses", "stores", "evictions", "failures")
+_AT = {name: n for n, name in enumerate(FS_COUNTERS)}
+LOOKUPS, GETATTRS, READDIRS, OPENS = _AT["lookups"], _AT["getattrs"], _AT["readdirs"], _AT["opens"]
+READS, BYTES_READ, ERRORS = _AT["reads"], _AT["bytes_read"], _AT["errors"]
+LOCK_STRIPES = 4096
+#: Error replies that are regular answers, not failures: no open needed, no ioctls, no xattrs.
+ANSWERS = {errno.ENOSYS, errno.ENOTTY, errno.ENODATA}
+
+
+class Board:
+    """Counters of N workers in one shared anonymous mapping: slot n belongs to worker n."""
+
+    def __init__(self, workers: int) -> None:
+        self.slot_size = 8 * (len(FS_COUNTERS) + len(CACHE_COUNTERS))
+        self.workers = workers
+        self._map = mmap.mmap(-1, workers * self.slot_size)
+
+    def slot(self, n: int) -> memoryview:
+        return memoryview(self._map)[n * self.slot_size : (n + 1) * self.slot_size].cast("Q")
+
+    def totals(self) -> dict[str, dict[str, Any]]:
+        """{"fs": summed counters, "resize_cache": summed cache counters}."""
+        sums = [0] * (len(FS_COUNTERS) + len(CACHE_COUNTERS))
+        for n in range(self.workers):
+            for i, value in enumerate(self.slot(n)):
+                sums[i] += value
+        fs = dict(zip(FS_COUNTERS, sums, strict=False))
+        cache = dict(zip(CACHE_COUNTERS, sums[len(FS_COUNTERS) :], strict=True))
+        return {"fs": fs, "resize_cache": cache}
 
 
 def session_fd() -> int:
@@ -72,12 +116,26 @@ def session_fd() -> int:
 class Worker:
     """Serves requests from a cloned /dev/fuse descriptor until the mount goes away."""
 
-    def __init__(self, tree: Tree, session: int, uid: int, gid: int) -> None:
+    def __init__(
+        self,
+        tree: Tree,
+        session: int,
+        uid: int,
+        gid: int,
+        *,
+        counters: memoryview | None = None,
+        lock_fd: int | None = None,
+    ) -> None:
         self.tree = tree
         self.uid, self.gid = uid, gid
         self.fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
         fcntl.ioctl(self.fd, FUSE_DEV_IOC_CLONE, struct.pack("I", session))
         self._resized: OrderedDict[int, bytes] = OrderedDict()
+        size = len(FS_COUNTERS) + len(CACHE_COUNTERS)
+        self.counters = memoryview(bytearray(8 * size)).cast("Q") if counters is None else counters
+        # a restarted worker goes on from its slot's counts; its cache object counts from 0
+        self._cache_base = list(self.counters[len(FS_COUNTERS) :])
+        self.lock_fd = lock_fd
 
     def run(self) -> None:
         while True:
@@ -103,11 +161,15 @@ class Worker:
         except NotADirectory:
             return self.error(unique, errno.ENOTDIR)
         except OSError as e:
+            if e.errno not in ANSWERS:
+                self.counters[ERRORS] += 1
             return self.error(unique, e.errno or errno.EIO)
         except ImagenetfsError as e:
+            self.counters[ERRORS] += 1
             log.error("opcode %d on %d: %s", opcode, nodeid, e)
             return self.error(unique, errno.EIO)
         except Exception:
+            self.counters[ERRORS] += 1
             log.exception("opcode %d on %d failed", opcode, nodeid)
             return self.error(unique, errno.EIO)
         self.send(unique, 0, reply)
@@ -128,7 +190,21 @@ class Worker:
 
     def dispatch(self, opcode: int, nodeid: int, body: memoryview) -> bytes:
         tree = self.tree
+        counters = self.counters
+        if opcode == READ:
+            counters[READS] += 1
+            offset, size = READ_IN.unpack_from(body)[1:3]
+            node = tree.getattr(nodeid)  # no OPEN (see above): the file is the request's node
+            if tree.spec_of(node) is not None:
+                data = self.resized(node)[offset : offset + size]
+            elif offset >= node.size:
+                return b""
+            else:
+                data = tree.read(node, offset, size)
+            counters[BYTES_READ] += len(data)
+            return data
         if opcode == LOOKUP:
+            counters[LOOKUPS] += 1
             name = bytes(body).split(b"\0", 1)[0]
             if name == b".":
                 node = tree.getattr(nodeid)
@@ -138,8 +214,10 @@ class Worker:
                 node = tree.lookup(nodeid, name)
             return self.entry(self.sized(node))
         if opcode == GETATTR:
+            counters[GETATTRS] += 1
             return ATTR_OUT.pack(TIMEOUT, 0, 0) + self.attr(self.sized(tree.getattr(nodeid)))
         if opcode in (OPEN, OPENDIR):
+            counters[OPENS] += opcode == OPEN
             flags = struct.unpack_from("<I", body)[0]
             if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND | os.O_CREAT):
                 raise OSError(errno.EROFS, "read-only")
@@ -148,17 +226,14 @@ class Worker:
                 raise NotADirectory(nodeid)
             if opcode == OPEN and node.kind != FILE:
                 raise OSError(errno.EISDIR if node.kind == DIR else errno.EINVAL, "not a file")
-            return OPEN_OUT.pack(nodeid, OPEN_KEEP_CACHE if opcode == OPEN else 0, 0)
-        if opcode == READ:
-            fh, offset, size = READ_IN.unpack_from(body)[:3]
-            node = tree.getattr(fh)
-            if tree.spec_of(node) is not None:
-                return self.resized(node)[offset : offset + size]
-            if offset >= node.size:
-                return b""
-            return tree.read(node, offset, size)
+            # Success, said the kernel's way for "no open needed": it opens every later file
+            # and directory itself (no OPEN/RELEASE round trips), keeps file pages across
+            # opens (FOPEN_KEEP_CACHE) and caches listings (FOPEN_CACHE_DIR). The mount is
+            # read-only, so the kernel refuses writing opens before they would reach us.
+            raise OSError(errno.ENOSYS, "no open needed")
         if opcode in (READDIRPLUS, READDIR):
-            fh, offset, size = READ_IN.unpack_from(body)[:3]
+            counters[READDIRS] += 1
+            offset, size = READ_IN.unpack_from(body)[1:3]
             return self.readdir(nodeid, offset, size, plus=opcode == READDIRPLUS)
         if opcode in (RELEASE, RELEASEDIR):
             return b""
@@ -207,33 +282,39 @@ class Worker:
         directory = tree.getattr(ino)
         if directory.kind != DIR:
             raise NotADirectory(ino)
-        out = bytearray()
-
-        def add(name: bytes, node: Node, cookie: int, cacheable: bool = True) -> bool:
-            dirent = DIRENT.pack(node.ino, cookie, len(name), node.mode >> 12) + name
-            dirent += b"\0" * (-len(dirent) % 8)
-            if not plus:
-                record = dirent
-            elif node.kind == DIR:
-                record = self.entry(node, cacheable) + dirent
-            else:
-                # Files: entry type and inode number, no attributes (nodeid 0). The kernel then
-                # makes no inode per listed file, which is most of a listing's cost; os.walk
-                # and scandir need only the type, and a stat that follows costs one LOOKUP.
-                record = NO_ATTRIBUTES + dirent
-            if len(out) + len(record) > size:
-                return False
-            out.extend(record)
-            return True
-
-        if offset < 1 and not add(b".", directory, 1):
-            return bytes(out)
-        if offset < 2 and not add(b"..", tree.getattr(directory.parent), 2):
-            return bytes(out)
-        for cookie, node in enumerate(tree.readdir(ino, max(offset - 2, 0)), max(offset, 2) + 1):
-            if not add(node.name, node, cookie):  # listing resizes nothing
+        out: list[bytes] = []
+        used = 0
+        if offset < 2:
+            dots = [(b".", directory), (b"..", tree.getattr(directory.parent))][offset:]
+            for cookie, (name, node) in enumerate(dots, offset + 1):
+                record = self.dirent(name, node.ino, cookie, DIRENT_TYPE[DIR])
+                if plus:
+                    record = self.entry(node) + record
+                if used + len(record) > size:
+                    return b"".join(out)
+                out.append(record)
+                used += len(record)
+        if plus:  # most listings: records stored in the index, one slice per request
+            stored = tree.listing(ino, max(offset, 2) - 2, size - used)
+            if stored is not None:
+                return b"".join(out) + stored
+        # Elsewhere (resized views, plain READDIR): one record per child, built here.
+        pack, padding, types = DIRENT.pack, PADDING, DIRENT_TYPE
+        prefix = NO_ATTRIBUTES if plus else b""  # see the module docstring
+        cookie = max(offset, 2)
+        for child, kind, name in tree.entries(ino, cookie - 2):
+            cookie += 1
+            record = prefix + pack(child, cookie, len(name), types[kind]) + name
+            record += padding[len(name) & 7]
+            used += len(record)
+            if used > size:
                 break
-        return bytes(out)
+            out.append(record)
+        return b"".join(out)
+
+    @staticmethod
+    def dirent(name: bytes, ino: int, cookie: int, kind: int) -> bytes:
+        return DIRENT.pack(ino, cookie, len(name), kind) + name + PADDING[len(name) & 7]
 
     # --- resized files ---------------------------------------------------------------------
 
@@ -241,12 +322,29 @@ class Worker:
         if self.tree.spec_of(node) is None:
             return node
         size = self.tree.known_size(node)
+        self._count_cache()
         return replace(node, size=len(self.resized(node)) if size is None else size)
 
     def resized(self, node: Node) -> bytes:
         data = self._resized.get(node.ino)
         if data is None:
-            data = self._resized[node.ino] = self.tree.resized_bytes(node)
+            stripe = node.ino % LOCK_STRIPES
+            if self.lock_fd is not None:  # one resize per file across workers (see above)
+                fcntl.lockf(self.lock_fd, fcntl.LOCK_EX, 1, stripe)
+            try:
+                data = self._resized[node.ino] = self.tree.resized_bytes(node)
+            finally:
+                if self.lock_fd is not None:
+                    fcntl.lockf(self.lock_fd, fcntl.LOCK_UN, 1, stripe)
+                self._count_cache()
             if len(self._resized) > 64:
                 self._resized.popitem(last=False)
         return data
+
+    def _count_cache(self) -> None:
+        if self.tree.cache is None:
+            return
+        first = len(FS_COUNTERS)
+        stats = self.tree.cache.statistics()
+        for i, name in enumerate(CACHE_COUNTERS):
+            self.counters[first + i] = self._cache_base[i] + stats[name]

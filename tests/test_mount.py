@@ -444,18 +444,20 @@ def assert_reads(out: dict[str, Any], mp: Path, data: Dataset, rels: list[str], 
 def served(
     request: pytest.FixtureRequest, base: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[Dataset, Path]]:
-    """A root mount of one dataset, shared by the read-only tests of this module."""
-    data: Dataset = request.getfixturevalue(request.param)
+    """A root mount of one dataset, shared by the read-only tests of this module; served by
+    worker processes (the default) or, for `<dataset>-pyfuse3`, by pyfuse3 alone."""
+    name, _, mode = request.param.partition("-")
+    data: Dataset = request.getfixturevalue(name)
     runner = Runner(tmp_path_factory.mktemp(f"served-{request.param}"))
     mp = runner.mkdir("mp")
     try:
-        runner.mount(mp, data)
+        runner.mount(mp, data, *(["--workers", "0"] if mode == "pyfuse3" else []))
         yield data, mp
     finally:
         runner.cleanup()
 
 
-both = pytest.mark.parametrize("served", ["realistic", "tiny"], indirect=True)
+both = pytest.mark.parametrize("served", ["realistic", "tiny", "realistic-pyfuse3"], indirect=True)
 
 
 def walk(mp: Path) -> dict[str, os.stat_result]:
