@@ -21,11 +21,12 @@ Databases in the one LMDB file (`subdir=False`):
 - `names`: parent ino (u32 BE) + name -> child ino: one `get` per `lookup`;
 - `lists`: (directory ino, chunk number) -> the directory's listing as FUSE READDIRPLUS
   records, `LIST_CHUNK` children per chunk, zlib-compressed: a u16 count, the records' end
-  offsets (u32 each), then the records, each a `fuse_direntplus` whose entry part is zero
-  ("no attributes": the kernel makes no inode per listed entry) and whose dirent carries the
-  child's ino, its cookie (position + 3, after `.` and `..`), its type and name. Native byte
-  order, like the protocol. A listing request is then one `get`, a decompression and a slice,
-  not a loop over the children (a walk of full ImageNet: seconds less);
+  offsets (u16 each: a chunk is < 64 KiB), then the records, each a `fuse_direntplus` whose
+  entry part is zero ("no attributes": the kernel makes no inode per listed entry) and whose
+  dirent carries the child's ino, its cookie (position + 3, after `.` and `..`), its type and
+  name. Native byte order, like the protocol. A listing request is then one `get`, a
+  decompression and a slice, not a loop over the children (a walk of full ImageNet: seconds
+  less);
 - `blobs`: (ino, chunk number) -> a zlib-compressed 1 MiB chunk of a virtual file (meta.bin,
   the file lists; see views.py), whose node names the pseudo image `BLOB_IMAGE`. Compressed,
   the lists of full ImageNet take ~12 MB instead of 110; a read decompresses only the chunks
@@ -92,7 +93,8 @@ _DIRENT = struct.Struct("=QQII")  # struct fuse_dirent without the name: ino, of
 _DIRENT_TYPE = {DIR: 4, FILE: 8, SYMLINK: 10}  # DT_DIR, DT_REG, DT_LNK
 _NO_ENTRY = bytes(128)  # struct fuse_entry_out with nodeid 0 ("no attributes")
 _PADDING = [b"\0" * (-n % 8) for n in range(8)]
-_LIST_CHUNK_MAX = 2 + LIST_CHUNK * (4 + 128 + _DIRENT.size + MAX_NAME + 7)
+_LIST_CHUNK_MAX = 2 + LIST_CHUNK * (2 + 128 + _DIRENT.size + MAX_NAME + 7)
+assert _LIST_CHUNK_MAX < 1 << 16, "end offsets are u16"
 _Child = tuple[int, int, bytes]  # ino, kind, name
 
 #: Address space reserved for a build; LMDB only writes what it uses.
@@ -427,7 +429,7 @@ def _write(
 def _listing_chunks(children: Sequence[_Child]) -> Iterator[bytes]:
     """The `lists` values of one directory (see the module docstring)."""
     for first in range(0, len(children), LIST_CHUNK):
-        records, ends, end = [], array.array("I"), 0
+        records, ends, end = [], array.array("H"), 0
         for cookie, (ino, kind, name) in enumerate(children[first : first + LIST_CHUNK], first + 3):
             dirent = _DIRENT.pack(ino, cookie, len(name), _DIRENT_TYPE[kind])
             record = _NO_ENTRY + dirent + name + _PADDING[len(name) & 7]
@@ -597,10 +599,10 @@ class Index:
         try:
             data = zlib.decompressobj().decompress(stored, _LIST_CHUNK_MAX)
             count = _LIST_COUNT.unpack_from(data)[0]
-            ends = array.array("I", data[2 : 2 + 4 * count])
+            ends = array.array("H", data[2 : 2 + 2 * count])
         except (zlib.error, struct.error, ValueError) as e:
             raise IndexError_(f"{self.path}: corrupt listing of directory {ino}: {e}") from None
-        records = data[2 + 4 * count :]
+        records = data[2 + 2 * count :]
         if count > LIST_CHUNK or len(ends) != count or (count and ends[-1] != len(records)):
             raise IndexError_(f"{self.path}: corrupt listing of directory {ino}")
         self._local.listing = ((ino, n), ends, records)
