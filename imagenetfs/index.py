@@ -19,14 +19,12 @@ Databases in the one LMDB file (`subdir=False`):
   parent, size, mtime, name, then a directory's (first child, count), a file's image number
   and extent, or a symlink's target;
 - `names`: parent ino (u32 BE) + name -> child ino: one `get` per `lookup`;
-- `lists`: (directory ino, chunk number) -> the directory's listing as FUSE READDIRPLUS
-  records, `LIST_CHUNK` children per chunk, zlib-compressed: a u16 count, the records' end
-  offsets (u16 each: a chunk is < 64 KiB), then the records, each a `fuse_direntplus` whose
-  entry part is zero ("no attributes": the kernel makes no inode per listed entry) and whose
-  dirent carries the child's ino, its cookie (position + 3, after `.` and `..`), its type and
-  name. Native byte order, like the protocol. A listing request is then one `get`, a
-  decompression and a slice, not a loop over the children (a walk of full ImageNet: seconds
-  less);
+- `lists`: (directory ino, chunk number) -> the directory's listing as FUSE READDIR records,
+  `LIST_CHUNK` children per chunk, raw deflate: a u16 count, the records' end offsets
+  (u16 each: a chunk is < 64 KiB), then the records, each a `fuse_dirent` with the child's
+  ino, its cookie (position + 3, after `.` and `..`), its type and name. Native byte order,
+  like the protocol. A listing request is then a few `get`s, decompressions and slices, not a
+  loop over the children (a walk of full ImageNet: seconds less);
 - `blobs`: (ino, chunk number) -> a zlib-compressed 1 MiB chunk of a virtual file (meta.bin,
   the file lists; see views.py), whose node names the pseudo image `BLOB_IMAGE`. Compressed,
   the lists of full ImageNet take ~12 MB instead of 110; a read decompresses only the chunks
@@ -86,14 +84,13 @@ _NO_FRAGMENT = 0xFFFFFFFF
 BLOB_IMAGE = 0xFFFF
 BLOB_CHUNK = 1 << 20
 
-#: Children per stored listing chunk (`lists`): ~23 KB of records for ImageNet's names.
+#: Children per stored listing chunk (`lists`): ~6 KB of records for ImageNet's names.
 LIST_CHUNK = 128
 _LIST_COUNT = struct.Struct("<H")
 _DIRENT = struct.Struct("=QQII")  # struct fuse_dirent without the name: ino, off, namelen, type
 _DIRENT_TYPE = {DIR: 4, FILE: 8, SYMLINK: 10}  # DT_DIR, DT_REG, DT_LNK
-_NO_ENTRY = bytes(128)  # struct fuse_entry_out with nodeid 0 ("no attributes")
 _PADDING = [b"\0" * (-n % 8) for n in range(8)]
-_LIST_CHUNK_MAX = 2 + LIST_CHUNK * (2 + 128 + _DIRENT.size + MAX_NAME + 7)
+_LIST_CHUNK_MAX = 2 + LIST_CHUNK * (2 + _DIRENT.size + MAX_NAME + 7)
 assert _LIST_CHUNK_MAX < 1 << 16, "end offsets are u16"
 _Child = tuple[int, int, bytes]  # ino, kind, name
 
@@ -432,11 +429,13 @@ def _listing_chunks(children: Sequence[_Child]) -> Iterator[bytes]:
         records, ends, end = [], array.array("H"), 0
         for cookie, (ino, kind, name) in enumerate(children[first : first + LIST_CHUNK], first + 3):
             dirent = _DIRENT.pack(ino, cookie, len(name), _DIRENT_TYPE[kind])
-            record = _NO_ENTRY + dirent + name + _PADDING[len(name) & 7]
+            record = dirent + name + _PADDING[len(name) & 7]
             records.append(record)
             end += len(record)
             ends.append(end)
-        yield zlib.compress(_LIST_COUNT.pack(len(ends)) + ends.tobytes() + b"".join(records), 1)
+        packer = zlib.compressobj(1, zlib.DEFLATED, -15)  # raw deflate: no checksum to compute
+        data = _LIST_COUNT.pack(len(ends)) + ends.tobytes() + b"".join(records)
+        yield packer.compress(data) + packer.flush()
 
 
 def _remove(path: Path) -> None:
@@ -573,20 +572,25 @@ class Index:
             yield child, value[0], value[_HEAD.size : end]
 
     def listing(self, ino: int, first: int, size: int) -> bytes:
-        """READDIRPLUS records of the children of `ino` from position `first` on: as many as
-        fit in `size` bytes, up to the end of their stored chunk; b"" past the last child."""
+        """READDIR records of the children of `ino` from position `first` on, as many as fit
+        in `size` bytes; b"" past the last child."""
         count = self.getattr(ino).children()[1]
-        if first >= count:
-            return b""
-        n, within = divmod(first, LIST_CHUNK)
-        ends, records = self._list_chunk(ino, n)
-        if within >= len(ends):
-            raise IndexError_(f"{self.path}: corrupt listing of directory {ino}")
-        start = ends[within - 1] if within else 0
-        stop = bisect.bisect_right(ends, start + size, lo=within)
-        if stop == within:
-            raise OSError(errno.EINVAL, "listing buffer too small for one entry")
-        return records[start : ends[stop - 1]]
+        parts: list[bytes] = []
+        while first < count:
+            n, within = divmod(first, LIST_CHUNK)
+            ends, records = self._list_chunk(ino, n)
+            if within >= len(ends):
+                raise IndexError_(f"{self.path}: corrupt listing of directory {ino}")
+            start = ends[within - 1] if within else 0
+            stop = bisect.bisect_right(ends, start + size, lo=within)
+            if stop == within:  # the next record does not fit
+                if not parts:
+                    raise OSError(errno.EINVAL, "listing buffer too small for one entry")
+                break
+            parts.append(records[start : ends[stop - 1]])
+            size -= ends[stop - 1] - start
+            first += stop - within
+        return b"".join(parts)
 
     def _list_chunk(self, ino: int, n: int) -> tuple[array.array[int], bytes]:
         last: tuple[tuple[int, int], array.array[int], bytes] | None
@@ -597,7 +601,7 @@ class Index:
         if stored is None:
             raise IndexError_(f"{self.path}: directory {ino} has no stored listing {n}")
         try:
-            data = zlib.decompressobj().decompress(stored, _LIST_CHUNK_MAX)
+            data = zlib.decompressobj(-15).decompress(stored, _LIST_CHUNK_MAX)
             count = _LIST_COUNT.unpack_from(data)[0]
             ends = array.array("H", data[2 : 2 + 2 * count])
         except (zlib.error, struct.error, ValueError) as e:

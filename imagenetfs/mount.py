@@ -7,11 +7,14 @@ One function owns a mount's life (`mount`):
    a live mount, a non-directory or a non-empty directory is refused with one clear line;
 2. `pyfuse3.init()` mounts, in the calling process, so mount errors reach the terminal;
 3. without `-f`, fork: the child does `setsid`, sends its output to a log file and serves; the
-   parent returns once the kernel's FUSE_INIT has been answered (the child writes to a pipe
-   from `Operations.init`), i.e. once the tree answers requests;
-4. `trio.run(pyfuse3.main)` beside two small tasks: SIGTERM/SIGINT call `pyfuse3.terminate()`,
-   and the counters are published every few seconds to the mount's state file;
-5. `pyfuse3.close(unmount=True)` in a `finally`: whatever ends the loop, nothing stays mounted.
+   parent returns once the kernel's FUSE_INIT has been answered (the child writes to a pipe),
+   i.e. once the tree answers requests;
+4. by default the child answers FUSE_INIT itself (`wire.answer_init`: the protocol options
+   are ours, not libfuse's) and supervises worker processes that serve every request
+   (`_supervise`: restarts, signals, counters published every few seconds to the mount's
+   state file); with `--workers 0`, `trio.run(pyfuse3.main)` serves instead, beside two small
+   tasks: SIGTERM/SIGINT call `pyfuse3.terminate()`, and the counters are published;
+5. `pyfuse3.close(unmount=True)` in a `finally`: whatever ends serving, nothing stays mounted.
 
 The registry is one JSON state file per mount (mount point, source, index, pid, counters) in
 `$XDG_RUNTIME_DIR/imagenetfs` (else the user's cache dir); `status` and `umount` read it.
@@ -309,28 +312,21 @@ def _tail(path: Path) -> str:
 
 
 def _serve(ops: Operations, state: dict[str, Any], path: Path, workers: int = 0) -> int:
+    """Serve until unmounted: with worker processes (we answer FUSE_INIT ourselves, then they
+    take every request), or, with `workers == 0`, in pyfuse3's trio loop."""
     code = 0
-    handed_over = False
-
-    def hand_over() -> None:  # runs in Operations.init, once FUSE_INIT has arrived
-        nonlocal handed_over
-        if ready is not None:
-            ready()
-        handed_over = True
-        pyfuse3.terminate()  # our loop ends; the workers serve from now on
-
-    ready = ops.on_init
-    if workers:
-        ops.on_init = hand_over
     try:
         _write_state(path, state)
-        if ops.cache_settings is not None and not workers:
-            # opened here, in the serving process: an LMDB env must not cross a fork
-            ops.tree.cache = _open_cache(*ops.cache_settings)
-        trio.run(_main, ops, state, path)
-        if handed_over:
-            time.sleep(0.01)  # let libfuse's INIT reply go out first
+        if workers:
+            wire.answer_init(wire.session_fd())
+            if ops.on_init is not None:
+                ops.on_init()
             _supervise(ops, workers, state, path)
+        else:
+            if ops.cache_settings is not None:
+                # opened here, in the serving process: an LMDB env must not cross a fork
+                ops.tree.cache = _open_cache(*ops.cache_settings)
+            trio.run(_main, ops, state, path)
     except BaseException:
         log.exception("the daemon failed")
         code = 1

@@ -229,6 +229,9 @@ class Imagenetfs(Contender):
 
         m.unmount = unmount
         r = subprocess.run(cmd, env=self.env, cwd=self.cwd, capture_output=True, text=True)
+        if r.returncode != 0 and "--rebuild" in r.stderr:  # an index of an older imagenetfs
+            self.forget_index(setdir)
+            r = subprocess.run(cmd, env=self.env, cwd=self.cwd, capture_output=True, text=True)
         if r.returncode != 0:
             if os.path.ismount(mp):
                 _fusermount_lazy(mp)
