@@ -344,7 +344,6 @@ def _serve(ops: Operations, state: dict[str, Any], path: Path, workers: int = 0)
 def _supervise(ops: Operations, count: int, state: dict[str, Any], path: Path) -> None:
     """Run `count` wire-protocol workers until unmount or a signal; restart one that dies;
     publish their summed counters every PUBLISH_INTERVAL."""
-    session = wire.session_fd()
     board = wire.Board(count)
     if ops.cache_settings is not None:  # an unusable cache: say so once, not in each worker
         probe = _open_cache(*ops.cache_settings)
@@ -353,7 +352,20 @@ def _supervise(ops: Operations, count: int, state: dict[str, Any], path: Path) -
         else:
             probe.close()
     # the resize lock file: record locks on its bytes, never any data (see wire.py)
-    lock_fd = os.open(tempfile.gettempdir(), os.O_TMPFILE | os.O_RDWR, 0o600)
+    with tempfile.TemporaryFile() as lock_file:
+        _run_workers(ops, count, state, path, board, lock_file.fileno())
+
+
+def _run_workers(
+    ops: Operations,
+    count: int,
+    state: dict[str, Any],
+    path: Path,
+    board: wire.Board,
+    lock_fd: int,
+) -> None:
+    """`_supervise`'s loop, given the counters' board and the resize lock file."""
+    session = wire.session_fd()
     stopping = False
     workers: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, slot)
 
@@ -428,7 +440,6 @@ def _supervise(ops: Operations, count: int, state: dict[str, Any], path: Path) -
                     continue
                 log.warning("worker %d ended (status %d): starting another", pid, status)
                 spawn(slot)
-    os.close(lock_fd)
 
 
 def _die_with_parent(parent: int) -> None:

@@ -320,9 +320,7 @@ class Worker:
 
     def readdir(self, ino: int, offset: int, size: int, plus: bool) -> bytes:
         """Entries `.`, `..`, then the children; cookie k = "resume after the k-th entry"."""
-        tree = (
-            self.tree
-        )  # (`.` and `..` come with attributes in READDIRPLUS; the kernel skips them)
+        tree = self.tree
         directory = tree.getattr(ino)
         if directory.kind != DIR:
             raise NotADirectory(ino)
@@ -374,7 +372,11 @@ class Worker:
         if data is None:
             stripe = node.ino % LOCK_STRIPES
             if self.lock_fd is not None:  # one resize per file across workers (see above)
-                fcntl.lockf(self.lock_fd, fcntl.LOCK_EX, 1, stripe)
+                try:
+                    fcntl.lockf(self.lock_fd, fcntl.LOCK_EX, 1, stripe)
+                except OSError as e:  # a temporary directory without record locks
+                    log.warning("no record locks (%s): workers may resize a file twice", e)
+                    self.lock_fd = None
             try:
                 data = self._resized[node.ino] = self.tree.resized_bytes(node)
             finally:

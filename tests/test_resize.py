@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import lmdb
 import pytest
 from PIL import Image
 
@@ -253,3 +254,89 @@ def test_concurrent_first_reads_resize_once(mounted: tuple[Path, Path]) -> None:
         results = list(pool.map(lambda _: target.read_bytes(), range(32)))
     assert len(set(results)) == 1 and len(results[0]) == target.stat().st_size
     assert daemon_stats(mp)["stores"] == 1, "16 concurrent readers, one resize"
+
+
+KEEP_READING = """
+import os, sys
+for d, _, fs in os.walk(sys.argv[1]):
+    for f in fs:
+        try:
+            open(os.path.join(d, f), "rb").read()
+            print("read", f, flush=True)
+        except OSError as e:
+            print("failed", f, e, flush=True)
+"""
+
+
+def daemon_pid(mp: Path) -> int:
+    return int(json.loads(mount.state_file(mp).read_text())["pid"])
+
+
+@pytest.mark.timeout(240)
+def test_one_cache_shared_by_mounts_and_surviving_sigkill(data: Path, tmp_path: Path) -> None:
+    """Two mounts use one cache directory at once, with readers on both: identical bytes, one
+    entry per file. A third mount is killed (SIGKILL, workers and all) while it is resizing
+    into that cache; afterwards the cache opens, every entry in it is a whole JPEG, and a new
+    mount serves exactly the bytes that a mount without any cache produces."""
+    cache = tmp_path / "cache"
+    mps = {name: tmp_path / name for name in ("a", "b", "killed", "after", "nocache")}
+    for mp in mps.values():
+        mp.mkdir()
+    mount_at(data, mps["a"], cache, "64x64")
+    mount_at(data, mps["b"], cache, "64x64")
+    try:
+        rels = [p.relative_to(mps["a"]) for p in files_under(mps["a"] / "resized" / "64x64")]
+        rels = [r for r in rels if r.suffix == ".JPEG"]
+        jobs = [(mps[m], rel) for _ in range(3) for m in ("a", "b") for rel in rels]
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(lambda job: (job[1], (job[0] / job[1]).read_bytes()), jobs))
+        shared = {}
+        for rel, value in got:
+            assert shared.setdefault(rel, value) == value, f"{rel}: mounts disagree"
+        env = lmdb.open(str(cache / "resize-cache.lmdb"), subdir=False, readonly=True, max_dbs=3)
+        with env.begin(db=env.open_db(b"data", create=False)) as txn:
+            assert txn.stat()["entries"] == len(rels), "one entry per file for both mounts"
+        env.close()
+    finally:
+        umount(mps["a"])
+        umount(mps["b"])
+
+    # killed mid-resize: 48x48 is not cached yet, so the readers keep it resizing
+    mount_at(data, mps["killed"], cache, "48x48")
+    pid = daemon_pid(mps["killed"])
+    reader = subprocess.Popen(
+        [sys.executable, "-c", KEEP_READING, str(mps["killed"] / "resized" / "48x48" / "train")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert reader.stdout is not None
+    for _ in range(3):  # three files resized and stored: the rest are on their way
+        assert reader.stdout.readline().startswith("read ")
+    os.kill(pid, 9)
+    reader.communicate(timeout=60)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and subprocess.run(["pgrep", "-P", str(pid)]).returncode == 0:
+        time.sleep(0.1)
+    umount(mps["killed"])  # clears the stale mount
+
+    mount_at(data, mps["after"], cache, "48x48", "64x64")
+    subprocess.run(
+        [*CLI, "mount", "--source", str(data), "--index", str(data / "i.lmdb"), "--no-cache",
+         "--resize", "48x48", "--resize", "64x64", str(mps["nocache"])],
+        check=True, timeout=120,
+    )  # fmt: skip
+    try:
+        for spec in ("48x48", "64x64"):
+            for path in files_under(mps["nocache"] / "resized" / spec):
+                rel = path.relative_to(mps["nocache"])
+                assert (mps["after"] / rel).read_bytes() == path.read_bytes(), rel
+                if spec == "64x64" and rel in shared:
+                    assert shared[rel] == path.read_bytes(), rel
+        env = lmdb.open(str(cache / "resize-cache.lmdb"), subdir=False, readonly=True, max_dbs=3)
+        with env.begin(db=env.open_db(b"data", create=False)) as txn:
+            for _, value in txn.cursor():
+                with Image.open(io.BytesIO(value)) as img:
+                    img.load()  # whole JPEGs only
+        env.close()
+    finally:
+        umount(mps["after"])
+        umount(mps["nocache"])
