@@ -91,6 +91,11 @@ def main() -> int:
         print(f"generating {args.data} ...", file=sys.stderr)
         generate.generate(args.data, generate.Spec(classes=100, train_per_class=100))
 
+    index = args.data / "bench-resize.lmdb"
+    check = ["imagenetfs", "index", "--source", str(args.data), "--index", str(index)]
+    if subprocess.run(check, capture_output=True).returncode != 0:  # e.g. an older schema
+        subprocess.run([*check, "--rebuild"], check=True)
+
     print(f"command: {' '.join(sys.argv)}")
     print(f"{os.cpu_count()} cores; {args.files} train files; medians of {args.repeat} runs\n")
     print(
