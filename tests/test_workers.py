@@ -1,7 +1,8 @@
 """`mount --workers N`: wire-protocol worker processes serve the same tree, byte for byte.
 
-(The whole of tests/test_mount.py also passes with IMAGENETFS_WORKERS=2; run it so when
-touching imagenetfs/wire.py.)
+Workers are the default way to serve, so the rest of the suite runs them too; here: an
+explicit count, a killed worker, SIGTERM. (tests/test_mount.py's read-only tests also run
+against `--workers 0`, pyfuse3 alone.)
 """
 
 from __future__ import annotations
