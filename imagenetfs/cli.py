@@ -97,8 +97,12 @@ def ensure_index(root: Path, explicit: Path | None, quiet: bool = False) -> Path
     return path
 
 
+MAX_WORKERS = 64
+
+
 def cmd_mount(args: argparse.Namespace) -> int:
-    # a bad mount point is refused before any sample generation or index build (minutes)
+    # bad options and mount points are refused before any sample generation or index build
+    workers = workers_option(args.workers)
     mount.check_mountpoint(args.mountpoint.absolute())
     root = resolve_source(args.source)
     path = ensure_index(root, args.index)
@@ -112,19 +116,22 @@ def cmd_mount(args: argparse.Namespace) -> int:
         resize_quality=resize.check_quality(args.resize_quality),
         cache_dir=None if args.no_cache else (args.cache_dir or resize.default_cache_dir()),
         cache_size=args.cache_size,
-        workers=workers_option(args.workers),
+        workers=workers,
     )
     return mount.mount(request)
 
 
 def workers_option(given: int | None) -> int:
+    """--workers, else $IMAGENETFS_WORKERS, else `mount.default_workers()`; 0..64."""
     if given is not None:
+        if not 0 <= given <= MAX_WORKERS:
+            raise errors.UsageError(f"--workers {given}: give 0 to {MAX_WORKERS} processes")
         return given
     env = os.environ.get("IMAGENETFS_WORKERS", "").strip()
     if not env:
         return mount.default_workers()
-    if not env.isdigit() or int(env) > 64:
-        raise errors.UsageError(f"IMAGENETFS_WORKERS={env!r}: give a number of processes, 0 to 64")
+    if not env.isdigit() or int(env) > MAX_WORKERS:
+        raise errors.UsageError(f"IMAGENETFS_WORKERS={env!r}: give 0 to {MAX_WORKERS} processes")
     return int(env)
 
 
@@ -299,7 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        choices=range(0, 65),
         metavar="N",
         help="serve with N worker processes speaking the FUSE protocol after start-up, one "
         "core each (default: $IMAGENETFS_WORKERS, else one per usable CPU, 2 to 8); 0: a "

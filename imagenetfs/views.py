@@ -211,7 +211,7 @@ class Tree:
             yield self._resized_dir()
 
     def listing(self, ino: int, first: int, size: int) -> bytes | None:
-        """The index's precomputed READDIRPLUS records (`Index.listing`) where they are right:
+        """The index's precomputed READDIR records (`Index.listing`) where they are right:
         base-tree directories except a root that lists `resized`; None elsewhere."""
         if ino >> VIEW_SHIFT or ino == RESIZED_INO or (ino == ROOT_INO and self.specs):
             return None

@@ -192,3 +192,11 @@ def test_no_fusermount3_for_a_user(tmp_path: Path, data: Path) -> None:
         assert_one_line_error(result, "fusermount3 not found: install fuse3")
     finally:
         shutil.rmtree(base)
+
+
+def test_bad_workers_setting(tmp_path: Path, mountpoint: Path) -> None:
+    """A bad IMAGENETFS_WORKERS is refused at once, before the source is even looked at."""
+    for bad in ("lots", "-1", "65"):
+        env = {**os.environ, "IMAGENETFS_WORKERS": bad, "IMAGENETFS_SOURCE": str(tmp_path / "x")}
+        assert_one_line_error(run("mount", str(mountpoint), env=env), "IMAGENETFS_WORKERS")
+    assert_one_line_error(run("mount", "--workers", "99", str(mountpoint)), "--workers")
