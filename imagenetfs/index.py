@@ -423,13 +423,19 @@ def _write(
     return stats
 
 
+def dirent(ino: int, cookie: int, kind: int, name: bytes) -> bytes:
+    """One FUSE READDIR record: `struct fuse_dirent` (ino, cookie, name length, DT_ type of
+    `kind`), the name, zeros to a multiple of 8 bytes. The stored listings are made of these;
+    `wire.py` builds the ones it cannot take from them."""
+    return _DIRENT.pack(ino, cookie, len(name), _DIRENT_TYPE[kind]) + name + _PADDING[len(name) & 7]
+
+
 def _listing_chunks(children: Sequence[_Child]) -> Iterator[bytes]:
     """The `lists` values of one directory (see the module docstring)."""
     for first in range(0, len(children), LIST_CHUNK):
         records, ends, end = [], array.array("H"), 0
         for cookie, (ino, kind, name) in enumerate(children[first : first + LIST_CHUNK], first + 3):
-            dirent = _DIRENT.pack(ino, cookie, len(name), _DIRENT_TYPE[kind])
-            record = dirent + name + _PADDING[len(name) & 7]
+            record = dirent(ino, cookie, kind, name)
             records.append(record)
             end += len(record)
             ends.append(end)

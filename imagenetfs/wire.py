@@ -41,7 +41,7 @@ from typing import Any
 
 from imagenetfs.errors import ImagenetfsError
 from imagenetfs.fs import Counters
-from imagenetfs.index import DIR, FILE, SYMLINK, Node, NoSuchEntry, NotADirectory
+from imagenetfs.index import DIR, FILE, SYMLINK, Node, NoSuchEntry, NotADirectory, dirent
 from imagenetfs.views import Tree
 
 log = logging.getLogger(__name__)
@@ -65,11 +65,8 @@ ENTRY = struct.Struct("<QQQQII")
 ATTR_OUT = struct.Struct("<QII")
 OPEN_OUT = struct.Struct("<QIi")
 READ_IN = struct.Struct("<QQIIQII")
-DIRENT = struct.Struct("<QQII")
 STATFS_OUT = struct.Struct("<QQQQQIIII24x")
 NO_ATTRIBUTES = bytes(ENTRY.size + ATTR.size)  # an entry_out with nodeid 0: "no attributes"
-PADDING = [b"\0" * (-n % 8) for n in range(8)]  # a dirent with a name of n bytes: PADDING[n % 8]
-DIRENT_TYPE = {DIR: 4, FILE: 8, SYMLINK: 10}  # DT_DIR, DT_REG, DT_LNK
 
 #: Slot layout of the `Board`: the pyfuse3 adapter's counters, then the resize cache's.
 FS_COUNTERS = tuple(f.name for f in fields(Counters))
@@ -120,12 +117,7 @@ MAX_WRITE = 1 << 20
 
 def answer_init(fd: int) -> None:
     """Read the kernel's FUSE_INIT from session `fd` and accept it, instead of libfuse."""
-    while True:
-        try:
-            request = os.read(fd, BUFFER)
-            break
-        except InterruptedError:
-            continue
+    request = os.read(fd, BUFFER)  # (EINTR is retried by Python itself)
     _, opcode, unique, *_ = IN_HEADER.unpack_from(request)
     if opcode != INIT:
         raise ImagenetfsError(f"expected FUSE_INIT from the kernel, got opcode {opcode}")
@@ -329,7 +321,7 @@ class Worker:
         if offset < 2:
             dots = [(b".", directory), (b"..", tree.getattr(directory.parent))][offset:]
             for cookie, (name, node) in enumerate(dots, offset + 1):
-                record = self.dirent(name, node.ino, cookie, DIRENT_TYPE[DIR])
+                record = dirent(node.ino, cookie, DIR, name)
                 if plus:
                     record = self.entry(node) + record
                 if used + len(record) > size:
@@ -341,22 +333,16 @@ class Worker:
             if stored is not None:
                 return b"".join(out) + stored
         # Elsewhere (resized views, READDIRPLUS): one record per child, built here.
-        pack, padding, types = DIRENT.pack, PADDING, DIRENT_TYPE
         prefix = NO_ATTRIBUTES if plus else b""  # see the module docstring
         cookie = max(offset, 2)
         for child, kind, name in tree.entries(ino, cookie - 2):
             cookie += 1
-            record = prefix + pack(child, cookie, len(name), types[kind]) + name
-            record += padding[len(name) & 7]
+            record = prefix + dirent(child, cookie, kind, name)
             used += len(record)
             if used > size:
                 break
             out.append(record)
         return b"".join(out)
-
-    @staticmethod
-    def dirent(name: bytes, ino: int, cookie: int, kind: int) -> bytes:
-        return DIRENT.pack(ino, cookie, len(name), kind) + name + PADDING[len(name) & 7]
 
     # --- resized files ---------------------------------------------------------------------
 
