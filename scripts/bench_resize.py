@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 import _venv  # noqa: F401  (re-executes with the imagenetfs environment if needed)
+from benchlib.workloads import read_all
 from PIL import Image
 
 from imagenetfs import generate
@@ -41,14 +42,6 @@ def naive(paths: list[str], spec_text: str) -> None:
             rgb = img.convert("RGB")
         target = spec.target(*rgb.size) or rgb.size
         rgb.resize(target, Image.Resampling.BILINEAR).save(io.BytesIO(), "JPEG", quality=90)
-
-
-def read_all(paths: list[str]) -> int:
-    total = 0
-    for p in paths:
-        with open(p, "rb") as f:
-            total += len(f.read())
-    return total
 
 
 def timed_reads(paths: list[str], readers: int) -> float:

@@ -650,6 +650,16 @@ except OSError as e:
 """
 
 
+def kill_and_umount_stale(runner: Runner, mp: Path, pid: int) -> None:
+    """SIGKILL the daemon `pid`, then `imagenetfs umount` clears the stale point it leaves."""
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not alive(pid), 10)
+    result = runner.cli("umount", mp)
+    assert result.returncode == 0, result.stderr
+    assert "stale" in result.stdout
+    assert not is_mounted(mp)
+
+
 def check_stale_access(runner: Runner, mp: Path, rel: str) -> None:
     """Every access to a stale mount point fails promptly, with ENOTCONN unless the kernel
     answers from its cache without asking the daemon."""
@@ -699,13 +709,7 @@ def test_sigkill_leaves_stale_mount_that_mount_and_umount_clear(
     assert (mp / rel).read_bytes() == realistic.files[rel]
     assert [line for line in mount_points() if line == str(mp)] == [str(mp)], "one mount only"
 
-    # umount of a stale point clears it
-    os.kill(pid2, signal.SIGKILL)
-    assert wait_until(lambda: not alive(pid2), 10)
-    result = root.cli("umount", mp)
-    assert result.returncode == 0, result.stderr
-    assert "stale" in result.stdout
-    assert not is_mounted(mp)
+    kill_and_umount_stale(root, mp, pid2)
     assert root.state(mp) is None
     assert os.listdir(mp) == []
 
@@ -1074,9 +1078,4 @@ def test_unprivileged_stale_mount_is_cleared(user: Runner, realistic: Dataset) -
     out = user.python(READ_FILES, [str(mp / rel)])
     assert out[str(mp / rel)][0] == sha(realistic.files[rel])
 
-    os.kill(pid2, signal.SIGKILL)
-    assert wait_until(lambda: not alive(pid2), 10)
-    result = user.cli("umount", mp)
-    assert result.returncode == 0, result.stderr
-    assert "stale" in result.stdout
-    assert not is_mounted(mp)
+    kill_and_umount_stale(user, mp, pid2)

@@ -877,7 +877,6 @@ def test_50k_open_handles_release_their_memory(
     daemon (`--workers 0`) keeps a table of them."""
     extra = () if workers is None else ("--workers", workers)
     daemon = mounts.mount(tiny, tmp_path / "mp", *extra)
-    proc_status = family_status
     paths = [str(daemon.mp / rel) for rel in tiny.images]
     listing = tmp_path / "paths.json"
     listing.write_text(json.dumps(paths))
@@ -898,7 +897,7 @@ def test_50k_open_handles_release_their_memory(
         deadline = time.monotonic() + 30
         while daemon.stats(after=time.time())["fs"]["open_handles"] != 0:
             assert time.monotonic() < deadline, "handles never released"
-        return proc_status(daemon.pid)
+        return family_status(daemon.pid)
 
     try:
         assert ask(clients[0], f"open {len(paths)}") == len(paths)  # warm up: index pages
@@ -908,7 +907,7 @@ def test_50k_open_handles_release_their_memory(
         for _ in range(2):
             for client, share in zip(clients, shares, strict=True):
                 assert ask(client, f"open {share}") == share
-            held = proc_status(daemon.pid)
+            held = family_status(daemon.pid)
             handles = daemon.stats(after=time.time())["fs"]["open_handles"]
             assert handles == (0 if workers is None else HANDLES), handles
             for client in clients:

@@ -34,7 +34,8 @@ def stat_all(paths: list[str]) -> float:
     return time.perf_counter() - t
 
 
-def _read_all(paths: list[str]) -> int:
+def read_all(paths: list[str]) -> int:
+    """Bytes read, reading each file whole as training code does (`open(p, 'rb').read()`)."""
     total = 0
     for p in paths:
         with open(p, "rb") as f:
@@ -65,8 +66,8 @@ class Readers:
         random.Random(seed).shuffle(order)
         t = time.perf_counter()
         if readers == 1:
-            nbytes = self.pool.apply(_read_all, (order,))
+            nbytes = self.pool.apply(read_all, (order,))
         else:
             chunks = [order[i :: readers * 8] for i in range(readers * 8)]
-            nbytes = sum(self.pool.map(_read_all, chunks, chunksize=1))
+            nbytes = sum(self.pool.map(read_all, chunks, chunksize=1))
         return time.perf_counter() - t, nbytes
