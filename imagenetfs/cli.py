@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from imagenetfs import __version__, errors, index, mount, resize, source, views
+from imagenetfs import __version__, config, errors, index, mount, registry, resize, source, warm
 from imagenetfs.errors import ImagenetfsError
 
 log = logging.getLogger("imagenetfs")
@@ -97,42 +97,26 @@ def ensure_index(root: Path, explicit: Path | None, quiet: bool = False) -> Path
     return path
 
 
-MAX_WORKERS = 64
-
-
 def cmd_mount(args: argparse.Namespace) -> int:
     # bad options and mount points are refused before any sample generation or index build
-    workers = workers_option(args.workers)
-    mount.check_mountpoint(args.mountpoint.absolute())
+    workers = config.workers_setting(args.workers)
+    mountpoint = args.mountpoint.absolute()
+    mount.check_mountpoint(mountpoint)
     root = resolve_source(args.source)
     path = ensure_index(root, args.index)
-    request = mount.MountRequest(
-        mountpoint=args.mountpoint,
-        index_path=path,
+    settings = config.ServeConfig(
+        mountpoint=mountpoint,
         source=root,
+        index=path,
+        workers=workers,
         foreground=args.foreground,
         allow_other=args.allow_other,
         resize=tuple(args.resize),
         resize_quality=resize.check_quality(args.resize_quality),
         cache_dir=None if args.no_cache else (args.cache_dir or resize.default_cache_dir()),
         cache_size=args.cache_size,
-        workers=workers,
     )
-    return mount.mount(request)
-
-
-def workers_option(given: int | None) -> int:
-    """--workers, else $IMAGENETFS_WORKERS, else `mount.default_workers()`; 0..64."""
-    if given is not None:
-        if not 0 <= given <= MAX_WORKERS:
-            raise errors.UsageError(f"--workers {given}: give 0 to {MAX_WORKERS} processes")
-        return given
-    env = os.environ.get("IMAGENETFS_WORKERS", "").strip()
-    if not env:
-        return mount.default_workers()
-    if not env.isdigit() or int(env) > MAX_WORKERS:
-        raise errors.UsageError(f"IMAGENETFS_WORKERS={env!r}: give 0 to {MAX_WORKERS} processes")
-    return int(env)
+    return mount.mount(settings)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -143,14 +127,13 @@ def cmd_umount(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     wanted = str(args.mountpoint.absolute()) if args.mountpoint else None
     shown = 0
-    for state in mount.read_states():
+    for state in registry.read_states():
         if wanted and state.get("mountpoint") != wanted:
             continue
         shown += 1
-        alive = mount.pid_alive(int(state.get("pid", 0)))
         mp = Path(state["mountpoint"])
-        condition = "serving" if alive and os.path.ismount(mp) else "dead (run imagenetfs umount)"
-        print(f"{mp}: {condition}")
+        serving = registry.is_alive(state) and os.path.ismount(mp)
+        print(f"{mp}: {'serving' if serving else 'dead (run imagenetfs umount)'}")
         print(f"  source {state.get('source')}  index {state.get('index')}  pid {state.get('pid')}")
         fs = state.get("stats", {}).get("fs")
         if fs:
@@ -164,40 +147,68 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_warm(args: argparse.Namespace) -> int:
-    if not args.resize:
-        raise errors.UsageError("warm: give at least one --resize SPEC")
-    if args.mountpoint is not None:  # the index and source of a running mount
-        state = next(
-            (
-                s
-                for s in mount.read_states()
-                if s.get("mountpoint") == str(args.mountpoint.absolute())
-            ),
-            None,
-        )
+    if args.mountpoint is not None:  # what a running mount serves, as it resizes
+        state = registry.find_state(args.mountpoint)
         if state is None:
             raise errors.UsageError(f"{args.mountpoint} is not mounted by imagenetfs")
-        path = Path(state["index"])
+        job = _mounted_job(state, args)
     else:
-        path = ensure_index(resolve_source(args.source), args.index)
-    cache_dir = args.cache_dir or resize.default_cache_dir()
-    job = views.WarmJob(
-        str(path),
-        tuple(args.resize),
-        resize.check_quality(args.resize_quality),
-        str(cache_dir),
-        args.cache_size,
-    )
+        if not args.resize:
+            raise errors.UsageError("warm: give at least one --resize SPEC")
+        job = warm.WarmJob(
+            ensure_index(resolve_source(args.source), args.index),
+            tuple(args.resize),
+            resize.check_quality(args.resize_quality or resize.DEFAULT_QUALITY),
+            args.cache_dir or resize.default_cache_dir(),
+            args.cache_size or config.DEFAULT_CACHE_SIZE,
+        )
     started = time.monotonic()
-    counts = views.warm(job, args.split or ["train", "val", "test"], args.jobs, not args.quiet)
+    counts = warm.warm(job, args.split or ["train", "val", "test"], args.jobs, not args.quiet)
     print(
-        f"warmed {cache_dir}: {counts['resized']:,} resized, {counts['cached']:,} already "
+        f"warmed {job.cache_dir}: {counts['resized']:,} resized, {counts['cached']:,} already "
         f"cached, {counts['failed']:,} failed, in {time.monotonic() - started:.1f} s"
     )
     return 1 if counts["failed"] else 0
 
 
-def add_resize_options(parser: argparse.ArgumentParser) -> None:
+def _mounted_job(state: registry.State, args: argparse.Namespace) -> warm.WarmJob:
+    """Warm for a running mount: its index, resized views, quality and cache (recorded in its
+    state file). An option that would warm anything else is refused."""
+    where = state["mountpoint"]
+    specs = tuple(resize.parse_spec(name) for name in state.get("resize", []))
+    if not specs:
+        raise errors.UsageError(f"{where} serves no resized views (mount it with --resize)")
+    if state.get("cache_dir") is None:
+        raise errors.UsageError(f"{where} keeps no resize cache (mounted with --no-cache)")
+    if args.source is not None:
+        raise errors.UsageError("warm: give a MOUNTPOINT or --source, not both")
+    mounted = {
+        "--resize": None if not args.resize else set(args.resize) - set(specs) or None,
+        "--resize-quality": (args.resize_quality, state["resize_quality"]),
+        "--cache-size": (args.cache_size, state["cache_size"]),
+        "--cache-dir": (args.cache_dir and str(args.cache_dir.absolute()), state["cache_dir"]),
+        "--index": (args.index and str(args.index.absolute()), state["index"]),
+    }
+    for option, pair in mounted.items():
+        if option == "--resize" and pair is not None:
+            served = " ".join(spec.name for spec in specs)
+            raise errors.UsageError(f"{where} serves resized/ {served} only")
+        if isinstance(pair, tuple) and pair[0] is not None and pair[0] != pair[1]:
+            raise errors.UsageError(
+                f"warm {where}: {option} differs from the mount's own ({pair[1]}); leave it out"
+            )
+    return warm.WarmJob(
+        Path(state["index"]),
+        tuple(args.resize) or specs,
+        int(state["resize_quality"]),
+        Path(state["cache_dir"]),
+        int(state["cache_size"]),
+    )
+
+
+def add_resize_options(parser: argparse.ArgumentParser, *, defaults: bool = True) -> None:
+    """--resize, --resize-quality, --cache-dir, --cache-size; without `defaults` (warm) they
+    stay None when not given."""
     parser.add_argument(
         "--resize",
         type=resize_spec,
@@ -208,7 +219,10 @@ def add_resize_options(parser: argparse.ArgumentParser) -> None:
         "WxH = exactly W x H; 8..4096; repeatable",
     )
     parser.add_argument(
-        "--resize-quality", type=int, default=resize.DEFAULT_QUALITY, help="JPEG quality (90)"
+        "--resize-quality",
+        type=int,
+        default=resize.DEFAULT_QUALITY if defaults else None,
+        help=f"JPEG quality of resized files (default {resize.DEFAULT_QUALITY})",
     )
     parser.add_argument(
         "--cache-dir",
@@ -219,7 +233,7 @@ def add_resize_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--cache-size",
         type=cache_size,
-        default=10 << 30,
+        default=config.DEFAULT_CACHE_SIZE if defaults else None,
         help="bound of the resize cache; the oldest entries go first (default 10G)",
     )
 
@@ -330,9 +344,11 @@ def build_parser() -> argparse.ArgumentParser:
         "warm",
         help="fill the resize cache ahead of a job, on all cores",
         description=(
-            "Resize every image of the given splits for each --resize SPEC into the persistent "
-            "cache, so that a mount with the same --resize and --cache-dir serves them at once. "
-            "Give the MOUNTPOINT of a running mount, or a source (--source, as for mount)."
+            "Resize every image of the given splits into the persistent resize cache, so that "
+            "a mount serves them at once. Give the MOUNTPOINT of a running mount (its resized "
+            "views, quality and cache are used; --resize may pick some of its views), or a "
+            "source (--source, as for mount) with the --resize SPECs, quality and cache of the "
+            "mounts to come."
         ),
     )
     wm.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", nargs="?")
@@ -345,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-j", "--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: cores)"
     )
     wm.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    add_resize_options(wm)
+    add_resize_options(wm, defaults=False)
     wm.set_defaults(func=cmd_warm)
 
     st = commands.add_parser(

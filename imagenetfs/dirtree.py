@@ -7,18 +7,23 @@ filesystem only sees the `open` and `pread` of the files actually read.
 
 A file's `Extent` carries its path relative to the tree's root in `block_sizes` (a directory
 has no blocks); `read()` opens that path under the root with `O_NOFOLLOW` (relative to the
-root's descriptor), reads, closes. Symlinks are kept as symlinks, devices, fifos and sockets
-are left out, as for images.
+root's descriptor) and `pread`s it. The descriptors of the last `OPEN_FILES` files read stay
+open (an LRU), so that the several reads of one file, and an epoch's second pass over a small
+tree, cost the shared filesystem one `open` per file, not one per read. Symlinks are kept as
+symlinks, devices, fifos and sockets are left out, as for images.
 
 Staleness: the fingerprint covers the root and its immediate subdirectories (their mtimes and
-inode numbers) -- cheap to check at every mount. A file changed deep inside a class directory
-goes unnoticed until `imagenetfs index --rebuild`: an unpacked tree is mutable, unlike an image.
+the root's inode number; not the device number, which differs between NFS clients) -- cheap to
+check at every mount. A file changed deep inside a class directory goes unnoticed until
+`imagenetfs index --rebuild`: an unpacked tree is mutable, unlike an image.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,11 +38,12 @@ _TYPES = {
     stat.S_IFLNK: squashfs.SYMLINK,
 }
 MAX_DEPTH = 64
+#: Descriptors of recently read files kept open (each costs the process one descriptor).
+OPEN_FILES = 64
 
 
 @dataclass(frozen=True)
 class DirFingerprint:
-    root_dev: int
     root_ino: int
     root_mtime_ns: int
     children_mtime_ns: int  # sum over the root's subdirectories
@@ -53,8 +59,16 @@ class DirImage:
         except OSError as e:
             raise ImagenetfsError(f"{self.path}: cannot open: {e.strerror}") from None
         self.mkfs_time = int(os.fstat(self._fd).st_mtime)
+        self._lock = threading.Lock()
+        # relative path -> [descriptor, readers using it now]; a descriptor evicted while in
+        # use is closed by its last reader, so no read ever meets a closed or reused number
+        self._open: OrderedDict[bytes, list[int]] = OrderedDict()
 
     def close(self) -> None:
+        with self._lock:
+            for fd, _ in self._open.values():
+                os.close(fd)
+            self._open.clear()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -72,7 +86,7 @@ class DirImage:
             for entry in it:
                 if entry.is_dir(follow_symlinks=False):
                     children += entry.stat(follow_symlinks=False).st_mtime_ns
-        return DirFingerprint(st.st_dev, st.st_ino, st.st_mtime_ns, children)
+        return DirFingerprint(st.st_ino, st.st_mtime_ns, children)
 
     def walk(self) -> Iterator[squashfs.Entry]:
         """The root, then each directory's children in sorted order, directories depth-first."""
@@ -129,16 +143,50 @@ class DirImage:
         if nowait:  # an open() on a shared filesystem can always block
             raise squashfs.WouldBlock(0)
         relative = extent.block_sizes
+        entry = self._acquire(relative)
+        try:
+            return os.pread(entry[0], size, offset)
+        finally:
+            self._release(relative, entry)
+
+    def _acquire(self, relative: bytes) -> list[int]:
+        """The open descriptor of a file (opened now if need be), marked in use."""
+        with self._lock:
+            entry = self._open.get(relative)
+            if entry is not None:
+                self._open.move_to_end(relative)
+                entry[1] += 1
+                return entry
         if relative.startswith(b"/") or b"\0" in relative or b".." in relative.split(b"/"):
             raise CorruptImageError(f"{self.path}: bad path {relative!r} in the index")
         try:
             fd = os.open(relative, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self._fd)
         except OSError as e:
             raise ImagenetfsError(f"{self.path}/{os.fsdecode(relative)}: {e.strerror}") from None
-        try:
-            return os.pread(fd, size, offset)
-        finally:
-            os.close(fd)
+        entry = [fd, 1]
+        with self._lock:
+            if relative in self._open:  # opened by another thread meanwhile: keep one
+                self._open[relative][1] += 1
+                os.close(fd)
+                return self._open[relative]
+            self._open[relative] = entry
+            while len(self._open) > OPEN_FILES:
+                _, evicted = self._open.popitem(last=False)
+                evicted[1] -= 1  # the cache's own reference
+                if evicted[1] < 0:
+                    os.close(evicted[0])
+        return entry
+
+    def _release(self, relative: bytes, entry: list[int]) -> None:
+        with self._lock:
+            entry[1] -= 1
+            if entry[1] < 0:  # evicted while in use, and this was the last reader
+                os.close(entry[0])
+
+    def open_files(self) -> int:
+        """How many file descriptors are kept open (bounded by `OPEN_FILES`)."""
+        with self._lock:
+            return len(self._open)
 
 
 def open_image(path: str | os.PathLike[str]) -> squashfs.SquashImage | DirImage:

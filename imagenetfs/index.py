@@ -46,7 +46,6 @@ from __future__ import annotations
 import array
 import bisect
 import contextlib
-import errno
 import json
 import os
 import stat
@@ -61,9 +60,9 @@ from typing import Any, NoReturn, Self
 
 import lmdb
 
-from imagenetfs import squashfs
+from imagenetfs import protocol, squashfs
 from imagenetfs.dirtree import DirImage, open_image
-from imagenetfs.errors import ImagenetfsError
+from imagenetfs.errors import ImagenetfsError, InvalidRequest, NoSuchEntry, NotADirectory
 
 SCHEMA_VERSION = 4
 ROOT_INO = 1
@@ -72,6 +71,8 @@ MAX_NAME = 255
 DIR, FILE, SYMLINK = 1, 2, 3
 _KIND_OF_TYPE = {squashfs.DIR: DIR, squashfs.FILE: FILE, squashfs.SYMLINK: SYMLINK}
 _FORMAT = {DIR: stat.S_IFDIR | 0o555, FILE: stat.S_IFREG | 0o444, SYMLINK: stat.S_IFLNK | 0o777}
+#: The `d_type` of each kind in a listing (DT_DIR, DT_REG, DT_LNK: the mode's type bits).
+DTYPE = {kind: stat.S_IFMT(mode) >> 12 for kind, mode in _FORMAT.items()}
 
 _INO = struct.Struct(">I")  # keys: big-endian so LMDB's byte order is numeric order
 _CHILD = struct.Struct("<I")
@@ -87,10 +88,7 @@ BLOB_CHUNK = 1 << 20
 #: Children per stored listing chunk (`lists`): ~6 KB of records for ImageNet's names.
 LIST_CHUNK = 128
 _LIST_COUNT = struct.Struct("<H")
-_DIRENT = struct.Struct("=QQII")  # struct fuse_dirent without the name: ino, off, namelen, type
-_DIRENT_TYPE = {DIR: 4, FILE: 8, SYMLINK: 10}  # DT_DIR, DT_REG, DT_LNK
-_PADDING = [b"\0" * (-n % 8) for n in range(8)]
-_LIST_CHUNK_MAX = 2 + LIST_CHUNK * (2 + _DIRENT.size + MAX_NAME + 7)
+_LIST_CHUNK_MAX = 2 + LIST_CHUNK * (2 + protocol.MAX_DIRENT)
 assert _LIST_CHUNK_MAX < 1 << 16, "end offsets are u16"
 _Child = tuple[int, int, bytes]  # ino, kind, name
 
@@ -100,14 +98,6 @@ _BUILD_MAP_SIZE = 1 << 40
 
 class IndexError_(ImagenetfsError):
     """The index cannot be used: missing, corrupt, another schema, or stale for its images."""
-
-
-class NoSuchEntry(Exception):
-    """lookup/getattr of a name or inode that the tree does not have."""
-
-
-class NotADirectory(Exception):
-    """readdir/lookup on something that is not a directory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,19 +413,12 @@ def _write(
     return stats
 
 
-def dirent(ino: int, cookie: int, kind: int, name: bytes) -> bytes:
-    """One FUSE READDIR record: `struct fuse_dirent` (ino, cookie, name length, DT_ type of
-    `kind`), the name, zeros to a multiple of 8 bytes. The stored listings are made of these;
-    `wire.py` builds the ones it cannot take from them."""
-    return _DIRENT.pack(ino, cookie, len(name), _DIRENT_TYPE[kind]) + name + _PADDING[len(name) & 7]
-
-
 def _listing_chunks(children: Sequence[_Child]) -> Iterator[bytes]:
     """The `lists` values of one directory (see the module docstring)."""
     for first in range(0, len(children), LIST_CHUNK):
         records, ends, end = [], array.array("H"), 0
         for cookie, (ino, kind, name) in enumerate(children[first : first + LIST_CHUNK], first + 3):
-            record = dirent(ino, cookie, kind, name)
+            record = protocol.dirent(ino, cookie, DTYPE[kind], name)
             records.append(record)
             end += len(record)
             ends.append(end)
@@ -460,8 +443,9 @@ class Index:
     changes once built, so a transaction never goes stale), and image reads are `pread`s.
     """
 
-    def __init__(self, path: Path, env: lmdb.Environment, meta: dict[str, Any]) -> None:
+    def __init__(self, path: Path, fd: int, env: lmdb.Environment, meta: dict[str, Any]) -> None:
         self.path = path
+        self._fd = fd  # the index file, held open: see `reopen`
         self._env = env
         self._nodes = env.open_db(b"nodes", create=False)
         self._names = env.open_db(b"names", create=False)
@@ -479,25 +463,31 @@ class Index:
         if not path.is_file():
             raise IndexError_(f"{path}: no index here; build it with: {rebuild_command(path)}")
         try:
-            env = lmdb.open(
-                str(path), subdir=False, readonly=True, lock=False, max_dbs=5, readahead=False
-            )
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            raise IndexError_(f"{path}: cannot open: {e.strerror}") from None
+        try:
+            env = _open_env(fd)
         except lmdb.Error as e:
+            os.close(fd)
             raise IndexError_(f"{path}: not a usable imagenetfs index ({e})") from None
         try:
             # A truncated file would make LMDB touch pages past its end: SIGBUS, not an error.
             needed = (env.info()["last_pgno"] + 1) * env.stat()["psize"]
-            if path.stat().st_size < needed:
-                raise ValueError(f"truncated: {path.stat().st_size} of {needed} bytes")
+            size = os.fstat(fd).st_size
+            if size < needed:
+                raise ValueError(f"truncated: {size} of {needed} bytes")
             meta = _read_meta(env, path)
-            index = cls(path, env, meta)
+            index = cls(path, fd, env, meta)
         except (lmdb.Error, KeyError, TypeError, ValueError) as e:
             env.close()
+            os.close(fd)
             raise IndexError_(
                 f"{path}: corrupt index ({e}); rebuild it with: {rebuild_command(path, None)}"
             ) from None
         except BaseException:
             env.close()
+            os.close(fd)
             raise
         if verify:
             try:
@@ -506,6 +496,20 @@ class Index:
                 index.close()
                 raise
         return index
+
+    def reopen(self) -> None:
+        """In a process forked after this index was opened: replace the inherited LMDB
+        environment (one must not be used across a fork) by one of this process's own, on the
+        same file through the descriptor held since opening -- an index renamed over meanwhile
+        is not seen. The images stay as they are, open: what a worker serves never depends on
+        paths."""
+        self._env.close()
+        self._env = env = _open_env(self._fd)
+        self._nodes = env.open_db(b"nodes", create=False)
+        self._names = env.open_db(b"names", create=False)
+        self._blobs = env.open_db(b"blobs", create=False)
+        self._lists = env.open_db(b"lists", create=False)
+        self._local = threading.local()
 
     def open_images(self) -> None:
         """Open every image and refuse to go on if one no longer matches its fingerprint."""
@@ -534,6 +538,9 @@ class Index:
             image.close()
         self._images = []
         self._env.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
 
     def __enter__(self) -> Self:
         return self
@@ -591,7 +598,7 @@ class Index:
             stop = bisect.bisect_right(ends, start + size, lo=within)
             if stop == within:  # the next record does not fit
                 if not parts:
-                    raise OSError(errno.EINVAL, "listing buffer too small for one entry")
+                    raise InvalidRequest(f"listing buffer of {size} bytes: too small")
                 break
             parts.append(records[start : ends[stop - 1]])
             size -= ends[stop - 1] - start
@@ -662,6 +669,14 @@ class Index:
         if image == BLOB_IMAGE:
             return self._read_blob(node, offset, size)
         return self._images[image].read(extent, offset, size, nowait=nowait)
+
+
+def _open_env(fd: int) -> lmdb.Environment:
+    """A read-only LMDB environment on the index file open as `fd` (no lock file: the index
+    never changes once built)."""
+    return lmdb.open(
+        f"/proc/self/fd/{fd}", subdir=False, readonly=True, lock=False, max_dbs=5, readahead=False
+    )
 
 
 def _read_meta(env: lmdb.Environment, path: Path) -> dict[str, Any]:

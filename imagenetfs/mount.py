@@ -1,32 +1,29 @@
-"""Mount lifecycle: checks, mount, daemonize, serve, signals, unmount; and the mount registry.
+"""Mount lifecycle: checks, mount, daemonize, serve, unmount -- one function owns a mount's life.
 
-One function owns a mount's life (`mount`):
+`mount(config)`:
 
-1. check the mount point (created if missing, when its parent exists): a stale FUSE mount
-   left by a killed daemon (`os.statvfs` gives ENOTCONN) is cleared with `fusermount3 -uz`;
-   a live mount, a non-directory or a non-empty directory is refused with one clear line;
-2. `pyfuse3.init()` mounts, in the calling process, so mount errors reach the terminal;
-3. without `-f`, fork: the child does `setsid`, sends its output to a log file and serves; the
-   parent returns once the kernel's FUSE_INIT has been answered (the child writes to a pipe),
-   i.e. once the tree answers requests;
-4. by default the child answers FUSE_INIT itself (`wire.answer_init`: the protocol options
-   are ours, not libfuse's) and supervises worker processes that serve every request
-   (`_supervise`: restarts, signals, counters published every few seconds to the mount's
-   state file); with `--workers 0`, `trio.run(pyfuse3.main)` serves instead, beside two small
-   tasks: SIGTERM/SIGINT call `pyfuse3.terminate()`, and the counters are published;
-5. `pyfuse3.close(unmount=True)` in a `finally`: whatever ends serving, nothing stays mounted.
+1. checks the mount point (created if missing, when its parent exists): a stale FUSE mount
+   left by a killed daemon (`os.statvfs` gives ENOTCONN) is cleared with `fusermount3 -uz`; a
+   live mount, a non-directory or a non-empty directory is refused with one clear line; so is
+   a registry directory (registry.py) that cannot be written;
+2. opens the index (checked against the images), then blocks SIGTERM, SIGINT and SIGHUP: from
+   here on a signal waits until the daemon can act on it -- by unmounting;
+3. mounts with `pyfuse3.init()`, in the calling process, so mount errors reach the terminal;
+4. without `-f`, forks: the child, the daemon, does `setsid`, sends its output to the log
+   beside its state file and serves. The parent closes its copy of the session (only the
+   daemon holds the mount) and exits once the daemon says it serves -- FUSE_INIT answered,
+   workers started (a pipe). A signal to the parent meanwhile is passed on to the daemon; a
+   daemon that stops or dies before it is ready leaves nothing mounted: the parent clears it;
+5. the daemon serves (supervisor.py) and, whatever ends it, unmounts (`pyfuse3.close`) and
+   removes its state file.
 
-The registry is one JSON state file per mount (mount point, source, index, pid, counters) in
-`$XDG_RUNTIME_DIR/imagenetfs` (else the user's cache dir); `status` and `umount` read it.
+`umount(mountpoint)` unmounts a live or stale mount and waits for its daemon to exit.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import hashlib
-import json
 import logging
 import os
 import select
@@ -36,53 +33,26 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import lmdb
 import pyfuse3
 import trio
 
-from imagenetfs import wire
+from imagenetfs import fs, registry, supervisor, wire
+from imagenetfs.config import ServeConfig
 from imagenetfs.errors import ImagenetfsError, UsageError
-from imagenetfs.fs import Operations
 from imagenetfs.index import Index
-from imagenetfs.resize import DEFAULT_QUALITY, ResizeCache, ResizeSpec
-from imagenetfs.views import Tree
 
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
 UNMOUNT_TIMEOUT = 30.0
-PUBLISH_INTERVAL = 2.0
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def default_workers() -> int:
-    """Worker processes of a mount: one per CPU this process may use (a job's cpuset), at least
-    2 so that one slow request (a resize, a cold read) never holds up the rest, at most 8."""
-    return max(2, min(8, len(os.sched_getaffinity(0))))
 
 
 class MountError(ImagenetfsError):
     """Mounting or unmounting failed for a reason the user can act on."""
-
-
-@dataclass(frozen=True)
-class MountRequest:
-    mountpoint: Path
-    index_path: Path
-    source: Path
-    foreground: bool = False
-    allow_other: bool = False
-    read_threads: int = 8
-    workers: int = 0  # wire-protocol worker processes after INIT; 0: pyfuse3 serves alone
-    resize: tuple[ResizeSpec, ...] = ()
-    resize_quality: int = DEFAULT_QUALITY
-    cache_dir: Path | None = None  # None: no persistent resize cache
-    cache_size: int = 10 << 30
 
 
 # --- mount points -------------------------------------------------------------------------
@@ -94,6 +64,18 @@ def is_stale(mountpoint: Path) -> bool:
         os.statvfs(mountpoint)
     except OSError as e:
         return e.errno == errno.ENOTCONN
+    return False
+
+
+def is_mounted(mountpoint: Path) -> bool:
+    """Something is mounted at `mountpoint` (absolute), learnt without touching it -- a mount
+    whose daemon has not answered FUSE_INIT yet would block whoever does."""
+    wanted = os.fsencode(mountpoint)
+    with open("/proc/self/mounts", "rb") as f:
+        for line in f:
+            point = line.split(b" ")[1]
+            if point.replace(b"\\040", b" ").replace(b"\\134", b"\\") == wanted:
+                return True
     return False
 
 
@@ -133,107 +115,77 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise UsageError(f"mount point {mountpoint} is not empty")
 
 
-def _preflight() -> None:
+def _preflight(state_path: Path) -> None:
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: this machine (or container) has no FUSE")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise MountError("/dev/fuse is not readable and writable for this user")
     if os.getuid() != 0 and shutil.which("fusermount3") is None:
         raise MountError("fusermount3 not found: install fuse3 (scripts/setup.sh does)")
-
-
-# --- registry -----------------------------------------------------------------------------
-
-
-def state_dir() -> Path:
-    runtime = os.environ.get("XDG_RUNTIME_DIR")
-    if runtime and os.path.isdir(runtime) and os.access(runtime, os.W_OK):
-        return Path(runtime) / "imagenetfs"
-    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(cache) / "imagenetfs" / "mounts"
-
-
-def state_file(mountpoint: Path) -> Path:
-    key = hashlib.blake2b(str(mountpoint.resolve()).encode(), digest_size=8).hexdigest()
-    return state_dir() / f"{key}.json"
-
-
-def _write_state(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(state, indent=1))
-    os.replace(tmp, path)
-
-
-def read_states() -> Iterator[dict[str, Any]]:
-    directory = state_dir()
-    if not directory.is_dir():
-        return
-    for path in sorted(directory.glob("*.json")):
-        with contextlib.suppress(OSError, ValueError):
-            state = json.loads(path.read_text())
-            state["state_file"] = str(path)
-            yield state
-
-
-def pid_alive(pid: int) -> bool:
+    directory = state_path.parent
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie child of ours counts as gone
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith("Z"):
-            return False
-    return True
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        raise MountError(
+            f"cannot write the mount registry {directory}: {e.strerror} "
+            "(set XDG_RUNTIME_DIR or XDG_CACHE_HOME to a writable directory)"
+        ) from None
 
 
 # --- mounting -----------------------------------------------------------------------------
 
 
-def mount(request: MountRequest) -> int:
-    """Mount and serve; returns the exit code (daemonized: once the tree is ready)."""
-    mountpoint = request.mountpoint.absolute()
+def mount(config: ServeConfig) -> int:
+    """Mount and serve: returns the exit code when the daemon ends (`-f`); daemonized, the
+    calling process exits 0 as soon as the tree is ready."""
+    mountpoint = config.mountpoint
     check_mountpoint(mountpoint)
-    _preflight()
-    # Nothing may touch the mount point between pyfuse3.init() and serving: until the daemon
-    # answers FUSE_INIT, any stat of it (even Path.resolve()) blocks forever.
-    state_path = state_file(mountpoint)
-    index = Index.open(request.index_path)
-    tree = Tree(index, request.resize, quality=request.resize_quality)
-    ops = Operations(tree, read_threads=request.read_threads)
-    if request.resize and request.cache_dir is not None:
-        ops.cache_settings = (request.cache_dir, request.cache_size)
+    state_path = registry.state_file(mountpoint)
+    _preflight(state_path)
+    # Nothing may touch the mount point between pyfuse3.init() and the FUSE_INIT answer: any
+    # stat of it (even Path.resolve()) blocks until then.
+    index = Index.open(config.index)
+    fuse_ops = fs.Operations(read_threads=config.read_threads) if config.workers == 0 else None
+    supervisor.block_signals()
+    try:
+        _init(fuse_ops or pyfuse3.Operations(), config)
+    except BaseException:
+        index.close()
+        supervisor.unblock_signals()
+        raise
+    state = {
+        "mountpoint": str(mountpoint),
+        "source": str(config.source.absolute()),
+        "index": str(config.index.absolute()),
+        "pid": os.getpid(),
+        "started": time.time(),
+        **config.settings(),
+    }
+    if config.foreground:
+        return _serve(config, index, fuse_ops, state, state_path, ready=lambda: None)
+    return _daemonize(config, index, fuse_ops, state, state_path)
+
+
+def _init(ops: pyfuse3.Operations, config: ServeConfig) -> None:
     options = set(pyfuse3.default_options)
     options |= {"fsname=imagenetfs", "subtype=imagenetfs", "ro", "noatime"}
-    if request.allow_other:
+    if config.allow_other:
         options.add("allow_other")
     failure: RuntimeError | None = None
     with _stderr_captured() as said:
         try:
-            pyfuse3.init(ops, str(mountpoint), options)
+            pyfuse3.init(ops, str(config.mountpoint), options)
         except RuntimeError as e:
             failure = e
     if failure is not None:
-        index.close()
         # libfuse and fusermount3 say why on stderr ("fusermount3: option allow_other only
         # allowed if 'user_allow_other' is set in /etc/fuse.conf"): that is the one line.
         lines = [line.strip() for line in "".join(said).splitlines() if line.strip()]
         reason = lines[-1].removeprefix("fusermount3: ").removeprefix("fuse: ") if lines else ""
-        raise MountError(f"cannot mount {mountpoint}: {reason or failure}") from None
+        raise MountError(f"cannot mount {config.mountpoint}: {reason or failure}") from None
     sys.stderr.write("".join(said))
-    state = {
-        "mountpoint": str(mountpoint),
-        "source": str(request.source.absolute()),
-        "index": str(request.index_path.absolute()),
-        "pid": os.getpid(),
-        "started": time.time(),
-    }
-    if request.foreground:
-        return _serve(ops, state, state_path, request.workers)
-    return _daemonize(ops, state, state_path, request.workers)
 
 
 @contextlib.contextmanager
@@ -254,10 +206,40 @@ def _stderr_captured() -> Iterator[list[str]]:
             said.append(tmp.read().decode(errors="replace"))
 
 
-def _daemonize(ops: Operations, state: dict[str, Any], state_path: Path, workers: int) -> int:
+def _serve(
+    config: ServeConfig,
+    index: Index,
+    fuse_ops: fs.Operations | None,
+    state: registry.State,
+    state_path: Path,
+    ready: Callable[[], None],
+) -> int:
+    """Serve until unmounted or stopped, then unmount: the daemon's life after the mount."""
+    code = 1
+    try:
+        registry.write_state(state_path, state)
+        daemon = supervisor.Daemon(config, index, fuse_ops, state, state_path, ready)
+        trio.run(daemon.main)
+        code = 0
+    except BaseException:
+        log.exception("the daemon failed")
+    finally:
+        pyfuse3.close(unmount=True)
+        index.close()
+        with contextlib.suppress(OSError):
+            state_path.unlink()
+    log.info("unmounted %s", config.mountpoint)
+    return code
+
+
+def _daemonize(
+    config: ServeConfig,
+    index: Index,
+    fuse_ops: fs.Operations | None,
+    state: registry.State,
+    state_path: Path,
+) -> int:
     ready_r, ready_w = os.pipe()
-    log_path = state_path.with_suffix(".log")
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
@@ -266,32 +248,69 @@ def _daemonize(ops: Operations, state: dict[str, Any], state_path: Path, workers
         try:
             os.close(ready_r)
             os.setsid()
-            _redirect_stdio(log_path)
+            _redirect_stdio(state_path.with_suffix(".log"))
 
             def ready() -> None:
                 with contextlib.suppress(OSError):
                     os.write(ready_w, b"1")
                     os.close(ready_w)
 
-            ops.on_init = ready
-            code = _serve(ops, {**state, "pid": os.getpid()}, state_path, workers)
+            code = _serve(config, index, fuse_ops, {**state, "pid": os.getpid()}, state_path, ready)
         finally:
             os._exit(code)
     os.close(ready_w)
+    os.close(wire.session_fd())  # only the daemon holds the mount: if it dies, the mount does
+    index.close()
+    forwarded: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        forwarded.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+    for signum in supervisor.STOP_SIGNALS:
+        signal.signal(signum, forward)
+    supervisor.unblock_signals()
     try:
         readable, _, _ = select.select([ready_r], [], [], READY_TIMEOUT)
         ok = bool(readable) and os.read(ready_r, 1) == b"1"
     finally:
         os.close(ready_r)
-    if not ok:
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGTERM)
-        detail = _tail(log_path)
-        raise MountError(
-            f"the daemon did not start serving {state['mountpoint']}"
-            + (f": {detail}" if detail else "")
-        )
-    return 0
+    supervisor.block_signals()  # one arriving from now on waits here: see below
+    pending = [int(s) for s in supervisor.STOP_SIGNALS if s in signal.sigpending()]
+    for sent in pending:
+        forward(sent, None)
+    if ok and not forwarded:
+        # Done: leave at once. A signal that came later would find no process to stop (a
+        # Python exiting normally runs no handler), so the time for one to come is kept
+        # to the few instructions left.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    _stop(pid, config.mountpoint)
+    if forwarded:
+        name = signal.Signals(forwarded[0]).name
+        raise MountError(f"{name} while mounting {config.mountpoint}: nothing is mounted")
+    detail = _tail(state_path.with_suffix(".log"))
+    raise MountError(
+        f"the daemon did not start serving {config.mountpoint}" + (f": {detail}" if detail else "")
+    )
+
+
+def _stop(pid: int, mountpoint: Path) -> None:
+    """Make sure a daemon that did not become ready is gone, and so is its mount."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            break
+        time.sleep(0.02)
+    if is_mounted(mountpoint):  # it died before it could unmount: the mount is stale now
+        with contextlib.suppress(MountError):
+            clear_stale(mountpoint)
 
 
 def _redirect_stdio(log_path: Path) -> None:
@@ -311,187 +330,15 @@ def _tail(path: Path) -> str:
     return ""
 
 
-def _serve(ops: Operations, state: dict[str, Any], path: Path, workers: int = 0) -> int:
-    """Serve until unmounted: with worker processes (we answer FUSE_INIT ourselves, then they
-    take every request), or, with `workers == 0`, in pyfuse3's trio loop."""
-    code = 0
-    try:
-        _write_state(path, state)
-        if workers:
-            wire.answer_init(wire.session_fd())
-            if ops.on_init is not None:
-                ops.on_init()
-            _supervise(ops, workers, state, path)
-        else:
-            if ops.cache_settings is not None:
-                # opened here, in the serving process: an LMDB env must not cross a fork
-                ops.tree.cache = _open_cache(*ops.cache_settings)
-            trio.run(_main, ops, state, path)
-    except BaseException:
-        log.exception("the daemon failed")
-        code = 1
-    finally:
-        pyfuse3.close(unmount=True)
-        ops.index.close()
-        if ops.tree.cache is not None:
-            ops.tree.cache.close()
-        with contextlib.suppress(OSError):
-            path.unlink()
-    log.info("unmounted %s", state["mountpoint"])
-    return code
-
-
-def _supervise(ops: Operations, count: int, state: dict[str, Any], path: Path) -> None:
-    """Run `count` wire-protocol workers until unmount or a signal; restart one that dies;
-    publish their summed counters every PUBLISH_INTERVAL."""
-    board = wire.Board(count)
-    if ops.cache_settings is not None:  # an unusable cache: say so once, not in each worker
-        probe = _open_cache(*ops.cache_settings)
-        if probe is None:
-            ops.cache_settings = None
-        else:
-            probe.close()
-    # the resize lock file: record locks on its bytes, never any data (see wire.py)
-    with tempfile.TemporaryFile() as lock_file:
-        _run_workers(ops, count, state, path, board, lock_file.fileno())
-
-
-def _run_workers(
-    ops: Operations,
-    count: int,
-    state: dict[str, Any],
-    path: Path,
-    board: wire.Board,
-    lock_fd: int,
-) -> None:
-    """`_supervise`'s loop, given the counters' board and the resize lock file."""
-    session = wire.session_fd()
-    stopping = False
-    workers: dict[int, tuple[int, int]] = {}  # pidfd -> (pid, slot)
-
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        log.info("%s: unmounting", signal.Signals(signum).name)
-        stopping = True
-        for pid, _ in workers.values():
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGTERM)
-
-    parent = os.getpid()
-
-    def spawn(slot: int) -> None:
-        pid = os.fork()
-        if pid:
-            workers[os.pidfd_open(pid)] = (pid, slot)
-            return
-        code = 1
-        try:
-            _die_with_parent(parent)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides on Ctrl-C
-            signal.signal(signal.SIGHUP, signal.SIG_IGN)
-            ops.index.close()  # the parent's LMDB env must not be used across fork
-            index = Index.open(ops.index.path)  # LMDB env and image fds of our own
-            tree = Tree(index, ops.tree.specs, quality=ops.tree.quality)
-            if ops.cache_settings is not None:
-                tree.cache = _open_cache(*ops.cache_settings)
-            counters = board.slot(slot)
-            wire.Worker(tree, session, ops.uid, ops.gid, counters=counters, lock_fd=lock_fd).run()
-            code = 0
-        except SystemExit:
-            code = 0
-        except BaseException:
-            log.exception("worker %d failed", os.getpid())
-        finally:
-            os._exit(code)
-
-    def publish() -> None:
-        stats: dict[str, Any] = {**board.totals(), "index": vars(ops.index.stats).copy()}
-        if ops.cache_settings is None:
-            del stats["resize_cache"]
-        with contextlib.suppress(OSError):
-            _write_state(path, {**state, "updated": time.time(), "stats": stats})
-
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, stop)
-    for slot in range(count):
-        spawn(slot)
-    failures: list[float] = []  # recent unexpected worker exits: a crash loop stops the mount
-    log.info("serving with %d worker processes", count)
-    next_publish = time.monotonic()
-    while workers:
-        ended, _, _ = select.select(list(workers), [], [], PUBLISH_INTERVAL)
-        if time.monotonic() >= next_publish:
-            publish()
-            next_publish = time.monotonic() + PUBLISH_INTERVAL
-        for pidfd in ended:
-            pid, slot = workers.pop(pidfd)
-            os.close(pidfd)
-            status = os.waitpid(pid, 0)[1]
-            if stopping:
-                continue
-            if os.waitstatus_to_exitcode(status) == 0:  # the mount went away (ENODEV)
-                stop(signal.SIGTERM, None)
-            else:
-                failures = [t for t in failures if t > time.monotonic() - 10] + [time.monotonic()]
-                if len(failures) > 3:
-                    log.error("workers keep failing: unmounting")
-                    stop(signal.SIGTERM, None)
-                    continue
-                log.warning("worker %d ended (status %d): starting another", pid, status)
-                spawn(slot)
-
-
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL this worker when the supervising parent dies (even by SIGKILL): the mount then
-    goes stale at once, as with a single daemon, instead of living on headless."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
-    if os.getppid() != parent:  # it died before the prctl
-        os._exit(1)
-
-
-def _open_cache(directory: Path, size: int) -> ResizeCache | None:
-    try:
-        return ResizeCache(directory, size)
-    except (OSError, lmdb.Error) as e:
-        log.warning("resize cache %s unusable (%s): resizing without a cache", directory, e)
-        return None
-
-
-async def _main(ops: Operations, state: dict[str, Any], path: Path) -> None:
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(_on_signals)
-        nursery.start_soon(_publish, ops, state, path)
-        await pyfuse3.main(min_tasks=1, max_tasks=64)
-        nursery.cancel_scope.cancel()
-
-
-async def _on_signals() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            log.info("%s: unmounting", signal.Signals(signum).name)
-            pyfuse3.terminate()
-
-
-async def _publish(ops: Operations, state: dict[str, Any], path: Path) -> None:
-    while True:
-        await trio.sleep(PUBLISH_INTERVAL)
-        with contextlib.suppress(OSError):
-            _write_state(path, {**state, "updated": time.time(), "stats": ops.statistics()})
-
-
 # --- unmounting ---------------------------------------------------------------------------
 
 
 def umount(mountpoint: Path, lazy: bool = False) -> str:
     """Unmount a live or stale mount and wait until its daemon has exited; returns a message."""
     mountpoint = mountpoint.absolute()
-    state_path = state_file(mountpoint)
-    pid = None
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        pid = int(json.loads(state_path.read_text())["pid"])
+    state_path = registry.state_file(mountpoint)
+    state = registry.find_state(mountpoint)
+    pid = state.get("pid") if state is not None else None
     if is_stale(mountpoint):
         clear_stale(mountpoint)
         with contextlib.suppress(OSError):
@@ -505,10 +352,10 @@ def umount(mountpoint: Path, lazy: bool = False) -> str:
         if "busy" in message.lower():
             raise MountError(f"{mountpoint} is busy (a process uses it); close it or use --lazy")
         raise MountError(f"cannot unmount {mountpoint}: {message}")
-    if pid is not None:
+    if isinstance(pid, int):
         deadline = time.monotonic() + UNMOUNT_TIMEOUT
-        while pid_alive(pid) and time.monotonic() < deadline:
+        while registry.pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
-        if pid_alive(pid):
+        if registry.pid_alive(pid):
             raise MountError(f"unmounted {mountpoint}, but its daemon (pid {pid}) still runs")
     return f"unmounted {mountpoint}"

@@ -9,11 +9,12 @@
   decoder itself scales by 1/2, 1/4 or 1/8, so most of the decode is never done), converts any
   source (CMYK, grayscale, palette, a PNG named .JPEG) to RGB, resamples to the exact size
   (bilinear for N, box for WxH) and encodes a baseline JPEG. A hostile or broken input (not an
-  image, truncated, more than `MAX_PIXELS`) raises `ResizeError`; nothing is decoded past the
-  header of an image that claims absurd dimensions.
+  image, truncated, more than `MAX_SOURCE_BYTES` or `MAX_PIXELS`) raises `ResizeError`; nothing
+  is decoded past the header of an image that claims absurd dimensions.
 - `ResizeCache` keeps results in LMDB across mounts and processes: keys hash the image's
   fingerprint, the file's extent, the spec and the quality, so a changed source or spec never
   serves stale bytes; the map size bounds it, and when full the oldest quarter is evicted.
+  `size_of(key)` answers a `stat` without copying the bytes out.
   LMDB's own locking makes it safe for several mounts and `imagenetfs warm` at once, and its
   copy-on-write commits survive a killed daemon.
 """
@@ -38,6 +39,8 @@ from imagenetfs.errors import ImagenetfsError, UsageError
 MIN_SIDE, MAX_SIDE = 8, 4096
 #: Larger than any ImageNet photo (the biggest is ~ 12 Mpx); a claim beyond it is refused.
 MAX_PIXELS = 64_000_000
+#: Larger than any ImageNet file (the biggest is ~ 15 MB); a bigger one is not read to resize.
+MAX_SOURCE_BYTES = 64 << 20
 DEFAULT_QUALITY = 90
 
 _SPEC = re.compile(r"^(\d+)(?:x(\d+))?$")
@@ -100,6 +103,8 @@ def resize(data: bytes, spec: ResizeSpec, quality: int = DEFAULT_QUALITY) -> byt
     """The resized JPEG of `data`, or `data` itself when a shorter-side spec leaves it as is."""
     from PIL import Image  # imported on first use: mounts without --resize never load it
 
+    if len(data) > MAX_SOURCE_BYTES:
+        raise ResizeError(f"{len(data):,} bytes: more than {MAX_SOURCE_BYTES >> 20} MiB")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -163,6 +168,17 @@ class ResizeCache:
         else:
             self.hits += 1
         return value
+
+    def size_of(self, key: bytes) -> int | None:
+        """The length of a cached value, read in place (no copy of the bytes)."""
+        with self._env.begin(db=self._data, buffers=True) as txn:
+            value = txn.get(key)
+            size = None if value is None else len(value)
+        if size is None:
+            self.misses += 1
+        else:
+            self.hits += 1
+        return size
 
     def put(self, key: bytes, value: bytes) -> None:
         """Store; on a full cache evict the oldest quarter and retry; never raises."""

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagenetfs import matfile, squashfs, synsets, views
+from imagenetfs import matfile, rootfiles, squashfs, synsets
 from imagenetfs.errors import UsageError
 from imagenetfs.index import Placer
 
@@ -115,7 +115,7 @@ class Source:
 
     def virtual_files(self, files: list[tuple[bytes, ...]]) -> dict[tuple[bytes, ...], bytes]:
         """meta.bin, LOC_synset_mapping.txt and the file lists for the placed `files`."""
-        return views.root_files(files, self.class_names)
+        return rootfiles.root_files(files, self.class_names)
 
     def placer(self) -> Placer:
         refs = self.images

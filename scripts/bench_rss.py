@@ -25,7 +25,7 @@ from pathlib import Path
 
 import _venv  # noqa: F401  (re-executes with the imagenetfs environment if needed)
 
-from imagenetfs import generate, mount
+from imagenetfs import generate, registry
 
 
 def read_all(paths: list[str]) -> int:
@@ -58,7 +58,7 @@ def main() -> int:
     cmd = ["imagenetfs", "mount", "--source", str(args.data), "--index", str(index), str(mp)]
     subprocess.run(cmd, check=True)
     try:
-        pid = int(json.loads(mount.state_file(mp).read_text())["pid"])
+        pid = int(json.loads(registry.state_file(mp).read_text())["pid"])
         files = [os.path.join(d, f) for d, _, fs in os.walk(mp) for f in fs]
         print(f"command: {' '.join(sys.argv)}")
         print(f"{len(files):,} files, {args.readers} readers, daemon pid {pid}")

@@ -37,7 +37,7 @@ from typing import Any
 
 import _venv  # noqa: F401  (re-executes with the imagenetfs environment if needed)
 
-from imagenetfs import mount
+from imagenetfs import registry
 
 BENCH = Path("/var/tmp/imagenetfs-bench")
 CLI = str(Path(sys.executable).with_name("imagenetfs"))
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     mp.mkdir()
     subprocess.run([CLI, "mount", "--source", str(args.source), "--index", str(index),
                     str(mp)], check=True, env=env)  # fmt: skip
-    pid = int(json.loads(mount.state_file(mp).read_text())["pid"])
+    pid = int(json.loads(registry.state_file(mp).read_text())["pid"])
     try:
         rels = list_files(mp)
         print(f"mounted {args.source} at {mp} (daemon pid {pid}): {len(rels):,} files; "
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
                     errors.update(e)
                     problems.extend(p)
                 seconds = time.monotonic() - started
-                if not mount.pid_alive(pid):
+                if not registry.pid_alive(pid):
                     print(f"| {epoch} | the daemon died |")
                     return 1
                 s = status(pid)

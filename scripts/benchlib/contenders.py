@@ -209,7 +209,7 @@ class Imagenetfs(Contender):
         self.index_path(setdir).unlink(missing_ok=True)
 
     def mount(self, setdir: Path, mp: Path, probe: File) -> Mounted:
-        from imagenetfs import mount as imount
+        from imagenetfs import registry
 
         self.index_path(setdir).parent.mkdir(parents=True, exist_ok=True)
         mp.mkdir(parents=True, exist_ok=True)
@@ -237,7 +237,7 @@ class Imagenetfs(Contender):
                 _fusermount_lazy(mp)
             raise MountFailed(r.stderr.strip().splitlines()[-1] if r.stderr else "mount failed")
         with contextlib.suppress(OSError, ValueError, KeyError):
-            m.pids = [int(json.loads(imount.state_file(mp).read_text())["pid"])]
+            m.pids = [int(json.loads(registry.state_file(mp).read_text())["pid"])]
         wait_ready([m.path(probe)], [], Path())
         return m
 

@@ -1,0 +1,401 @@
+"""The operation core: every FUSE operation, as plain Python over `views.Tree`.
+
+Both ways of serving call it -- `fs.py` (pyfuse3, `--workers 0`) converts its results to
+pyfuse3's types and hops to threads, `wire.py` (the worker processes) unpacks requests and
+packs replies -- so what a request answers is decided here, once:
+
+- lookup (with `.` and `..`), getattr, readlink, opendir and readdir (the dots, the cookies,
+  the index's stored listings), open (write flags: EROFS; a directory: EISDIR), read, statfs,
+  access, getxattr/listxattr and ioctl;
+- one attribute record, `Attributes`, built in one place (`_attributes`) with one timeout
+  policy: a year, for an immutable tree -- except a resized file whose size is not known yet,
+  which a listing hands out uncached;
+- resized files: a view file's size is known once it has been resized or found in the resize
+  cache. Until then, lookup, getattr, open and read resize it first; a listing resizes nothing.
+  Two bounded memos keep what is known: sizes, and the bytes of the last few resized files;
+- errors: operations raise the exceptions of errors.py, and `errno_for` is the one rule for
+  the answer -- an `Answer` is a regular answer (not logged, not counted); anything else is a
+  failure: counted in `errors`, answered EIO and logged, in one line when it is a failure we
+  know (a corrupt block, an I/O error, an image that cannot be resized), with the traceback
+  when it is a bug;
+- counters (`Counters`), the same in both ways of serving.
+
+Blocking. Two things may have to wait: a read of bytes that are not in the page cache (or that
+need decompressing), and a resize. An operation that would wait raises `Blocked`, which carries
+the rest of the work as a callable; the adapter runs it where waiting harms no other request
+and answers with its result. A resize's `Blocked` carries the file's inode as `key`: concurrent
+requests for one file must resize it once, and the adapter brings the waiting -- record locks
+across worker processes (wire.py), a `trio.Event` under pyfuse3 (fs.py). A request that has
+waited for another asks again and finds the size known. Worker processes have nothing else to
+do meanwhile, so their core reads blocking (`blocking_reads=True`) and only resizes raise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from typing import Any, Generic, NamedTuple, TypeVar
+
+from imagenetfs.errors import (
+    Answer,
+    ImagenetfsError,
+    InvalidRequest,
+    IsADirectory,
+    NoAttribute,
+    NotADirectory,
+    NotATerminal,
+    ReadOnly,
+    errno_of,
+)
+from imagenetfs.index import DIR, FILE, MAX_NAME, SYMLINK, Node
+from imagenetfs.resize import ResizeCache, ResizeSpec
+from imagenetfs.squashfs import WouldBlock
+from imagenetfs.views import Tree
+
+log = logging.getLogger(__name__)
+
+#: Seconds the kernel may keep an entry and its attributes: the tree never changes while mounted.
+TIMEOUT = 365 * 86400
+#: st_blksize, and statfs's block size.
+BLOCK_SIZE = 4096
+WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
+#: Bytes of the last resized files kept, per serving process (for concurrent readers).
+RECENT_RESIZED = 64
+#: Sizes of resized files kept, per serving process (the resize cache keeps them all).
+KNOWN_SIZES = 100_000
+
+
+class Attributes(NamedTuple):
+    """What lookup and getattr answer about an entry."""
+
+    ino: int
+    mode: int
+    nlink: int
+    uid: int
+    gid: int
+    size: int
+    blocks: int  # of 512 bytes
+    mtime: int  # seconds; also atime and ctime
+    timeout: int  # seconds the kernel may keep the entry and these attributes; 0: ask again
+
+
+class Listed(NamedTuple):
+    """One entry of a listing."""
+
+    cookie: int  # where a listing resumes after this entry
+    name: bytes
+    ino: int
+    kind: int  # index.DIR, FILE or SYMLINK
+
+
+class FsStats(NamedTuple):
+    """What statfs answers."""
+
+    block_size: int
+    blocks: int  # the files' total size, in blocks
+    files: int  # entries
+    name_max: int
+
+
+class Blocked(Exception):
+    """The operation must wait: run `work()` where waiting is harmless and answer with its
+    result. With a `key`, concurrent requests of that key should run it once."""
+
+    def __init__(self, work: Callable[[], Any], key: int | None = None) -> None:
+        super().__init__(key)
+        self.work = work
+        self.key = key
+
+
+# --- counters -----------------------------------------------------------------------------
+
+FS_COUNTERS = ("lookups", "getattrs", "readdirs", "opens", "reads", "inline_reads",
+               "bytes_read", "errors", "resizes")  # fmt: skip
+CACHE_COUNTERS = ("hits", "misses", "stores", "evictions", "failures")
+LOOKUPS, GETATTRS, READDIRS, OPENS, READS, INLINE_READS, BYTES_READ, ERRORS, RESIZES = range(9)
+
+
+class Counters:
+    """The counters of one serving process: u64 slots in `memory` -- a slot of shared memory
+    for a worker process (`wire.Board`), private memory otherwise. `FS_COUNTERS`, then the
+    resize cache's `CACHE_COUNTERS`."""
+
+    SLOTS = len(FS_COUNTERS) + len(CACHE_COUNTERS)
+
+    def __init__(self, memory: memoryview | None = None) -> None:
+        self.values = memoryview(bytearray(8 * self.SLOTS)).cast("Q") if memory is None else memory
+        # a worker started again goes on from its slot's counts; its cache counts from 0
+        self._cache_base = list(self.values[len(FS_COUNTERS) :])
+
+    def update_cache(self, counts: dict[str, int]) -> None:
+        first = len(FS_COUNTERS)
+        for i, name in enumerate(CACHE_COUNTERS):
+            self.values[first + i] = self._cache_base[i] + counts[name]
+
+    @staticmethod
+    def report(values: list[int], cache: bool) -> dict[str, dict[str, int]]:
+        """{"fs": counts, "resize_cache": counts (only when there is a cache)} of `values`."""
+        fs = dict(zip(FS_COUNTERS, values, strict=False))
+        out = {"fs": fs}
+        if cache:
+            out["resize_cache"] = dict(zip(CACHE_COUNTERS, values[len(FS_COUNTERS) :], strict=True))
+        return out
+
+
+V = TypeVar("V")
+
+
+class _Memo(Generic[V]):
+    """A dict of at most `capacity` entries, the oldest out first; safe across threads."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: dict[int, V] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: int) -> V | None:
+        return self._items.get(key)
+
+    def put(self, key: int, value: V) -> None:
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.capacity:
+                del self._items[next(iter(self._items))]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+# --- the core -----------------------------------------------------------------------------
+
+
+class Core:
+    """Every operation of one serving process over `tree`, answered for `uid`/`gid`."""
+
+    def __init__(
+        self,
+        tree: Tree,
+        *,
+        uid: int,
+        gid: int,
+        cache: ResizeCache | None = None,
+        counters: Counters | None = None,
+        blocking_reads: bool = False,
+    ) -> None:
+        self.tree = tree
+        self.uid, self.gid = uid, gid
+        self.cache = cache
+        self.counters = counters or Counters()
+        self.blocking_reads = blocking_reads
+        self._counts = self.counters.values
+        self._recent: _Memo[bytes] = _Memo(RECENT_RESIZED)
+        self._sizes: _Memo[int] = _Memo(KNOWN_SIZES)
+
+    # --- errors and counters ---------------------------------------------------------------
+
+    def errno_for(self, exc: BaseException, what: str, subject: object) -> int:
+        """The errno answering a request (`what` on `subject`) that raised `exc`, said and
+        counted by the one rule of the module docstring."""
+        if isinstance(exc, Answer):
+            return exc.errno
+        self._counts[ERRORS] += 1
+        if isinstance(exc, ImagenetfsError | OSError):
+            log.error("%s(%r): %s", what, subject, exc)
+        else:
+            log.error("%s(%r) failed", what, subject, exc_info=exc)
+        return errno_of(exc)
+
+    def statistics(self) -> dict[str, Any]:
+        """Counters and index figures, as `imagenetfs status` shows them."""
+        stats: dict[str, Any] = Counters.report(list(self._counts), self.cache is not None)
+        stats["index"] = asdict(self.tree.index.stats)
+        return stats
+
+    # --- attributes ------------------------------------------------------------------------
+
+    def _attributes(self, node: Node, size: int, timeout: int = TIMEOUT) -> Attributes:
+        """The one attribute builder: the mounting user's, read-only (the modes come from the
+        index), `size` as served."""
+        return Attributes(
+            node.ino, node.mode, node.nlink, self.uid, self.gid, size, (size + 511) // 512,
+            node.mtime, timeout,
+        )  # fmt: skip
+
+    def _entry(self, node: Node) -> Attributes:
+        """Attributes with the size as served: a view file's resized size, resizing first."""
+        spec = self.tree.spec_of(node)
+        if spec is None:
+            return self._attributes(node, node.size)
+        size = self.known_size(node, spec)
+        if size is None:
+            raise Blocked(lambda: self._attributes(node, len(self.resized_bytes(node))), node.ino)
+        return self._attributes(node, size)
+
+    # --- metadata --------------------------------------------------------------------------
+
+    def lookup(self, parent: int, name: bytes) -> Attributes:
+        self._counts[LOOKUPS] += 1
+        if name == b".":
+            node = self.tree.getattr(parent)
+        elif name == b"..":
+            node = self.tree.getattr(self.tree.getattr(parent).parent)
+        else:
+            node = self.tree.lookup(parent, name)
+        return self._entry(node)
+
+    def getattr(self, ino: int) -> Attributes:
+        self._counts[GETATTRS] += 1
+        return self._entry(self.tree.getattr(ino))
+
+    def readlink(self, ino: int) -> bytes:
+        node = self.tree.getattr(ino)
+        if node.kind != SYMLINK:
+            raise InvalidRequest(f"inode {ino} is not a symlink")
+        return node.target
+
+    def opendir(self, ino: int, flags: int = 0) -> None:
+        if flags & WRITE_FLAGS:
+            raise ReadOnly(ino)
+        if self.tree.getattr(ino).kind != DIR:
+            raise NotADirectory(ino)
+
+    def readdir(self, ino: int, offset: int) -> Iterator[Listed]:
+        """The entries of directory `ino` after cookie `offset`: `.` (cookie 1), `..` (2),
+        then the children (3, 4, ...: a child's cookie is its position + 3). Checked now,
+        listed lazily."""
+        self._counts[READDIRS] += 1
+        directory = self.tree.getattr(ino)
+        if directory.kind != DIR:
+            raise NotADirectory(ino)
+        return self._listed(directory, offset)
+
+    def _listed(self, directory: Node, offset: int) -> Iterator[Listed]:
+        if offset < 1:
+            yield Listed(1, b".", directory.ino, DIR)
+        if offset < 2:
+            yield Listed(2, b"..", directory.parent, DIR)
+        cookie = max(offset, 2)
+        for child, kind, name in self.tree.entries(directory.ino, cookie - 2):
+            cookie += 1
+            yield Listed(cookie, name, child, kind)
+
+    def stored_listing(self, ino: int, offset: int, size: int) -> bytes | None:
+        """The children of `ino` after cookie `offset` (>= 2) as the READDIR records stored in
+        the index, as many as fit in `size` bytes; None where none are stored (resized views,
+        a root that lists `resized/`): list them from `readdir` then."""
+        return self.tree.listing(ino, offset - 2, size)
+
+    def listed_attributes(self, entry: Listed) -> Attributes:
+        """Attributes of a listed entry (READDIRPLUS). A listing resizes nothing: a view file
+        whose size is not known yet shows its original size, not to be cached."""
+        node = self.tree.getattr(entry.ino)
+        spec = self.tree.spec_of(node)
+        if spec is None:
+            return self._attributes(node, node.size)
+        size = self.known_size(node, spec)
+        if size is None:
+            return self._attributes(node, node.size, timeout=0)
+        return self._attributes(node, size)
+
+    def statfs(self) -> FsStats:
+        stats = self.tree.index.stats
+        blocks = (stats.bytes + BLOCK_SIZE - 1) // BLOCK_SIZE
+        return FsStats(BLOCK_SIZE, blocks, stats.entries, MAX_NAME)
+
+    def access(self, ino: int, mode: int) -> None:
+        self.tree.getattr(ino)
+        if mode & os.W_OK:
+            raise ReadOnly(ino)
+
+    def getxattr(self, ino: int, name: bytes) -> bytes:
+        """No extended attributes, as on squashfs, ext4 and squashfuse: ENODATA."""
+        self.tree.getattr(ino)
+        raise NoAttribute(name)
+
+    def listxattr(self, ino: int) -> list[bytes]:
+        """An empty list (ENOTSUP would make `tar --xattrs` warn on every file)."""
+        self.tree.getattr(ino)
+        return []
+
+    def ioctl(self, ino: int) -> bytes:
+        """No ioctls: `isatty()` (TCGETS) learns that a file is no terminal."""
+        raise NotATerminal(ino)
+
+    # --- data ------------------------------------------------------------------------------
+
+    def open(self, ino: int, flags: int) -> None:
+        """Check an open for reading; a resized file is resized here if it has not been."""
+        self._counts[OPENS] += 1
+        if flags & WRITE_FLAGS:
+            raise ReadOnly(ino)
+        node = self.tree.getattr(ino)
+        if node.kind != FILE:
+            raise IsADirectory(ino) if node.kind == DIR else InvalidRequest(f"{ino}: not a file")
+        if self.tree.spec_of(node) is not None and self._recent.get(ino) is None:
+            raise Blocked(lambda: self._prepare(node), ino)
+
+    def _prepare(self, node: Node) -> None:
+        self.resized_bytes(node)
+
+    def read(self, ino: int, offset: int, size: int) -> bytes:
+        self._counts[READS] += 1
+        node = self.tree.getattr(ino)
+        if node.kind != FILE:
+            raise IsADirectory(ino) if node.kind == DIR else InvalidRequest(f"{ino}: not a file")
+        if self.tree.spec_of(node) is not None:
+            data = self._recent.get(ino)
+            if data is None:
+                raise Blocked(lambda: self._served(self.resized_bytes(node), offset, size), ino)
+            return self._served(data, offset, size)
+        if offset >= node.size or size <= 0:
+            return b""
+        self._counts[BYTES_READ] += min(size, node.size - offset)
+        if self.blocking_reads:
+            return self.tree.read(node, offset, size)
+        try:  # in the page cache and needing no decompression: read it now
+            data = self.tree.read(node, offset, size, nowait=True)
+        except WouldBlock:
+            raise Blocked(lambda: self.tree.read(node, offset, size)) from None
+        self._counts[INLINE_READS] += 1
+        return data
+
+    def _served(self, data: bytes, offset: int, size: int) -> bytes:
+        piece = data[offset : offset + size]
+        self._counts[BYTES_READ] += len(piece)
+        return piece
+
+    # --- resized files ---------------------------------------------------------------------
+
+    def known_size(self, node: Node, spec: ResizeSpec) -> int | None:
+        """A view file's resized size, if known without resizing (memo or resize cache)."""
+        size = self._sizes.get(node.ino)
+        if size is None and self.cache is not None:
+            size = self.cache.size_of(self.tree.cache_key(node, spec))
+            self.counters.update_cache(self.cache.statistics())
+            if size is not None:
+                self._sizes.put(node.ino, size)
+        return size
+
+    def resized_bytes(self, node: Node) -> bytes:
+        """The bytes of a view file: from memory, the resize cache, or resized now (blocking:
+        run it where waiting is harmless, once per file at a time -- see `Blocked`)."""
+        data = self._recent.get(node.ino)
+        if data is not None:
+            return data
+        spec = self.tree.spec_of(node)
+        assert spec is not None
+        key = self.tree.cache_key(node, spec)
+        data = self.cache.get(key) if self.cache is not None else None
+        if data is None:
+            data = self.tree.resize(node)
+            self._counts[RESIZES] += 1
+            if self.cache is not None:
+                self.cache.put(key, data)
+        if self.cache is not None:
+            self.counters.update_cache(self.cache.statistics())
+        self._recent.put(node.ino, data)
+        self._sizes.put(node.ino, len(data))
+        return data

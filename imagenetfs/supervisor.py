@@ -1,0 +1,282 @@
+"""The daemon's trio program: serve one mount until it is unmounted or told to stop.
+
+`Daemon.main` runs in the daemon process once pyfuse3 has mounted (mount.py), in `trio.run`:
+one nursery holds
+
+- the signal receiver: SIGTERM, SIGINT or SIGHUP stop serving;
+- the publisher: every `PUBLISH_INTERVAL` seconds the counters go to the mount's state file;
+- the server. With `--workers 0`, `pyfuse3.main` over `fs.Operations`. Otherwise the
+  supervisor of the worker processes: it answers FUSE_INIT itself (`wire.answer_init`), forks
+  `config.workers` workers, each watched by a task awaiting its pidfd, and only then tells the
+  mount command that the tree is ready. A worker that
+  exits 0 has seen the mount go away (ENODEV): stop. One that fails is started again -- unless
+  more than `MAX_FAILURES` failed within `FAILURE_WINDOW` seconds: a crash loop, and the mount
+  goes away rather than fail every request.
+
+Stopping sends SIGTERM to every worker and waits for them; the caller then unmounts.
+
+Signals and forks. SIGTERM, SIGINT and SIGHUP are blocked from before the mount (mount.py)
+until the receiver is in place, and again around each fork: a signal that arrives meanwhile
+waits, and is then handled with the new worker already among those to stop. The child resets
+the handlers (and drops trio's wakeup descriptor) before it unblocks them, so it never runs the
+parent's handler.
+
+A worker dies with its supervisor (PR_SET_PDEATHSIG: a SIGKILLed daemon leaves a stale mount, as
+a single process would, and no headless workers). It serves from what the supervisor holds: a
+descriptor cloned from the session, the index through its open descriptor and the images
+through theirs (`Index.reopen`) -- so a worker started again after an image was renamed over
+serves the same bytes as the one before it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import signal
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, NoReturn
+
+import lmdb
+import pyfuse3
+import trio
+
+from imagenetfs import fs, registry, wire
+from imagenetfs.config import ServeConfig
+from imagenetfs.index import Index
+from imagenetfs.ops import Core, Counters
+from imagenetfs.resize import ResizeCache
+from imagenetfs.views import Tree
+
+log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+PUBLISH_INTERVAL = 2.0
+MAX_FAILURES = 3
+FAILURE_WINDOW = 10.0
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def block_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+
+def unblock_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextlib.contextmanager
+def signals_blocked() -> Iterator[None]:
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+class Daemon:
+    """One mount's serving: `main` is the trio program (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: ServeConfig,
+        index: Index,
+        fuse_ops: fs.Operations | None,
+        state: registry.State,
+        state_path: Path,
+        ready: Callable[[], None],
+    ) -> None:
+        self.config = config
+        self.index = index
+        self.fuse_ops = fuse_ops  # what pyfuse3 was given, with --workers 0
+        self.state = state
+        self.state_path = state_path
+        self.ready = ready
+        self.stopping = False
+        self.cache = config.cache  # None from the moment the resize cache proves unusable
+        self._startup = trio.CancelScope()
+        self._workers: dict[int, int] = {}  # pid -> counters slot
+        self._failures: list[float] = []
+        self._statistics: Callable[[], dict[str, Any]] | None = None
+
+    async def main(self) -> None:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+            unblock_signals()
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._on_signals, signals)
+                    nursery.start_soon(self._publish)
+                    if self.fuse_ops is not None:
+                        await self._serve_pyfuse3(self.fuse_ops)
+                    else:
+                        await self._serve_workers()
+                    nursery.cancel_scope.cancel()
+            finally:
+                block_signals()  # until the caller has unmounted
+
+    def stop(self) -> None:
+        self.stopping = True
+        self._startup.cancel()
+        if self.fuse_ops is not None:
+            pyfuse3.terminate()
+        for pid in self._workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    async def _on_signals(self, signals: Any) -> None:
+        async for signum in signals:
+            log.info("%s: unmounting", signal.Signals(signum).name)
+            self.stop()
+
+    async def _publish(self) -> None:
+        while True:
+            await trio.sleep(PUBLISH_INTERVAL)
+            self.publish()
+
+    def publish(self) -> None:
+        if self._statistics is None:
+            return
+        state = {**self.state, "updated": time.time(), "stats": self._statistics()}
+        with contextlib.suppress(OSError):
+            registry.write_state(self.state_path, state)
+
+    def _core(self, counters: Counters, *, blocking_reads: bool) -> Core:
+        """The operation core of this process (a worker's, or pyfuse3's)."""
+        cache = None
+        if self.cache is not None:
+            cache = open_cache(*self.cache)
+            if cache is None:
+                self.cache = None
+        self.index.reopen()  # an LMDB environment of this process's own
+        tree = Tree(self.index, self.config.resize, quality=self.config.resize_quality)
+        return Core(
+            tree, uid=os.getuid(), gid=os.getgid(), cache=cache, counters=counters,
+            blocking_reads=blocking_reads,
+        )  # fmt: skip
+
+    # --- pyfuse3 alone ---------------------------------------------------------------------
+
+    async def _serve_pyfuse3(self, ops: fs.Operations) -> None:
+        ops.core = self._core(Counters(), blocking_reads=False)
+        ops.on_init = self.ready
+        self._statistics = ops.core.statistics
+        await pyfuse3.main(min_tasks=1, max_tasks=64)
+
+    # --- worker processes ------------------------------------------------------------------
+
+    async def _serve_workers(self) -> None:
+        session = wire.session_fd()
+        with self._startup:
+            await trio.lowlevel.wait_readable(session)
+        if self.stopping:
+            return
+        wire.answer_init(session)
+        if self.cache is not None:  # an unusable cache: said once here, not in each worker
+            probe = open_cache(*self.cache)
+            if probe is None:
+                self.cache = None
+            else:
+                probe.close()
+        board = wire.Board(self.config.workers)
+
+        def statistics() -> dict[str, Any]:
+            stats: dict[str, Any] = Counters.report(board.totals(), self.cache is not None)
+            stats["index"] = asdict(self.index.stats)
+            return stats
+
+        self._statistics = statistics
+        # the resize lock file: record locks on its bytes, never any data (see wire.py)
+        with tempfile.TemporaryFile() as lock_file:
+            async with trio.open_nursery() as nursery:
+                for slot in range(self.config.workers):
+                    self._start(nursery, slot, session, board, lock_file.fileno())
+                log.info("serving with %d worker processes", self.config.workers)
+                self.ready()  # (requests that came meanwhile wait in the kernel's queue)
+                self.publish()
+
+    def _start(
+        self, nursery: trio.Nursery, slot: int, session: int, board: wire.Board, lock_fd: int
+    ) -> None:
+        parent = os.getpid()
+        with signals_blocked():
+            pid = os.fork()
+            if pid == 0:
+                self._worker(slot, session, board, lock_fd, parent)
+            self._workers[pid] = slot
+        nursery.start_soon(self._watch, nursery, pid, slot, session, board, lock_fd)
+
+    async def _watch(
+        self,
+        nursery: trio.Nursery,
+        pid: int,
+        slot: int,
+        session: int,
+        board: wire.Board,
+        lock_fd: int,
+    ) -> None:
+        pidfd = os.pidfd_open(pid)
+        try:
+            await trio.lowlevel.wait_readable(pidfd)
+        finally:
+            os.close(pidfd)
+        status = os.waitpid(pid, 0)[1]
+        del self._workers[pid]
+        if self.stopping:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:  # the mount went away (ENODEV)
+            self.stop()
+            return
+        now = time.monotonic()
+        self._failures = [t for t in self._failures if t > now - FAILURE_WINDOW] + [now]
+        if len(self._failures) > MAX_FAILURES:
+            log.error("workers keep failing: unmounting")
+            self.stop()
+            return
+        how = f"signal {-code}" if code < 0 else f"status {code}"
+        log.warning("worker %d ended (%s): starting another", pid, how)
+        self._start(nursery, slot, session, board, lock_fd)
+
+    def _worker(
+        self, slot: int, session: int, board: wire.Board, lock_fd: int, parent: int
+    ) -> NoReturn:
+        """A forked worker's whole life; it never returns to trio."""
+        code = 1
+        try:
+            signal.set_wakeup_fd(-1)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides on Ctrl-C
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+            _die_with_parent(parent)
+            unblock_signals()
+            fd = wire.clone_session(session)
+            core = self._core(Counters(board.slot(slot)), blocking_reads=True)
+            wire.Worker(core, fd, lock_fd=lock_fd).run()
+            code = 0
+        except BaseException:
+            log.exception("worker %d failed", os.getpid())
+        finally:
+            os._exit(code)
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this worker when the supervisor dies (even by SIGKILL)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+    if os.getppid() != parent:  # it died before the prctl
+        os._exit(1)
+
+
+def open_cache(directory: Path, size: int) -> ResizeCache | None:
+    """The resize cache, or None (said once in the log) when it cannot be used."""
+    try:
+        return ResizeCache(directory, size)
+    except (OSError, lmdb.Error) as e:
+        log.warning("resize cache %s unusable (%s): resizing without a cache", directory, e)
+        return None
