@@ -15,8 +15,9 @@ import lmdb
 import pytest
 
 from imagenetfs import generate, index, source, synsets
+from imagenetfs.errors import NoSuchEntry, NotADirectory
 from imagenetfs.generate import Spec
-from imagenetfs.index import Index, IndexError_, NoSuchEntry, NotADirectory
+from imagenetfs.index import Index, IndexError_
 
 SPEC = Spec(classes=4, train_per_class=5, val_per_class=3, test=4, tiny=True)
 

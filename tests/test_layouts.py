@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from helpers import Mounter
 
 from imagenetfs import generate, index, source
 from imagenetfs.generate import Spec
@@ -129,20 +130,11 @@ def test_layouts_are_explained(made: dict[str, Path]) -> None:
     )
 
 
-def test_unpacked_tree_mounts(made: dict[str, Path], tmp_path: Path) -> None:
+def test_unpacked_tree_mounts(made: dict[str, Path], mounter: Mounter, tmp_path: Path) -> None:
     """Through FUSE: an unpacked source reads back its own files."""
-    mp = tmp_path / "mnt"
-    cli = [sys.executable, "-m", "imagenetfs.cli"]
-    subprocess.run(
-        [*cli, "mount", "--source", str(made["unpacked"]), "--index", str(tmp_path / "i"),
-         str(mp)],
-        check=True, timeout=120,
-    )  # fmt: skip
-    try:
-        direct = made["unpacked"]
-        for original in sorted((direct / "train").rglob("*.JPEG")):
-            served = mp / original.relative_to(direct)
-            assert served.read_bytes() == original.read_bytes()
-            assert served.stat().st_size == original.stat().st_size
-    finally:
-        subprocess.run([*cli, "umount", "--lazy", str(mp)], check=False, timeout=60)
+    direct = made["unpacked"]
+    mp = mounter.mount(tmp_path / "mnt", direct, index=tmp_path / "i").mp
+    for original in sorted((direct / "train").rglob("*.JPEG")):
+        served = mp / original.relative_to(direct)
+        assert served.read_bytes() == original.read_bytes()
+        assert served.stat().st_size == original.stat().st_size

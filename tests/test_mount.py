@@ -7,7 +7,7 @@ regrouped by `val_labels.txt`, as `source.py` does).
 Safety rules, because a leftover FUSE mount hangs whatever touches it next:
 
 - every test has a timeout, and every subprocess has its own (`timeout=` or `timeout(1)`);
-- every mount goes through a `Runner`, whose finalizer lazily unmounts what is still mounted
+- every mount goes through a `Mounter`, whose finalizer lazily unmounts what is still mounted
   (`fusermount3 -uz`) and SIGKILLs the daemons it started; the module's base directory is swept
   for mounts once more at the end;
 - readers of a killed daemon run in subprocesses under `timeout`, never in this process;
@@ -42,13 +42,15 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import (
+    CLI,
     ROOT_FILES,
+    Mounter,
     alive,
     force_unmount,
     fuse_unusable,
@@ -59,10 +61,9 @@ from helpers import (
 )
 
 import imagenetfs
-from imagenetfs import generate, synsets, views
+from imagenetfs import generate, rootfiles, synsets
 from imagenetfs.generate import Spec
 
-CLI = str(Path(sys.executable).with_name("imagenetfs"))
 PY = sys.executable
 USER, OTHER = "imagenetfs-test", "imagenetfs-other"
 SPLITS = ("train", "val", "test")
@@ -193,7 +194,7 @@ def expected_root_files(images: dict[str, bytes]) -> dict[str, bytes]:
     for split in SPLITS:
         out[f"{split}_files.txt"] = lines(paths[split])
     val_wnids = [p.split("/")[1] for p in sorted(paths["val"], key=lambda p: p.split("/")[2])]
-    out["meta.bin"] = views.meta_bin({w: synsets.class_names(w) for w in wnids}, val_wnids)
+    out["meta.bin"] = rootfiles.meta_bin({w: synsets.class_names(w) for w in wnids}, val_wnids)
     return out
 
 
@@ -230,113 +231,6 @@ def tiny(base: Path) -> Dataset:
     return data
 
 
-# --- running the CLI, as root or as a test user, and never leaving a mount behind ----------
-
-
-@dataclass
-class Runner:
-    """Runs `imagenetfs` (and Python snippets) as one user, with its own state directory;
-    remembers every mount point and daemon so that `cleanup()` can undo them."""
-
-    work: Path  # a directory this user owns (mount points, cache, state)
-    user: str | None = None  # None: root, this process's user
-    points: list[Path] = field(default_factory=list)
-    pids: set[int] = field(default_factory=set)
-
-    @property
-    def state_dir(self) -> Path:
-        return self.work / "cache" / "imagenetfs" / "mounts"
-
-    def env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGENETFS_", "XDG_"))}
-        env.update(XDG_CACHE_HOME=str(self.work / "cache"), XDG_RUNTIME_DIR="")
-        if self.user is not None:
-            env = {
-                "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                "HOME": str(self.work),
-                "LANG": "C.UTF-8",
-                "XDG_CACHE_HOME": env["XDG_CACHE_HOME"],
-            }
-        return env
-
-    def _command(self, args: list[str]) -> list[str]:
-        if self.user is None:
-            return args
-        env = [f"{k}={v}" for k, v in self.env().items()]
-        return ["runuser", "-u", self.user, "--", "env", "-i", *env, *args]
-
-    def cli(
-        self, *args: object, timeout: float = 60, cwd: Path | None = None
-    ) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self._command([CLI, *map(str, args)]),
-            cwd=cwd,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=self.env(),
-            stdin=subprocess.DEVNULL,
-        )
-
-    def mkdir(self, name: str) -> Path:
-        path = self.work / name
-        path.mkdir()
-        if self.user is not None:
-            shutil.chown(path, self.user, self.user)
-        return path
-
-    def mount(self, mp: Path, data: Dataset | None, *extra: object, cwd: Path | None = None) -> int:
-        """Mount (daemonized) and return the daemon's pid."""
-        self.points.append(mp)
-        args: list[object] = ["mount", *extra, mp]
-        if data is not None:
-            args[1:1] = ["--source", data.root.relative_to(cwd) if cwd else data.root]
-            if self.user is None:
-                args[1:1] = ["--index", data.index]  # a user builds its own, in its cache
-        result = self.cli(*args, timeout=120, cwd=cwd)
-        assert result.returncode == 0, result.stderr
-        assert is_mounted(mp), mount_points()
-        return self.pid(mp)
-
-    def state(self, mp: Path) -> dict[str, Any] | None:
-        for path in self.state_dir.glob("*.json"):
-            with contextlib.suppress(OSError, ValueError):
-                state: dict[str, Any] = json.loads(path.read_text())
-                if state.get("mountpoint") == str(mp):
-                    state["state_file"] = str(path)
-                    return state
-        return None
-
-    def pid(self, mp: Path) -> int:
-        state = self.state(mp)
-        assert state is not None, f"no state file for {mp} in {self.state_dir}"
-        pid = int(state["pid"])
-        self.pids.add(pid)
-        return pid
-
-    def python(self, code: str, *args: object, timeout: float = 30) -> Any:
-        """Run a snippet as this user under timeout(1); it prints JSON."""
-        cmd = ["timeout", "-s", "KILL", str(timeout), *self._command([PY, "-c", code])]
-        result = subprocess.run(
-            cmd + [json.dumps(a if isinstance(a, list | dict) else str(a)) for a in args],
-            capture_output=True,
-            text=True,
-            timeout=timeout + 10,
-            env=self.env(),
-        )
-        assert result.returncode == 0, (result.returncode, result.stderr)
-        return json.loads(result.stdout)
-
-    def cleanup(self) -> None:
-        for mp in self.points:
-            if is_mounted(mp):
-                force_unmount(mp)
-        for pid in self.pids:
-            if alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-
-
 @pytest.fixture(autouse=True)
 def no_mount_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """Whatever a test mounted under our directories and did not track (e.g. a refusal that
@@ -347,13 +241,6 @@ def no_mount_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[N
     for mp in set(mount_points()) - before:
         if mp.startswith(ours):
             force_unmount(Path(mp))
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Iterator[Runner]:
-    runner = Runner(tmp_path)
-    yield runner
-    runner.cleanup()
 
 
 # Snippets run as another user (or in a separate process, where a hang must not reach pytest).
@@ -448,10 +335,11 @@ def served(
     worker processes (the default) or, for `<dataset>-pyfuse3`, by pyfuse3 alone."""
     name, _, mode = request.param.partition("-")
     data: Dataset = request.getfixturevalue(name)
-    runner = Runner(tmp_path_factory.mktemp(f"served-{request.param}"))
+    runner = Mounter(tmp_path_factory.mktemp(f"served-{request.param}"))
     mp = runner.mkdir("mp")
     try:
-        runner.mount(mp, data, *(["--workers", "0"] if mode == "pyfuse3" else []))
+        workers = ["--workers", "0"] if mode == "pyfuse3" else []
+        runner.mount(mp, data.root, *workers, index=data.index)
         yield data, mp
     finally:
         runner.cleanup()
@@ -604,7 +492,7 @@ def test_every_write_fails_with_erofs(served: tuple[Dataset, Path], tmp_path: Pa
     data, mp = served
     rel = data.images[0]
     before = {p: (st.st_mode, st.st_size, st.st_mtime_ns) for p, st in walk(mp).items()}
-    out = Runner(tmp_path).python(WRITES, str(mp / rel), str(mp / rel).rsplit("/", 1)[0])
+    out = Mounter(tmp_path).python(WRITES, str(mp / rel), str(mp / rel).rsplit("/", 1)[0])
     assert_all_erofs(out)
     assert {p: (st.st_mode, st.st_size, st.st_mtime_ns) for p, st in walk(mp).items()} == before
     assert (mp / rel).read_bytes() == data.files[rel]
@@ -621,13 +509,13 @@ def test_every_write_fails_with_erofs(served: tuple[Dataset, Path], tmp_path: Pa
 
 
 @pytest.mark.timeout(60)
-def test_data_unchanged_across_remount(root: Runner, realistic: Dataset) -> None:
-    mp = root.mkdir("mp")
+def test_data_unchanged_across_remount(mounter: Mounter, realistic: Dataset) -> None:
+    mp = mounter.mkdir("mp")
     digests = []
     for _ in range(2):
-        root.mount(mp, realistic)
+        mounter.mount(mp, realistic.root, index=realistic.index)
         digests.append({rel: sha((mp / rel).read_bytes()) for rel in sorted(realistic.files)})
-        result = root.cli("umount", mp)
+        result = mounter.cli("umount", mp)
         assert result.returncode == 0, result.stderr
         assert not is_mounted(mp)
     assert digests[0] == digests[1] == {k: sha(v) for k, v in realistic.files.items()}
@@ -650,7 +538,7 @@ except OSError as e:
 """
 
 
-def kill_and_umount_stale(runner: Runner, mp: Path, pid: int) -> None:
+def kill_and_umount_stale(runner: Mounter, mp: Path, pid: int) -> None:
     """SIGKILL the daemon `pid`, then `imagenetfs umount` clears the stale point it leaves."""
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: not alive(pid), 10)
@@ -660,7 +548,7 @@ def kill_and_umount_stale(runner: Runner, mp: Path, pid: int) -> None:
     assert not is_mounted(mp)
 
 
-def check_stale_access(runner: Runner, mp: Path, rel: str) -> None:
+def check_stale_access(runner: Mounter, mp: Path, rel: str) -> None:
     """Every access to a stale mount point fails promptly, with ENOTCONN unless the kernel
     answers from its cache without asking the daemon."""
     out = runner.python(ACCESS, [str(mp), str(mp / rel)], timeout=20)
@@ -675,11 +563,11 @@ def check_stale_access(runner: Runner, mp: Path, rel: str) -> None:
 
 @pytest.mark.timeout(120)
 def test_sigkill_leaves_stale_mount_that_mount_and_umount_clear(
-    root: Runner, realistic: Dataset
+    mounter: Mounter, realistic: Dataset
 ) -> None:
-    mp = root.mkdir("mp")
+    mp = mounter.mkdir("mp")
     rel = max(realistic.files, key=lambda r: len(realistic.files[r]))
-    pid = root.mount(mp, realistic)
+    pid = mounter.mount(mp, realistic.root, index=realistic.index).pid
     holder = subprocess.Popen(
         [PY, "-c", HOLD_AND_READ, json.dumps(str(mp / rel))],
         stdin=subprocess.PIPE,
@@ -699,18 +587,18 @@ def test_sigkill_leaves_stale_mount_that_mount_and_umount_clear(
         holder.kill()
         holder.wait(timeout=10)
     assert is_mounted(mp), "stale: no auto_unmount after SIGKILL"
-    check_stale_access(root, mp, rel)
-    status = root.cli("status", mp)
+    check_stale_access(mounter, mp, rel)
+    status = mounter.cli("status", mp)
     assert status.returncode == 0 and "dead" in status.stdout, status
 
     # mount over the stale point: cleared, then mounted and serving
-    pid2 = root.mount(mp, realistic)
+    pid2 = mounter.mount(mp, realistic.root, index=realistic.index).pid
     assert pid2 != pid
     assert (mp / rel).read_bytes() == realistic.files[rel]
     assert [line for line in mount_points() if line == str(mp)] == [str(mp)], "one mount only"
 
-    kill_and_umount_stale(root, mp, pid2)
-    assert root.state(mp) is None
+    kill_and_umount_stale(mounter, mp, pid2)
+    assert mounter.state(mp) is None
     assert os.listdir(mp) == []
 
 
@@ -720,11 +608,11 @@ def test_sigkill_leaves_stale_mount_that_mount_and_umount_clear(
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 @pytest.mark.timeout(60)
 def test_signal_ends_the_daemon_cleanly(
-    root: Runner, realistic: Dataset, signum: signal.Signals
+    mounter: Mounter, realistic: Dataset, signum: signal.Signals
 ) -> None:
-    mp = root.mkdir("mp")
-    pid = root.mount(mp, realistic)
-    state = root.state(mp)
+    mp = mounter.mkdir("mp")
+    pid = mounter.mount(mp, realistic.root, index=realistic.index).pid
+    state = mounter.state(mp)
     assert state is not None
     rel = sorted(realistic.files)[-1]
     assert (mp / rel).read_bytes() == realistic.files[rel]
@@ -737,13 +625,13 @@ def test_signal_ends_the_daemon_cleanly(
 
 
 @pytest.mark.timeout(60)
-def test_umount_waits_for_the_daemon(root: Runner, realistic: Dataset) -> None:
-    mp = root.mkdir("mp")
-    pid = root.mount(mp, realistic)
-    state = root.state(mp)
+def test_umount_waits_for_the_daemon(mounter: Mounter, realistic: Dataset) -> None:
+    mp = mounter.mkdir("mp")
+    pid = mounter.mount(mp, realistic.root, index=realistic.index).pid
+    state = mounter.state(mp)
     assert state is not None
     (mp / sorted(realistic.files)[0]).read_bytes()
-    result = root.cli("umount", mp)
+    result = mounter.cli("umount", mp)
     gone = not alive(pid)  # right when umount returned
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"unmounted {mp}"
@@ -754,22 +642,22 @@ def test_umount_waits_for_the_daemon(root: Runner, realistic: Dataset) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 @pytest.mark.timeout(60)
-def test_foreground_mode(root: Runner, realistic: Dataset, signum: signal.Signals) -> None:
-    mp = root.mkdir("mp")
-    root.points.append(mp)
+def test_foreground_mode(mounter: Mounter, realistic: Dataset, signum: signal.Signals) -> None:
+    mp = mounter.mkdir("mp")
+    mounter.points.append(mp)
     cmd = [CLI, "mount", "-f", "--source", str(realistic.root), "--index", str(realistic.index)]
     proc = subprocess.Popen(
-        [*cmd, str(mp)], env=root.env(), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
+        [*cmd, str(mp)], env=mounter.env(), stdin=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
-    root.pids.add(proc.pid)
+    mounter.pids.add(proc.pid)
     try:
 
         def ready() -> bool:  # mounted by pyfuse3.init(), then the state file, then serving
-            return (root.state(mp) is not None and is_mounted(mp)) or proc.poll() is not None
+            return (mounter.state(mp) is not None and is_mounted(mp)) or proc.poll() is not None
 
         assert wait_until(ready, 30)
         assert proc.poll() is None, "the foreground process serves"
-        state = root.state(mp)
+        state = mounter.state(mp)
         assert state is not None and state["pid"] == proc.pid
         rel = sorted(realistic.files)[1]
         assert (mp / rel).read_bytes() == realistic.files[rel]
@@ -787,7 +675,7 @@ def test_foreground_mode(root: Runner, realistic: Dataset, signum: signal.Signal
 # --- 5. refusals: one line, exit 1 --------------------------------------------------------
 
 
-def _prepare(case: str, tmp: Path, root: Runner, data: Dataset) -> list[object]:
+def _prepare(case: str, tmp: Path, mounter: Mounter, data: Dataset) -> list[object]:
     empty = tmp / "empty"
     empty.mkdir()
     given = ["--source", data.root, "--index", data.index]
@@ -800,7 +688,7 @@ def _prepare(case: str, tmp: Path, root: Runner, data: Dataset) -> list[object]:
         (empty / "x").write_text("x")
         return ["mount", *given, empty]
     if case == "mount point busy":
-        root.mount(empty, data)
+        mounter.mount(empty, data.root, index=data.index)
         return ["mount", *given, empty]
     if case == "umount not mounted":
         return ["umount", empty]
@@ -839,10 +727,12 @@ REFUSALS = {
 
 @pytest.mark.parametrize("case", sorted(REFUSALS))
 @pytest.mark.timeout(60)
-def test_refusal_is_one_line(root: Runner, realistic: Dataset, tmp_path: Path, case: str) -> None:
-    args = _prepare(case, tmp_path, root, realistic)
+def test_refusal_is_one_line(
+    mounter: Mounter, realistic: Dataset, tmp_path: Path, case: str
+) -> None:
+    args = _prepare(case, tmp_path, mounter, realistic)
     before = mount_points()
-    result = root.cli(*args)
+    result = mounter.cli(*args)
     line = error_line(result)
     assert REFUSALS[case] in line, line
     assert result.stdout == ""
@@ -850,21 +740,23 @@ def test_refusal_is_one_line(root: Runner, realistic: Dataset, tmp_path: Path, c
 
 
 @pytest.mark.timeout(60)
-def test_missing_mount_point_is_created(root: Runner, realistic: Dataset) -> None:
-    mp = root.work / "new"
-    root.mount(mp, realistic)
+def test_missing_mount_point_is_created(mounter: Mounter, realistic: Dataset) -> None:
+    mp = mounter.work / "new"
+    mounter.mount(mp, realistic.root, index=realistic.index)
     assert sorted(os.listdir(mp)) == sorted(SPLITS + ROOT_FILES)
-    assert root.cli("umount", mp).returncode == 0
+    assert mounter.cli("umount", mp).returncode == 0
     assert mp.is_dir() and os.listdir(mp) == []
 
 
 @pytest.mark.timeout(60)
 def test_bad_mount_point_is_refused_before_indexing(
-    root: Runner, realistic: Dataset, tmp_path: Path
+    mounter: Mounter, realistic: Dataset, tmp_path: Path
 ) -> None:
     """Indexing full ImageNet takes minutes: a typo in the mount point must not wait for it."""
     index = tmp_path / "new.lmdb"
-    result = root.cli("mount", "--source", realistic.root, "--index", index, tmp_path / "a" / "b")
+    result = mounter.cli(
+        "mount", "--source", realistic.root, "--index", index, tmp_path / "a" / "b"
+    )
     assert error_line(result) == (
         f"imagenetfs: error: mount point {tmp_path / 'a' / 'b'}: {tmp_path / 'a'} does not exist"
     )
@@ -876,10 +768,11 @@ def test_bad_mount_point_is_refused_before_indexing(
 
 
 @pytest.mark.timeout(60)
-def test_status_lists_source_pid_and_counters(root: Runner, realistic: Dataset) -> None:
-    mp = root.mkdir("mp")
-    pid = root.mount(mp, realistic, cwd=realistic.root.parent)  # a relative --source
-    result = root.cli("status")
+def test_status_lists_source_pid_and_counters(mounter: Mounter, realistic: Dataset) -> None:
+    mp = mounter.mkdir("mp")
+    relative = realistic.root.parent  # a relative --source
+    pid = mounter.mount(mp, realistic.root, index=realistic.index, cwd=relative).pid
+    result = mounter.cli("status")
     assert result.returncode == 0, result.stderr
     assert f"{mp}: serving" in result.stdout
     assert f"source {realistic.root}" in result.stdout
@@ -889,16 +782,16 @@ def test_status_lists_source_pid_and_counters(root: Runner, realistic: Dataset) 
         (mp / rel).read_bytes()
 
     def counters() -> str:
-        out = root.cli("status", mp).stdout
-        return out if "reads" in out else ""
+        """The status once its counters show the reads (published every 2 s)."""
+        out = mounter.cli("status", mp).stdout
+        reads = re.search(r"\breads ([\d,]+)", out)
+        return out if reads and int(reads.group(1).replace(",", "")) >= 5 else ""
 
     assert wait_until(lambda: bool(counters()), 8, interval=0.5), "counters published"
     out = counters()
     assert f"index {realistic.index}" in out, out
-    reads = re.search(r"\breads ([\d,]+)", out)
-    assert reads and int(reads.group(1).replace(",", "")) >= 5, out
-    assert root.cli("umount", mp).returncode == 0
-    assert root.cli("status").stdout.strip() == "no imagenetfs mounts"
+    assert mounter.cli("umount", mp).returncode == 0
+    assert mounter.cli("status").stdout.strip() == "no imagenetfs mounts"
 
 
 # --- 8. the built-in sample ---------------------------------------------------------------
@@ -906,13 +799,15 @@ def test_status_lists_source_pid_and_counters(root: Runner, realistic: Dataset) 
 
 @pytest.mark.skipif(os.path.exists("/data/imagenet"), reason="/data/imagenet exists here")
 @pytest.mark.timeout(120)
-def test_first_mount_generates_the_sample_with_one_notice(root: Runner) -> None:
-    mp = root.mkdir("mp")
-    root.points.append(mp)
-    result = root.cli("mount", mp, timeout=100)
+def test_first_mount_generates_the_sample_with_one_notice(mounter: Mounter) -> None:
+    mp = mounter.mkdir("mp")
+    mounter.points.append(mp)
+    result = mounter.cli("mount", mp, timeout=100)
     assert result.returncode == 0, result.stderr
-    root.pid(mp)
-    sample = root.work / "cache" / "imagenetfs" / "sample"
+    state = mounter.state(mp)
+    assert state is not None
+    mounter.pids.add(state["pid"])
+    sample = mounter.work / "cache" / "imagenetfs" / "sample"
     notices = [line for line in result.stderr.splitlines() if "built-in sample" in line]
     assert notices == [
         f"imagenetfs: no ImageNet at /data/imagenet; serving the built-in sample from {sample}"
@@ -931,8 +826,8 @@ def test_first_mount_generates_the_sample_with_one_notice(root: Runner) -> None:
 
 @dataclass
 class Users:
-    user: Runner
-    other: Runner
+    user: Mounter
+    other: Mounter
     uid: int
 
 
@@ -963,7 +858,7 @@ def users(base: Path) -> Iterator[Users]:
             work = base / name
             work.mkdir(mode=0o755)
             shutil.chown(work, name, grp.getgrgid(pwd.getpwnam(name).pw_gid).gr_name)
-            runners.append(Runner(work, name))
+            runners.append(Mounter(work, name))
         version = runners[0].cli("--version")
         assert version.returncode == 0, f"the CLI does not run as {USER}: {version.stderr}"
         yield Users(runners[0], runners[1], pwd.getpwnam(USER).pw_uid)
@@ -976,7 +871,7 @@ def users(base: Path) -> Iterator[Users]:
 
 
 @pytest.fixture
-def user(users: Users) -> Iterator[Runner]:
+def user(users: Users) -> Iterator[Mounter]:
     yield users.user
     users.user.cleanup()
 
@@ -1001,10 +896,10 @@ def fuse_conf() -> Iterator[Callable[[bool], None]]:
 
 @pytest.mark.timeout(120)
 def test_unprivileged_user_mounts_reads_and_unmounts(
-    users: Users, user: Runner, realistic: Dataset
+    users: Users, user: Mounter, realistic: Dataset
 ) -> None:
     mp = user.mkdir("mp-plain")
-    pid = user.mount(mp, realistic)
+    pid = user.mount(mp, realistic.root).pid  # a user builds its own index
     line = mount_line(mp) or ""
     assert f"user_id={users.uid}," in line and "allow_other" not in line, line
 
@@ -1041,7 +936,7 @@ def test_unprivileged_user_mounts_reads_and_unmounts(
 
 @pytest.mark.timeout(120)
 def test_allow_other_lets_another_user_read(
-    users: Users, user: Runner, realistic: Dataset, fuse_conf: Callable[[bool], None]
+    users: Users, user: Mounter, realistic: Dataset, fuse_conf: Callable[[bool], None]
 ) -> None:
     mp = user.mkdir("mp-shared")
     fuse_conf(False)
@@ -1050,7 +945,7 @@ def test_allow_other_lets_another_user_read(
     assert not is_mounted(mp)
 
     fuse_conf(True)
-    pid = user.mount(mp, realistic, "--allow-other")
+    pid = user.mount(mp, realistic.root, "--allow-other").pid
     assert "allow_other" in (mount_line(mp) or "")
     rels = sample_files(realistic, 10)
     image = realistic.images[-1]
@@ -1065,16 +960,16 @@ def test_allow_other_lets_another_user_read(
 
 
 @pytest.mark.timeout(120)
-def test_unprivileged_stale_mount_is_cleared(user: Runner, realistic: Dataset) -> None:
+def test_unprivileged_stale_mount_is_cleared(user: Mounter, realistic: Dataset) -> None:
     mp = user.mkdir("mp-stale")
     rel = sorted(realistic.files)[0]
-    pid = user.mount(mp, realistic)
+    pid = user.mount(mp, realistic.root).pid
     os.kill(pid, signal.SIGKILL)
     assert wait_until(lambda: not alive(pid), 10)
     assert is_mounted(mp), "libfuse 3.14: no auto_unmount for users after SIGKILL"
     check_stale_access(user, mp, rel)
 
-    pid2 = user.mount(mp, realistic)  # clears the stale point first
+    pid2 = user.mount(mp, realistic.root).pid  # clears the stale point first
     out = user.python(READ_FILES, [str(mp / rel)])
     assert out[str(mp / rel)][0] == sha(realistic.files[rel])
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import struct
@@ -17,14 +16,14 @@ from pathlib import Path
 
 import lmdb
 import pytest
+from helpers import Mounted, Mounter, alive, children, wait_until
 from PIL import Image
 
-from imagenetfs import generate, mount, resize
+from imagenetfs import generate, resize
 from imagenetfs.errors import UsageError
 from imagenetfs.generate import Spec
 from imagenetfs.resize import ResizeError, ResizeSpec, parse_spec
 
-CLI = [sys.executable, "-m", "imagenetfs.cli"]
 SPEC = Spec(classes=3, train_per_class=4, val_per_class=2, test=2)
 
 
@@ -113,56 +112,44 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def mount_at(data: Path, mp: Path, cache: Path, *specs: str) -> None:
+def mount_at(mounter: Mounter, data: Path, mp: Path, cache: Path | None, *specs: str) -> Mounted:
+    """`data` with resized views `specs`, its resize cache in `cache` (None: --no-cache)."""
     args = [arg for s in specs for arg in ("--resize", s)]
-    subprocess.run(
-        [*CLI, "mount", "--source", str(data), "--index", str(data / "i.lmdb"),
-         "--cache-dir", str(cache), *args, str(mp)],
-        check=True,
-        timeout=120,
-    )  # fmt: skip
+    args += ["--no-cache"] if cache is None else ["--cache-dir", cache]
+    return mounter.mount(mp, data, *args, index=data / "i.lmdb")
 
 
-def umount(mp: Path) -> None:
-    subprocess.run([*CLI, "umount", "--lazy", str(mp)], check=False, timeout=60)
+def umount(mounter: Mounter, mp: Path) -> None:
+    mounter.cli("umount", "--lazy", mp)
 
 
-def daemon_stats(mp: Path) -> dict[str, int]:
+def cache_stats(mounted: Mounted) -> dict[str, int]:
     """The resize cache counters the daemon publishes next (every 2 s)."""
-    asked = time.time()
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        state = json.loads(mount.state_file(mp).read_text())
-        if state.get("updated", 0) > asked:
-            return dict(state["stats"]["resize_cache"])
-        time.sleep(0.3)
-    raise AssertionError("the daemon published no fresh counters")
+    return dict(mounted.stats(after=time.time())["resize_cache"])
 
 
 @pytest.fixture
-def mounted(data: Path, tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+def mounted(mounter: Mounter, data: Path, tmp_path: Path) -> Iterator[tuple[Mounted, Path]]:
     mp, cache = tmp_path / "mnt", tmp_path / "cache"
-    mp.mkdir()
-    mount_at(data, mp, cache, "64x64", "160")
-    try:
-        yield mp, cache
-    finally:
-        umount(mp)
+    yield mount_at(mounter, data, mp, cache, "64x64", "160"), cache
 
 
 def files_under(root: Path) -> list[Path]:
     return sorted(Path(d) / f for d, _, fs in os.walk(root) for f in fs)
 
 
-def test_resized_trees(mounted: tuple[Path, Path], data: Path, tmp_path: Path) -> None:
-    mp, cache = mounted
+def test_resized_trees(
+    mounter: Mounter, mounted: tuple[Mounted, Path], data: Path, tmp_path: Path
+) -> None:
+    daemon, cache = mounted
+    mp = daemon.mp
     assert sorted(os.listdir(mp / "resized")) == ["160", "64x64"]
     base = [p.relative_to(mp) for p in files_under(mp) if p.parts[len(mp.parts)] != "resized"]
     for spec in ("64x64", "160"):
         root = mp / "resized" / spec
         assert [p.relative_to(root) for p in files_under(root)] == base, "a full root"
         assert (root / "meta.bin").read_bytes() == (mp / "meta.bin").read_bytes()
-    assert daemon_stats(mp)["stores"] == 0, "listing resizes nothing"
+    assert cache_stats(daemon)["stores"] == 0, "listing resizes nothing"
 
     modes = set()
     first: dict[Path, bytes] = {}
@@ -186,18 +173,20 @@ def test_resized_trees(mounted: tuple[Path, Path], data: Path, tmp_path: Path) -
                         assert img.size == expected
                 first[path.relative_to(mp)] = data_bytes
     assert {"CMYK", "RGB"} <= modes, "the odd files are covered"
-    assert daemon_stats(mp)["stores"] == len(first)
+    assert cache_stats(daemon)["stores"] == len(first)
 
-    umount(mp)  # again: everything now comes from the cache, identical
-    mount_at(data, mp, cache, "64x64", "160")
+    umount(mounter, mp)  # again: everything now comes from the cache, identical
+    daemon = mount_at(mounter, data, mp, cache, "64x64", "160")
     for rel, data_bytes in first.items():
         assert (mp / rel).stat().st_size == len(data_bytes)
         assert (mp / rel).read_bytes() == data_bytes
-    stats = daemon_stats(mp)
+    stats = cache_stats(daemon)
     assert stats["stores"] == 0 and stats["hits"] >= len(first)
 
 
-def test_truncated_jpeg_gives_eio_and_others_read(data: Path, tmp_path: Path) -> None:
+def test_truncated_jpeg_gives_eio_and_others_read(
+    mounter: Mounter, data: Path, tmp_path: Path
+) -> None:
     src = tmp_path / "src"
     shutil.copytree(data, src, ignore=shutil.ignore_patterns("*.lmdb"))
     tree = tmp_path / "tree"
@@ -209,8 +198,7 @@ def test_truncated_jpeg_gives_eio_and_others_read(data: Path, tmp_path: Path) ->
     subprocess.run(["mksquashfs", str(tree), str(src / "train.squashfs"), "-quiet",
                     "-no-progress"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
     mp = tmp_path / "mnt"
-    mp.mkdir()
-    mount_at(src, mp, tmp_path / "cache", "64x64")
+    mount_at(mounter, src, mp, tmp_path / "cache", "64x64")
     try:
         bad = mp / "resized" / "64x64" / "train" / victim.relative_to(tree)
         with pytest.raises(OSError) as info:
@@ -223,37 +211,32 @@ def test_truncated_jpeg_gives_eio_and_others_read(data: Path, tmp_path: Path) ->
                 assert img.size == (64, 64)
         assert (mp / "train" / victim.relative_to(tree)).read_bytes() == victim.read_bytes()
     finally:
-        umount(mp)
+        umount(mounter, mp)
 
 
-def test_warm_fills_the_cache(data: Path, tmp_path: Path) -> None:
+def test_warm_fills_the_cache(mounter: Mounter, data: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
-    result = subprocess.run(
-        [*CLI, "warm", "--source", str(data), "--index", str(data / "i.lmdb"), "--resize", "32x32",
-         "--cache-dir", str(cache), "--split", "val", "-q"],
-        capture_output=True, text=True, timeout=300,
+    result = mounter.cli(
+        "warm", "--source", data, "--index", data / "i.lmdb", "--resize", "32x32",
+        "--cache-dir", cache, "--split", "val", "-q", timeout=300,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"warmed {cache}: 6 resized, 0 already cached, 0 failed")
-    mp = tmp_path / "mnt"
-    mp.mkdir()
-    mount_at(data, mp, cache, "32x32")
-    try:
-        for path in files_under(mp / "resized" / "32x32" / "val"):
-            assert Image.open(path).size == (32, 32)
-        stats = daemon_stats(mp)
-        assert stats["hits"] >= 6 and stats["stores"] == 0
-    finally:
-        umount(mp)
+    mounted = mount_at(mounter, data, tmp_path / "mnt", cache, "32x32")
+    for path in files_under(mounted.mp / "resized" / "32x32" / "val"):
+        assert Image.open(path).size == (32, 32)
+    stats = cache_stats(mounted)
+    assert stats["hits"] >= 6 and stats["stores"] == 0
 
 
-def test_concurrent_first_reads_resize_once(mounted: tuple[Path, Path]) -> None:
-    mp, _ = mounted
+def test_concurrent_first_reads_resize_once(mounted: tuple[Mounted, Path]) -> None:
+    daemon, _ = mounted
+    mp = daemon.mp
     target = files_under(mp / "resized" / "160" / "train")[0]
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda _: target.read_bytes(), range(32)))
     assert len(set(results)) == 1 and len(results[0]) == target.stat().st_size
-    assert daemon_stats(mp)["stores"] == 1, "16 concurrent readers, one resize"
+    assert cache_stats(daemon)["stores"] == 1, "16 concurrent readers, one resize"
 
 
 KEEP_READING = """
@@ -268,22 +251,18 @@ for d, _, fs in os.walk(sys.argv[1]):
 """
 
 
-def daemon_pid(mp: Path) -> int:
-    return int(json.loads(mount.state_file(mp).read_text())["pid"])
-
-
 @pytest.mark.timeout(240)
-def test_one_cache_shared_by_mounts_and_surviving_sigkill(data: Path, tmp_path: Path) -> None:
+def test_one_cache_shared_by_mounts_and_surviving_sigkill(
+    mounter: Mounter, data: Path, tmp_path: Path
+) -> None:
     """Two mounts use one cache directory at once, with readers on both: identical bytes, one
     entry per file. A third mount is killed (SIGKILL, workers and all) while it is resizing
     into that cache; afterwards the cache opens, every entry in it is a whole JPEG, and a new
     mount serves exactly the bytes that a mount without any cache produces."""
     cache = tmp_path / "cache"
     mps = {name: tmp_path / name for name in ("a", "b", "killed", "after", "nocache")}
-    for mp in mps.values():
-        mp.mkdir()
-    mount_at(data, mps["a"], cache, "64x64")
-    mount_at(data, mps["b"], cache, "64x64")
+    mount_at(mounter, data, mps["a"], cache, "64x64")
+    mount_at(mounter, data, mps["b"], cache, "64x64")
     try:
         rels = [p.relative_to(mps["a"]) for p in files_under(mps["a"] / "resized" / "64x64")]
         rels = [r for r in rels if r.suffix == ".JPEG"]
@@ -298,12 +277,12 @@ def test_one_cache_shared_by_mounts_and_surviving_sigkill(data: Path, tmp_path: 
             assert txn.stat()["entries"] == len(rels), "one entry per file for both mounts"
         env.close()
     finally:
-        umount(mps["a"])
-        umount(mps["b"])
+        umount(mounter, mps["a"])
+        umount(mounter, mps["b"])
 
     # killed mid-resize: 48x48 is not cached yet, so the readers keep it resizing
-    mount_at(data, mps["killed"], cache, "48x48")
-    pid = daemon_pid(mps["killed"])
+    pid = mount_at(mounter, data, mps["killed"], cache, "48x48").pid
+    workers = children(pid)
     reader = subprocess.Popen(
         [sys.executable, "-c", KEEP_READING, str(mps["killed"] / "resized" / "48x48" / "train")],
         stdout=subprocess.PIPE, text=True,
@@ -313,17 +292,11 @@ def test_one_cache_shared_by_mounts_and_surviving_sigkill(data: Path, tmp_path: 
         assert reader.stdout.readline().startswith("read ")
     os.kill(pid, 9)
     reader.communicate(timeout=60)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and subprocess.run(["pgrep", "-P", str(pid)]).returncode == 0:
-        time.sleep(0.1)
-    umount(mps["killed"])  # clears the stale mount
+    assert wait_until(lambda: not any(alive(w) for w in [pid, *workers]), 10)
+    umount(mounter, mps["killed"])  # clears the stale mount
 
-    mount_at(data, mps["after"], cache, "48x48", "64x64")
-    subprocess.run(
-        [*CLI, "mount", "--source", str(data), "--index", str(data / "i.lmdb"), "--no-cache",
-         "--resize", "48x48", "--resize", "64x64", str(mps["nocache"])],
-        check=True, timeout=120,
-    )  # fmt: skip
+    mount_at(mounter, data, mps["after"], cache, "48x48", "64x64")
+    mount_at(mounter, data, mps["nocache"], None, "48x48", "64x64")
     try:
         for spec in ("48x48", "64x64"):
             for path in files_under(mps["nocache"] / "resized" / spec):
@@ -338,5 +311,37 @@ def test_one_cache_shared_by_mounts_and_surviving_sigkill(data: Path, tmp_path: 
                     img.load()  # whole JPEGs only
         env.close()
     finally:
-        umount(mps["after"])
-        umount(mps["nocache"])
+        umount(mounter, mps["after"])
+        umount(mounter, mps["nocache"])
+
+
+def test_warm_a_mount_with_its_own_settings(mounter: Mounter, data: Path, tmp_path: Path) -> None:
+    """`imagenetfs warm MOUNTPOINT` fills that mount's cache, at its quality: afterwards the
+    mount resizes nothing. Options that would warm anything else are refused."""
+    cache = tmp_path / "cache"
+    mounted = mounter.mount(
+        tmp_path / "mnt", data, "--resize", "40x40", "--resize-quality", "70",
+        "--cache-dir", cache, "--cache-size", "64M", index=data / "i.lmdb",
+    )  # fmt: skip
+    result = mounter.cli("warm", mounted.mp, "--split", "val", "-q", timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"warmed {cache}: 6 resized, 0 already cached, 0 failed")
+    val = sorted((mounted.mp / "val").rglob("*.JPEG"))
+    for original in val:
+        view = mounted.mp / "resized" / "40x40" / original.relative_to(mounted.mp)
+        assert view.read_bytes() == resize.resize(
+            original.read_bytes(), parse_spec("40x40"), quality=70
+        )
+    stats = cache_stats(mounted)
+    assert stats["hits"] >= len(val) == 6 and stats["stores"] == 0, stats
+    for args, problem in (
+        (["--resize-quality", "90"], "--resize-quality differs from the mount's own (70)"),
+        (["--cache-dir", tmp_path / "elsewhere"], "--cache-dir differs"),
+        (["--resize", "64x64"], "serves resized/ 40x40 only"),
+        (["--source", data], "a MOUNTPOINT or --source, not both"),
+    ):
+        refused = mounter.cli("warm", mounted.mp, *args)
+        assert refused.returncode == 1 and problem in refused.stderr, refused.stderr
+    plain = mounter.mount(tmp_path / "plain", data, index=data / "i.lmdb")
+    refused = mounter.cli("warm", plain.mp)
+    assert refused.returncode == 1 and "serves no resized views" in refused.stderr

@@ -7,15 +7,14 @@ import io
 import mmap
 import os
 import pickle
-import subprocess
-import sys
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import ROOT_FILES
+from helpers import ROOT_FILES, Mounter
 
-from imagenetfs import generate, synsets, views
+from imagenetfs import generate, rootfiles, synsets
 from imagenetfs.generate import Spec
 
 SPEC = Spec(classes=5, train_per_class=4, val_per_class=3, test=3, tiny=True)
@@ -44,7 +43,7 @@ def test_root_files_from_paths() -> None:
     ]
     out = {
         b"/".join(k).decode(): v.decode("latin-1")
-        for k, v in views.root_files(files, synsets.class_names).items()
+        for k, v in rootfiles.root_files(files, synsets.class_names).items()
     }
     assert sorted(out) == sorted(ROOT_FILES)
     assert out["train.txt"] == (
@@ -62,7 +61,7 @@ def test_root_files_from_paths() -> None:
         "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n"
     )
     wnid_to_classes, val_wnids = load_meta_bin(
-        views.root_files(files, synsets.class_names)[(b"meta.bin",)]
+        rootfiles.root_files(files, synsets.class_names)[(b"meta.bin",)]
     )
     assert wnid_to_classes == {
         "n01440764": ("tench", "Tinca tinca"),
@@ -72,20 +71,14 @@ def test_root_files_from_paths() -> None:
 
 
 @pytest.fixture(scope="module")
-def mounted(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+def mounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     data = tmp_path_factory.mktemp("data")
     generate.generate(data, SPEC)
-    mp = tmp_path_factory.mktemp("mnt")
-    cli = [sys.executable, "-m", "imagenetfs.cli"]
-    subprocess.run(
-        [*cli, "mount", "--source", str(data), "--index", str(data / "i.lmdb"), str(mp)],
-        check=True,
-        timeout=120,
-    )
+    mounter = Mounter(tmp_path_factory.mktemp("work"))
     try:
-        yield mp
+        yield mounter.mount(mounter.work / "mnt", data, index=data / "i.lmdb").mp
     finally:
-        subprocess.run([*cli, "umount", "--lazy", str(mp)], check=False, timeout=60)
+        mounter.cleanup()
 
 
 def test_root_of_the_mount(mounted: Path) -> None:

@@ -7,32 +7,25 @@ against `--workers 0`, pyfuse3 alone.)
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from helpers import Mounted, Mounter, alive, children, is_mounted, wait_until
 
-from imagenetfs import generate, mount, synsets
+from imagenetfs import generate, synsets
 from imagenetfs.generate import Spec
 
-CLI = [sys.executable, "-m", "imagenetfs.cli"]
 SPEC = Spec(classes=4, train_per_class=30, val_per_class=5, test=10, tiny=True)
 
 
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, Path]]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path, Mounted]]:
     data = tmp_path_factory.mktemp("data")
     generate.generate(data, SPEC)
     extracted = tmp_path_factory.mktemp("x")
@@ -41,21 +34,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Pat
         subprocess.run(
             ["unsquashfs", "-q", "-n", "-d", str(extracted / split), str(image)], check=True
         )
-    mp = tmp_path_factory.mktemp("mnt")
-    subprocess.run(
-        [*CLI, "mount", "--workers", "2", "--source", str(data), "--index", str(data / "i"),
-         str(mp)],
-        check=True, timeout=120,
-    )  # fmt: skip
+    mounter = Mounter(tmp_path_factory.mktemp("work"))
     try:
-        yield data, extracted, mp
+        mounted = mounter.mount(mounter.work / "mnt", data, "--workers", "2", index=data / "i.lmdb")
+        yield data, extracted, mounted
     finally:
-        subprocess.run([*CLI, "umount", "--lazy", str(mp)], check=False, timeout=60)
+        mounter.cleanup()
 
 
 @pytest.mark.timeout(120)
-def test_workers_serve_the_tree(served: tuple[Path, Path, Path]) -> None:
-    _, extracted, mp = served
+def test_workers_serve_the_tree(served: tuple[Path, Path, Mounted]) -> None:
+    _, extracted, mounted = served
+    mp = mounted.mp
     labels = synsets.val_labels()
     expected = {}
     for path in extracted.rglob("*.JPEG"):
@@ -88,37 +78,30 @@ def test_workers_serve_the_tree(served: tuple[Path, Path, Path]) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_a_killed_worker_is_replaced(served: tuple[Path, Path, Path]) -> None:
-    _, _, mp = served
-    pid = int(json.loads(mount.state_file(mp).read_text())["pid"])
-    before = children(pid)
+def test_a_killed_worker_is_replaced(served: tuple[Path, Path, Mounted]) -> None:
+    _, _, mounted = served
+    before = children(mounted.pid)
     assert len(before) == 2
     os.kill(before[0], signal.SIGKILL)
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and (len(children(pid)) < 2 or before[0] in children(pid)):
+    while time.monotonic() < deadline and (
+        len(children(mounted.pid)) < 2 or before[0] in children(mounted.pid)
+    ):
         time.sleep(0.1)
-    after = children(pid)
+    after = children(mounted.pid)
     assert len(after) == 2 and before[0] not in after
-    assert (mp / "train.txt").read_bytes().count(b"\n") == 4 * 30
+    assert (mounted.mp / "train.txt").read_bytes().count(b"\n") == 4 * 30
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_ends_workers_and_unmounts(tmp_path: Path, served: tuple[Path, Path, Path]) -> None:
+def test_sigterm_ends_workers_and_unmounts(
+    mounter: Mounter, served: tuple[Path, Path, Mounted]
+) -> None:
     data, _, _ = served
-    mp = tmp_path / "m2"
-    mp.mkdir()
-    subprocess.run(
-        [*CLI, "mount", "--workers", "2", "--source", str(data), "--index", str(data / "i"),
-         str(mp)],
-        check=True, timeout=120,
-    )  # fmt: skip
-    pid = int(json.loads(mount.state_file(mp).read_text())["pid"])
-    workers = children(pid)
+    mounted = mounter.mount(mounter.work / "m2", data, "--workers", "2", index=data / "i.lmdb")
+    workers = children(mounted.pid)
     assert len(workers) == 2
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and mount.pid_alive(pid):
-        time.sleep(0.1)
-    assert not mount.pid_alive(pid)
-    assert not any(mount.pid_alive(w) for w in workers)
-    assert str(mp) not in Path("/proc/mounts").read_text()
+    os.kill(mounted.pid, signal.SIGTERM)
+    assert wait_until(lambda: not alive(mounted.pid), 20)
+    assert not any(alive(w) for w in workers)
+    assert not is_mounted(mounted.mp)

@@ -8,8 +8,8 @@ and the PNG named `.JPEG` among them). The comparison tree is built without imag
 with their mtimes (`shutil.copy2`); tests that care check those files against the tree itself.
 
 Both fixtures are package-scoped: one mount and one unpacked tree for all of `tests/legacy`.
-The mount is lazily unmounted by a finalizer (`imagenetfs umount --lazy`, then
-`fusermount3 -uz` if it is still there), so no test leaves a mount behind.
+The mount is made through the suite's one harness (`helpers.Mounter`), whose cleanup
+detaches it and ends its daemon, so no test leaves a mount behind.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import ROOT_FILES, fuse_unusable, is_mounted
+from helpers import ROOT_FILES, Mounter, fuse_unusable
 
 from imagenetfs import generate
 
@@ -111,19 +111,12 @@ def source(base: Path) -> Path:
 
 @pytest.fixture(scope="package")
 def mount(base: Path, source: Path) -> Iterator[Path]:
-    mp = base / "mnt"
-    mp.mkdir()
-    cli = [sys.executable, "-m", "imagenetfs.cli"]
+    mounter = Mounter(base / "work")
+    mounter.work.mkdir()
     try:
-        run([*cli, "mount", "--source", source, "--index", source / "i.lmdb", mp])
-        assert is_mounted(mp)
-        yield mp
+        yield mounter.mount(base / "mnt", source, index=source / "i.lmdb").mp
     finally:
-        if is_mounted(mp):
-            run([*cli, "umount", "--lazy", mp], check=False)
-        if is_mounted(mp):
-            run(["fusermount3", "-u", "-z", mp], check=False)
-        assert not is_mounted(mp), f"{mp} is still mounted"
+        mounter.cleanup()
 
 
 @pytest.fixture(scope="package")

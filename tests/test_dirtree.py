@@ -1,0 +1,102 @@
+"""An unpacked tree as a source (dirtree.py): what identifies it, and the descriptors it keeps.
+
+The index's tests (tests/test_layouts.py) cover what an unpacked tree serves; here: its
+fingerprint holds nothing that differs between the machines that share it (no device
+number), and its reads go through a bounded LRU of open descriptors -- one `open` per file,
+not one per read -- that never closes a descriptor a reader is using.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import threading
+from pathlib import Path
+
+import pytest
+
+from imagenetfs import dirtree, squashfs
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> dict[bytes, bytes]:
+    """200 files of distinct bytes under tmp_path/root/<d>/: relative path -> bytes."""
+    rng = random.Random(3)
+    files = {}
+    for n in range(200):
+        rel = f"d{n % 7}/f{n:03d}.bin"
+        data = rng.randbytes(rng.randrange(1, 20_000))
+        path = tmp_path / "root" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        files[rel.encode()] = data
+    return files
+
+
+def extent(rel: bytes, size: int) -> squashfs.Extent:
+    return squashfs.Extent(size, 0, rel, None, 0, 0)
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_fingerprint_has_no_device_number(tmp_path: Path, tree: dict[bytes, bytes]) -> None:
+    with dirtree.DirImage(tmp_path / "root") as image:
+        fields = {f.name for f in dataclasses.fields(image.fingerprint())}
+        assert fields == {"root_ino", "root_mtime_ns", "children_mtime_ns"}
+        first = image.fingerprint()
+        assert image.fingerprint() == first
+        (tmp_path / "root" / "d0" / "new").write_bytes(b"x")  # a change in a class directory
+        os.utime(tmp_path / "root" / "d0", ns=(1, 1))
+        assert image.fingerprint() != first
+
+
+def test_open_descriptors_are_bounded_and_reused(tmp_path: Path, tree: dict[bytes, bytes]) -> None:
+    before = open_fds()
+    with dirtree.DirImage(tmp_path / "root") as image:
+        for rel, data in tree.items():  # several reads of each file, one open
+            for offset in (0, len(data) // 2):
+                assert image.read(extent(rel, len(data)), offset, 1 << 20) == data[offset:]
+            assert image.open_files() <= dirtree.OPEN_FILES
+        assert image.open_files() == dirtree.OPEN_FILES
+        assert open_fds() == before + 1 + dirtree.OPEN_FILES  # the root, and the LRU
+        rel = next(iter(tree))
+        for _ in range(100):  # an evicted file is opened again, once
+            image.read(extent(rel, len(tree[rel])), 0, 10)
+        assert open_fds() == before + 1 + dirtree.OPEN_FILES
+        with pytest.raises(squashfs.WouldBlock):
+            image.read(extent(rel, len(tree[rel])), 0, 10, nowait=True)
+        for bad in (b"/etc/passwd", b"../x", b"d0/../../x"):
+            with pytest.raises(squashfs.CorruptImageError):
+                image.read(extent(bad, 10), 0, 10)
+    assert open_fds() == before, "closing the image closes every descriptor"
+
+
+def test_concurrent_readers_get_exact_bytes(tmp_path: Path, tree: dict[bytes, bytes]) -> None:
+    """Eight threads read random files through a small LRU (evictions all the time): no read
+    meets a descriptor closed or reused under it."""
+    before = open_fds()
+    failures: list[str] = []
+    with dirtree.DirImage(tmp_path / "root") as image:
+
+        def reader(seed: int) -> None:
+            rng = random.Random(seed)
+            names = sorted(tree)
+            for _ in range(1500):
+                rel = rng.choice(names)
+                data = tree[rel]
+                offset = rng.randrange(len(data))
+                got = image.read(extent(rel, len(data)), offset, 4096)
+                if got != data[offset : offset + 4096]:
+                    failures.append(rel.decode())
+
+        threads = [threading.Thread(target=reader, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert image.open_files() <= dirtree.OPEN_FILES
+    assert failures == []
+    assert open_fds() == before
