@@ -33,7 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyfuse3
@@ -163,9 +163,8 @@ def mount(config: ServeConfig) -> int:
         "started": time.time(),
         **config.settings(),
     }
-    if config.foreground:
-        return _serve(config, index, fuse_ops, state, state_path, ready=lambda: None)
-    return _daemonize(config, index, fuse_ops, state, state_path)
+    daemon = supervisor.Daemon(config, index, fuse_ops, state, state_path)
+    return _serve(daemon) if config.foreground else _daemonize(daemon)
 
 
 def _init(ops: pyfuse3.Operations, config: ServeConfig) -> None:
@@ -206,39 +205,26 @@ def _stderr_captured() -> Iterator[list[str]]:
             said.append(tmp.read().decode(errors="replace"))
 
 
-def _serve(
-    config: ServeConfig,
-    index: Index,
-    fuse_ops: fs.Operations | None,
-    state: registry.State,
-    state_path: Path,
-    ready: Callable[[], None],
-) -> int:
+def _serve(daemon: supervisor.Daemon) -> int:
     """Serve until unmounted or stopped, then unmount: the daemon's life after the mount."""
     code = 1
     try:
-        registry.write_state(state_path, state)
-        daemon = supervisor.Daemon(config, index, fuse_ops, state, state_path, ready)
+        registry.write_state(daemon.state_path, daemon.state)
         trio.run(daemon.main)
         code = 0
     except BaseException:
         log.exception("the daemon failed")
     finally:
         pyfuse3.close(unmount=True)
-        index.close()
+        daemon.index.close()
         with contextlib.suppress(OSError):
-            state_path.unlink()
-    log.info("unmounted %s", config.mountpoint)
+            daemon.state_path.unlink()
+    log.info("unmounted %s", daemon.config.mountpoint)
     return code
 
 
-def _daemonize(
-    config: ServeConfig,
-    index: Index,
-    fuse_ops: fs.Operations | None,
-    state: registry.State,
-    state_path: Path,
-) -> int:
+def _daemonize(daemon: supervisor.Daemon) -> int:
+    mountpoint, log_path = daemon.config.mountpoint, daemon.state_path.with_suffix(".log")
     ready_r, ready_w = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -248,19 +234,21 @@ def _daemonize(
         try:
             os.close(ready_r)
             os.setsid()
-            _redirect_stdio(state_path.with_suffix(".log"))
+            _redirect_stdio(log_path)
 
             def ready() -> None:
                 with contextlib.suppress(OSError):
                     os.write(ready_w, b"1")
                     os.close(ready_w)
 
-            code = _serve(config, index, fuse_ops, {**state, "pid": os.getpid()}, state_path, ready)
+            daemon.ready = ready
+            daemon.state["pid"] = os.getpid()
+            code = _serve(daemon)
         finally:
             os._exit(code)
     os.close(ready_w)
     os.close(wire.session_fd())  # only the daemon holds the mount: if it dies, the mount does
-    index.close()
+    daemon.index.close()
     forwarded: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
@@ -287,13 +275,13 @@ def _daemonize(
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(0)
-    _stop(pid, config.mountpoint)
+    _stop(pid, mountpoint)
     if forwarded:
         name = signal.Signals(forwarded[0]).name
-        raise MountError(f"{name} while mounting {config.mountpoint}: nothing is mounted")
-    detail = _tail(state_path.with_suffix(".log"))
+        raise MountError(f"{name} while mounting {mountpoint}: nothing is mounted")
+    detail = _tail(log_path)
     raise MountError(
-        f"the daemon did not start serving {config.mountpoint}" + (f": {detail}" if detail else "")
+        f"the daemon did not start serving {mountpoint}" + (f": {detail}" if detail else "")
     )
 
 

@@ -82,6 +82,11 @@ class Attributes(NamedTuple):
     timeout: int  # seconds the kernel may keep the entry and these attributes; 0: ask again
 
 
+#: `Attributes(...)` without the Python-level `__new__` of a NamedTuple: one frame less on
+#: every lookup and getattr.
+_new_attributes = tuple.__new__
+
+
 class Listed(NamedTuple):
     """One entry of a listing."""
 
@@ -216,23 +221,29 @@ class Core:
 
     # --- attributes ------------------------------------------------------------------------
 
-    def _attributes(self, node: Node, size: int, timeout: int = TIMEOUT) -> Attributes:
+    def _attributes(self, node: Node, *, listed: bool = False) -> Attributes:
         """The one attribute builder: the mounting user's, read-only (the modes come from the
-        index), `size` as served."""
-        return Attributes(
+        index), the size as served, cached by the kernel for `TIMEOUT` -- except a view file
+        whose resized size is not known yet: a listing (`listed`) shows its original size,
+        uncached; anything else resizes it first (`Blocked`)."""
+        size, timeout = node.size, TIMEOUT
+        spec = self.tree.spec_of(node)
+        if spec is not None:
+            known = self.known_size(node, spec)
+            if known is not None:
+                size = known
+            elif listed:
+                timeout = 0
+            else:
+                raise Blocked(lambda: self._resized_attributes(node), node.ino)
+        return _new_attributes(Attributes, (
             node.ino, node.mode, node.nlink, self.uid, self.gid, size, (size + 511) // 512,
             node.mtime, timeout,
-        )  # fmt: skip
+        ))  # fmt: skip
 
-    def _entry(self, node: Node) -> Attributes:
-        """Attributes with the size as served: a view file's resized size, resizing first."""
-        spec = self.tree.spec_of(node)
-        if spec is None:
-            return self._attributes(node, node.size)
-        size = self.known_size(node, spec)
-        if size is None:
-            raise Blocked(lambda: self._attributes(node, len(self.resized_bytes(node))), node.ino)
-        return self._attributes(node, size)
+    def _resized_attributes(self, node: Node) -> Attributes:
+        self.resized_bytes(node)  # (blocking; then the size is known)
+        return self._attributes(node)
 
     # --- metadata --------------------------------------------------------------------------
 
@@ -244,11 +255,11 @@ class Core:
             node = self.tree.getattr(self.tree.getattr(parent).parent)
         else:
             node = self.tree.lookup(parent, name)
-        return self._entry(node)
+        return self._attributes(node)
 
     def getattr(self, ino: int) -> Attributes:
         self._counts[GETATTRS] += 1
-        return self._entry(self.tree.getattr(ino))
+        return self._attributes(self.tree.getattr(ino))
 
     def readlink(self, ino: int) -> bytes:
         node = self.tree.getattr(ino)
@@ -289,16 +300,8 @@ class Core:
         return self.tree.listing(ino, offset - 2, size)
 
     def listed_attributes(self, entry: Listed) -> Attributes:
-        """Attributes of a listed entry (READDIRPLUS). A listing resizes nothing: a view file
-        whose size is not known yet shows its original size, not to be cached."""
-        node = self.tree.getattr(entry.ino)
-        spec = self.tree.spec_of(node)
-        if spec is None:
-            return self._attributes(node, node.size)
-        size = self.known_size(node, spec)
-        if size is None:
-            return self._attributes(node, node.size, timeout=0)
-        return self._attributes(node, size)
+        """Attributes of a listed entry (READDIRPLUS); a listing resizes nothing."""
+        return self._attributes(self.tree.getattr(entry.ino), listed=True)
 
     def statfs(self) -> FsStats:
         stats = self.tree.index.stats

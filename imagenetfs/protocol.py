@@ -15,6 +15,11 @@ LOOKUP, FORGET, GETATTR, READLINK = 1, 2, 3, 5
 OPEN, READ, STATFS, RELEASE = 14, 15, 17, 18
 GETXATTR, LISTXATTR, FLUSH, INIT, OPENDIR, READDIR, RELEASEDIR = 22, 23, 25, 26, 27, 28, 29
 ACCESS, INTERRUPT, DESTROY, IOCTL, BATCH_FORGET, READDIRPLUS = 34, 36, 38, 39, 42, 44
+#: What the log calls a request.
+NAMES = {LOOKUP: "lookup", GETATTR: "getattr", READLINK: "readlink", OPEN: "open",
+         READ: "read", STATFS: "statfs", GETXATTR: "getxattr", LISTXATTR: "listxattr",
+         OPENDIR: "opendir", READDIR: "readdir", ACCESS: "access", IOCTL: "ioctl",
+         READDIRPLUS: "readdirplus"}  # fmt: skip
 #: Requests the kernel expects no reply to.
 NO_REPLY = frozenset({FORGET, INTERRUPT, BATCH_FORGET})
 #: setattr, symlink, mknod, mkdir, unlink, rmdir, rename, link, write, setxattr,
@@ -30,6 +35,7 @@ OPEN_IN = struct.Struct("<I")  # flags (also ACCESS's mask, GETXATTR/LISTXATTR's
 OPEN_OUT = struct.Struct("<QIi")
 READ_IN = struct.Struct("<QQIIQII")  # fh, offset, size, ... (READ, READDIR, READDIRPLUS)
 STATFS_OUT = struct.Struct("<QQQQQIIII24x")
+GETXATTR_IN = struct.Struct("<II")  # size wanted, padding; then the name (GETXATTR)
 GETXATTR_OUT = struct.Struct("<II")  # size, padding
 #: An entry_out with nodeid 0 -- "no attributes" -- before a READDIRPLUS record.
 NO_ATTRIBUTES = bytes(ENTRY.size + ATTR.size)

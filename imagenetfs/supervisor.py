@@ -89,14 +89,14 @@ class Daemon:
         fuse_ops: fs.Operations | None,
         state: registry.State,
         state_path: Path,
-        ready: Callable[[], None],
     ) -> None:
         self.config = config
         self.index = index
         self.fuse_ops = fuse_ops  # what pyfuse3 was given, with --workers 0
         self.state = state
         self.state_path = state_path
-        self.ready = ready
+        #: Tells the mount command that the tree is served (a daemonized mount's pipe).
+        self.ready: Callable[[], None] = lambda: None
         self.stopping = False
         self.cache = config.cache  # None from the moment the resize cache proves unusable
         self._startup = trio.CancelScope()

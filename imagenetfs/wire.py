@@ -39,54 +39,11 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from imagenetfs.errors import ImagenetfsError, NotImplemented_, ReadOnly
+from imagenetfs import protocol as fuse
+from imagenetfs.errors import ImagenetfsError, InvalidRequest, NotImplemented_, ReadOnly
 from imagenetfs.index import DTYPE
 from imagenetfs.ops import Attributes, Blocked, Core, Counters, Listed
-from imagenetfs.protocol import (
-    ACCESS,
-    ASYNC_DIO,
-    ASYNC_READ,
-    ATOMIC_O_TRUNC,
-    ATTR,
-    ATTR_OUT,
-    AUTO_INVAL_DATA,
-    BIG_WRITES,
-    BUFFER,
-    DESTROY,
-    ENTRY,
-    EXPORT_SUPPORT,
-    FUSE_DEV_IOC_CLONE,
-    GETATTR,
-    GETXATTR,
-    GETXATTR_OUT,
-    IN_HEADER,
-    INIT,
-    INIT_IN,
-    INIT_OUT,
-    IOCTL,
-    LISTXATTR,
-    LOOKUP,
-    MAX_PAGES,
-    NO_ATTRIBUTES,
-    NO_REPLY,
-    OPEN,
-    OPEN_IN,
-    OPEN_OUT,
-    OPENDIR,
-    OUT_HEADER,
-    PARALLEL_DIROPS,
-    READ,
-    READ_IN,
-    READDIR,
-    READDIRPLUS,
-    READLINK,
-    RELEASE,
-    RELEASEDIR,
-    STATFS,
-    STATFS_OUT,
-    WRITES,
-    dirent,
-)  # fmt: skip
+from imagenetfs.protocol import IN_HEADER, NO_REPLY, OUT_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -95,27 +52,25 @@ LOCK_STRIPES = 4096
 MINOR = 31
 #: What FUSE_INIT asks for: libfuse's choice for pyfuse3 without DO_READDIRPLUS, with
 #: PARALLEL_DIROPS (see the module docstring).
-WANTED = ASYNC_READ | ATOMIC_O_TRUNC | EXPORT_SUPPORT | BIG_WRITES | AUTO_INVAL_DATA
-WANTED |= ASYNC_DIO | PARALLEL_DIROPS | MAX_PAGES
+WANTED = fuse.ASYNC_READ | fuse.ATOMIC_O_TRUNC | fuse.EXPORT_SUPPORT | fuse.BIG_WRITES
+WANTED |= fuse.AUTO_INVAL_DATA | fuse.ASYNC_DIO | fuse.PARALLEL_DIROPS | fuse.MAX_PAGES
 MAX_WRITE = 1 << 20
-NAMES = {LOOKUP: "lookup", GETATTR: "getattr", READLINK: "readlink", OPEN: "open",
-         READ: "read", STATFS: "statfs", OPENDIR: "opendir", READDIR: "readdir",
-         READDIRPLUS: "readdirplus", ACCESS: "access", GETXATTR: "getxattr",
-         LISTXATTR: "listxattr", IOCTL: "ioctl"}  # fmt: skip
 
 
 def answer_init(fd: int) -> None:
     """Read the kernel's FUSE_INIT from session `fd` and accept it, instead of libfuse."""
-    request = os.read(fd, BUFFER)  # (EINTR is retried by Python itself)
+    request = os.read(fd, fuse.BUFFER)  # (EINTR is retried by Python itself)
     _, opcode, unique, *_ = IN_HEADER.unpack_from(request)
-    if opcode != INIT:
+    if opcode != fuse.INIT:
         raise ImagenetfsError(f"expected FUSE_INIT from the kernel, got opcode {opcode}")
-    major, minor, readahead, offered = INIT_IN.unpack_from(request, IN_HEADER.size)
+    major, minor, readahead, offered = fuse.INIT_IN.unpack_from(request, IN_HEADER.size)
     if major != 7 or minor < 23:
         os.write(fd, OUT_HEADER.pack(16, -errno.EPROTO, unique))
         raise ImagenetfsError(f"kernel FUSE protocol {major}.{minor}: 7.23 or later needed")
     flags = WANTED & offered
-    reply = INIT_OUT.pack(7, min(minor, MINOR), readahead, flags, 0, 0, MAX_WRITE, 1, 256, 0, 0)
+    reply = fuse.INIT_OUT.pack(
+        7, min(minor, MINOR), readahead, flags, 0, 0, MAX_WRITE, 1, 256, 0, 0
+    )
     os.write(fd, OUT_HEADER.pack(16 + len(reply), 0, unique) + reply)
 
 
@@ -134,7 +89,7 @@ def clone_session(session: int) -> int:
     """A new /dev/fuse descriptor attached to `session` (FUSE_DEV_IOC_CLONE)."""
     fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     try:
-        fcntl.ioctl(fd, FUSE_DEV_IOC_CLONE, struct.pack("I", session))
+        fcntl.ioctl(fd, fuse.FUSE_DEV_IOC_CLONE, struct.pack("I", session))
     except BaseException:
         os.close(fd)
         raise
@@ -170,27 +125,27 @@ class Worker:
         self.lock_fd = lock_fd
         self.done = False  # DESTROY answered
         self._handlers: dict[int, Callable[[int, memoryview], bytes]] = {
-            READ: self._read,
-            LOOKUP: self._lookup,
-            GETATTR: self._getattr,
-            READDIR: self._readdir,
-            READDIRPLUS: self._readdirplus,
-            OPEN: self._open,
-            OPENDIR: self._opendir,
-            RELEASE: self._nothing,
-            RELEASEDIR: self._nothing,
-            READLINK: lambda ino, _: self.core.readlink(ino),
-            STATFS: self._statfs,
-            ACCESS: self._access,
-            GETXATTR: self._getxattr,
-            LISTXATTR: self._listxattr,
-            IOCTL: lambda ino, _: self.core.ioctl(ino),
-            DESTROY: self._destroy,
+            fuse.READ: self._read,
+            fuse.LOOKUP: self._lookup,
+            fuse.GETATTR: self._getattr,
+            fuse.READDIR: self._readdir,
+            fuse.READDIRPLUS: self._readdirplus,
+            fuse.OPEN: self._open,
+            fuse.OPENDIR: self._opendir,
+            fuse.RELEASE: self._nothing,
+            fuse.RELEASEDIR: self._nothing,
+            fuse.READLINK: lambda ino, _: self.core.readlink(ino),
+            fuse.STATFS: self._statfs,
+            fuse.ACCESS: self._access,
+            fuse.GETXATTR: self._getxattr,
+            fuse.LISTXATTR: self._listxattr,
+            fuse.IOCTL: lambda ino, _: self.core.ioctl(ino),
+            fuse.DESTROY: self._destroy,
         }
-        self._handlers.update(dict.fromkeys(WRITES, self._write))
+        self._handlers.update(dict.fromkeys(fuse.WRITES, self._write))
 
     def run(self) -> None:
-        buffer = bytearray(BUFFER)  # one buffer for every request: no 1 MiB allocation each
+        buffer = bytearray(fuse.BUFFER)  # one buffer for every request: no 1 MiB allocation each
         view = memoryview(buffer)
         while not self.done:
             try:
@@ -220,7 +175,7 @@ class Worker:
         try:
             payload = self._handlers.get(opcode, self._refuse)(nodeid, body)
         except Exception as exc:
-            what = NAMES.get(opcode, f"opcode {opcode}")
+            what = fuse.NAMES.get(opcode, f"opcode {opcode}")
             return OUT_HEADER.pack(16, -self.core.errno_for(exc, what, nodeid), unique)
         return OUT_HEADER.pack(16 + len(payload), 0, unique) + payload
 
@@ -246,7 +201,7 @@ class Worker:
     # (the four operations that may raise `Blocked`: a resize, in this process)
 
     def _read(self, ino: int, body: memoryview) -> bytes:
-        offset, size = READ_IN.unpack_from(body)[1:3]
+        offset, size = fuse.READ_IN.unpack_from(body)[1:3]
         try:
             data: bytes = self.core.read(ino, offset, size)
         except Blocked as blocked:
@@ -266,7 +221,7 @@ class Worker:
             attrs = self.core.getattr(ino)
         except Blocked as blocked:
             attrs = self._finish(blocked)
-        return ATTR_OUT.pack(attrs.timeout, 0, 0) + self._attr(attrs)
+        return fuse.ATTR_OUT.pack(attrs.timeout, 0, 0) + self._attr(attrs)
 
     def _open(self, ino: int, body: memoryview) -> bytes:
         try:
@@ -278,10 +233,10 @@ class Worker:
 
     def _opendir(self, ino: int, body: memoryview) -> bytes:
         self.core.opendir(ino, _u32(body))
-        return OPEN_OUT.pack(0, 0, 0)
+        return fuse.OPEN_OUT.pack(0, 0, 0)
 
     def _readdir(self, ino: int, body: memoryview, plus: bool = False) -> bytes:
-        offset, size = READ_IN.unpack_from(body)[1:3]
+        offset, size = fuse.READ_IN.unpack_from(body)[1:3]
         entries = self.core.readdir(ino, offset)
         out: list[bytes] = []
         if not plus:  # the dots, then the children as stored in the index, where they are
@@ -289,13 +244,18 @@ class Worker:
             size -= _pack(itertools.islice(entries, dots), out, size, b"")
             if len(out) < dots:  # (a buffer too small even for them)
                 return b"".join(out)
-            stored = self.core.stored_listing(ino, max(offset, 2), size)
+            try:
+                stored = self.core.stored_listing(ino, max(offset, 2), size)
+            except InvalidRequest:  # no room left for a child: the dots go alone
+                if not out:
+                    raise
+                return b"".join(out)
             if stored is not None:
                 out.append(stored)
                 return b"".join(out)
         # READDIRPLUS (not asked for, see above) gets the same records, each after an
         # entry_out with nodeid 0: "no attributes"
-        _pack(entries, out, size, NO_ATTRIBUTES if plus else b"")
+        _pack(entries, out, size, fuse.NO_ATTRIBUTES if plus else b"")
         return b"".join(out)
 
     def _readdirplus(self, ino: int, body: memoryview) -> bytes:
@@ -303,7 +263,7 @@ class Worker:
 
     def _statfs(self, ino: int, body: memoryview) -> bytes:
         s = self.core.statfs()
-        return STATFS_OUT.pack(
+        return fuse.STATFS_OUT.pack(
             s.blocks, 0, 0, s.files, 0, s.block_size, s.name_max, s.block_size, 0
         )
 
@@ -312,11 +272,11 @@ class Worker:
         return b""
 
     def _getxattr(self, ino: int, body: memoryview) -> bytes:
-        return self.core.getxattr(ino, bytes(body[GETXATTR_OUT.size :]).split(b"\0", 1)[0])
+        return self.core.getxattr(ino, bytes(body[fuse.GETXATTR_IN.size :]).split(b"\0", 1)[0])
 
     def _listxattr(self, ino: int, body: memoryview) -> bytes:
         names = b"".join(name + b"\0" for name in self.core.listxattr(ino))
-        return GETXATTR_OUT.pack(len(names), 0) if _u32(body) == 0 else names
+        return fuse.GETXATTR_OUT.pack(len(names), 0) if _u32(body) == 0 else names
 
     def _destroy(self, ino: int, body: memoryview) -> bytes:
         self.done = True
@@ -334,17 +294,18 @@ class Worker:
     # --- records ---------------------------------------------------------------------------
 
     def _attr(self, a: Attributes) -> bytes:
-        return ATTR.pack(
-            a.ino, a.size, a.blocks, a.mtime, a.mtime, a.mtime, 0, 0, 0, a.mode, a.nlink,
-            a.uid, a.gid, 0, 4096, 0,
-        )  # fmt: skip
+        ino, mode, nlink, uid, gid, size, blocks, mtime, _ = a  # (unpacked: the hot path)
+        return fuse.ATTR.pack(
+            ino, size, blocks, mtime, mtime, mtime, 0, 0, 0, mode, nlink, uid, gid, 0, 4096, 0
+        )
 
     def _entry(self, a: Attributes) -> bytes:
-        return ENTRY.pack(a.ino, 0, a.timeout, a.timeout, 0, 0) + self._attr(a)
+        timeout = a[-1]
+        return fuse.ENTRY.pack(a[0], 0, timeout, timeout, 0, 0) + self._attr(a)
 
 
 def _u32(body: memoryview) -> int:
-    value: int = OPEN_IN.unpack_from(body)[0]
+    value: int = fuse.OPEN_IN.unpack_from(body)[0]
     return value
 
 
@@ -353,7 +314,7 @@ def _pack(entries: Iterable[Listed], out: list[bytes], size: int, prefix: bytes)
     used."""
     used = 0
     for entry in entries:
-        record = prefix + dirent(entry.ino, entry.cookie, DTYPE[entry.kind], entry.name)
+        record = prefix + fuse.dirent(entry.ino, entry.cookie, DTYPE[entry.kind], entry.name)
         if used + len(record) > size:
             break
         out.append(record)

@@ -19,41 +19,11 @@ from collections.abc import Iterator
 import pytest
 from helpers import SMALL_WNIDS, SmallSource, small_source
 
-from imagenetfs import ops, protocol, wire
+from imagenetfs import ops, wire
+from imagenetfs import protocol as fuse
 from imagenetfs.errors import ImagenetfsError
 from imagenetfs.index import DIR, DTYPE, FILE, ROOT_INO, SYMLINK, Index
 from imagenetfs.ops import Core
-from imagenetfs.protocol import (
-    ACCESS,
-    ATTR,
-    ATTR_OUT,
-    DESTROY,
-    DIRENT,
-    ENTRY,
-    FLUSH,
-    FORGET,
-    GETATTR,
-    GETXATTR,
-    IN_HEADER,
-    INIT,
-    INIT_IN,
-    INIT_OUT,
-    IOCTL,
-    LISTXATTR,
-    LOOKUP,
-    NO_ATTRIBUTES,
-    OPEN,
-    OPENDIR,
-    OUT_HEADER,
-    READ,
-    READ_IN,
-    READDIR,
-    READDIRPLUS,
-    READLINK,
-    RELEASE,
-    STATFS,
-    STATFS_OUT,
-)  # fmt: skip
 from imagenetfs.resize import parse_spec, resize
 from imagenetfs.views import VIEW_SHIFT, Tree
 
@@ -77,37 +47,40 @@ def worker(small: SmallSource) -> Iterator[wire.Worker]:
 
 
 def request(opcode: int, nodeid: int = ROOT_INO, body: bytes = b"", unique: int = 42) -> bytes:
-    return IN_HEADER.pack(IN_HEADER.size + len(body), opcode, unique, nodeid, 0, 0, 0, 0, 0) + body
+    return (
+        fuse.IN_HEADER.pack(fuse.IN_HEADER.size + len(body), opcode, unique, nodeid, 0, 0, 0, 0, 0)
+        + body
+    )
 
 
 def ask(worker: wire.Worker, opcode: int, nodeid: int = ROOT_INO, body: bytes = b"") -> bytes:
     """The payload of a successful reply."""
     reply = worker.handle(memoryview(request(opcode, nodeid, body)))
     assert reply is not None
-    length, error, unique = OUT_HEADER.unpack_from(reply)
+    length, error, unique = fuse.OUT_HEADER.unpack_from(reply)
     assert (length, error, unique) == (len(reply), 0, 42), (length, error)
-    return reply[OUT_HEADER.size :]
+    return reply[fuse.OUT_HEADER.size :]
 
 
 def refused(worker: wire.Worker, opcode: int, nodeid: int = ROOT_INO, body: bytes = b"") -> str:
     """The errno name of a refused request."""
     reply = worker.handle(memoryview(request(opcode, nodeid, body)))
-    assert reply is not None and len(reply) == OUT_HEADER.size
-    _, error, unique = OUT_HEADER.unpack(reply)
+    assert reply is not None and len(reply) == fuse.OUT_HEADER.size
+    _, error, unique = fuse.OUT_HEADER.unpack(reply)
     assert error < 0 and unique == 42
     return errno.errorcode[-error]
 
 
 def read_in(offset: int, size: int) -> bytes:
-    return READ_IN.pack(0, offset, size, 0, 0, 0, 0)
+    return fuse.READ_IN.pack(0, offset, size, 0, 0, 0, 0)
 
 
 def entry_of(worker: wire.Worker, parent: int, name: str) -> tuple[int, tuple[int, ...]]:
-    payload = ask(worker, LOOKUP, parent, name.encode() + b"\0")
-    assert len(payload) == ENTRY.size + ATTR.size
-    nodeid, _, entry_valid, attr_valid, _, _ = ENTRY.unpack_from(payload)
+    payload = ask(worker, fuse.LOOKUP, parent, name.encode() + b"\0")
+    assert len(payload) == fuse.ENTRY.size + fuse.ATTR.size
+    nodeid, _, entry_valid, attr_valid, _, _ = fuse.ENTRY.unpack_from(payload)
     assert entry_valid == attr_valid == ops.TIMEOUT
-    return nodeid, ATTR.unpack_from(payload, ENTRY.size)
+    return nodeid, fuse.ATTR.unpack_from(payload, fuse.ENTRY.size)
 
 
 def records(payload: bytes, plus: bool = False) -> list[tuple[int, int, int, bytes]]:
@@ -115,12 +88,12 @@ def records(payload: bytes, plus: bool = False) -> list[tuple[int, int, int, byt
     out, at = [], 0
     while at < len(payload):
         if plus:
-            assert payload[at : at + len(NO_ATTRIBUTES)] == NO_ATTRIBUTES
-            at += len(NO_ATTRIBUTES)
-        ino, cookie, length, kind = DIRENT.unpack_from(payload, at)
-        name = payload[at + DIRENT.size : at + DIRENT.size + length]
+            assert payload[at : at + len(fuse.NO_ATTRIBUTES)] == fuse.NO_ATTRIBUTES
+            at += len(fuse.NO_ATTRIBUTES)
+        ino, cookie, length, kind = fuse.DIRENT.unpack_from(payload, at)
+        name = payload[at + fuse.DIRENT.size : at + fuse.DIRENT.size + length]
         out.append((ino, cookie, kind, name))
-        at += DIRENT.size + length + (-length % 8)
+        at += fuse.DIRENT.size + length + (-length % 8)
     assert at == len(payload)
     return out
 
@@ -136,21 +109,21 @@ def test_lookup_getattr_read(worker: wire.Worker, small: SmallSource) -> None:
         ino, len(served[rel]), 0o100444, 1, 11, 22, 4096,
     )  # fmt: skip
     assert blocks * 512 >= size
-    payload = ask(worker, GETATTR, ino, bytes(16))
-    valid, _, _ = ATTR_OUT.unpack_from(payload)
-    assert valid == ops.TIMEOUT and ATTR.unpack_from(payload, ATTR_OUT.size) == attr
-    assert ask(worker, READ, ino, read_in(0, 1 << 17)) == served[rel]
-    assert ask(worker, READ, ino, read_in(5, 11)) == served[rel][5:16]
-    assert ask(worker, READ, ino, read_in(1 << 30, 100)) == b""
-    assert refused(worker, LOOKUP, ROOT_INO, b"missing\0") == "ENOENT"
-    assert refused(worker, LOOKUP, ino, b"x\0") == "ENOTDIR"
-    assert refused(worker, GETATTR, 10**6, bytes(16)) == "ENOENT"
+    payload = ask(worker, fuse.GETATTR, ino, bytes(16))
+    valid, _, _ = fuse.ATTR_OUT.unpack_from(payload)
+    assert valid == ops.TIMEOUT and fuse.ATTR.unpack_from(payload, fuse.ATTR_OUT.size) == attr
+    assert ask(worker, fuse.READ, ino, read_in(0, 1 << 17)) == served[rel]
+    assert ask(worker, fuse.READ, ino, read_in(5, 11)) == served[rel][5:16]
+    assert ask(worker, fuse.READ, ino, read_in(1 << 30, 100)) == b""
+    assert refused(worker, fuse.LOOKUP, ROOT_INO, b"missing\0") == "ENOENT"
+    assert refused(worker, fuse.LOOKUP, ino, b"x\0") == "ENOTDIR"
+    assert refused(worker, fuse.GETATTR, 10**6, bytes(16)) == "ENOENT"
 
 
 def test_readdir_records_and_budget(worker: wire.Worker) -> None:
     train, _ = entry_of(worker, ROOT_INO, "train")
     wnid, _ = entry_of(worker, train, SMALL_WNIDS[0])
-    full = records(ask(worker, READDIR, wnid, read_in(0, 4096)))
+    full = records(ask(worker, fuse.READDIR, wnid, read_in(0, 4096)))
     assert [r[3] for r in full[:2]] == [b".", b".."]
     assert [r[1] for r in full] == list(range(1, len(full) + 1))
     assert full[0][0] == wnid and full[1][0] == train
@@ -160,18 +133,18 @@ def test_readdir_records_and_budget(worker: wire.Worker) -> None:
     kinds = {name: kind for _, _, kind, name in full}
     assert kinds[b"link.JPEG"] == DTYPE[SYMLINK] and kinds[b"notes.txt"] == DTYPE[FILE]
     for k in range(len(full) + 1):  # resume after every cookie
-        assert records(ask(worker, READDIR, wnid, read_in(k, 4096))) == full[k:]
-    small = records(ask(worker, READDIR, wnid, read_in(0, 100)))  # a budget of 100 bytes
+        assert records(ask(worker, fuse.READDIR, wnid, read_in(k, 4096))) == full[k:]
+    small = records(ask(worker, fuse.READDIR, wnid, read_in(0, 100)))  # a budget of 100 bytes
     assert small == full[: len(small)] and 2 <= len(small) < len(full)
-    plus = records(ask(worker, READDIRPLUS, wnid, read_in(0, 1 << 16)), plus=True)
+    plus = records(ask(worker, fuse.READDIRPLUS, wnid, read_in(0, 1 << 16)), plus=True)
     assert plus == full
     view, _ = entry_of(worker, ROOT_INO, "resized")  # built, not stored: the same records
-    assert [r[3] for r in records(ask(worker, READDIR, view, read_in(0, 4096)))] == [
+    assert [r[3] for r in records(ask(worker, fuse.READDIR, view, read_in(0, 4096)))] == [
         b".", b"..", b"64x64",
     ]  # fmt: skip
-    root = records(ask(worker, READDIR, ROOT_INO, read_in(0, 4096)))
+    root = records(ask(worker, fuse.READDIR, ROOT_INO, read_in(0, 4096)))
     assert root[-1][3] == b"resized" and root[-1][2] == DTYPE[DIR]
-    assert refused(worker, READDIR, full[3][0], read_in(0, 4096)) == "ENOTDIR"
+    assert refused(worker, fuse.READDIR, full[3][0], read_in(0, 4096)) == "ENOTDIR"
 
 
 def test_open_and_the_other_opcodes(worker: wire.Worker, small: SmallSource) -> None:
@@ -179,35 +152,39 @@ def test_open_and_the_other_opcodes(worker: wire.Worker, small: SmallSource) -> 
     wnid, _ = entry_of(worker, train, SMALL_WNIDS[0])
     f, _ = entry_of(worker, wnid, f"{SMALL_WNIDS[0]}_1.JPEG")
     link, _ = entry_of(worker, wnid, "link.JPEG")
-    flags = protocol.OPEN_IN.pack
-    assert refused(worker, OPEN, f, flags(os.O_RDONLY) + bytes(4)) == "ENOSYS", "no open needed"
+    flags = fuse.OPEN_IN.pack
+    assert refused(worker, fuse.OPEN, f, flags(os.O_RDONLY) + bytes(4)) == "ENOSYS", (
+        "no open needed"
+    )
     for flag in (os.O_WRONLY, os.O_RDWR, os.O_TRUNC, os.O_APPEND, os.O_CREAT):
-        assert refused(worker, OPEN, f, flags(flag) + bytes(4)) == "EROFS"
-    assert refused(worker, OPEN, wnid, flags(0) + bytes(4)) == "EISDIR"
-    assert protocol.OPEN_OUT.unpack(ask(worker, OPENDIR, wnid, flags(0) + bytes(4))) == (0, 0, 0)
-    assert refused(worker, OPENDIR, f, flags(0) + bytes(4)) == "ENOTDIR"
-    assert ask(worker, READLINK, link) == f"{SMALL_WNIDS[0]}_1.JPEG".encode()
-    assert refused(worker, READLINK, f) == "EINVAL"
-    blocks, bfree, bavail, files, ffree, bsize, namelen, frsize, _ = STATFS_OUT.unpack(
-        ask(worker, STATFS)
+        assert refused(worker, fuse.OPEN, f, flags(flag) + bytes(4)) == "EROFS"
+    assert refused(worker, fuse.OPEN, wnid, flags(0) + bytes(4)) == "EISDIR"
+    assert fuse.OPEN_OUT.unpack(ask(worker, fuse.OPENDIR, wnid, flags(0) + bytes(4))) == (0, 0, 0)
+    assert refused(worker, fuse.OPENDIR, f, flags(0) + bytes(4)) == "ENOTDIR"
+    assert ask(worker, fuse.READLINK, link) == f"{SMALL_WNIDS[0]}_1.JPEG".encode()
+    assert refused(worker, fuse.READLINK, f) == "EINVAL"
+    blocks, bfree, bavail, files, ffree, bsize, namelen, frsize, _ = fuse.STATFS_OUT.unpack(
+        ask(worker, fuse.STATFS)
     )
     assert (bfree, bavail, ffree, bsize, namelen, frsize) == (0, 0, 0, 4096, 255, 4096)
     assert files == worker.core.tree.index.stats.entries and blocks > 0
-    assert ask(worker, ACCESS, f, flags(os.R_OK) + bytes(4)) == b""
-    assert refused(worker, ACCESS, f, flags(os.W_OK) + bytes(4)) == "EROFS"
-    assert refused(worker, GETXATTR, f, protocol.GETXATTR_OUT.pack(100, 0) + b"user.x\0") == (
+    assert ask(worker, fuse.ACCESS, f, flags(os.R_OK) + bytes(4)) == b""
+    assert refused(worker, fuse.ACCESS, f, flags(os.W_OK) + bytes(4)) == "EROFS"
+    assert refused(worker, fuse.GETXATTR, f, fuse.GETXATTR_OUT.pack(100, 0) + b"user.x\0") == (
         "ENODATA"
     )
-    assert ask(worker, LISTXATTR, f, protocol.GETXATTR_OUT.pack(0, 0)) == bytes(8)
-    assert ask(worker, LISTXATTR, f, protocol.GETXATTR_OUT.pack(100, 0)) == b""
-    assert refused(worker, IOCTL, f, bytes(32)) == "ENOTTY"
-    assert refused(worker, FLUSH, f, bytes(24)) == "ENOSYS"
+    assert ask(worker, fuse.LISTXATTR, f, fuse.GETXATTR_OUT.pack(0, 0)) == bytes(8)
+    assert ask(worker, fuse.LISTXATTR, f, fuse.GETXATTR_OUT.pack(100, 0)) == b""
+    assert refused(worker, fuse.IOCTL, f, bytes(32)) == "ENOTTY"
+    assert refused(worker, fuse.FLUSH, f, bytes(24)) == "ENOSYS"
     assert refused(worker, MKDIR, wnid, bytes(8) + b"new\0") == "EROFS"
     assert refused(worker, 9999) == "ENOSYS"
-    assert ask(worker, RELEASE, f, bytes(24)) == b""
-    assert worker.handle(memoryview(request(FORGET, f, bytes(8)))) is None, "no reply to FORGET"
+    assert ask(worker, fuse.RELEASE, f, bytes(24)) == b""
+    assert worker.handle(memoryview(request(fuse.FORGET, f, bytes(8)))) is None, (
+        "no reply to FORGET"
+    )
     assert worker.core.counters.values[ops.ERRORS] == 0, "all of these are answers"
-    assert ask(worker, DESTROY) == b"" and worker.done
+    assert ask(worker, fuse.DESTROY) == b"" and worker.done
 
 
 def test_a_resize_runs_once_under_the_record_lock(worker: wire.Worker, small: SmallSource) -> None:
@@ -219,11 +196,11 @@ def test_a_resize_runs_once_under_the_record_lock(worker: wire.Worker, small: Sm
     for name in ["resized", "64x64", *rel.split("/")]:
         ino, attr = entry_of(worker, ino, name)
     assert ino >> VIEW_SHIFT == 1 and attr[1] == len(expected)
-    assert ask(worker, READ, ino, read_in(0, 1 << 17)) == expected
+    assert ask(worker, fuse.READ, ino, read_in(0, 1 << 17)) == expected
     parent = ROOT_INO
     for name in ["resized", "64x64", "train", SMALL_WNIDS[0]]:
         parent, _ = entry_of(worker, parent, name)
-    assert refused(worker, LOOKUP, parent, b"broken.JPEG\0") == "EIO"
+    assert refused(worker, fuse.LOOKUP, parent, b"broken.JPEG\0") == "EIO"
     stats = worker.core.statistics()["fs"]
     assert stats["resizes"] == 1 and stats["errors"] == 1
 
@@ -232,13 +209,13 @@ def test_run_serves_a_descriptor_it_is_given(worker: wire.Worker, small: SmallSo
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours, theirs:
         worker.fd = theirs.fileno()
-        ours.send(request(LOOKUP, ROOT_INO, b"train\0", unique=1))
-        ours.send(request(FORGET, ROOT_INO, bytes(8), unique=2))
-        ours.send(request(GETATTR, ROOT_INO, bytes(16), unique=3))
+        ours.send(request(fuse.LOOKUP, ROOT_INO, b"train\0", unique=1))
+        ours.send(request(fuse.FORGET, ROOT_INO, bytes(8), unique=2))
+        ours.send(request(fuse.GETATTR, ROOT_INO, bytes(16), unique=3))
         ours.shutdown(socket.SHUT_WR)  # the end of requests: run() returns
         worker.run()
         replies = [ours.recv(1 << 20) for _ in range(2)]
-    assert [OUT_HEADER.unpack_from(r)[1:] for r in replies] == [(0, 1), (0, 3)]
+    assert [fuse.OUT_HEADER.unpack_from(r)[1:] for r in replies] == [(0, 1), (0, 3)]
 
 
 def test_answer_init() -> None:
@@ -246,24 +223,28 @@ def test_answer_init() -> None:
     for minor, ok in ((31, True), (40, True), (22, False)):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with ours, theirs:
-            ours.send(request(INIT, 0, INIT_IN.pack(7, minor, 1 << 17, offered), unique=9))
+            ours.send(
+                request(fuse.INIT, 0, fuse.INIT_IN.pack(7, minor, 1 << 17, offered), unique=9)
+            )
             if ok:
                 wire.answer_init(theirs.fileno())
             else:
                 with pytest.raises(ImagenetfsError, match=r"7\.23 or later"):
                     wire.answer_init(theirs.fileno())
             reply = ours.recv(1 << 16)
-        length, error, unique = OUT_HEADER.unpack_from(reply)
+        length, error, unique = fuse.OUT_HEADER.unpack_from(reply)
         assert unique == 9 and length == len(reply)
         if not ok:
             assert error == -errno.EPROTO
             continue
-        major, got_minor, readahead, flags, *_ = INIT_OUT.unpack_from(reply, OUT_HEADER.size)
+        major, got_minor, readahead, flags, *_ = fuse.INIT_OUT.unpack_from(
+            reply, fuse.OUT_HEADER.size
+        )
         assert (major, got_minor, readahead) == (7, min(minor, wire.MINOR), 1 << 17)
         assert flags == wire.WANTED and not flags & (1 << 13), "no READDIRPLUS"
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours, theirs:
-        ours.send(request(LOOKUP, 1, b"x\0"))
+        ours.send(request(fuse.LOOKUP, 1, b"x\0"))
         with pytest.raises(ImagenetfsError, match="expected FUSE_INIT"):
             wire.answer_init(theirs.fileno())
 
