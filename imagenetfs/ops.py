@@ -196,6 +196,7 @@ class Core:
         self.counters = counters or Counters()
         self.blocking_reads = blocking_reads
         self._counts = self.counters.values
+        self._views = bool(tree.specs)  # (without resized views, no file is ever resized)
         self._recent: _Memo[bytes] = _Memo(RECENT_RESIZED)
         self._sizes: _Memo[int] = _Memo(KNOWN_SIZES)
 
@@ -227,7 +228,7 @@ class Core:
         whose resized size is not known yet: a listing (`listed`) shows its original size,
         uncached; anything else resizes it first (`Blocked`)."""
         size, timeout = node.size, TIMEOUT
-        spec = self.tree.spec_of(node)
+        spec = self.tree.spec_of(node) if self._views else None
         if spec is not None:
             known = self.known_size(node, spec)
             if known is not None:
@@ -337,7 +338,7 @@ class Core:
         node = self.tree.getattr(ino)
         if node.kind != FILE:
             raise IsADirectory(ino) if node.kind == DIR else InvalidRequest(f"{ino}: not a file")
-        if self.tree.spec_of(node) is not None and self._recent.get(ino) is None:
+        if self._views and self.tree.spec_of(node) and self._recent.get(ino) is None:
             raise Blocked(lambda: self._prepare(node), ino)
 
     def _prepare(self, node: Node) -> None:
@@ -348,7 +349,7 @@ class Core:
         node = self.tree.getattr(ino)
         if node.kind != FILE:
             raise IsADirectory(ino) if node.kind == DIR else InvalidRequest(f"{ino}: not a file")
-        if self.tree.spec_of(node) is not None:
+        if self._views and self.tree.spec_of(node) is not None:
             data = self._recent.get(ino)
             if data is None:
                 raise Blocked(lambda: self._served(self.resized_bytes(node), offset, size), ino)

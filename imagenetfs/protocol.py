@@ -28,9 +28,13 @@ WRITES = frozenset({4, 6, 8, 9, 10, 11, 12, 13, 16, 21, 24, 35, 43, 45})
 
 IN_HEADER = struct.Struct("<IIQQIIIHH")  # len, opcode, unique, nodeid, uid, gid, pid, ...
 OUT_HEADER = struct.Struct("<IiQ")  # len, -errno, unique
-ATTR = struct.Struct("<QQQQQQIIIIIIIIII")  # fuse_attr
-ENTRY = struct.Struct("<QQQQII")  # fuse_entry_out without its attr
-ATTR_OUT = struct.Struct("<QII")  # fuse_attr_out without its attr
+#: fuse_attr: ino, size, blocks, atime, mtime, ctime, their nsecs, mode, nlink, uid, gid,
+#: rdev, blksize, flags
+ATTR = struct.Struct("<QQQQQQIIIIIIIIII")
+#: fuse_entry_out: nodeid, generation, entry_valid, attr_valid, their nsecs, then its attr
+ENTRY_OUT = struct.Struct("<QQQQII" + ATTR.format[1:])
+#: fuse_attr_out: attr_valid, its nsec, a dummy, then the attr
+ATTR_OUT = struct.Struct("<QII" + ATTR.format[1:])
 OPEN_IN = struct.Struct("<I")  # flags (also ACCESS's mask, GETXATTR/LISTXATTR's size)
 OPEN_OUT = struct.Struct("<QIi")
 READ_IN = struct.Struct("<QQIIQII")  # fh, offset, size, ... (READ, READDIR, READDIRPLUS)
@@ -38,7 +42,7 @@ STATFS_OUT = struct.Struct("<QQQQQIIII24x")
 GETXATTR_IN = struct.Struct("<II")  # size wanted, padding; then the name (GETXATTR)
 GETXATTR_OUT = struct.Struct("<II")  # size, padding
 #: An entry_out with nodeid 0 -- "no attributes" -- before a READDIRPLUS record.
-NO_ATTRIBUTES = bytes(ENTRY.size + ATTR.size)
+NO_ATTRIBUTES = bytes(ENTRY_OUT.size)
 
 # FUSE_INIT: the kernel's offer (fuse_init_in) and the answer (fuse_init_out, 64 bytes)
 INIT_IN = struct.Struct("<IIII")  # major, minor, max_readahead, flags

@@ -42,7 +42,7 @@ from typing import Any
 from imagenetfs import protocol as fuse
 from imagenetfs.errors import ImagenetfsError, InvalidRequest, NotImplemented_, ReadOnly
 from imagenetfs.index import DTYPE
-from imagenetfs.ops import Attributes, Blocked, Core, Counters, Listed
+from imagenetfs.ops import Blocked, Core, Counters, Listed
 from imagenetfs.protocol import IN_HEADER, NO_REPLY, OUT_HEADER
 
 log = logging.getLogger(__name__)
@@ -209,19 +209,26 @@ class Worker:
         return data
 
     def _lookup(self, parent: int, body: memoryview) -> bytes:
-        name = bytes(body).split(b"\0", 1)[0]
         try:
-            attrs = self.core.lookup(parent, name)
+            attrs = self.core.lookup(parent, bytes(body[:-1]))  # the name, then a NUL
         except Blocked as blocked:
             attrs = self._finish(blocked)
-        return self._entry(attrs)
+        ino, mode, nlink, uid, gid, size, blocks, mtime, valid = attrs  # (unpacked: hot path)
+        return fuse.ENTRY_OUT.pack(
+            ino, 0, valid, valid, 0, 0,
+            ino, size, blocks, mtime, mtime, mtime, 0, 0, 0, mode, nlink, uid, gid, 0, 4096, 0,
+        )  # fmt: skip
 
     def _getattr(self, ino: int, body: memoryview) -> bytes:
         try:
             attrs = self.core.getattr(ino)
         except Blocked as blocked:
             attrs = self._finish(blocked)
-        return fuse.ATTR_OUT.pack(attrs.timeout, 0, 0) + self._attr(attrs)
+        ino, mode, nlink, uid, gid, size, blocks, mtime, valid = attrs
+        return fuse.ATTR_OUT.pack(
+            valid, 0, 0,
+            ino, size, blocks, mtime, mtime, mtime, 0, 0, 0, mode, nlink, uid, gid, 0, 4096, 0,
+        )  # fmt: skip
 
     def _open(self, ino: int, body: memoryview) -> bytes:
         try:
@@ -290,18 +297,6 @@ class Worker:
 
     def _refuse(self, ino: int, body: memoryview) -> bytes:
         raise NotImplemented_("not implemented")  # FLUSH and the rest: not sent again
-
-    # --- records ---------------------------------------------------------------------------
-
-    def _attr(self, a: Attributes) -> bytes:
-        ino, mode, nlink, uid, gid, size, blocks, mtime, _ = a  # (unpacked: the hot path)
-        return fuse.ATTR.pack(
-            ino, size, blocks, mtime, mtime, mtime, 0, 0, 0, mode, nlink, uid, gid, 0, 4096, 0
-        )
-
-    def _entry(self, a: Attributes) -> bytes:
-        timeout = a[-1]
-        return fuse.ENTRY.pack(a[0], 0, timeout, timeout, 0, 0) + self._attr(a)
 
 
 def _u32(body: memoryview) -> int:

@@ -77,10 +77,11 @@ def read_in(offset: int, size: int) -> bytes:
 
 def entry_of(worker: wire.Worker, parent: int, name: str) -> tuple[int, tuple[int, ...]]:
     payload = ask(worker, fuse.LOOKUP, parent, name.encode() + b"\0")
-    assert len(payload) == fuse.ENTRY.size + fuse.ATTR.size
-    nodeid, _, entry_valid, attr_valid, _, _ = fuse.ENTRY.unpack_from(payload)
+    assert len(payload) == fuse.ENTRY_OUT.size
+    fields = fuse.ENTRY_OUT.unpack(payload)
+    nodeid, _, entry_valid, attr_valid, _, _ = fields[:6]
     assert entry_valid == attr_valid == ops.TIMEOUT
-    return nodeid, fuse.ATTR.unpack_from(payload, fuse.ENTRY.size)
+    return nodeid, fields[6:]
 
 
 def records(payload: bytes, plus: bool = False) -> list[tuple[int, int, int, bytes]]:
@@ -110,8 +111,8 @@ def test_lookup_getattr_read(worker: wire.Worker, small: SmallSource) -> None:
     )  # fmt: skip
     assert blocks * 512 >= size
     payload = ask(worker, fuse.GETATTR, ino, bytes(16))
-    valid, _, _ = fuse.ATTR_OUT.unpack_from(payload)
-    assert valid == ops.TIMEOUT and fuse.ATTR.unpack_from(payload, fuse.ATTR_OUT.size) == attr
+    fields = fuse.ATTR_OUT.unpack(payload)
+    assert fields[0] == ops.TIMEOUT and fields[3:] == attr
     assert ask(worker, fuse.READ, ino, read_in(0, 1 << 17)) == served[rel]
     assert ask(worker, fuse.READ, ino, read_in(5, 11)) == served[rel][5:16]
     assert ask(worker, fuse.READ, ino, read_in(1 << 30, 100)) == b""
