@@ -246,11 +246,13 @@ class Run:
 
 def machine(args: argparse.Namespace, venv: Path) -> dict[str, Any]:
     def sh(*cmd: str) -> str:
+        """The first line a command prints, "n/a" if it fails (e.g. git in a snapshot)."""
         try:
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
-            return (r.stdout or r.stderr).strip().splitlines()[0] if (r.stdout or r.stderr) else ""
         except (OSError, subprocess.TimeoutExpired):
             return "n/a"
+        out = r.stdout or r.stderr
+        return out.strip().splitlines()[0] if r.returncode == 0 and out.strip() else "n/a"
 
     mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
     src = args.imagenetfs_src or REPO
