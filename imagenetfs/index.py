@@ -36,7 +36,10 @@ the numbering dense. Device nodes, fifos and sockets are left out.
 
 Atomicity: a build writes `<index>.tmp-<pid>`, commits, syncs, and only then renames it over
 `<index>`; a killed build leaves at most a stray temporary file, never an index that opens.
-`Index.open()` is O(1) in the number of files: it maps the file and reads `meta`. It refuses an
+`Index.open()` is O(1) in the number of files: it maps the file and reads `meta`. It keeps
+the file open, and a process forked after the opening (a worker) gets an LMDB environment of
+its own on that descriptor (`reopen`): what a mount serves never depends on paths after it
+opened them. It refuses an
 index of another schema version, and `verify()` refuses one whose images have changed (size,
 mtime or superblock), naming the command that rebuilds it.
 """

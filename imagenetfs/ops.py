@@ -26,8 +26,9 @@ the rest of the work as a callable; the adapter runs it where waiting harms no o
 and answers with its result. A resize's `Blocked` carries the file's inode as `key`: concurrent
 requests for one file must resize it once, and the adapter brings the waiting -- record locks
 across worker processes (wire.py), a `trio.Event` under pyfuse3 (fs.py). A request that has
-waited for another asks again and finds the size known. Worker processes have nothing else to
-do meanwhile, so their core reads blocking (`blocking_reads=True`) and only resizes raise.
+waited for another finds the work done: the size known, the bytes in the resize cache. Worker
+processes have nothing else to do meanwhile, so their core reads blocking
+(`blocking_reads=True`) and only resizes raise.
 """
 
 from __future__ import annotations

@@ -26,9 +26,10 @@ fi
 
 # --- system packages ---------------------------------------------------------------------
 # fuse3: fusermount3 for unprivileged mounts; libfuse3-dev + pkg-config + gcc + python3-dev:
-# pyfuse3 compiles against libfuse; squashfs-tools/squashfuse: image building and test oracles.
+# pyfuse3 compiles against libfuse; squashfs-tools/squashfuse: image building and test oracles;
+# strace: the test that a walk of the mount makes no per-file stat (tests/legacy).
 apt_pkgs=(fuse3 libfuse3-dev pkg-config gcc python3 python3-dev python3-venv
-          squashfs-tools squashfuse ca-certificates)
+          squashfs-tools squashfuse strace ca-certificates)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
