@@ -182,20 +182,18 @@ def _mounted_job(state: registry.State, args: argparse.Namespace) -> warm.WarmJo
         raise errors.UsageError(f"{where} keeps no resize cache (mounted with --no-cache)")
     if args.source is not None:
         raise errors.UsageError("warm: give a MOUNTPOINT or --source, not both")
-    mounted = {
-        "--resize": None if not args.resize else set(args.resize) - set(specs) or None,
-        "--resize-quality": (args.resize_quality, state["resize_quality"]),
-        "--cache-size": (args.cache_size, state["cache_size"]),
-        "--cache-dir": (args.cache_dir and str(args.cache_dir.absolute()), state["cache_dir"]),
-        "--index": (args.index and str(args.index.absolute()), state["index"]),
-    }
-    for option, pair in mounted.items():
-        if option == "--resize" and pair is not None:
-            served = " ".join(spec.name for spec in specs)
-            raise errors.UsageError(f"{where} serves resized/ {served} only")
-        if isinstance(pair, tuple) and pair[0] is not None and pair[0] != pair[1]:
+    if args.resize and not set(args.resize) <= set(specs):
+        served = " ".join(spec.name for spec in specs)
+        raise errors.UsageError(f"{where} serves resized/ {served} only")
+    for option, given, own in (
+        ("--resize-quality", args.resize_quality, state["resize_quality"]),
+        ("--cache-size", args.cache_size, state["cache_size"]),
+        ("--cache-dir", args.cache_dir and str(args.cache_dir.absolute()), state["cache_dir"]),
+        ("--index", args.index and str(args.index.absolute()), state["index"]),
+    ):
+        if given is not None and given != own:
             raise errors.UsageError(
-                f"warm {where}: {option} differs from the mount's own ({pair[1]}); leave it out"
+                f"warm {where}: {option} differs from the mount's own ({own}); leave it out"
             )
     return warm.WarmJob(
         Path(state["index"]),

@@ -21,7 +21,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from imagenetfs.ops import Attributes, Blocked, Core
+from imagenetfs.ops import BLOCK_SIZE, Attributes, Blocked, Core
 
 
 class Operations(pyfuse3.Operations):
@@ -81,7 +81,7 @@ class Operations(pyfuse3.Operations):
         entry.st_gid = attrs.gid
         entry.st_rdev = 0
         entry.st_size = attrs.size
-        entry.st_blksize = 4096
+        entry.st_blksize = BLOCK_SIZE
         entry.st_blocks = attrs.blocks
         entry.st_atime_ns = entry.st_mtime_ns = entry.st_ctime_ns = attrs.mtime * 1_000_000_000
         return entry

@@ -449,16 +449,11 @@ class Index:
     def __init__(self, path: Path, fd: int, env: lmdb.Environment, meta: dict[str, Any]) -> None:
         self.path = path
         self._fd = fd  # the index file, held open: see `reopen`
-        self._env = env
-        self._nodes = env.open_db(b"nodes", create=False)
-        self._names = env.open_db(b"names", create=False)
-        self._blobs = env.open_db(b"blobs", create=False)
-        self._lists = env.open_db(b"lists", create=False)
+        self._attach(env)
         self.source: str | None = meta.get("source")
         self.image_records: list[dict[str, Any]] = meta["images"]
         self.stats = IndexStats(**meta["stats"])
         self._images: list[squashfs.SquashImage | DirImage] = []
-        self._local = threading.local()
 
     @classmethod
     def open(cls, path: Path, *, verify: bool = True) -> Self:
@@ -507,7 +502,11 @@ class Index:
         is not seen. The images stay as they are, open: what a worker serves never depends on
         paths."""
         self._env.close()
-        self._env = env = _open_env(self._fd)
+        self._attach(_open_env(self._fd))
+
+    def _attach(self, env: lmdb.Environment) -> None:
+        """Serve from `env`: its databases, and fresh per-thread transactions."""
+        self._env = env
         self._nodes = env.open_db(b"nodes", create=False)
         self._names = env.open_db(b"names", create=False)
         self._blobs = env.open_db(b"blobs", create=False)

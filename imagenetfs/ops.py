@@ -339,11 +339,8 @@ class Core:
         node = self.tree.getattr(ino)
         if node.kind != FILE:
             raise IsADirectory(ino) if node.kind == DIR else InvalidRequest(f"{ino}: not a file")
-        if self._views and self.tree.spec_of(node) and self._recent.get(ino) is None:
-            raise Blocked(lambda: self._prepare(node), ino)
-
-    def _prepare(self, node: Node) -> None:
-        self.resized_bytes(node)
+        if self._views and self.tree.spec_of(node) is not None and self._recent.get(ino) is None:
+            raise Blocked(lambda: self.resized_bytes(node), ino)
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
         self._counts[READS] += 1

@@ -42,7 +42,7 @@ from typing import Any
 from imagenetfs import protocol as fuse
 from imagenetfs.errors import ImagenetfsError, InvalidRequest, NotImplemented_, ReadOnly
 from imagenetfs.index import DTYPE
-from imagenetfs.ops import Blocked, Core, Counters, Listed
+from imagenetfs.ops import BLOCK_SIZE, Blocked, Core, Counters, Listed
 from imagenetfs.protocol import IN_HEADER, NO_REPLY, OUT_HEADER
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,8 @@ class Worker:
         ino, mode, nlink, uid, gid, size, blocks, mtime, valid = attrs  # (unpacked: hot path)
         return fuse.ENTRY_OUT.pack(
             ino, 0, valid, valid, 0, 0,
-            ino, size, blocks, mtime, mtime, mtime, 0, 0, 0, mode, nlink, uid, gid, 0, 4096, 0,
+            ino, size, blocks, mtime, mtime, mtime, 0, 0, 0, mode, nlink, uid, gid,
+            0, BLOCK_SIZE, 0,
         )  # fmt: skip
 
     def _getattr(self, ino: int, body: memoryview) -> bytes:
@@ -227,7 +228,8 @@ class Worker:
         ino, mode, nlink, uid, gid, size, blocks, mtime, valid = attrs
         return fuse.ATTR_OUT.pack(
             valid, 0, 0,
-            ino, size, blocks, mtime, mtime, mtime, 0, 0, 0, mode, nlink, uid, gid, 0, 4096, 0,
+            ino, size, blocks, mtime, mtime, mtime, 0, 0, 0, mode, nlink, uid, gid,
+            0, BLOCK_SIZE, 0,
         )  # fmt: skip
 
     def _open(self, ino: int, body: memoryview) -> bytes:
