@@ -15,7 +15,18 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from imagenetfs import __version__, config, errors, index, mount, registry, resize, source, warm
+from imagenetfs import (
+    __version__,
+    config,
+    errors,
+    index,
+    mount,
+    registry,
+    resize,
+    source,
+    staging,
+    warm,
+)
 from imagenetfs.errors import ImagenetfsError
 
 log = logging.getLogger("imagenetfs")
@@ -40,7 +51,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     path = source.find_index(args.index, root)
     print(f"source: {src.describe()}")
     if path.exists() and not args.rebuild:
-        with index.Index.open(path) as ix:
+        with index.Index.open(path, source=root, names=src.image_names) as ix:
             stats = ix.stats
         print(f"index {path}: up to date ({stats.entries:,} entries, {stats.files:,} files)")
         return 0
@@ -79,8 +90,10 @@ def resolve_source(explicit: Path | None, quiet: bool = False) -> Path:
     return sample_dir
 
 
-def ensure_index(root: Path, explicit: Path | None, quiet: bool = False) -> Path:
-    """The index for `root`: found as DESIGN.md says, built first if missing."""
+def ensure_index(
+    root: Path, explicit: Path | None, quiet: bool = False
+) -> tuple[Path, source.Source]:
+    """The index for `root` (found as DESIGN.md says, built first if missing), and the source."""
     src = source.open_source(root)
     path = source.find_index(explicit, root)
     if not path.exists():
@@ -94,20 +107,29 @@ def ensure_index(root: Path, explicit: Path | None, quiet: bool = False) -> Path
             virtual=src.virtual_files,
             progress=not quiet,
         )
-    return path
+    return path, src
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
+    if args.mountpoint is None:  # `--stage MOUNTPOINT`: argparse gave --stage the mount point
+        if not args.stage:
+            raise errors.UsageError("mount: give a MOUNTPOINT")
+        args.mountpoint, args.stage = Path(args.stage), ""
     # bad options and mount points are refused before any sample generation or index build
     workers = config.workers_setting(args.workers)
+    stage_rate = staging.parse_rate(args.stage_rate) if args.stage_rate else 0
+    stage_dir = None
+    if args.stage is not None:
+        stage_dir = staging.check_dir(Path(args.stage) if args.stage else staging.default_dir())
     mountpoint = args.mountpoint.absolute()
     mount.check_mountpoint(mountpoint)
     root = resolve_source(args.source)
-    path = ensure_index(root, args.index)
+    path, src = ensure_index(root, args.index)
     settings = config.ServeConfig(
         mountpoint=mountpoint,
-        source=root,
+        source=root.absolute(),
         index=path,
+        images=src.image_names,
         workers=workers,
         foreground=args.foreground,
         allow_other=args.allow_other,
@@ -115,6 +137,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
         resize_quality=resize.check_quality(args.resize_quality),
         cache_dir=None if args.no_cache else (args.cache_dir or resize.default_cache_dir()),
         cache_size=args.cache_size,
+        stage_dir=stage_dir,
+        stage_rate=stage_rate,
     )
     return mount.mount(settings)
 
@@ -135,6 +159,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         serving = registry.is_alive(state) and os.path.ismount(mp)
         print(f"{mp}: {'serving' if serving else 'dead (run imagenetfs umount)'}")
         print(f"  source {state.get('source')}  index {state.get('index')}  pid {state.get('pid')}")
+        for image in state.get("images", []):
+            print(f"  serving {image}")
+        if state.get("staging"):
+            print(f"  staging to {state['staging']['dir']}: {staging.describe(state['staging'])}")
         fs = state.get("stats", {}).get("fs")
         if fs:
             counters = "  ".join(f"{k} {v:,}" for k, v in fs.items())
@@ -155,8 +183,10 @@ def cmd_warm(args: argparse.Namespace) -> int:
     else:
         if not args.resize:
             raise errors.UsageError("warm: give at least one --resize SPEC")
+        root = resolve_source(args.source)
         job = warm.WarmJob(
-            ensure_index(resolve_source(args.source), args.index),
+            ensure_index(root, args.index)[0],
+            root.absolute(),
             tuple(args.resize),
             resize.check_quality(args.resize_quality or resize.DEFAULT_QUALITY),
             args.cache_dir or resize.default_cache_dir(),
@@ -197,6 +227,7 @@ def _mounted_job(state: registry.State, args: argparse.Namespace) -> warm.WarmJo
             )
     return warm.WarmJob(
         Path(state["index"]),
+        Path(state["source"]),
         tuple(args.resize) or specs,
         int(state["resize_quality"]),
         Path(state["cache_dir"]),
@@ -303,7 +334,10 @@ def build_parser() -> argparse.ArgumentParser:
             "source, serves the built-in sample."
         ),
     )
-    mnt.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", help="an empty directory")
+    # (optional for argparse only: `mount --stage MOUNTPOINT` gives --stage no DIR)
+    mnt.add_argument(
+        "mountpoint", type=Path, nargs="?", metavar="MOUNTPOINT", help="an empty directory"
+    )
     mnt.add_argument("--source", type=Path, help=idx_source_help)
     mnt.add_argument("--index", type=Path, help=idx_index_help)
     mnt.add_argument(
@@ -326,6 +360,20 @@ def build_parser() -> argparse.ArgumentParser:
     add_resize_options(mnt)
     mnt.add_argument(
         "--no-cache", action="store_true", help="keep no persistent cache of resized images"
+    )
+    mnt.add_argument(
+        "--stage",
+        nargs="?",
+        const="",
+        metavar="DIR",
+        help="copy the images to DIR (node-local disk) in the background while serving, and "
+        "serve each from its copy once it is checked; a checked copy left there by an earlier "
+        "mount is reused. Without DIR: $SLURM_TMPDIR, else $TMPDIR inside a Slurm job",
+    )
+    mnt.add_argument(
+        "--stage-rate",
+        metavar="RATE",
+        help="cap the copying's reads at RATE bytes/s (K, M, G suffixes: 200M); default: none",
     )
     mnt.set_defaults(func=cmd_mount)
 

@@ -42,6 +42,7 @@ class ServeConfig:
     mountpoint: Path  # absolute
     source: Path
     index: Path
+    images: tuple[str, ...]  # the source's images (relative names): the index must have these
     workers: int  # wire-protocol worker processes; 0: pyfuse3 serves alone
     foreground: bool = False
     allow_other: bool = False
@@ -50,6 +51,8 @@ class ServeConfig:
     resize_quality: int = DEFAULT_QUALITY
     cache_dir: Path | None = None  # None: no persistent resize cache
     cache_size: int = DEFAULT_CACHE_SIZE
+    stage_dir: Path | None = None  # copy the images there and serve the copies (staging.py)
+    stage_rate: int = 0  # bytes/s the copying may read; 0: as fast as it goes
 
     @property
     def cache(self) -> tuple[Path, int] | None:
@@ -66,4 +69,6 @@ class ServeConfig:
             "resize_quality": self.resize_quality,
             "cache_dir": None if self.cache_dir is None else str(self.cache_dir.absolute()),
             "cache_size": self.cache_size,
+            "stage_dir": None if self.stage_dir is None else str(self.stage_dir),
+            "stage_rate": self.stage_rate,
         }

@@ -12,14 +12,17 @@ open (an LRU), so that the several reads of one file, and an epoch's second pass
 tree, cost the shared filesystem one `open` per file, not one per read. Symlinks are kept as
 symlinks, devices, fifos and sockets are left out, as for images.
 
-Staleness: the fingerprint covers the root and its immediate subdirectories (their mtimes and
-the root's inode number; not the device number, which differs between NFS clients) -- cheap to
-check at every mount. A file changed deep inside a class directory goes unnoticed until
-`imagenetfs index --rebuild`: an unpacked tree is mutable, unlike an image.
+Staleness: the fingerprint is a digest of the root's entries (names and types: the class
+directories of `train/`) -- one listing, cheap to check at every mount, and the same for a
+copy of the tree or the tree reached through another path (no mtimes, inode or device
+numbers, which a copy does not keep). A file added, removed or changed inside a class
+directory goes unnoticed until `imagenetfs index --rebuild`: an unpacked tree is mutable,
+unlike an image.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import threading
@@ -44,9 +47,8 @@ OPEN_FILES = 64
 
 @dataclass(frozen=True)
 class DirFingerprint:
-    root_ino: int
-    root_mtime_ns: int
-    children_mtime_ns: int  # sum over the root's subdirectories
+    entries: int  # in the root
+    names: str  # digest of the root's entries' names and types, in sorted order
 
 
 class DirImage:
@@ -80,13 +82,12 @@ class DirImage:
         self.close()
 
     def fingerprint(self) -> DirFingerprint:
-        st = os.fstat(self._fd)
-        children = 0
         with os.scandir(self._fd) as it:
-            for entry in it:
-                if entry.is_dir(follow_symlinks=False):
-                    children += entry.stat(follow_symlinks=False).st_mtime_ns
-        return DirFingerprint(st.st_ino, st.st_mtime_ns, children)
+            entries = sorted((os.fsencode(e.name), e.is_dir(follow_symlinks=False)) for e in it)
+        digest = hashlib.blake2b(digest_size=16)
+        for name, is_dir in entries:
+            digest.update(b"%d %s\0" % (is_dir, name))
+        return DirFingerprint(len(entries), digest.hexdigest())
 
     def walk(self) -> Iterator[squashfs.Entry]:
         """The root, then each directory's children in sorted order, directories depth-first."""

@@ -13,8 +13,8 @@ a stable cookie, and no listing is ever stored twice.
 
 Databases in the one LMDB file (`subdir=False`):
 
-- `meta`: `schema` (version), `images` (JSON: path + fingerprint of each image), `stats`,
-  `source` (the source directory, for the rebuild hint);
+- `meta`: `schema` (version), `images` (JSON: each image's name relative to the source and
+  its fingerprint), `stats`, `source` (the directory it was built from: the default source);
 - `nodes`: ino (u32 big-endian, so byte order is numeric order) -> packed `Node`: kind,
   parent, size, mtime, name, then a directory's (first child, count), a file's image number
   and extent, or a symlink's target;
@@ -39,9 +39,15 @@ Atomicity: a build writes `<index>.tmp-<pid>`, commits, syncs, and only then ren
 `Index.open()` is O(1) in the number of files: it maps the file and reads `meta`. It keeps
 the file open, and a process forked after the opening (a worker) gets an LMDB environment of
 its own on that descriptor (`reopen`): what a mount serves never depends on paths after it
-opened them. It refuses an
-index of another schema version, and `verify()` refuses one whose images have changed (size,
-mtime or superblock), naming the command that rebuilds it.
+opened them. It refuses an index of another schema version.
+
+Relocatable: the index names its images relative to the source, and identifies each by a
+fingerprint of its bytes (size, superblock, a digest of sampled blocks; for an unpacked tree,
+its root's entries) -- never by mtime, device or inode numbers. So one index, built once by an
+admin beside the data, serves the same images reached through any path (a bind mount, a
+container's `/data`) or copied to local disk: `Index.open(path, source=DIR)` opens the images
+under DIR, and refuses, in one line naming the image and the command that rebuilds, when they
+are not the ones indexed.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ from __future__ import annotations
 import array
 import bisect
 import contextlib
+import hashlib
 import json
 import os
 import stat
@@ -67,7 +74,7 @@ from imagenetfs import protocol, squashfs
 from imagenetfs.dirtree import DirImage, open_image
 from imagenetfs.errors import ImagenetfsError, InvalidRequest, NoSuchEntry, NotADirectory
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 ROOT_INO = 1
 MAX_NAME = 255
 
@@ -335,8 +342,15 @@ def build(
     progress: bool = True,
 ) -> IndexStats:
     """Walk `images`, place their entries with `place`, add the `virtual` files computed from
-    the placed ones, and write the index atomically."""
+    the placed ones, and write the index atomically. The images are recorded by their path
+    relative to `source` (default: their common directory)."""
     images = [Path(os.path.abspath(p)) for p in images]
+    if not images:
+        raise IndexError_("no images to index")
+    root = os.path.abspath(source) if source else os.path.commonpath([p.parent for p in images])
+    names = [os.path.relpath(p, root) for p in images]
+    if any(name.startswith("..") for name in names):
+        raise IndexError_(f"images {', '.join(map(str, images))} are not all under {root}")
     placer = place or place_by_image_name(images)
     fingerprints = []
     tree: _TreeBuilder | None = None
@@ -362,15 +376,12 @@ def build(
     if virtual is not None:
         for components, data in virtual(list(tree.file_paths())).items():
             tree.add_blob(components, data)
-    return _write(index_path, tree, images, fingerprints, source)
+    records = [{"name": n, **fp} for n, fp in zip(names, fingerprints, strict=True)]
+    return _write(index_path, tree, records, root)
 
 
 def _write(
-    index_path: Path,
-    tree: _TreeBuilder,
-    images: Sequence[Path],
-    fingerprints: list[dict[str, Any]],
-    source: str | None,
+    index_path: Path, tree: _TreeBuilder, records: list[dict[str, Any]], source: str
 ) -> IndexStats:
     index_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = index_path.with_name(f"{index_path.name}.tmp-{os.getpid()}")
@@ -400,10 +411,9 @@ def _write(
                 if ino != ROOT_INO:
                     name_cursor.put(_INO.pack(parent) + name, _CHILD.pack(ino), append=True)
                 entries += 1
-            stats = IndexStats(entries, tree.files, len(images), tree.bytes)
-            record = [{"path": str(p), **fp} for p, fp in zip(images, fingerprints, strict=True)]
+            stats = IndexStats(entries, tree.files, len(records), tree.bytes)
             txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=meta)
-            txn.put(b"images", json.dumps(record).encode(), db=meta)
+            txn.put(b"images", json.dumps(records).encode(), db=meta)
             txn.put(b"stats", json.dumps(asdict(stats)).encode(), db=meta)
             txn.put(b"source", json.dumps(source).encode(), db=meta)
         env.sync(True)
@@ -450,14 +460,24 @@ class Index:
         self.path = path
         self._fd = fd  # the index file, held open: see `reopen`
         self._attach(env)
-        self.source: str | None = meta.get("source")
+        self.built_from = Path(meta["source"])
         self.image_records: list[dict[str, Any]] = meta["images"]
         self.stats = IndexStats(**meta["stats"])
+        self.source = self.built_from  # where the images are served from (`open_images`)
         self._images: list[squashfs.SquashImage | DirImage] = []
 
     @classmethod
-    def open(cls, path: Path, *, verify: bool = True) -> Self:
-        """Open `path`; with `verify`, also check that every image still matches its fingerprint."""
+    def open(
+        cls,
+        path: Path,
+        *,
+        source: Path | None = None,
+        names: Sequence[str] | None = None,
+        verify: bool = True,
+    ) -> Self:
+        """Open `path`; with `verify`, also open its images under `source` (default: where it
+        was built from) and check that they are the ones indexed -- and, given the `names` of
+        the images the source holds, that there are no others."""
         if not path.is_file():
             raise IndexError_(f"{path}: no index here; build it with: {rebuild_command(path)}")
         try:
@@ -489,7 +509,7 @@ class Index:
             raise
         if verify:
             try:
-                index.open_images()
+                index.open_images(source or index.built_from, names)
             except BaseException:
                 index.close()
                 raise
@@ -513,27 +533,40 @@ class Index:
         self._lists = env.open_db(b"lists", create=False)
         self._local = threading.local()
 
-    def open_images(self) -> None:
-        """Open every image and refuse to go on if one no longer matches its fingerprint."""
+    def open_images(self, source: Path, names: Sequence[str] | None = None) -> None:
+        """Open every image under `source` and refuse to go on if one is not the image indexed
+        (or, given the `names` the source holds, if the source has other images)."""
+        self.source = source = Path(os.path.abspath(source))
+        indexed = [record["name"] for record in self.image_records]
+        if names is not None and sorted(names) != sorted(indexed):
+            self._stale(
+                f"the source {source} holds {', '.join(names)}, the index was built for "
+                f"{', '.join(indexed)}"
+            )
         for record in self.image_records:
-            path = Path(record["path"])
+            path = source / record["name"]
             if not path.exists():
-                self._stale(f"image {path} is gone")
+                self._stale(f"image {path} is missing")
             try:
                 image = open_image(path)
-            except ImagenetfsError as e:  # unreadable or no longer a valid image
+            except ImagenetfsError as e:  # unreadable or not a valid image
                 self._stale(str(e))
             self._images.append(image)
             now = asdict(image.fingerprint())
             changed = [k for k, v in now.items() if record.get(k) != v]
             if changed:
-                self._stale(f"image {path} changed since indexing ({', '.join(changed)})")
+                self._stale(f"image {path} is not the one indexed ({', '.join(changed)} differ)")
 
     def _stale(self, problem: str) -> NoReturn:
         raise IndexError_(
             f"{self.path}: {problem}; rebuild the index with: "
-            f"{rebuild_command(self.path, self.source)}"
+            f"{rebuild_command(self.path, str(self.source))}"
         )
+
+    @property
+    def images(self) -> list[squashfs.SquashImage | DirImage]:
+        """The open images, in index order (a `SquashImage` can `switch` to a local copy)."""
+        return self._images
 
     def close(self) -> None:
         for image in self._images:
@@ -700,5 +733,27 @@ def _read_meta(env: lmdb.Environment, path: Path) -> dict[str, Any]:
 
 
 def rebuild_command(index_path: Path, source: str | None = None) -> str:
+    """The command that (re)builds an index for `source` -- into the user's own cache when
+    `index_path` cannot be written (an admin's index beside read-only data)."""
     src = f"--source {source} " if source else "--source DIR "
+    if source and not _writable(index_path):
+        index_path = user_index_path(Path(source))
     return f"imagenetfs index {src}--index {index_path} --rebuild"
+
+
+def _writable(path: Path) -> bool:
+    if path.exists():
+        return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)
+    parent = next((p for p in path.parents if p.exists()), None)
+    return parent is not None and os.access(parent, os.W_OK | os.X_OK)
+
+
+def user_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imagenetfs"
+
+
+def user_index_path(source: Path) -> Path:
+    """The index of `source` in the user's own cache (when no other is given or found)."""
+    source = source.resolve()
+    key = hashlib.blake2b(str(source).encode(), digest_size=6).hexdigest()
+    return user_cache_dir() / f"index-{source.name or 'root'}-{key}.lmdb"

@@ -146,7 +146,7 @@ def mount(config: ServeConfig) -> int:
     _preflight(state_path)
     # Nothing may touch the mount point between pyfuse3.init() and the FUSE_INIT answer: any
     # stat of it (even Path.resolve()) blocks until then.
-    index = Index.open(config.index)
+    index = Index.open(config.index, source=config.source, names=config.images)
     fuse_ops = fs.Operations(read_threads=config.read_threads) if config.workers == 0 else None
     supervisor.block_signals()
     try:

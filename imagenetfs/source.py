@@ -24,7 +24,6 @@ that mapping, one call per image entry.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import tarfile
 from collections.abc import Sequence
@@ -33,7 +32,7 @@ from pathlib import Path
 
 from imagenetfs import matfile, rootfiles, squashfs, synsets
 from imagenetfs.errors import UsageError
-from imagenetfs.index import Placer
+from imagenetfs.index import Placer, user_cache_dir, user_index_path
 
 SPLITS = ("train", "val", "test")
 DEFAULT_SOURCE = Path("/data/imagenet")
@@ -95,6 +94,11 @@ class Source:
     @property
     def image_list(self) -> list[Path]:
         return [ref.path for ref in self.images]
+
+    @property
+    def image_names(self) -> tuple[str, ...]:
+        """The images' paths relative to the source: what an index records."""
+        return tuple(str(ref.path.relative_to(self.root)) for ref in self.images)
 
     def describe(self) -> str:
         parts = ", ".join(
@@ -269,13 +273,9 @@ def _devkit(root: Path) -> tuple[bytes, bytes] | None:
     return parts[0], parts[1]
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imagenetfs"
-
-
 def sample_dir() -> Path:
     """Where the built-in sample is generated on first use (per user)."""
-    return cache_dir() / "sample"
+    return user_cache_dir() / "sample"
 
 
 def find_index(explicit: Path | None, source: Path) -> Path:
@@ -289,6 +289,4 @@ def find_index(explicit: Path | None, source: Path) -> Path:
     beside = source / INDEX_NAME
     if beside.is_file():
         return beside
-    cache = cache_dir()
-    key = hashlib.blake2b(str(source.resolve()).encode(), digest_size=6).hexdigest()
-    return cache / f"index-{source.resolve().name or 'root'}-{key}.lmdb"
+    return user_index_path(source)

@@ -4,7 +4,10 @@
 one nursery holds
 
 - the signal receiver: SIGTERM, SIGINT or SIGHUP stop serving;
-- the publisher: every `PUBLISH_INTERVAL` seconds the counters go to the mount's state file;
+- the publisher: every `PUBLISH_INTERVAL` seconds the counters, the images served and the
+  staging progress go to the mount's state file;
+- with `--stage`, the stager (staging.py) in a thread: each image copied and checked is
+  switched here, then in each worker (SIGUSR1, see `staging.adopt`);
 - the server. With `--workers 0`, `pyfuse3.main` over `fs.Operations`. Otherwise the
   supervisor of the worker processes: it answers FUSE_INIT itself (`wire.answer_init`), forks
   `config.workers` workers, each watched by a task awaiting its pidfd, and only then tells the
@@ -46,8 +49,9 @@ import lmdb
 import pyfuse3
 import trio
 
-from imagenetfs import fs, registry, wire
+from imagenetfs import fs, registry, staging, wire
 from imagenetfs.config import ServeConfig
+from imagenetfs.errors import ImagenetfsError
 from imagenetfs.index import Index
 from imagenetfs.ops import Core, Counters
 from imagenetfs.resize import ResizeCache
@@ -102,6 +106,9 @@ class Daemon:
         self._workers: dict[int, int] = {}  # pid -> counters slot
         self._failures: list[float] = []
         self._statistics: Callable[[], dict[str, Any]] | None = None
+        self.stager = None
+        if config.stage_dir is not None:
+            self.stager = staging.Stager(config.stage_dir, index, config.stage_rate)
 
     async def main(self) -> None:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -110,13 +117,40 @@ class Daemon:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._on_signals, signals)
                     nursery.start_soon(self._publish)
-                    if self.fuse_ops is not None:
-                        await self._serve_pyfuse3(self.fuse_ops)
-                    else:
-                        await self._serve_workers()
+                    if self.stager is not None:
+                        nursery.start_soon(self._stage, self.stager)
+                    try:
+                        if self.fuse_ops is not None:
+                            await self._serve_pyfuse3(self.fuse_ops)
+                        else:
+                            await self._serve_workers()
+                    finally:
+                        if self.stager is not None:
+                            self.stager.stop()  # before the cancel waits for its thread
                     nursery.cancel_scope.cancel()
             finally:
                 block_signals()  # until the caller has unmounted
+
+    async def _stage(self, stager: staging.Stager) -> None:
+        def switched(number: int, path: Path) -> None:  # in the stager's thread
+            trio.from_thread.run_sync(self._switch, number, path)
+
+        await trio.to_thread.run_sync(stager.run, switched)
+        self.publish()
+
+    def _switch(self, number: int, path: Path) -> None:
+        """Serve image `number` from its checked copy at `path`, here and in every worker."""
+        image = self.index.images[number]
+        try:
+            image.switch(str(path))  # type: ignore[union-attr]  # (staged: a SquashImage)
+        except ImagenetfsError as e:
+            log.warning("staged copy not used: %s", e)
+            return
+        for pid in self._workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGUSR1)
+        log.info("serving %s from %s", self.index.image_records[number]["name"], path)
+        self.publish()
 
     def stop(self) -> None:
         self.stopping = True
@@ -139,7 +173,14 @@ class Daemon:
     def publish(self) -> None:
         if self._statistics is None:
             return
-        state = {**self.state, "updated": time.time(), "stats": self._statistics()}
+        state = {
+            **self.state,
+            "updated": time.time(),
+            "images": [image.path for image in self.index.images],
+            "stats": self._statistics(),
+        }
+        if self.stager is not None:
+            state["staging"] = self.stager.report()
         with contextlib.suppress(OSError):
             registry.write_state(self.state_path, state)
 
@@ -183,6 +224,9 @@ class Daemon:
             else:
                 probe.close()
         board = wire.Board(self.config.workers)
+        # a worker switches to staged copies on SIGUSR1; until its handler is in place (and
+        # here, in the supervisor) the signal is ignored, not fatal
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
         def statistics() -> dict[str, Any]:
             stats: dict[str, Any] = Counters.report(board.totals(), self.cache is not None)
@@ -256,6 +300,10 @@ class Daemon:
             unblock_signals()
             fd = wire.clone_session(session)
             core = self._core(Counters(board.slot(slot)), blocking_reads=True)
+            if self.stager is not None:
+                stager = self.stager
+                signal.signal(signal.SIGUSR1, lambda *_: staging.adopt(self.index, stager))
+                staging.adopt(self.index, stager)  # what was switched while it started
             wire.Worker(core, fd, lock_fd=lock_fd).run()
             code = 0
         except BaseException:

@@ -24,6 +24,7 @@ from imagenetfs.views import VIEW_SHIFT, Tree
 @dataclass(frozen=True)
 class WarmJob:
     index_path: Path
+    source: Path | None  # where the images are (None: where the index was built from)
     specs: tuple[ResizeSpec, ...]
     quality: int
     cache_dir: Path
@@ -37,7 +38,7 @@ def _start(job: WarmJob) -> None:
     """In each pool process: its own index and cache, and a core over them."""
     global _core
     cache = ResizeCache(job.cache_dir, job.cache_size)
-    tree = Tree(Index.open(job.index_path), job.specs, quality=job.quality)
+    tree = Tree(Index.open(job.index_path, source=job.source), job.specs, quality=job.quality)
     _core = Core(tree, uid=os.getuid(), gid=os.getgid(), cache=cache, blocking_reads=True)
 
 
@@ -57,7 +58,7 @@ def _warm_one(ino: int) -> int:
 
 def _view_files(job: WarmJob, splits: Sequence[str]) -> list[int]:
     """The inode of every file of `splits` in every view that would be resized."""
-    with Index.open(job.index_path) as index:
+    with Index.open(job.index_path, source=job.source) as index:
         tree = Tree(index, job.specs, quality=job.quality)
         inos: list[int] = []
         for split in splits:

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import grp
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import Mounter
+from helpers import Mounter, force_unmount, mount_points, search_bits_needed
+
+import imagenetfs
+
+PY = sys.executable
+USER, OTHER = "imagenetfs-test", "imagenetfs-other"
 
 
 @pytest.fixture
@@ -17,3 +32,68 @@ def mounter(tmp_path: Path) -> Iterator[Mounter]:
         yield harness
     finally:
         harness.cleanup()
+
+
+@pytest.fixture(scope="module")
+def base() -> Iterator[Path]:
+    """A world-searchable directory: other users need search permission on every parent of
+    their sources and mount points (pytest's tmp dirs are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="imagenetfs-test-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    for mp in mount_points():
+        if mp.startswith(f"{path}/"):
+            force_unmount(Path(mp))
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@dataclass
+class Users:
+    user: Mounter
+    other: Mounter
+    uid: int
+
+
+@pytest.fixture(scope="module")
+def users(base: Path) -> Iterator[Users]:
+    """Two unprivileged users, /dev/fuse 0666 and a CLI they can run; all undone afterwards."""
+    fusermount = Path(shutil.which("fusermount3") or "fusermount3")
+    if not fusermount.stat().st_mode & stat.S_ISUID:
+        pytest.fail(f"{fusermount} is not setuid root: unprivileged mounts cannot work")
+    undo: list[Callable[[], None]] = []
+    try:
+        for name in (USER, OTHER):
+            try:
+                pwd.getpwnam(name)
+            except KeyError:
+                subprocess.run(["useradd", "--no-create-home", name], check=True, timeout=30)
+                undo.append(lambda name=name: subprocess.run(["userdel", name], timeout=30))
+        fuse_mode = stat.S_IMODE(os.stat("/dev/fuse").st_mode)
+        undo.append(lambda: os.chmod("/dev/fuse", fuse_mode))
+        os.chmod("/dev/fuse", 0o666)
+        code = Path(imagenetfs.__file__).resolve().parent
+        for d in search_bits_needed([Path(PY).resolve().parent, Path(os.__file__), code]):
+            mode = stat.S_IMODE(d.stat().st_mode)
+            undo.append(lambda d=d, mode=mode: d.chmod(mode))
+            d.chmod(mode | stat.S_IXOTH)
+        runners = []
+        for name in (USER, OTHER):
+            work = base / name
+            work.mkdir(mode=0o755)
+            shutil.chown(work, name, grp.getgrgid(pwd.getpwnam(name).pw_gid).gr_name)
+            runners.append(Mounter(work, name))
+        version = runners[0].cli("--version")
+        assert version.returncode == 0, f"the CLI does not run as {USER}: {version.stderr}"
+        yield Users(runners[0], runners[1], pwd.getpwnam(USER).pw_uid)
+        for runner in runners:
+            runner.cleanup()
+    finally:
+        for step in reversed(undo):
+            with contextlib.suppress(Exception):
+                step()
+
+
+@pytest.fixture
+def user(users: Users) -> Iterator[Mounter]:
+    yield users.user
+    users.user.cleanup()

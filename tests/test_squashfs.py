@@ -405,7 +405,7 @@ def test_fingerprint_and_statistics(built: Built) -> None:
     with SquashImage(built.image) as squash:
         fp = squash.fingerprint()
         assert fp.file_size == built.image.stat().st_size
-        assert fp.file_mtime_ns == built.image.stat().st_mtime_ns
+        assert len(fp.samples) == 32  # hex of a 16-byte digest
         assert fp.bytes_used <= fp.file_size
         options = IMAGE_OPTIONS[built.name]
         assert fp.compressor == (options[1] if options[:1] == ["-comp"] else "gzip")

@@ -1,0 +1,426 @@
+"""On a cluster: one prebuilt index served from any path or copy, and staging to local disk.
+
+The index an admin builds beside the images (`<source>/imagenetfs.lmdb`) must serve the same
+images reached through a bind mount or copied elsewhere, as root and as a user who may not write
+it, and refuse -- one line, naming the image and the command that rebuilds -- images that are
+not the ones indexed. `mount --stage DIR` must serve exact bytes throughout while it copies
+the images, switch every worker to the copies, reuse checked copies, copy each image once when
+two mounts stage into one DIR, and keep serving when the disk is full or the daemon is killed.
+Bytes are checked against `unsquashfs` of the images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import Users
+from helpers import CLI, Mounted, Mounter, alive, children, is_mounted, wait_until
+
+from imagenetfs import generate
+from imagenetfs.index import user_index_path
+
+SPLITS = ("train", "val", "test")
+
+
+def unsquashed(root: Path, work: Path) -> dict[str, bytes]:
+    """File name -> bytes of every file in the source's images (names are unique in ImageNet)."""
+    out: dict[str, bytes] = {}
+    for split in SPLITS:
+        target = work / f"unsquashed-{split}"
+        if not target.exists():
+            subprocess.run(
+                ["unsquashfs", "-q", "-n", "-d", str(target), str(root / f"{split}.squashfs")],
+                check=True, stdout=subprocess.DEVNULL, timeout=120,
+            )  # fmt: skip
+        for path in target.rglob("*"):
+            if path.is_file():
+                out[path.name] = path.read_bytes()
+    return out
+
+
+def served(mp: Path) -> dict[str, bytes]:
+    """File name -> bytes of every image file of the mount, each read from the daemon (its
+    pages in the mount dropped first)."""
+    out: dict[str, bytes] = {}
+    for split in SPLITS:
+        for path in (mp / split).rglob("*"):
+            if path.is_file():
+                out[path.name] = read_fresh(path)
+    return out
+
+
+def read_fresh(path: Path) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return os.pread(fd, os.fstat(fd).st_size + 1, 0)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture(scope="module")
+def admin(base: Path) -> Path:
+    """The admin's data: the sample's images, listings and labels, and the index beside them,
+    all read-only to users."""
+    data = base / "data"
+    generate.sample(data, progress=False)
+    result = subprocess.run(
+        [CLI, "index", "--source", data, "--index", data / "imagenetfs.lmdb"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for path in [data, *data.iterdir()]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    return data
+
+
+@pytest.fixture(scope="module")
+def expected(admin: Path, base: Path) -> dict[str, bytes]:
+    return unsquashed(admin, base)
+
+
+def other_sample(out: Path) -> None:
+    """The sample's file names and layout, other pictures."""
+    generate.generate(out, dataclasses.replace(generate.SAMPLE, seed=7, progress=False))
+
+
+def state(mounter: Mounter, mp: Path) -> dict[str, Any]:
+    found = mounter.state(mp)
+    assert found is not None
+    return found
+
+
+def staging(mounter: Mounter, mp: Path) -> dict[str, Any]:
+    return dict(state(mounter, mp).get("staging") or {})
+
+
+def wait_staged(mounter: Mounter, mp: Path, timeout: float = 60) -> dict[str, Any]:
+    assert wait_until(lambda: staging(mounter, mp).get("done", False), timeout), staging(
+        mounter, mp
+    )
+    return staging(mounter, mp)
+
+
+def copied(mounter: Mounter, mp: Path) -> int:
+    """Bytes of the first image (train) copied so far."""
+    images = staging(mounter, mp).get("images") or [{}]
+    return int(images[0].get("bytes", 0))
+
+
+def states(report: dict[str, Any]) -> dict[str, str]:
+    return {image["name"]: image["state"] for image in report["images"]}
+
+
+# --- one index, any path -------------------------------------------------------------------
+
+
+def test_index_serves_the_images_through_another_path_and_from_a_copy(
+    mounter: Mounter, admin: Path, expected: dict[str, bytes], tmp_path: Path
+) -> None:
+    bound = mounter.mkdir("bound")  # the same directory as a container's /data would be
+    subprocess.run(["mount", "--bind", str(admin), str(bound)], check=True)
+    try:
+        copy = tmp_path / "copy"
+        shutil.copytree(admin, copy)  # new inodes, new mtimes
+        for source in (bound, copy):
+            mp = mounter.mkdir(f"mp-{source.name}")
+            mounted = mounter.mount(mp, source, index=admin / "imagenetfs.lmdb")
+            assert served(mp) == expected
+            images = state(mounter, mp)["images"]
+            assert images == [str(source / f"{split}.squashfs") for split in SPLITS]
+            status = mounter.cli("status", mp)
+            for image in images:
+                assert f"serving {image}" in status.stdout
+            mounter.cli("umount", mp)
+            assert not is_mounted(mounted.mp)
+        # and found beside the copied images without --index
+        mp = mounter.mkdir("mp-beside")
+        mounter.mount(mp, copy)
+        assert state(mounter, mp)["index"] == str(copy / "imagenetfs.lmdb")
+    finally:
+        subprocess.run(["umount", "-l", str(bound)], check=False)
+
+
+def test_a_changed_copy_is_refused_in_one_line(
+    mounter: Mounter, admin: Path, tmp_path: Path
+) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(admin, copy)
+    (copy / "val.squashfs").chmod(0o644)
+    # the same file names, other bytes: a val image built again from other pictures
+    other_sample(tmp_path / "other")
+    shutil.copyfile(tmp_path / "other" / "val.squashfs", copy / "val.squashfs")
+    mp = mounter.mkdir("mp")
+    index = admin / "imagenetfs.lmdb"
+    result = mounter.cli("mount", "--source", copy, "--index", index, mp)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert f"image {copy}/val.squashfs is not the one indexed" in result.stderr
+    assert result.stderr.strip().endswith(
+        f"rebuild the index with: imagenetfs index --source {copy} --index {index} --rebuild"
+    )
+    assert not is_mounted(mp)
+
+
+def test_a_user_mounts_with_the_admins_read_only_index(
+    users: Users, user: Mounter, admin: Path, expected: dict[str, bytes]
+) -> None:
+    mp = user.mkdir("mp")
+    user.mount(mp, admin)
+    found = user.state(mp)
+    assert found is not None and found["index"] == str(admin / "imagenetfs.lmdb")
+    assert user.python(READ_ALL, mp) == {k: v.hex() for k, v in expected.items()}
+    user.cli("umount", mp)
+    # an index the user cannot rewrite: the rebuild command names one the user can
+    copy = user.mkdir("copy")
+    for path in admin.iterdir():
+        if path.name != "val.squashfs":
+            shutil.copy(path, copy / path.name)
+    other_sample(user.work / "other")
+    shutil.copy(user.work / "other" / "val.squashfs", copy / "val.squashfs")
+    result = user.cli("mount", "--source", copy, "--index", admin / "imagenetfs.lmdb", mp)
+    assert result.returncode == 1, result.stderr
+    own = user.python(USER_INDEX, copy)
+    assert result.stderr.strip().endswith(
+        f"imagenetfs index --source {copy} --index {own} --rebuild"
+    ), result.stderr
+    assert own.startswith(str(user.work))
+
+
+READ_ALL = """
+import json, os, sys
+from pathlib import Path
+mp = Path(json.loads(sys.argv[1]))
+out = {}
+for split in ("train", "val", "test"):
+    for path in (mp / split).rglob("*"):
+        if path.is_file():
+            out[path.name] = path.read_bytes().hex()
+print(json.dumps(out))
+"""
+
+USER_INDEX = """
+import json, sys
+from pathlib import Path
+from imagenetfs.index import user_index_path
+print(json.dumps(str(user_index_path(Path(json.loads(sys.argv[1]))))))
+"""
+
+
+# --- staging -------------------------------------------------------------------------------
+
+
+class Readers:
+    """Threads reading every file of a mount again and again (pages dropped first), each read
+    checked against `expected`, until stopped."""
+
+    def __init__(self, mp: Path, expected: dict[str, bytes], n: int = 4) -> None:
+        self.files = [p for split in SPLITS for p in (mp / split).rglob("*") if p.is_file()]
+        self.expected = expected
+        self.reads = 0
+        self.wrong: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(n)]
+
+    def _run(self, seed: int) -> None:
+        files = self.files[seed:] + self.files[:seed]
+        while not self._stop.is_set():
+            for path in files:
+                try:
+                    data = read_fresh(path)
+                except OSError as e:
+                    self.wrong.append(f"{path}: {e}")
+                    continue
+                if data != self.expected[path.name]:
+                    self.wrong.append(f"{path}: wrong bytes")
+                self.reads += 1
+
+    def __enter__(self) -> Readers:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join()
+
+
+@pytest.fixture
+def stage(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "scratch"
+    path.mkdir()
+    yield path
+
+
+def worker_files(mounted: Mounted) -> set[str]:
+    """The files every worker of the mount holds open."""
+    held = []
+    for pid in children(mounted.pid):
+        fds = Path(f"/proc/{pid}/fd")
+        held.append({os.readlink(fd) for fd in fds.iterdir() if fds.exists()})
+    assert held, "no workers"
+    return set.intersection(*held)
+
+
+@pytest.mark.timeout(180)
+def test_staging_switches_every_image_with_exact_bytes_throughout(
+    mounter: Mounter, admin: Path, expected: dict[str, bytes], stage: Path, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"  # stands in for the shared filesystem
+    shutil.copytree(admin, shared)
+    mp = mounter.mkdir("mp")
+    started = time.monotonic()
+    mounted = mounter.mount(mp, shared, "--stage", stage, "--stage-rate", "2M", "--workers", "2")
+    assert time.monotonic() - started < 10
+    first = staging(mounter, mp)
+    assert not first["done"] and first["bytes"] < first["total"]
+    with Readers(mp, expected) as readers:
+        report = wait_staged(mounter, mp)
+    assert not readers.wrong, readers.wrong[:5]
+    assert readers.reads > len(expected)
+    assert states(report) == {f"{s}.squashfs": "done" for s in SPLITS}
+    copies = sorted(str(p) for p in (stage / f"imagenetfs-{os.getuid()}").glob("*.squashfs"))
+    assert len(copies) == 3
+    assert sorted(state(mounter, mp)["images"]) == copies
+    assert set(copies) <= worker_files(mounted)  # every worker switched
+    # the images on the "shared filesystem" become unreadable: served from the copies alone
+    for split in SPLITS:
+        os.truncate(shared / f"{split}.squashfs", 0)
+    assert served(mp) == expected
+    assert "staging to" in mounter.cli("status", mp).stdout
+
+
+@pytest.mark.timeout(180)
+def test_a_staged_copy_is_reused_and_two_mounts_copy_each_image_once(
+    mounter: Mounter, admin: Path, expected: dict[str, bytes], stage: Path
+) -> None:
+    one, two = mounter.mkdir("one"), mounter.mkdir("two")
+    mounter.mount(one, admin, "--stage", stage, "--stage-rate", "2M")
+    mounter.mount(two, admin, "--stage", stage, "--stage-rate", "2M")
+    reports = [wait_staged(mounter, mp) for mp in (one, two)]
+    for name in (f"{s}.squashfs" for s in SPLITS):
+        assert sorted(states(r)[name] for r in reports) == ["done", "reused"], reports
+    assert served(one) == served(two) == expected
+    copies = {p: p.stat().st_ino for p in stage.rglob("*.squashfs")}
+    assert len(copies) == 3
+    for mp in (one, two):
+        mounter.cli("umount", mp)
+    # a later mount on the node: checked, reused, not copied again
+    mounter.mount(one, admin, "--stage", stage)
+    report = wait_staged(mounter, one)
+    assert set(states(report).values()) == {"reused"}
+    assert {p: p.stat().st_ino for p in stage.rglob("*.squashfs")} == copies
+    assert served(one) == expected
+
+
+@pytest.mark.timeout(180)
+def test_a_full_disk_keeps_the_mount_serving(
+    mounter: Mounter, admin: Path, expected: dict[str, bytes], tmp_path: Path
+) -> None:
+    small = mounter.mkdir("small")
+    size = (admin / "train.squashfs").stat().st_size
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size + (1 << 20)}", "tmpfs", small],
+                   check=True)  # fmt: skip
+    try:
+        mp = mounter.mkdir("mp")
+        mounted = mounter.mount(mp, admin, "--stage", small, "--stage-rate", "1M")
+        # while train is being copied, something else fills the disk
+        assert wait_until(lambda: copied(mounter, mp) > 0, 30)
+        with open(small / "filler", "wb") as f, Readers(mp, expected) as readers:
+            with pytest.raises(OSError):
+                while True:
+                    f.write(b"\0" * (1 << 20))
+                    f.flush()
+            report = wait_staged(mounter, mp)
+        assert not readers.wrong, readers.wrong[:5]
+        failed = {i["name"]: i["error"] for i in report["images"] if i["state"] == "failed"}
+        assert "No space left on device" in failed.get("train.squashfs", ""), report
+        assert all("space" in e for e in failed.values()), report
+        assert not list(small.rglob("*.part-*")), "a half-written copy was left"
+        assert served(mp) == expected
+        assert "staging train.squashfs failed: No space left on device" in mounted.log
+        assert "train.squashfs failed: No space left" in mounter.cli("status", mp).stdout
+    finally:
+        mounter.cleanup()
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+def test_too_little_space_is_found_before_copying(
+    mounter: Mounter, admin: Path, expected: dict[str, bytes]
+) -> None:
+    small = mounter.mkdir("small")
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small], check=True)
+    try:
+        mp = mounter.mkdir("mp")
+        mounter.mount(mp, admin, "--stage", small)
+        report = wait_staged(mounter, mp)
+        assert states(report) == {
+            "train.squashfs": "failed", "val.squashfs": "failed", "test.squashfs": "done"
+        }  # fmt: skip
+        assert "not enough space in" in report["images"][0]["error"]
+        assert served(mp) == expected
+    finally:
+        mounter.cleanup()
+        subprocess.run(["umount", "-l", str(small)], check=False)
+
+
+@pytest.mark.timeout(180)
+def test_sigkill_while_staging_leaves_nothing_a_later_mount_trusts(
+    mounter: Mounter, admin: Path, expected: dict[str, bytes], stage: Path
+) -> None:
+    mp = mounter.mkdir("mp")
+    mounted = mounter.mount(mp, admin, "--stage", stage, "--stage-rate", "500K")
+    assert wait_until(lambda: copied(mounter, mp) > 1 << 20, 30)
+    os.kill(mounted.pid, signal.SIGKILL)
+    assert wait_until(lambda: not alive(mounted.pid), 10)
+    private = stage / f"imagenetfs-{os.getuid()}"
+    assert not list(private.glob("*-train.squashfs")), "a copy cut short has the final name"
+    assert list(private.glob("*-train.squashfs.part-*"))
+    result = mounter.cli("umount", mp)  # the stale mount
+    assert result.returncode == 0, result.stderr
+    mounter.mount(mp, admin, "--stage", stage)
+    report = wait_staged(mounter, mp)
+    assert states(report) == {f"{s}.squashfs": "done" for s in SPLITS}
+    assert not list(private.glob("*.part-*"))
+    assert served(mp) == expected
+
+
+def test_stage_without_dir_uses_the_jobs_scratch(
+    mounter: Mounter, admin: Path, stage: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mp = mounter.mkdir("mp")
+    for name in ("SLURM_TMPDIR", "TMPDIR", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    result = mounter.cli("mount", "--source", admin, "--stage", mp)
+    assert result.returncode == 2 or result.returncode == 1
+    assert result.stderr.count("\n") == 1 and "--stage: give a DIR" in result.stderr
+    assert not is_mounted(mp)
+    monkeypatch.setenv("SLURM_JOB_ID", "42")
+    monkeypatch.setenv("TMPDIR", str(stage))
+    mounter.mount(mp, admin, "--stage")
+    report = wait_staged(mounter, mp)
+    assert report["dir"] == str(stage / f"imagenetfs-{os.getuid()}")
+    bad = mounter.cli("mount", "--source", admin, "--stage", stage / "nope", mounter.mkdir("mp2"))
+    assert bad.returncode == 1 and f"--stage {stage / 'nope'}: no such directory" in bad.stderr
+    rate = mounter.cli("mount", "--source", admin, "--stage-rate", "fast", "--stage", stage, mp)
+    assert rate.returncode == 1 and "--stage-rate 'fast': give bytes per second" in rate.stderr
+    rate = mounter.cli("mount", "--source", admin, "--stage-rate", "9", "--stage", stage, mp)
+    assert rate.returncode == 1 and "--stage-rate '9': give 100K" in rate.stderr
+
+
+def test_user_index_path_is_in_the_users_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert user_index_path(Path("/data/imagenet")).parent == tmp_path / "imagenetfs"
