@@ -240,8 +240,8 @@ class Daemon:
                 for slot in range(self.config.workers):
                     self._start(nursery, slot, session, board, lock_file.fileno())
                 log.info("serving with %d worker processes", self.config.workers)
+                self.publish()  # first: `status` right after the mount command shows it all
                 self.ready()  # (requests that came meanwhile wait in the kernel's queue)
-                self.publish()
 
     def _start(
         self, nursery: trio.Nursery, slot: int, session: int, board: wire.Board, lock_fd: int

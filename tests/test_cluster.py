@@ -283,7 +283,7 @@ def test_staging_switches_every_image_with_exact_bytes_throughout(
     started = time.monotonic()
     mounted = mounter.mount(mp, shared, "--stage", stage, "--stage-rate", "2M", "--workers", "2")
     assert time.monotonic() - started < 10
-    first = staging(mounter, mp)
+    first = staging(mounter, mp)  # published before the mount command returned
     assert not first["done"] and first["bytes"] < first["total"]
     with Readers(mp, expected) as readers:
         report = wait_staged(mounter, mp)
@@ -299,6 +299,23 @@ def test_staging_switches_every_image_with_exact_bytes_throughout(
         os.truncate(shared / f"{split}.squashfs", 0)
     assert served(mp) == expected
     assert "staging to" in mounter.cli("status", mp).stdout
+
+
+def test_staging_with_pyfuse3_alone(
+    mounter: Mounter, admin: Path, expected: dict[str, bytes], stage: Path, tmp_path: Path
+) -> None:
+    shared = tmp_path / "shared"
+    shutil.copytree(admin, shared)
+    mp = mounter.mkdir("mp")
+    mounted = mounter.mount(mp, shared, "--stage", stage, "--workers", "0")
+    wait_staged(mounter, mp)
+    copies = {str(p) for p in (stage / f"imagenetfs-{os.getuid()}").glob("*.squashfs")}
+    assert len(copies) == 3
+    held = {os.readlink(fd) for fd in Path(f"/proc/{mounted.pid}/fd").iterdir()}
+    assert copies <= held
+    for split in SPLITS:
+        os.truncate(shared / f"{split}.squashfs", 0)
+    assert served(mp) == expected
 
 
 @pytest.mark.timeout(180)
