@@ -12,10 +12,12 @@ Bytes are checked against `unsquashfs` of the images.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -195,6 +197,30 @@ def test_a_user_mounts_with_the_admins_read_only_index(
         f"imagenetfs index --source {copy} --index {own} --rebuild"
     ), result.stderr
     assert own.startswith(str(user.work))
+
+
+def test_a_container_reads_the_mount_bound_into_it(
+    users: Users, user: Mounter, admin: Path, expected: dict[str, bytes]
+) -> None:
+    """What unprivileged Apptainer does with `--bind MOUNTPOINT:/imagenet`: a user namespace
+    and a mount namespace of its own, the mount point bound inside; the processes are the
+    user's, so the (private) mount lets them read."""
+    mp, inside = user.mkdir("mp-host"), user.mkdir("container-imagenet")
+    user.mount(mp, admin)
+    probe = subprocess.run(
+        user.command(["unshare", "--user", "--map-root-user", "--mount", "true"]),
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if probe.returncode != 0:
+        pytest.skip(f"unprivileged user namespaces are off here: {probe.stderr.strip()}")
+    script = f'mount --bind {mp} {inside} && exec {sys.executable} -c "$0" {inside}'
+    result = subprocess.run(
+        user.command(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script,
+                      READ_ALL.replace("json.loads(sys.argv[1])", "sys.argv[1]")]),
+        capture_output=True, text=True, timeout=60, env=user.env(),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {k: v.hex() for k, v in expected.items()}
 
 
 READ_ALL = """
