@@ -21,7 +21,12 @@ root only) unless said otherwise:
 - reads, on the realistic set: every file read whole in random order by 1 and by 8 reader
   processes, cold (fresh mount, caches dropped) and warm (the next epoch on the same mount);
   the daemons' peak RSS (VmHWM, daemon and children) after 3 epochs of 8 readers;
-- the metadata storm (scripts/storm/stormfs.c, see benchlib/storm.py).
+- the metadata storm (scripts/storm/stormfs.c, see benchlib/storm.py);
+- the shared filesystem (issue 13, benchlib/shared.py): the images behind stormfs with its
+  metadata delay and a read bandwidth cap (--shared-mbps), served by imagenetfs as they are
+  (`none`), staging them to local disk (`stage`: `mount --stage`), and after the user's `cp`
+  to local disk (`manual`): time to first file, two epochs, bytes read from the shared
+  filesystem. Just this scenario: `scripts/bench.py --quick --no-meta --no-reads --no-storm`.
 Both image variants: mksquashfs's default gzip and `-noD -noF` (uncompressed). Medians over
 --repeat runs; every ratio is contender / imagenetfs (above 1: imagenetfs is faster/smaller).
 Results: `<out>/results.md`, `results.json`, `results.png`. Everything mounted is unmounted
@@ -35,6 +40,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -45,10 +51,12 @@ from typing import Any
 
 import _venv  # noqa: F401  (re-executes with the imagenetfs environment if needed)
 from benchlib import contenders as C
-from benchlib import data, report, storm
+from benchlib import data, report, shared, storm
 from benchlib.workloads import Readers, stat_all, walk
 
 REPO = Path(__file__).resolve().parent.parent
+#: What a contender's failure raises: recorded, and the run goes on.
+FAILURES = (C.MountFailed, OSError, RuntimeError, subprocess.SubprocessError)
 ORDER = ["imagenetfs", "kernel", "squashfuse", "squashfuse_ll", "ratarmount", "unpacked"]
 
 
@@ -243,6 +251,157 @@ class Run:
                 note(f"storm {who}: {label} {dt:.2f} s, {per_file:.3f} ops/file, {d}")
             self.mounts.close()
 
+    # --- the shared filesystem (issue 13) -------------------------------------------------
+
+    def shared(self, variant: str, setdir: Path, files: list[data.File], rep: int) -> None:
+        """The shared-filesystem scenario on one set (see benchlib/shared.py)."""
+        a = self.args
+        exe = storm.build(self.work)
+        storm.link_images(self.work, setdir)
+        smp = self.work / "mnt" / "shared"
+        images = smp / setdir.name  # the set on the "shared filesystem"
+        local = self.work / "shared-local"
+        manual_dir = local / "manual" / setdir.name
+        cfg = storm.Config(a.storm_delay_ms, a.storm_inflight, a.storm_timeout, a.shared_mbps)
+        out = self.extra.setdefault(
+            "shared",
+            {
+                "config": {**cfg.__dict__, "stage_rate": a.shared_stage_rate, "local": str(local)},
+                "files": len(files),
+                "bytes": sum(f.size for f in files),
+                "image_bytes": {},
+                "results": {},
+                "failed": {},
+                "staging": {},
+                "index": {},
+            },
+        )
+        out["image_bytes"][variant] = shared.image_bytes(setdir)
+
+        def backing(c: storm.Config = cfg) -> storm.Stormfs:
+            s = storm.Stormfs(exe, self.work / "storm-images", smp, c)
+            self.mounts.add(C.Mounted("stormfs", {}, [], unmount=s.unmount))
+            return s
+
+        # The index, built once per set and run of the bench: from the local images when this
+        # imagenetfs has the relocatable index (one index for every --source), else one per
+        # source path, the shared one built through an uncapped stormfs.
+        # TODO: once every imagenetfs benched has the relocatable index, drop the per-path
+        # indexes (inet_local, the "shared-local-" tag) and `shared.relocatable`.
+        inet_shared = C.Imagenetfs(self.work, a.imagenetfs_src, tag="shared-")
+        inet_local = C.Imagenetfs(self.work, a.imagenetfs_src, tag="shared-local-")
+        if rep == 0 or variant not in out["index"]:
+            index = shared.build_index(inet_shared, setdir)
+            if shared.relocatable(inet_shared, index):
+                out["index"][variant] = "one relocatable index, built from the local set"
+            else:
+                out["index"][variant] = "one index per source path (not relocatable)"
+                backing(storm.Config(0, a.storm_inflight, a.storm_timeout))
+                shared.build_index(inet_shared, images)
+                self.mounts.close()
+                shared.copy_set(setdir, shared.empty_dir(manual_dir))
+                shared.build_index(inet_local, manual_dir)
+            note(f"shared [{variant}]: {out['index'][variant]}")
+        if out["index"][variant].startswith("one relocatable"):
+            inet_local = inet_shared
+        for who in a.shared_who.split(","):
+            try:
+                self.shared_side(
+                    who,
+                    variant,
+                    out,
+                    backing,
+                    inet_shared,
+                    inet_local,
+                    images,
+                    manual_dir,
+                    files,
+                    rep,
+                )
+            except FAILURES as e:
+                out["failed"].setdefault(variant, {})[who] = f"{type(e).__name__}: {e}"
+                self.error(variant, f"shared {who}", "shared", e)
+            finally:
+                self.mounts.close()
+                for d in (local / "stage", manual_dir):
+                    shutil.rmtree(d, ignore_errors=True)
+
+    def shared_side(
+        self,
+        who: str,
+        variant: str,
+        out: dict[str, Any],
+        backing: Callable[[], storm.Stormfs],
+        inet_shared: C.Imagenetfs,
+        inet_local: C.Imagenetfs,
+        images: Path,
+        manual_dir: Path,
+        files: list[data.File],
+        rep: int,
+    ) -> None:
+        a = self.args
+        total = sum(f.size for f in files)
+        mp = self.work / "mnt" / "imagenetfs"
+        mp.mkdir(parents=True, exist_ok=True)
+        seed = 1000 * rep + 20
+
+        def epoch(paths: list[str], s: int) -> float:
+            dt, nbytes = self.readers.epoch(paths, 8, s)
+            if nbytes != total:
+                raise RuntimeError(f"read {nbytes:,} bytes, expected {total:,}")
+            return dt
+
+        extra: list[str] = []
+        inet, source = inet_shared, images
+        if who == "stage":
+            extra = ["--stage", str(shared.empty_dir(self.work / "shared-local" / "stage"))]
+            if a.shared_stage_rate:
+                extra += ["--stage-rate", a.shared_stage_rate]
+        elif who == "manual":
+            inet, source = inet_local, shared.empty_dir(manual_dir)
+        elif who != "none":
+            raise RuntimeError(f"unknown contender {who!r} (--shared-who: none,stage,manual)")
+        row: dict[str, float] = {}  # recorded once the run is whole
+        self.drop()
+        s = backing()
+        b0 = s.stats()
+        t0 = time.perf_counter()
+        if who == "manual":
+            shared.copy_set(images, manual_dir)
+            row["local copy"] = time.perf_counter() - t0
+        m = self.mounts.add(inet.mount(source, mp, files[0], extra=extra, rebuild=False))
+        watch = None
+        if who == "stage":  # from the mount on: staging may be done before epoch 1 is
+            watch = shared.Watch(mp, timeout=300 + 10 * total / (a.shared_mbps * 1e6 or 1e9))
+        try:
+            with open(m.path(files[0]), "rb") as f:
+                f.read()
+            row["first file"] = time.perf_counter() - t0
+            paths = [m.path(f) for f in files]
+            row["epoch 1"] = epoch(paths, seed)
+            if watch is not None:
+                done_at, st = watch.result()
+                row["local copy"] = done_at - t0
+                out["staging"][variant] = st
+                note(
+                    f"shared [{variant}] stage: seen staged {done_at - t0:.1f} s after the "
+                    f"mount command (staging says {st.get('seconds', 0):.1f} s); "
+                    f"{shared.describe(st)}"
+                )
+        finally:
+            if watch is not None:
+                watch.stop()
+        self.drop()
+        b1 = s.stats()
+        row["epoch 2"] = epoch(paths, seed + 1)
+        b2 = s.stats()
+        row["shared GB"] = (b2["read_bytes"] - b0["read_bytes"]) / 1e9
+        row["shared GB epoch 2"] = (b2["read_bytes"] - b1["read_bytes"]) / 1e9
+        row["shared metadata ops"] = storm.metadata_ops(storm.delta(b0["ops"], b2["ops"]))
+        for key, v in row.items():
+            out["results"].setdefault(variant, {}).setdefault(key, {}).setdefault(who, []).append(v)
+        note(f"shared [{variant}] {who}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items()))
+
 
 def machine(args: argparse.Namespace, venv: Path) -> dict[str, Any]:
     def sh(*cmd: str) -> str:
@@ -290,6 +449,19 @@ def main() -> int:
     p.add_argument("--storm-delay-ms", type=float, default=0.5)
     p.add_argument("--storm-inflight", type=int, default=4, help="metadata ops served at once")
     p.add_argument("--storm-timeout", type=float, default=1.0, help="entry/attr timeout, s")
+    p.add_argument("--no-shared", action="store_true", help="skip the shared-filesystem scenario")
+    p.add_argument(
+        "--shared-mbps",
+        type=float,
+        default=200.0,
+        help="shared filesystem: read bandwidth cap, MB/s (metadata: the --storm-* settings)",
+    )
+    p.add_argument(
+        "--shared-who", default="none,stage,manual", help="shared filesystem: contenders"
+    )
+    p.add_argument(
+        "--shared-stage-rate", help="shared filesystem: `mount --stage-rate` for stage (e.g. 150M)"
+    )
     p.add_argument(
         "--imagenetfs-src",
         type=Path,
@@ -355,22 +527,27 @@ def main() -> int:
                         c = tree if name == "unpacked" else all_c[name]
                         try:
                             fn(variant, setdir, c, files, rep)
-                        except (
-                            C.MountFailed,
-                            OSError,
-                            RuntimeError,
-                            subprocess.SubprocessError,
-                        ) as e:
+                        except FAILURES as e:
                             run.error(variant, name, what, e)
                         finally:
                             run.mounts.close()
             if not args.no_storm and rep < repeat:
                 try:
                     run.storm(read_scale, read_sets["gzip"], data.files(args.work, read_scale), rep)
-                except (C.MountFailed, OSError, RuntimeError, subprocess.SubprocessError) as e:
+                except FAILURES as e:
                     run.error("gzip", "storm", "storm", e)
                 finally:
                     run.mounts.close()
+            if not args.no_shared and rep < repeat:
+                for variant in variants:
+                    try:
+                        run.shared(
+                            variant, read_sets[variant], data.files(args.work, read_scale), rep
+                        )
+                    except FAILURES as e:
+                        run.error(variant, "shared", "shared", e)
+                    finally:
+                        run.mounts.close()
     finally:
         run.mounts.close()
         run.readers.close()

@@ -1,1 +1,2 @@
-"""Helpers of scripts/bench.py: data sets, contenders, workloads, storm passthrough, plot."""
+"""Helpers of scripts/bench.py: data sets, contenders, workloads, storm passthrough, the
+shared-filesystem scenario, report, plot."""

@@ -24,7 +24,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -208,13 +208,22 @@ class Imagenetfs(Contender):
     def forget_index(self, setdir: Path) -> None:
         self.index_path(setdir).unlink(missing_ok=True)
 
-    def mount(self, setdir: Path, mp: Path, probe: File) -> Mounted:
+    def mount(
+        self,
+        setdir: Path,
+        mp: Path,
+        probe: File,
+        extra: Sequence[str] = (),
+        rebuild: bool = True,
+    ) -> Mounted:
+        """Mount `setdir` at `mp` with `extra` mount options. `rebuild`: when the index is
+        refused as another version's, remove it and mount again (the mount builds it)."""
         from imagenetfs import registry
 
         self.index_path(setdir).parent.mkdir(parents=True, exist_ok=True)
         mp.mkdir(parents=True, exist_ok=True)
         cmd = [*self.cmd, "mount", "--source", str(setdir)]
-        cmd += ["--index", str(self.index_path(setdir)), str(mp)]
+        cmd += ["--index", str(self.index_path(setdir)), *extra, str(mp)]
         roots = {s: mp / s for s in SPLITS}
         m = Mounted(self.name, roots, [mp], val_by_label=True)
 
@@ -229,7 +238,7 @@ class Imagenetfs(Contender):
 
         m.unmount = unmount
         r = subprocess.run(cmd, env=self.env, cwd=self.cwd, capture_output=True, text=True)
-        if r.returncode != 0 and "--rebuild" in r.stderr:  # an index of an older imagenetfs
+        if rebuild and r.returncode != 0 and "--rebuild" in r.stderr:  # an older version's
             self.forget_index(setdir)
             r = subprocess.run(cmd, env=self.env, cwd=self.cwd, capture_output=True, text=True)
         if r.returncode != 0:

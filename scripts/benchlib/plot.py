@@ -3,7 +3,9 @@
     <work>/bench-venv/bin/python scripts/benchlib/plot.py results.json results.png
 
 One panel per workload: a bar per contender and image variant (median), log scale, so that
-the kernel's microseconds and ratarmount's minutes fit; the storm in the last panels.
+the kernel's microseconds and ratarmount's minutes fit; the storm in the last panels. The
+shared-filesystem scenario, when run, in a small figure of its own beside it
+(`results-shared.png`: time to first file, both epochs, GB read from the shared filesystem).
 """
 
 from __future__ import annotations
@@ -33,9 +35,53 @@ ROWS = [
 ]
 
 
+SHARED_WHO = ["none", "stage", "manual"]
+SHARED_PANELS = [
+    ("first file", "time to first file (s)"),
+    ("epoch 1", "epoch 1, 8 readers (s)"),
+    ("epoch 2", "epoch 2, 8 readers, cold (s)"),
+    ("shared GB", "GB read from the shared fs"),
+]
+
+
+def shared_plot(doc: dict, dst: str) -> None:
+    sh = doc["shared"]
+    variants = [v for v, r in sh["results"].items() if r]
+    if not variants:
+        return
+    fig, axes = plt.subplots(1, len(SHARED_PANELS), figsize=(14, 3.4))
+    colors = ["tab:blue", "tab:orange"]
+    width = 0.8 / len(variants)
+    for ax, (key, title) in zip(axes, SHARED_PANELS, strict=True):
+        for j, v in enumerate(variants):
+            by = sh["results"][v].get(key, {})
+            vals = [statistics.median(by[w]) if by.get(w) else 0 for w in SHARED_WHO]
+            xs = [i + j * width for i in range(len(SHARED_WHO))]
+            ax.bar(xs, vals, width, label=v, color=colors[j % 2])
+            for x, w in zip(xs, SHARED_WHO, strict=True):
+                if not by.get(w):  # failed or not run
+                    ax.text(x, 0, "n/a", ha="center", va="bottom", fontsize=8)
+        ax.set_xticks([i + width * (len(variants) - 1) / 2 for i in range(len(SHARED_WHO))])
+        ax.set_xticklabels(SHARED_WHO, fontsize=9)
+        ax.set_title(title, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(
+        f"shared filesystem (stormfs): reads capped at {sh['config']['read_mbps']:g} MB/s, "
+        f"{sh['config']['delay_ms']} ms per metadata op; {sh['files']:,} files, "
+        f"{doc['machine']['nproc']} cores",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(dst, dpi=90)
+    plt.close(fig)
+
+
 def main(src: str, dst: str) -> None:
     with open(src) as f:
         doc = json.load(f)
+    if doc.get("shared"):
+        shared_plot(doc, dst.removesuffix(".png") + "-shared.png")
     meds = {
         v: {row: {c: statistics.median(x) for c, x in by.items()} for row, by in r.items()}
         for v, r in doc["results"].items()

@@ -1,4 +1,5 @@
-"""scripts/bench.py's report: results.json -> results.md (tables, storm, issue 6 goals) + PNG.
+"""scripts/bench.py's report: results.json -> results.md (tables, storm, shared filesystem, the
+goals of issues 6 and 13) + PNGs.
 
 `render(doc)` needs only the JSON document, so a run can be re-rendered without measuring
 again (`scripts/bench.py --render docs/bench/results.json`). Every ratio in the tables is
@@ -29,6 +30,16 @@ ROW_TITLES = {
     "peak RSS 3 epochs": "daemon peak RSS after 3 epochs (MiB)",
 }
 Medians = dict[str, dict[str, float]]
+SHARED_WHO = ["none", "stage", "manual"]
+SHARED_ROWS = {
+    "first file": "time to first file (s): from the mount command; manual: from the cp",
+    "epoch 1": "epoch 1, 8 readers (s)",
+    "local copy": "images on local disk after (s): manual: the cp; stage: staging seen done",
+    "epoch 2": "epoch 2, 8 readers, caches dropped (s); stage: once staged",
+    "shared GB": "read from the shared filesystem, whole run (GB)",
+    "shared GB epoch 2": "read from the shared filesystem in epoch 2 (GB)",
+    "shared metadata ops": "metadata operations on the shared filesystem, whole run",
+}
 
 
 def medians(results: dict[str, dict[str, list[float]]]) -> Medians:
@@ -91,6 +102,89 @@ def storm_table(st: dict[str, Any]) -> tuple[str, Medians]:
     return "\n".join(out) + "\n", med
 
 
+def _goal(text: str, v: float | None, ok: Callable[[float], bool] | None) -> str:
+    if v is None:
+        return f"- {text}: not measured"
+    verdict = "reported" if ok is None else ("met" if ok(v) else "NOT met")
+    return f"- {text}: {v:.3g} — {verdict}"
+
+
+def shared_goals(med: Medians) -> list[str]:
+    """Issue 13 point 4, from one variant's medians."""
+
+    def get(row: str, who: str) -> float | None:
+        return med.get(row, {}).get(who)
+
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return a / b if a is not None and b else None
+
+    return [
+        _goal("time to first file with stage, s (goal ≤ 1)", get("first file", "stage"),
+              lambda v: v <= 1.0),
+        _goal("epoch 2 with stage: speed ÷ manual's (goal ≥ 0.9)",
+              ratio(get("epoch 2", "manual"), get("epoch 2", "stage")), lambda v: v >= 0.9),
+        _goal("epoch 1 with stage: time ÷ none's (goal ≤ 1.10)",
+              ratio(get("epoch 1", "stage"), get("epoch 1", "none")), lambda v: v <= 1.10),
+    ]  # fmt: skip
+
+
+def shared_section(doc: dict[str, Any]) -> list[str]:
+    sh = doc["shared"]
+    cfg = sh["config"]
+    md = [
+        f"### shared filesystem (issue 13; {doc['sets']['reads']})\n",
+        "The images and listings behind scripts/storm/stormfs.c: "
+        f"{cfg['delay_ms']} ms per metadata operation, at most {cfg['inflight']} at once, "
+        f"entry/attr timeout {cfg['timeout_s']} s, reads capped at {cfg['read_mbps']:g} MB/s in "
+        "total, the client's page cache kept (the first read of each byte pays, repeated reads "
+        "of cached bytes are local). Contenders: `none` = imagenetfs with --source on it; "
+        "`stage` = the same with `--stage` to local disk"
+        f"{' --stage-rate ' + cfg['stage_rate'] if cfg.get('stage_rate') else ''}; `manual` = "
+        "`cp` of the images and listings to local disk, then imagenetfs from the copy. Fresh "
+        "stormfs mount, empty local directories and dropped caches before each; 8 readers, "
+        "every file once in random order per epoch (the same orders for all); caches dropped "
+        "again before epoch 2 (ImageNet does not fit a node's page cache: an epoch reads from "
+        "storage). Staging is seen done through the mount's registry state (published every "
+        "~2 s). Ratios: time ÷ time.\n",
+    ]
+    for variant, results in sh["results"].items():
+        med = medians(results)
+        failed = sh.get("failed", {}).get(variant, {})
+        idx = sh.get("index", {}).get(variant, "")
+        md += [
+            f"#### {variant} images ({sh['image_bytes'].get(variant, 0) / 1e9:.2f} GB of "
+            f"images; {idx})\n",
+            "| | " + " | ".join(SHARED_WHO) + " | stage ÷ none | stage ÷ manual |",
+            "|---|" + "---|" * (len(SHARED_WHO) + 2),
+        ]
+        for row, title in SHARED_ROWS.items():
+            by = med.get(row, {})
+            cells = [
+                "failed" if w in failed and w not in by else _fmt(by.get(w)) for w in SHARED_WHO
+            ]
+            st = by.get("stage")
+            for other in ("none", "manual"):
+                o = by.get(other)
+                cells.append(f"{st / o:.2f}×" if st is not None and o else "–")
+            md.append(f"| {title} | " + " | ".join(cells) + " |")
+        md += ["", f"Goals ({variant}):", "", *shared_goals(med)]
+        md += [f"- {w} failed: {why}" for w, why in failed.items()]
+        staging = sh.get("staging", {}).get(variant)
+        if staging:
+            images = ", ".join(
+                f"{i.get('name')} {i.get('state')}" for i in staging.get("images", [])
+            )
+            md.append(
+                f"- staging (last run): {staging.get('total', 0) / 1e9:.2f} GB in "
+                f"{staging.get('seconds', 0):.1f} s by its own clock, "
+                f"{staging.get('rate', 0) / 1e6:.0f} MB/s; {images}"
+            )
+        md.append("")
+    if any(sh["results"].values()):
+        md += ["![shared filesystem](results-shared.png)", ""]
+    return md
+
+
 def goals(med: Medians, storm_med: Medians) -> list[str]:
     """Issue 6 part 3, as ratios measured in this run."""
 
@@ -98,11 +192,7 @@ def goals(med: Medians, storm_med: Medians) -> list[str]:
         a, b = med.get(row, {}).get("imagenetfs"), med.get(row, {}).get(peer)
         return b / a if a and b else None  # peer time / our time
 
-    def line(text: str, v: float | None, ok: Callable[[float], bool] | None) -> str:
-        if v is None:
-            return f"- {text}: not measured"
-        verdict = "reported" if ok is None else ("met" if ok(v) else "NOT met")
-        return f"- {text}: {v:.3g} — {verdict}"
+    line = _goal
 
     walk = speedup("walk", "squashfuse_ll")
     out = [
@@ -213,6 +303,8 @@ def render(doc: dict[str, Any]) -> str:
             "and dropped caches before each measurement.\n",
             s_md,
         ]
+    if "shared" in doc:
+        md += shared_section(doc)
     md += ["### issue 6 goals (gzip images)\n", *goals(meds.get("gzip", {}), storm_med), ""]
     if doc.get("rss_by_epoch"):
         md += ["RSS (MiB) after each of the 3 epochs, per run:", ""]

@@ -2,10 +2,12 @@
 
 `scripts/storm/stormfs.c` (built here with gcc against libfuse3 on first use) is a read-only
 passthrough that sleeps DELAY per LOOKUP/GETATTR/OPENDIR/READDIR/OPEN/STATFS/READLINK, with at
-most INFLIGHT of them served at once (a metadata server's queue), reads for free, and counts
-every operation. It is mounted over the work directory, which holds both the unpacked tree
-(`unpacked/<set>/`) and hard links to the set's images (`storm-images/<set>/`: the set
-directory itself may be a symlink, which a passthrough would leave pointing outside).
+most INFLIGHT of them served at once (a metadata server's queue), reads for free (or, with
+`Config.read_mbps`, at a capped total bandwidth: the shared-filesystem scenario,
+benchlib/shared.py), and counts every operation and the bytes read. It is mounted over the
+work directory, which holds both the unpacked tree (`unpacked/<set>/`) and hard links to the
+set's images (`storm-images/<set>/`: the set directory itself may be a symlink, which a
+passthrough would leave pointing outside).
 
 Compared: the unpacked tree read through the passthrough, and imagenetfs whose `--source` is
 the images through the passthrough (index on local disk, built through the passthrough
@@ -23,6 +25,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from benchlib.contenders import MountFailed
 
@@ -61,18 +64,21 @@ class Config:
     delay_ms: float = 0.5
     inflight: int = 4
     timeout_s: float = 1.0
+    read_mbps: float = 0.0  # total READ bandwidth cap, 10^6 bytes/s; 0: none
 
 
 class Stormfs:
-    """One mount of the passthrough; `counts()` reads its counters (SIGUSR1 -> stats file)."""
+    """One mount of the passthrough; `counts()` reads its per-opcode counters and `stats()`
+    everything it reports, `read_bytes` included (SIGUSR1 -> stats file)."""
 
     def __init__(self, exe: Path, source: Path, mp: Path, cfg: Config) -> None:
         self.mp = mp
-        self.stats = mp.parent / f"{mp.name}.stats.json"
-        self.stats.unlink(missing_ok=True)
+        self.stats_file = mp.parent / f"{mp.name}.stats.json"
+        self.stats_file.unlink(missing_ok=True)
         mp.mkdir(parents=True, exist_ok=True)
         argv = [str(exe), "-f", "-d", str(cfg.delay_ms), "-q", str(cfg.inflight)]
-        argv += ["-t", str(cfg.timeout_s), "-s", str(self.stats), str(source), str(mp)]
+        argv += ["-t", str(cfg.timeout_s), "-b", str(cfg.read_mbps)]
+        argv += ["-s", str(self.stats_file), str(source), str(mp)]
         self.proc = subprocess.Popen(argv)
         end = time.monotonic() + 30
         while not os.path.ismount(mp):
@@ -82,19 +88,23 @@ class Stormfs:
             time.sleep(0.005)
         self._seq = 0
 
-    def counts(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
+        """A fresh copy of the stats file: {"ops": {...}, "read_bytes": n, ...}."""
         self.proc.send_signal(signal.SIGUSR1)
         end = time.monotonic() + 10
         while time.monotonic() < end:
             try:
-                data = json.loads(self.stats.read_text())
+                data: dict[str, Any] = json.loads(self.stats_file.read_text())
                 if data["seq"] > self._seq:
                     self._seq = data["seq"]
-                    return dict(data["ops"])
+                    return data
             except (OSError, ValueError):
                 pass
             time.sleep(0.002)
         raise MountFailed("stormfs did not write its counters")
+
+    def counts(self) -> dict[str, int]:
+        return dict(self.stats()["ops"])
 
     def unmount(self) -> None:
         if os.path.ismount(self.mp):

@@ -1,8 +1,10 @@
 /*
  * stormfs: a read-only passthrough FUSE filesystem that charges a fixed latency per metadata
- * operation, to model a shared filesystem's metadata server (Lustre, GPFS, NFS) on one machine.
+ * operation, to model a shared filesystem's metadata server (Lustre, GPFS, NFS) on one machine,
+ * and optionally caps its read bandwidth, to model the servers' share of a busy cluster.
  *
- *     stormfs [-d DELAY_MS] [-q MAX_INFLIGHT] [-t TIMEOUT_S] [-s STATS_FILE] [-f] SOURCE MOUNTPOINT
+ *     stormfs [-d DELAY_MS] [-q MAX_INFLIGHT] [-t TIMEOUT_S] [-b MB_PER_S] [-s STATS_FILE] [-f]
+ *             SOURCE MOUNTPOINT
  *
  * Design (written for imagenetfs's benchmark, scripts/bench.py; see notes/storm-sim.md):
  * - Low-level libfuse 3 API, so that every opcode the kernel sends is seen and counted as what
@@ -12,16 +14,34 @@
  * - Metadata operations (LOOKUP, GETATTR, OPENDIR, READDIR, OPEN, STATFS, READLINK) each take
  *   one of MAX_INFLIGHT service slots (a counting semaphore: the metadata server's queue), then
  *   sleep DELAY_MS (absolute clock_nanosleep, 1 ns timer slack), then do the real work.
- *   Data operations (READ, spliced from the backing fd), RELEASE, RELEASEDIR, FORGET and
- *   IOCTL are free. FLUSH, ACCESS and xattrs are not implemented (ENOSYS: the kernel stops
- *   asking), so they never reach the backing store.
+ *   RELEASE, RELEASEDIR, FORGET and IOCTL are free. FLUSH, ACCESS and xattrs are not
+ *   implemented (ENOSYS: the kernel stops asking), so they never reach the backing store.
+ * - Data: READ is spliced from the backing fd. With -b MB_PER_S (MB = 10^6 bytes; default 0,
+ *   no cap) the total READ bandwidth of the mount is capped: one link shared by every thread,
+ *   a token bucket without burst. Each READ reserves bytes/RATE seconds of the link after the
+ *   reservations before it (arrival order) and its reply is sent when its reservation ends, so
+ *   any mix of readers gets RATE in total and a lone 128 KiB read on an idle link takes its
+ *   transfer time (0.66 ms at 200 MB/s). The bytes are those really returned (the request's
+ *   size cut at end of file). READ takes no metadata slot and no DELAY_MS.
+ * - Client page cache, and what the cap therefore means: OPEN replies with keep_cache (and
+ *   libfuse's default auto_inval_data, which only drops pages when a file's size or mtime
+ *   changes: never here), no direct_io. So the kernel keeps the pages of a stormfs file across
+ *   opens and openers until memory pressure or `echo 3 > /proc/sys/vm/drop_caches`, as a
+ *   Lustre client keeps the pages it holds a lock for (NFS: until close-to-open finds a
+ *   change). The model: the FIRST read of each byte on this node goes to the "server" at the
+ *   capped rate; a repeated read of bytes still cached is local and free, whoever reads them
+ *   (a copy in the background and a daemon reading the same image share one client cache).
+ *   Kernel readahead is charged like any read: it is what the client fetched. A benchmark that
+ *   compares contenders must drop caches between them so that each starts cold.
  * - Entry and attribute timeouts are TIMEOUT_S (default 1 s): the kernel's own cache, like an
  *   NFS client's attribute cache. With timeout 0 every read of a big file re-validates its
  *   attributes, which a real client does not do.
  * - Plain READDIR with entry types (no READDIRPLUS): os.walk needs no stat per entry.
- * - Counters: one per opcode, atomics. SIGUSR1 (and the end of the run) writes them to
- *   STATS_FILE as one JSON object {"seq": N, "ops": {"LOOKUP": n, ...}}, written to a temporary
- *   name and renamed; "seq" grows with each write so a reader can wait for a fresh one.
+ * - Counters: one per opcode, atomics, and the bytes READ returned. SIGUSR1 (and the end of
+ *   the run) writes them to STATS_FILE as one JSON object {"seq": N, "delay_ms": x,
+ *   "delayed_s": x, "read_mbps": x, "read_bytes": N, "read_wait_s": x, "ops": {"LOOKUP": n,
+ *   ...}}, written to a temporary name and renamed; "seq" grows with each write so a reader
+ *   can wait for a fresh one.
  */
 #define FUSE_USE_VERSION 34
 #define _GNU_SOURCE
@@ -54,6 +74,12 @@ static const char *op_names[OP_COUNT] = {
 };
 static atomic_ullong counts[OP_COUNT];
 static atomic_ullong delayed_ns;  /* total time spent queued + sleeping */
+static atomic_ullong read_bytes;  /* bytes returned by READ */
+static atomic_ullong read_wait_ns;  /* total time READ replies waited for the link */
+
+static double read_bytes_per_s;  /* -b, in bytes/s; 0: no cap */
+static pthread_mutex_t link_lock = PTHREAD_MUTEX_INITIALIZER;
+static uint64_t link_free_ns;  /* when the link has sent every reservation made so far */
 
 static long delay_ns = 500000;
 static double timeout_s = 1.0;
@@ -127,6 +153,29 @@ static void free_op(enum op op)
 	atomic_fetch_add(&counts[op], 1);
 }
 
+static void sleep_until(uint64_t ns)
+{
+	struct timespec until = {.tv_sec = ns / 1000000000u, .tv_nsec = ns % 1000000000u};
+	while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &until, NULL) == EINTR)
+		;
+}
+
+/* One READ of `bytes`: count them, then wait until the shared link has carried them. */
+static void bandwidth(size_t bytes)
+{
+	atomic_fetch_add(&read_bytes, bytes);
+	if (read_bytes_per_s <= 0 || bytes == 0)
+		return;
+	uint64_t cost = (uint64_t)(bytes * 1e9 / read_bytes_per_s);
+	pthread_mutex_lock(&link_lock);
+	uint64_t start = now_ns();
+	uint64_t done = (link_free_ns > start ? link_free_ns : start) + cost;
+	link_free_ns = done;
+	pthread_mutex_unlock(&link_lock);
+	sleep_until(done);
+	atomic_fetch_add(&read_wait_ns, now_ns() - start);
+}
+
 static void write_stats(void)
 {
 	char tmp[4096];
@@ -134,8 +183,10 @@ static void write_stats(void)
 	FILE *f = fopen(tmp, "w");
 	if (!f)
 		return;
-	fprintf(f, "{\"seq\": %llu, \"delay_ms\": %.3f, \"delayed_s\": %.6f, \"ops\": {",
-		++stats_seq, delay_ns / 1e6, atomic_load(&delayed_ns) / 1e9);
+	fprintf(f, "{\"seq\": %llu, \"delay_ms\": %.3f, \"delayed_s\": %.6f, "
+		"\"read_mbps\": %.3f, \"read_bytes\": %llu, \"read_wait_s\": %.6f, \"ops\": {",
+		++stats_seq, delay_ns / 1e6, atomic_load(&delayed_ns) / 1e9,
+		read_bytes_per_s / 1e6, atomic_load(&read_bytes), atomic_load(&read_wait_ns) / 1e9);
 	for (int i = 0; i < OP_COUNT; i++)
 		fprintf(f, "%s\"%s\": %llu", i ? ", " : "", op_names[i], atomic_load(&counts[i]));
 	fprintf(f, "}}\n");
@@ -349,7 +400,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		return;
 	}
 	fi->fh = fd;
-	fi->keep_cache = 1;
+	fi->keep_cache = 1;  /* pages stay cached across opens: see the header */
 	fuse_reply_open(req, fi);
 }
 
@@ -358,6 +409,13 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 {
 	(void)ino;
 	free_op(OP_READ);
+	struct stat st;
+	if (fstat(fi->fh, &st) != 0) {
+		fuse_reply_err(req, errno);
+		return;
+	}
+	size_t bytes = off >= st.st_size ? 0 : (size_t)(st.st_size - off);
+	bandwidth(bytes < size ? bytes : size);
 	struct fuse_bufvec buf = FUSE_BUFVEC_INIT(size);
 	buf.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 	buf.buf[0].fd = fi->fh;
@@ -422,25 +480,26 @@ static const struct fuse_lowlevel_ops ops = {
 static void usage(const char *argv0)
 {
 	fprintf(stderr,
-		"usage: %s [-d DELAY_MS] [-q MAX_INFLIGHT] [-t TIMEOUT_S] [-s STATS_FILE] [-f] "
-		"SOURCE MOUNTPOINT\n", argv0);
+		"usage: %s [-d DELAY_MS] [-q MAX_INFLIGHT] [-t TIMEOUT_S] [-b MB_PER_S] "
+		"[-s STATS_FILE] [-f] SOURCE MOUNTPOINT\n", argv0);
 	exit(2);
 }
 
 int main(int argc, char *argv[])
 {
 	int inflight = 4, foreground = 0, opt;
-	while ((opt = getopt(argc, argv, "d:q:t:s:f")) != -1) {
+	while ((opt = getopt(argc, argv, "d:q:t:b:s:f")) != -1) {
 		switch (opt) {
 		case 'd': delay_ns = (long)(atof(optarg) * 1e6); break;
 		case 'q': inflight = atoi(optarg); break;
 		case 't': timeout_s = atof(optarg); break;
+		case 'b': read_bytes_per_s = atof(optarg) * 1e6; break;
 		case 's': stats_path = optarg; break;
 		case 'f': foreground = 1; break;
 		default: usage(argv[0]);
 		}
 	}
-	if (argc - optind != 2 || inflight < 1)
+	if (argc - optind != 2 || inflight < 1 || read_bytes_per_s < 0)
 		usage(argv[0]);
 	const char *source = argv[optind], *mountpoint = argv[optind + 1];
 
