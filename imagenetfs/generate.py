@@ -362,7 +362,10 @@ def mksquashfs(source: Path, image: Path, spec: Spec) -> None:
     """Pack `source` into `image` with the spec's mksquashfs arguments (gzip by default)."""
     exe = shutil.which("mksquashfs")
     if exe is None:
-        raise ToolError("mksquashfs not found: install squashfs-tools (scripts/setup.sh does)")
+        raise ToolError(
+            "mksquashfs not found: install squashfs-tools (scripts/setup.sh does; without root, "
+            "an admin: apt-get install squashfs-tools, or dnf install squashfs-tools)"
+        )
     cmd = [exe, str(source), str(image), "-noappend", "-all-root", "-mkfs-time", str(BASE_MTIME)]
     if spec.jobs:
         cmd += ["-processors", str(spec.jobs)]

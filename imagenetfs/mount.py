@@ -58,6 +58,12 @@ class MountError(ImagenetfsError):
 # --- mount points -------------------------------------------------------------------------
 
 
+NO_FUSERMOUNT = (
+    "fusermount3 not found: install fuse3 (scripts/setup.sh does; without root, an admin: "
+    "apt-get install fuse3, or dnf install fuse3)"
+)
+
+
 def is_stale(mountpoint: Path) -> bool:
     """A FUSE mount whose daemon is gone: `statvfs` fails with ENOTCONN."""
     try:
@@ -82,7 +88,7 @@ def is_mounted(mountpoint: Path) -> bool:
 def _fusermount(*args: str) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("fusermount3")
     if exe is None:
-        raise MountError("fusermount3 not found: install fuse3 (scripts/setup.sh does)")
+        raise MountError(NO_FUSERMOUNT)
     return subprocess.run([exe, *args], capture_output=True, text=True)
 
 
@@ -121,7 +127,7 @@ def _preflight(state_path: Path) -> None:
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise MountError("/dev/fuse is not readable and writable for this user")
     if os.getuid() != 0 and shutil.which("fusermount3") is None:
-        raise MountError("fusermount3 not found: install fuse3 (scripts/setup.sh does)")
+        raise MountError(NO_FUSERMOUNT)
     directory = state_path.parent
     try:
         directory.mkdir(parents=True, exist_ok=True)

@@ -21,7 +21,7 @@ if [ "$(id -u)" -eq 0 ]; then
 elif command -v sudo >/dev/null 2>&1; then
     as_root() { sudo "$@"; }
 else
-    die "not root and no sudo: run as root, or install sudo"
+    die "not root and no sudo: to install for yourself without root, run: bash $repo/scripts/install-user.sh"
 fi
 
 # --- system packages ---------------------------------------------------------------------
