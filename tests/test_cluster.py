@@ -212,7 +212,9 @@ def test_a_container_reads_the_mount_bound_into_it(
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     if probe.returncode != 0:
-        pytest.skip(f"unprivileged user namespaces are off here: {probe.stderr.strip()}")
+        pytest.skip(
+            f"no user namespace can be made here (a chroot, or turned off): {probe.stderr.strip()}"
+        )
     script = f'mount --bind {mp} {inside} && exec {sys.executable} -c "$0" {inside}'
     result = subprocess.run(
         user.command(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script,
