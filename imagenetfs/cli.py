@@ -326,6 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     mnt = commands.add_parser(
         "mount",
+        usage="imagenetfs mount [options] MOUNTPOINT",
         help="mount the ImageNet tree (read-only, for this user)",
         description=(
             "Mount the ImageNet tree at MOUNTPOINT: train/<wnid>/, val/<wnid>/ (regrouped by "
