@@ -118,11 +118,31 @@ def cmd_mount(args: argparse.Namespace) -> int:
     # bad options and mount points are refused before any sample generation or index build
     workers = config.workers_setting(args.workers)
     stage_rate = staging.parse_rate(args.stage_rate) if args.stage_rate else 0
+    if args.idle_timeout is not None:
+        args.idle_timeout = config.parse_duration(args.idle_timeout, "--idle-timeout")
     stage_dir = None
     if args.stage is not None:
         stage_dir = staging.check_dir(Path(args.stage) if args.stage else staging.default_dir())
     mountpoint = args.mountpoint.absolute()
-    mount.check_mountpoint(mountpoint)
+    with mount.claimed(mountpoint):
+        state = mount.serving(mountpoint)
+        if state is not None:  # another task of the job mounted it: use it
+            print(mount.join(mountpoint, state, resolve_source(args.source), args.index))
+            return 0
+        mount.check_mountpoint(mountpoint)
+        mount.first_user(mountpoint)
+        if not args.foreground:  # (the lock is held until the daemon serves)
+            return _mount(args, mountpoint, workers, stage_dir, stage_rate)
+    return _mount(args, mountpoint, workers, stage_dir, stage_rate)  # -f: serves right here
+
+
+def _mount(
+    args: argparse.Namespace,
+    mountpoint: Path,
+    workers: int,
+    stage_dir: Path | None,
+    stage_rate: int,
+) -> int:
     root = resolve_source(args.source)
     path, src = ensure_index(root, args.index)
     settings = config.ServeConfig(
@@ -139,12 +159,13 @@ def cmd_mount(args: argparse.Namespace) -> int:
         cache_size=args.cache_size,
         stage_dir=stage_dir,
         stage_rate=stage_rate,
+        idle_timeout=args.idle_timeout or 0.0,
     )
     return mount.mount(settings)
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    print(mount.umount(args.mountpoint, lazy=args.lazy))
+    print(mount.umount(args.mountpoint, lazy=args.lazy, force=args.force))
     return 0
 
 
@@ -372,6 +393,13 @@ def build_parser() -> argparse.ArgumentParser:
         "mount is reused. Without DIR: $SLURM_TMPDIR, else $TMPDIR inside a Slurm job",
     )
     mnt.add_argument(
+        "--idle-timeout",
+        metavar="DURATION",
+        help="unmount by itself after DURATION (90s, 10m, 2h) without a request, unless a "
+        "process has a file or directory of the mount open (so a job that forgets to "
+        "unmount leaves nothing behind)",
+    )
+    mnt.add_argument(
         "--stage-rate",
         metavar="RATE",
         help="cap the copying's reads at RATE bytes/s (K, M, G suffixes: 200M); default: none",
@@ -385,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     um.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
     um.add_argument("-z", "--lazy", action="store_true", help="detach even if busy")
+    um.add_argument(
+        "--force",
+        action="store_true",
+        help="unmount even if other `imagenetfs mount` commands joined the mount (tasks of a "
+        "job) and have not unmounted yet",
+    )
     um.set_defaults(func=cmd_umount)
 
     wm = commands.add_parser(

@@ -35,6 +35,23 @@ def workers_setting(given: int | None) -> int:
     return int(env)
 
 
+_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, option: str) -> float:
+    """A duration: seconds, or a number with s, m, h or d (`90`, `90s`, `10m`, `2h`)."""
+    value = text.strip().lower()
+    unit = value[-1:] if value[-1:] in _SECONDS else "s"
+    number = value.removesuffix(unit) if value[-1:] in _SECONDS else value
+    try:
+        seconds = float(number) * _SECONDS[unit]
+    except ValueError:
+        raise UsageError(f"{option} {text!r}: give a duration, e.g. 90s, 10m, 2h") from None
+    if not 1 <= seconds <= 365 * 86400:
+        raise UsageError(f"{option} {text!r}: give 1 second to 365 days")
+    return seconds
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     """Everything a mount's daemon needs to serve, fixed at mount time."""
@@ -53,6 +70,7 @@ class ServeConfig:
     cache_size: int = DEFAULT_CACHE_SIZE
     stage_dir: Path | None = None  # copy the images there and serve the copies (staging.py)
     stage_rate: int = 0  # bytes/s the copying may read; 0: as fast as it goes
+    idle_timeout: float = 0.0  # unmount after this many seconds without a request; 0: never
 
     @property
     def cache(self) -> tuple[Path, int] | None:
@@ -71,4 +89,5 @@ class ServeConfig:
             "cache_size": self.cache_size,
             "stage_dir": None if self.stage_dir is None else str(self.stage_dir),
             "stage_rate": self.stage_rate,
+            "idle_timeout": self.idle_timeout,
         }

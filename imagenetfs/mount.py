@@ -18,12 +18,20 @@
    removes its state file.
 
 `umount(mountpoint)` unmounts a live or stale mount and waits for its daemon to exit.
+
+Sharing: the tasks of one job (`srun -n 4`) each run `imagenetfs mount` of the same source at
+the same point. A mount command takes the mount point's lock (`claimed`: a record lock on a
+file beside the state file, so one command at a time checks and mounts); finding its own live
+mount of that source there, it succeeds without mounting (`join`) and counts one more user in
+`<state>.refs`. `umount` counts one user less and unmounts when none is left -- so the mount
+goes once, after the last task is done (`--force` unmounts at once).
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import select
@@ -324,12 +332,86 @@ def _tail(path: Path) -> str:
     return ""
 
 
+# --- sharing a mount: the tasks of a job ----------------------------------------------------
+
+
+@contextlib.contextmanager
+def claimed(mountpoint: Path) -> Iterator[None]:
+    """Hold the mount point's lock: one `mount`/`umount` command of this user at a time
+    decides what to do there (the lock goes with the process, also when it is killed)."""
+    path = registry.state_file(mountpoint).with_suffix(".lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise MountError(
+            f"cannot write the mount registry {path.parent}: {e.strerror} "
+            "(set XDG_RUNTIME_DIR or XDG_CACHE_HOME to a writable directory)"
+        ) from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def serving(mountpoint: Path) -> registry.State | None:
+    """This user's imagenetfs mount at `mountpoint`, if one serves there."""
+    state = registry.find_state(mountpoint)
+    if state is None or not registry.is_alive(state) or not os.path.ismount(mountpoint):
+        return None
+    return state
+
+
+def join(mountpoint: Path, state: registry.State, source: Path, index: Path | None) -> str:
+    """Use the mount already serving `source` at `mountpoint` (one user more); refused when
+    it serves something else."""
+    if state.get("source") != str(source.absolute()) or (
+        index is not None and state.get("index") != str(index.absolute())
+    ):
+        raise UsageError(
+            f"{mountpoint} is busy: imagenetfs serves {state.get('source')} there (index "
+            f"{state.get('index')}, pid {state.get('pid')}); unmount it or use another point"
+        )
+    users = _users(mountpoint) + 1
+    _set_users(mountpoint, users)
+    return (
+        f"{mountpoint}: already mounted (source {state['source']}, pid {state['pid']}); "
+        f"{users} users"
+    )
+
+
+def _users(mountpoint: Path) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        return max(1, int(registry.state_file(mountpoint).with_suffix(".refs").read_text()))
+    return 1
+
+
+def _set_users(mountpoint: Path, users: int) -> None:
+    path = registry.state_file(mountpoint).with_suffix(".refs")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(f"{users}\n")
+    os.replace(tmp, path)
+
+
+def first_user(mountpoint: Path) -> None:
+    """A new mount at `mountpoint`: one user."""
+    _set_users(mountpoint, 1)
+
+
 # --- unmounting ---------------------------------------------------------------------------
 
 
-def umount(mountpoint: Path, lazy: bool = False) -> str:
-    """Unmount a live or stale mount and wait until its daemon has exited; returns a message."""
+def umount(mountpoint: Path, lazy: bool = False, force: bool = False) -> str:
+    """Count one user of the mount less; unmount it (live or stale) when none is left, or with
+    `force`, and wait until its daemon has exited; returns a message."""
     mountpoint = mountpoint.absolute()
+    with claimed(mountpoint):
+        return _umount(mountpoint, lazy, force)
+
+
+def _umount(mountpoint: Path, lazy: bool, force: bool) -> str:
     state_path = registry.state_file(mountpoint)
     state = registry.find_state(mountpoint)
     pid = state.get("pid") if state is not None else None
@@ -337,9 +419,17 @@ def umount(mountpoint: Path, lazy: bool = False) -> str:
         clear_stale(mountpoint)
         with contextlib.suppress(OSError):
             state_path.unlink()
+        state_path.with_suffix(".refs").unlink(missing_ok=True)
         return f"cleared the stale mount at {mountpoint}"
     if not os.path.ismount(mountpoint):
         raise UsageError(f"{mountpoint} is not mounted")
+    users = _users(mountpoint) if state is not None else 1
+    if users > 1 and not force:
+        _set_users(mountpoint, users - 1)
+        return (
+            f"{mountpoint}: still used by {users - 1} more (imagenetfs mount there "
+            "counted them); left mounted -- imagenetfs umount --force unmounts now"
+        )
     result = _fusermount("-u", *(["-z"] if lazy else []), str(mountpoint))
     if result.returncode != 0:
         message = result.stderr.strip().removeprefix("fusermount3: ")
@@ -352,4 +442,5 @@ def umount(mountpoint: Path, lazy: bool = False) -> str:
             time.sleep(0.05)
         if registry.pid_alive(pid):
             raise MountError(f"unmounted {mountpoint}, but its daemon (pid {pid}) still runs")
+    state_path.with_suffix(".refs").unlink(missing_ok=True)
     return f"unmounted {mountpoint}"

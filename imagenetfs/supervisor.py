@@ -119,6 +119,8 @@ class Daemon:
                     nursery.start_soon(self._publish)
                     if self.stager is not None:
                         nursery.start_soon(self._stage, self.stager)
+                    if self.config.idle_timeout:
+                        nursery.start_soon(self._idle, self.config.idle_timeout)
                     try:
                         if self.fuse_ops is not None:
                             await self._serve_pyfuse3(self.fuse_ops)
@@ -130,6 +132,26 @@ class Daemon:
                     nursery.cancel_scope.cancel()
             finally:
                 block_signals()  # until the caller has unmounted
+
+    async def _idle(self, timeout: float) -> None:
+        """Stop once no request came for `timeout` seconds and no process of this user holds
+        anything of the mount open (a program reading cached pages sends no request)."""
+        step = min(max(timeout / 4, 0.25), 30.0)
+        last: Any = None
+        quiet_since = time.monotonic()
+        while True:
+            await trio.sleep(step)
+            now = self._statistics().get("fs") if self._statistics is not None else None
+            if now != last:
+                last, quiet_since = now, time.monotonic()
+            elif time.monotonic() - quiet_since >= timeout:
+                user = await trio.to_thread.run_sync(in_use, self.config.mountpoint)
+                if user is None:
+                    log.info("no request for %.0f s: unmounting", timeout)
+                    self.stop()
+                    return
+                log.info("idle for %.0f s, but process %d uses the mount: staying", timeout, user)
+                quiet_since = time.monotonic()
 
     async def _stage(self, stager: staging.Stager) -> None:
         def switched(number: int, path: Path) -> None:  # in the stager's thread
@@ -310,6 +332,28 @@ class Daemon:
             log.exception("worker %d failed", os.getpid())
         finally:
             os._exit(code)
+
+
+def in_use(mountpoint: Path) -> int | None:
+    """A process of this user with a file, directory, mapping or working directory inside
+    `mountpoint` (a pid), else None. Reads /proc only: nothing asks the mount itself."""
+    inside, uid = str(mountpoint), os.getuid()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if uid != 0 and entry.stat().st_uid != uid:
+                continue
+            links = [os.readlink(f"{entry.path}/{name}") for name in ("cwd", "root")]
+            fds = f"{entry.path}/fd"
+            links += [os.readlink(f"{fds}/{fd}") for fd in os.listdir(fds)]
+            with open(f"{entry.path}/maps") as maps:
+                links += [line.split(maxsplit=5)[-1].rstrip() for line in maps]
+        except OSError:  # gone, or not ours to read
+            continue
+        if any(link == inside or link.startswith(inside + "/") for link in links):
+            return int(entry.name)
+    return None
 
 
 def _die_with_parent(parent: int) -> None:
