@@ -16,12 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import Mounter, force_unmount, mount_points, search_bits_needed
+from helpers import CLI, Mounter, force_unmount, mount_points, search_bits_needed
 
 import imagenetfs
+from imagenetfs import generate
 
 PY = sys.executable
 USER, OTHER = "imagenetfs-test", "imagenetfs-other"
+SPLITS = ("train", "val", "test")
 
 
 @pytest.fixture
@@ -97,3 +99,40 @@ def users(base: Path) -> Iterator[Users]:
 def user(users: Users) -> Iterator[Mounter]:
     yield users.user
     users.user.cleanup()
+
+
+def unsquashed(root: Path, work: Path) -> dict[str, bytes]:
+    """File name -> bytes of every file in the source's images (names are unique in ImageNet)."""
+    out: dict[str, bytes] = {}
+    for split in SPLITS:
+        target = work / f"unsquashed-{split}"
+        if not target.exists():
+            subprocess.run(
+                ["unsquashfs", "-q", "-n", "-d", str(target), str(root / f"{split}.squashfs")],
+                check=True, stdout=subprocess.DEVNULL, timeout=120,
+            )  # fmt: skip
+        for path in target.rglob("*"):
+            if path.is_file():
+                out[path.name] = path.read_bytes()
+    return out
+
+
+@pytest.fixture(scope="module")
+def admin(base: Path) -> Path:
+    """The admin's data: the sample's images, listings and labels, and the index beside them,
+    all read-only to users."""
+    data = base / "data"
+    generate.sample(data, progress=False)
+    result = subprocess.run(
+        [CLI, "index", "--source", data, "--index", data / "imagenetfs.lmdb"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    for path in [data, *data.iterdir()]:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    return data
+
+
+@pytest.fixture(scope="module")
+def expected(admin: Path, base: Path) -> dict[str, bytes]:
+    return unsquashed(admin, base)

@@ -25,29 +25,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Users
-from helpers import CLI, Mounted, Mounter, alive, children, is_mounted, wait_until
+from conftest import SPLITS, Users
+from helpers import Mounted, Mounter, alive, children, is_mounted, wait_until
 
 from imagenetfs import generate
 from imagenetfs.index import user_index_path
-
-SPLITS = ("train", "val", "test")
-
-
-def unsquashed(root: Path, work: Path) -> dict[str, bytes]:
-    """File name -> bytes of every file in the source's images (names are unique in ImageNet)."""
-    out: dict[str, bytes] = {}
-    for split in SPLITS:
-        target = work / f"unsquashed-{split}"
-        if not target.exists():
-            subprocess.run(
-                ["unsquashfs", "-q", "-n", "-d", str(target), str(root / f"{split}.squashfs")],
-                check=True, stdout=subprocess.DEVNULL, timeout=120,
-            )  # fmt: skip
-        for path in target.rglob("*"):
-            if path.is_file():
-                out[path.name] = path.read_bytes()
-    return out
 
 
 def served(mp: Path) -> dict[str, bytes]:
@@ -68,27 +50,6 @@ def read_fresh(path: Path) -> bytes:
         return os.pread(fd, os.fstat(fd).st_size + 1, 0)
     finally:
         os.close(fd)
-
-
-@pytest.fixture(scope="module")
-def admin(base: Path) -> Path:
-    """The admin's data: the sample's images, listings and labels, and the index beside them,
-    all read-only to users."""
-    data = base / "data"
-    generate.sample(data, progress=False)
-    result = subprocess.run(
-        [CLI, "index", "--source", data, "--index", data / "imagenetfs.lmdb"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    for path in [data, *data.iterdir()]:
-        path.chmod(0o555 if path.is_dir() else 0o444)
-    return data
-
-
-@pytest.fixture(scope="module")
-def expected(admin: Path, base: Path) -> dict[str, bytes]:
-    return unsquashed(admin, base)
 
 
 def other_sample(out: Path) -> None:
