@@ -8,6 +8,7 @@ exit code 1, no traceback unless `--debug`.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -20,6 +21,7 @@ from imagenetfs import (
     config,
     errors,
     index,
+    metrics,
     mount,
     registry,
     resize,
@@ -118,6 +120,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     # bad options and mount points are refused before any sample generation or index build
     workers = config.workers_setting(args.workers)
     stage_rate = staging.parse_rate(args.stage_rate) if args.stage_rate else 0
+    if args.metrics is not None:
+        args.metrics = metrics.check_target(args.metrics)
     if args.idle_timeout is not None:
         args.idle_timeout = config.parse_duration(args.idle_timeout, "--idle-timeout")
     stage_dir = None
@@ -159,6 +163,7 @@ def _mount(
         cache_size=args.cache_size,
         stage_dir=stage_dir,
         stage_rate=stage_rate,
+        metrics=args.metrics,
         idle_timeout=args.idle_timeout or 0.0,
     )
     return mount.mount(settings)
@@ -172,12 +177,17 @@ def cmd_umount(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     wanted = str(args.mountpoint.absolute()) if args.mountpoint else None
     shown = 0
+    documents = []
     for state in registry.read_states():
         if wanted and state.get("mountpoint") != wanted:
             continue
         shown += 1
         mp = Path(state["mountpoint"])
-        serving = registry.is_alive(state) and os.path.ismount(mp)
+        alive = registry.is_alive(state)
+        serving = alive and os.path.ismount(mp)
+        if args.json:
+            documents.append(metrics.summary(state, alive=alive, serving=serving))
+            continue
         print(f"{mp}: {'serving' if serving else 'dead (run imagenetfs umount)'}")
         print(f"  source {state.get('source')}  index {state.get('index')}  pid {state.get('pid')}")
         for image in state.get("images", []):
@@ -188,11 +198,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         if fs:
             counters = "  ".join(f"{k} {v:,}" for k, v in fs.items())
             print(f"  {counters}")
+        latency = metrics.latency(state.get("stats", {}))
+        if latency and latency["count"]:
+            p50, p99 = (_duration(latency[f"{p}_seconds"]) for p in ("p50", "p99"))
+            print(f"  read latency p50 <= {p50}  p99 <= {p99}")
     if wanted and not shown:
         raise errors.UsageError(f"{wanted} is not mounted by imagenetfs")
-    if not shown:
+    if args.json:  # MOUNTPOINT: its one document; else a list, maybe empty
+        print(json.dumps(documents[0] if wanted else documents, indent=1))
+    elif not shown:
         print("no imagenetfs mounts")
     return 0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.0f} µs"
+    return f"{seconds * 1e3:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def cmd_warm(args: argparse.Namespace) -> int:
@@ -404,6 +426,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="RATE",
         help="cap the copying's reads at RATE bytes/s (K, M, G suffixes: 200M); default: none",
     )
+    mnt.add_argument(
+        "--metrics",
+        type=Path,
+        metavar="FILE",
+        help="write the mount's counters to FILE every 2 s and once at the end, in the "
+        "Prometheus text format (for node_exporter's textfile collector: FILE ending in .prom)",
+    )
     mnt.set_defaults(func=cmd_mount)
 
     um = commands.add_parser(
@@ -451,6 +480,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Show this user's imagenetfs mounts (or one): source, index, pid, counters.",
     )
     st.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", nargs="?")
+    st.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON document: a list of mounts, or the one mount given (see the README)",
+    )
     st.set_defaults(func=cmd_status)
     return parser
 

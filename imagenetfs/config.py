@@ -70,6 +70,7 @@ class ServeConfig:
     cache_size: int = DEFAULT_CACHE_SIZE
     stage_dir: Path | None = None  # copy the images there and serve the copies (staging.py)
     stage_rate: int = 0  # bytes/s the copying may read; 0: as fast as it goes
+    metrics: Path | None = None  # write the counters there, Prometheus text (metrics.py)
     idle_timeout: float = 0.0  # unmount after this many seconds without a request; 0: never
 
     @property
@@ -89,5 +90,6 @@ class ServeConfig:
             "cache_size": self.cache_size,
             "stage_dir": None if self.stage_dir is None else str(self.stage_dir),
             "stage_rate": self.stage_rate,
+            "metrics": None if self.metrics is None else str(self.metrics),
             "idle_timeout": self.idle_timeout,
         }

@@ -9,11 +9,14 @@ ask the core again (see ops.py).
 
 No handle table: `open` answers the file's inode as its handle (`read` gets the handle, not the
 inode), so an open file costs nothing and `release` has nothing to drop. Listings are
-READDIRPLUS (pyfuse3 always asks for it), each entry with attributes.
+READDIRPLUS (pyfuse3 always asks for it), each entry with attributes. A READ is timed for the
+core's latency histogram (ops.py) from the entry of `read` to its bytes being ready, the wait
+for a thread and the work in it included.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -154,7 +157,11 @@ class Operations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=inode, keep_cache=True)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        data: bytes = await self._call("read", self.core.read, fh, off, size)
+        started = time.perf_counter_ns()
+        try:
+            data: bytes = await self._call("read", self.core.read, fh, off, size)
+        finally:
+            self.core.read_served(started)
         return data
 
     async def release(self, fh: int) -> None:

@@ -18,7 +18,23 @@ packs replies -- so what a request answers is decided here, once:
   failure: counted in `errors`, answered EIO and logged, in one line when it is a failure we
   know (a corrupt block, an I/O error, an image that cannot be resized), with the traceback
   when it is a bug;
-- counters (`Counters`), the same in both ways of serving.
+- counters (`Counters`), the same in both ways of serving, and the latency of each READ.
+
+Read latency. Each adapter takes `time.perf_counter_ns()` as it enters its READ handler and
+calls `read_served(started)` when the reply's bytes are ready (also when the read failed): what
+is counted is the operation core plus the blocking rest it handed back (a cold read, a resize;
+under pyfuse3 also the wait for a thread), not the kernel's queue, unpacking the request or
+writing the reply. The time goes into one of `LATENCY_BUCKETS` power-of-two buckets, `(ns >>
+10).bit_length()`: bucket 0 holds reads under 2**10 ns (~1 µs), bucket k those under
+2**(k+10) ns, the last (k = 24) everything from 2**33 ns (8.6 s) up -- one clock pair, a shift,
+`bit_length` and two counter increments per read. The buckets and the sum of nanoseconds are
+counter slots like the others (shared memory for a worker), so the supervisor sums them across
+workers; `latency_quantile` reads a percentile off the sums: the upper bound of the bucket that
+holds it (within 2x of the truth, never below it).
+
+The decompressed-block caches of the images (squashfs.py) count their own hits and misses;
+`refresh` copies them into the counter slots, on the first read after each second
+(`REFRESH_NS`), at the end of a worker and whenever `statistics()` is asked for.
 
 Blocking. Two things may have to wait: a read of bytes that are not in the page cache (or that
 need decompressing), and a resize. An operation that would wait raises `Blocked`, which carries
@@ -36,6 +52,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any, Generic, NamedTuple, TypeVar
@@ -53,7 +70,7 @@ from imagenetfs.errors import (
 )
 from imagenetfs.index import DIR, FILE, MAX_NAME, SYMLINK, Node
 from imagenetfs.resize import ResizeCache, ResizeSpec
-from imagenetfs.squashfs import WouldBlock
+from imagenetfs.squashfs import SquashImage, WouldBlock
 from imagenetfs.views import Tree
 
 log = logging.getLogger(__name__)
@@ -121,33 +138,81 @@ class Blocked(Exception):
 FS_COUNTERS = ("lookups", "getattrs", "readdirs", "opens", "reads", "inline_reads",
                "bytes_read", "errors", "resizes")  # fmt: skip
 CACHE_COUNTERS = ("hits", "misses", "stores", "evictions", "failures")
+BLOCK_COUNTERS = ("hits", "misses")  # of the images' decompressed-block caches
 LOOKUPS, GETATTRS, READDIRS, OPENS, READS, INLINE_READS, BYTES_READ, ERRORS, RESIZES = range(9)
+CACHE_FIRST = len(FS_COUNTERS)
+BLOCK_FIRST = CACHE_FIRST + len(CACHE_COUNTERS)
+#: Read-latency buckets (see the module docstring): bucket k counts reads under 2**(k+10) ns,
+#: the last one all the rest.
+LATENCY_BUCKETS = 25
+LATENCY_FIRST = BLOCK_FIRST + len(BLOCK_COUNTERS)
+LATENCY_TOP = LATENCY_FIRST + LATENCY_BUCKETS - 1
+LATENCY_SUM = LATENCY_FIRST + LATENCY_BUCKETS  # nanoseconds, all reads
+#: How often (at most) a serving process copies its block caches' counts into its slots.
+REFRESH_NS = 1_000_000_000
+_clock = time.perf_counter_ns
+
+
+def bucket_bound(k: int) -> float:
+    """The upper bound of latency bucket `k`, in seconds (inf for the last)."""
+    return float("inf") if k >= LATENCY_BUCKETS - 1 else (1 << (k + 10)) / 1e9
+
+
+def latency_quantile(buckets: list[int], q: float) -> float | None:
+    """The `q` quantile (0 < q <= 1) of the reads counted in `buckets`, in seconds: the upper
+    bound of the bucket that holds it; the last bucket's lower bound when it is there; None
+    without reads."""
+    total = sum(buckets)
+    if total == 0:
+        return None
+    rank, seen = q * total, 0
+    for k, count in enumerate(buckets[:-1]):
+        seen += count
+        if seen >= rank:
+            return bucket_bound(k)
+    return bucket_bound(LATENCY_BUCKETS - 2)  # in the last bucket: its lower bound
 
 
 class Counters:
     """The counters of one serving process: u64 slots in `memory` -- a slot of shared memory
-    for a worker process (`wire.Board`), private memory otherwise. `FS_COUNTERS`, then the
-    resize cache's `CACHE_COUNTERS`."""
+    for a worker process (`wire.Board`), private memory otherwise. `FS_COUNTERS`, the resize
+    cache's `CACHE_COUNTERS`, the block caches' `BLOCK_COUNTERS`, then the read-latency
+    buckets and their sum of nanoseconds."""
 
-    SLOTS = len(FS_COUNTERS) + len(CACHE_COUNTERS)
+    SLOTS = LATENCY_SUM + 1
 
     def __init__(self, memory: memoryview | None = None) -> None:
         self.values = memoryview(bytearray(8 * self.SLOTS)).cast("Q") if memory is None else memory
-        # a worker started again goes on from its slot's counts; its cache counts from 0
-        self._cache_base = list(self.values[len(FS_COUNTERS) :])
+        # a worker started again goes on from its slot's counts; its caches count from 0
+        self._cache_base = list(self.values[CACHE_FIRST:BLOCK_FIRST])
+        self._block_base = list(self.values[BLOCK_FIRST:LATENCY_FIRST])
 
     def update_cache(self, counts: dict[str, int]) -> None:
-        first = len(FS_COUNTERS)
         for i, name in enumerate(CACHE_COUNTERS):
-            self.values[first + i] = self._cache_base[i] + counts[name]
+            self.values[CACHE_FIRST + i] = self._cache_base[i] + counts[name]
+
+    def update_blocks(self, hits: int, misses: int) -> None:
+        self.values[BLOCK_FIRST] = self._block_base[0] + hits
+        self.values[BLOCK_FIRST + 1] = self._block_base[1] + misses
 
     @staticmethod
-    def report(values: list[int], cache: bool) -> dict[str, dict[str, int]]:
-        """{"fs": counts, "resize_cache": counts (only when there is a cache)} of `values`."""
-        fs = dict(zip(FS_COUNTERS, values, strict=False))
-        out = {"fs": fs}
+    def report(values: list[int], cache: bool, blocks: bool = False) -> dict[str, Any]:
+        """{"fs": counts, "resize_cache": counts (only when there is a cache), "block_cache":
+        counts (only when an image has one), "read_latency": {"buckets": [count, ...],
+        "sum_ns": n}} of `values`."""
+        out: dict[str, Any] = {"fs": dict(zip(FS_COUNTERS, values, strict=False))}
         if cache:
-            out["resize_cache"] = dict(zip(CACHE_COUNTERS, values[len(FS_COUNTERS) :], strict=True))
+            out["resize_cache"] = dict(
+                zip(CACHE_COUNTERS, values[CACHE_FIRST:BLOCK_FIRST], strict=True)
+            )
+        if blocks:
+            out["block_cache"] = dict(
+                zip(BLOCK_COUNTERS, values[BLOCK_FIRST:LATENCY_FIRST], strict=True)
+            )
+        out["read_latency"] = {
+            "buckets": list(values[LATENCY_FIRST:LATENCY_SUM]),
+            "sum_ns": values[LATENCY_SUM],
+        }
         return out
 
 
@@ -200,6 +265,10 @@ class Core:
         self._views = bool(tree.specs)  # (without resized views, no file is ever resized)
         self._recent: _Memo[bytes] = _Memo(RECENT_RESIZED)
         self._sizes: _Memo[int] = _Memo(KNOWN_SIZES)
+        # the images with a block cache, and their counts when this core began
+        self._block_images = [i for i in tree.index.images if isinstance(i, SquashImage)]
+        self._block_start = self._block_counts()
+        self._refresh_at = 0
 
     # --- errors and counters ---------------------------------------------------------------
 
@@ -217,9 +286,39 @@ class Core:
 
     def statistics(self) -> dict[str, Any]:
         """Counters and index figures, as `imagenetfs status` shows them."""
-        stats: dict[str, Any] = Counters.report(list(self._counts), self.cache is not None)
+        self.refresh()
+        stats = Counters.report(
+            list(self._counts), self.cache is not None, blocks=bool(self._block_images)
+        )
         stats["index"] = asdict(self.tree.index.stats)
         return stats
+
+    def read_served(self, started: int) -> None:
+        """Count one READ request into the latency histogram: answered now, taken up by its
+        adapter at `started` (`time.perf_counter_ns()`; see the module docstring)."""
+        now = _clock()
+        ns = now - started
+        k = LATENCY_FIRST + (ns >> 10).bit_length()
+        counts = self._counts
+        counts[k if k < LATENCY_TOP else LATENCY_TOP] += 1
+        counts[LATENCY_SUM] += ns
+        if now > self._refresh_at:
+            self._refresh_at = now + REFRESH_NS
+            self.refresh()
+
+    def refresh(self) -> None:
+        """Copy the block caches' counts into the counter slots."""
+        if self._block_images:
+            hits, misses = self._block_counts()
+            self.counters.update_blocks(hits - self._block_start[0], misses - self._block_start[1])
+
+    def _block_counts(self) -> tuple[int, int]:
+        hits = misses = 0
+        for image in self._block_images:
+            stats = image.statistics()
+            hits += stats.cache_hits
+            misses += stats.cache_misses
+        return hits, misses
 
     # --- attributes ------------------------------------------------------------------------
 

@@ -5,7 +5,8 @@ one nursery holds
 
 - the signal receiver: SIGTERM, SIGINT or SIGHUP stop serving;
 - the publisher: every `PUBLISH_INTERVAL` seconds the counters, the images served and the
-  staging progress go to the mount's state file;
+  staging progress go to the mount's state file -- and with `--metrics FILE` to FILE, in the
+  Prometheus text format (metrics.py), once more when serving has ended;
 - with `--stage`, the stager (staging.py) in a thread: each image copied and checked is
   switched here, then in each worker (SIGUSR1, see `staging.adopt`);
 - the server. With `--workers 0`, `pyfuse3.main` over `fs.Operations`. Otherwise the
@@ -49,12 +50,13 @@ import lmdb
 import pyfuse3
 import trio
 
-from imagenetfs import fs, registry, staging, wire
+from imagenetfs import fs, metrics, registry, staging, wire
 from imagenetfs.config import ServeConfig
 from imagenetfs.errors import ImagenetfsError
 from imagenetfs.index import Index
 from imagenetfs.ops import Core, Counters
 from imagenetfs.resize import ResizeCache
+from imagenetfs.squashfs import SquashImage
 from imagenetfs.views import Tree
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,7 @@ class Daemon:
         self._workers: dict[int, int] = {}  # pid -> counters slot
         self._failures: list[float] = []
         self._statistics: Callable[[], dict[str, Any]] | None = None
+        self._metrics_problem: str | None = None  # why --metrics FILE was not written, if so
         self.stager = None
         if config.stage_dir is not None:
             self.stager = staging.Stager(config.stage_dir, index, config.stage_rate)
@@ -131,6 +134,10 @@ class Daemon:
                             self.stager.stop()  # before the cancel waits for its thread
                     nursery.cancel_scope.cancel()
             finally:
+                try:
+                    self.publish(final=True)
+                except Exception:  # (never in the way of unmounting)
+                    log.exception("the last publish failed")
                 block_signals()  # until the caller has unmounted
 
     async def _idle(self, timeout: float) -> None:
@@ -192,19 +199,38 @@ class Daemon:
             await trio.sleep(PUBLISH_INTERVAL)
             self.publish()
 
-    def publish(self) -> None:
+    def publish(self, final: bool = False) -> None:
+        """The state file, and the metrics file if any; `final`: serving has ended."""
         if self._statistics is None:
             return
         state = {
             **self.state,
             "updated": time.time(),
             "images": [image.path for image in self.index.images],
+            "workers_running": len(self._workers),
             "stats": self._statistics(),
         }
         if self.stager is not None:
             state["staging"] = self.stager.report()
         with contextlib.suppress(OSError):
             registry.write_state(self.state_path, state)
+        if self.config.metrics is not None:
+            self._write_metrics(self.config.metrics, state, final)
+
+    def _write_metrics(self, path: Path, state: registry.State, final: bool) -> None:
+        """Write `--metrics FILE`; a failure is said once in the log (again only once it has
+        changed), and serving goes on."""
+        try:
+            metrics.write(path, metrics.prometheus(state, serving=not final))
+        except OSError as e:
+            problem = e.strerror or str(e)
+            if problem != self._metrics_problem:
+                log.warning("metrics %s not written (%s)", path, problem)
+            self._metrics_problem = problem
+            return
+        if self._metrics_problem is not None:
+            log.info("metrics %s written again", path)
+            self._metrics_problem = None
 
     def _core(self, counters: Counters, *, blocking_reads: bool) -> Core:
         """The operation core of this process (a worker's, or pyfuse3's)."""
@@ -250,8 +276,10 @@ class Daemon:
         # here, in the supervisor) the signal is ignored, not fatal
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
+        blocks = any(isinstance(image, SquashImage) for image in self.index.images)
+
         def statistics() -> dict[str, Any]:
-            stats: dict[str, Any] = Counters.report(board.totals(), self.cache is not None)
+            stats = Counters.report(board.totals(), self.cache is not None, blocks=blocks)
             stats["index"] = asdict(self.index.stats)
             return stats
 

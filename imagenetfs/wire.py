@@ -24,7 +24,8 @@ is run under a POSIX record lock on byte `inode % LOCK_STRIPES` of a file shared
 workers (the kernel drops it if its holder dies), so that concurrent requests for one file in
 two workers resize it once -- the second finds it in the resize cache. Counters live in a
 `Board`: one slot of shared memory per worker, which only that worker writes and the
-supervisor sums.
+supervisor sums -- the read-latency histogram too (ops.py): a READ is timed from the entry of
+`_read` to its bytes being ready, the resize or the lock wait included.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import logging
 import mmap
 import os
 import struct
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -97,15 +99,18 @@ def clone_session(session: int) -> int:
 
 
 class Board:
-    """The counters of N workers in one shared anonymous mapping: slot n is worker n's."""
+    """The counters of N workers in one shared anonymous mapping: slot n is worker n's, on
+    cache lines of its own (two workers writing one line would slow each other down)."""
 
     def __init__(self, workers: int) -> None:
         self.slot_size = 8 * Counters.SLOTS
+        self.stride = -(-self.slot_size // 64) * 64
         self.workers = workers
-        self._map = mmap.mmap(-1, workers * self.slot_size)
+        self._map = mmap.mmap(-1, workers * self.stride)
 
     def slot(self, n: int) -> memoryview:
-        return memoryview(self._map)[n * self.slot_size : (n + 1) * self.slot_size].cast("Q")
+        start = n * self.stride
+        return memoryview(self._map)[start : start + self.slot_size].cast("Q")
 
     def totals(self) -> list[int]:
         sums = [0] * Counters.SLOTS
@@ -145,6 +150,12 @@ class Worker:
         self._handlers.update(dict.fromkeys(fuse.WRITES, self._write))
 
     def run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self.core.refresh()  # the last block-cache counts, for the supervisor's last look
+
+    def _serve(self) -> None:
         buffer = bytearray(fuse.BUFFER)  # one buffer for every request: no 1 MiB allocation each
         view = memoryview(buffer)
         while not self.done:
@@ -201,11 +212,14 @@ class Worker:
     # (the four operations that may raise `Blocked`: a resize, in this process)
 
     def _read(self, ino: int, body: memoryview) -> bytes:
+        started = _clock()
         offset, size = fuse.READ_IN.unpack_from(body)[1:3]
         try:
             data: bytes = self.core.read(ino, offset, size)
         except Blocked as blocked:
             data = self._finish(blocked)
+        finally:
+            self.core.read_served(started)
         return data
 
     def _lookup(self, parent: int, body: memoryview) -> bytes:
@@ -299,6 +313,9 @@ class Worker:
 
     def _refuse(self, ino: int, body: memoryview) -> bytes:
         raise NotImplemented_("not implemented")  # FLUSH and the rest: not sent again
+
+
+_clock = time.perf_counter_ns
 
 
 def _u32(body: memoryview) -> int:

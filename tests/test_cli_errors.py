@@ -113,7 +113,16 @@ def test_bad_mount_points(tmp_path: Path, data: Path) -> None:
     busy.mkdir()
     try:
         assert run(*base, str(busy)).returncode == 0
-        assert_one_line_error(run(*base, str(busy)), f"mount point {busy} is busy")
+        # the same source again joins that mount (tests/test_slurm.py); another is refused
+        other = ["mount", "--source", str(tmp_path / "other"), str(busy)]
+        assert_one_line_error(run(*other), f"{busy} is busy: imagenetfs serves {data} there")
+        tmpfs = tmp_path / "tmpfs"  # and so is anything else mounted there
+        tmpfs.mkdir()
+        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(tmpfs)], check=True)
+        try:
+            assert_one_line_error(run(*base, str(tmpfs)), f"mount point {tmpfs} is busy")
+        finally:
+            subprocess.run(["umount", "-l", str(tmpfs)], check=False)
     finally:
         subprocess.run(["fusermount3", "-u", "-z", str(busy)], check=False)
 

@@ -670,9 +670,9 @@ def _prepare(case: str, tmp: Path, mounter: Mounter, data: Dataset) -> list[obje
     if case == "mount point not empty":
         (empty / "x").write_text("x")
         return ["mount", *given, empty]
-    if case == "mount point busy":
+    if case == "mount point busy":  # (the same source there would join that mount)
         mounter.mount(empty, data.root, index=data.index)
-        return ["mount", *given, empty]
+        return ["mount", "--source", tmp / "elsewhere", empty]
     if case == "umount not mounted":
         return ["umount", empty]
     if case == "umount missing path":

@@ -234,7 +234,7 @@ def test_scancel_unmounts_and_leaves_no_process(
     slurm: None, users: Users, user: Mounter, admin: Path
 ) -> None:
     job = submit(user, admin, "sleep", "300")
-    assert wait_until(lambda: bool(imagenetfs_mounts(users.uid)), 60), job.log
+    assert wait_until(lambda: "ready in" in job.log, 60), job.log  # (not while mounting)
     result = subprocess.run(user.command(["scancel", str(job.id)]), env=user.env(),
                             capture_output=True, text=True, timeout=30)  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -269,6 +269,12 @@ def test_a_job_killed_hard_leaves_a_stale_mount_that_the_epilog_clears(
         force_unmount(theirs)
 
 
+def rate(job: Job) -> float:
+    """The job reader's MB/s (the last number of its "ok:" line)."""
+    line = next(ln for ln in job.log.splitlines() if ln.startswith("ok:"))
+    return float(line.rsplit(",", 1)[1].split()[0])
+
+
 def pwd_uid(runner: Mounter) -> int:
     import pwd
 
@@ -294,11 +300,11 @@ def test_two_users_jobs_get_private_mounts(
     for job in jobs:
         assert job.wait() == 0, job.log
         assert "ok:" in job.log
-    # two jobs on 2 CPUs: each at most the CPU share slower than alone (plus start-up noise)
-    assert max(job.seconds for job in jobs) <= 2.5 * alone.seconds + 5, (
-        alone.seconds, [job.seconds for job in jobs],
-    )  # fmt: skip
-    print(f"job alone {alone.seconds:.1f} s; together {[round(j.seconds, 1) for j in jobs]}")
+    # Two jobs share this machine's 2 CPUs (each job's reader and daemon could use both):
+    # each may read at half its rate alone; slower than a third would be more than the CPU.
+    solo, together = rate(alone), [rate(job) for job in jobs]
+    print(f"reading alone {solo:.0f} MB/s; two jobs at once {together} MB/s")
+    assert min(together) >= solo / 3, (solo, together)
     assert_nothing_left(users.uid, alone, jobs[0])
     assert_nothing_left(theirs, jobs[1])
 
@@ -355,3 +361,10 @@ def test_idle_timeout_unmounts_an_unused_mount_only(mounter: Mounter, admin: Pat
     assert "no request for 2 s: unmounting" in mounted.log
     bad = mounter.cli("mount", "--source", admin, "--idle-timeout", "soon", mp)
     assert bad.returncode == 1 and "--idle-timeout 'soon': give a duration" in bad.stderr
+
+
+def test_the_readme_shows_the_job_script_the_tests_run() -> None:
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("<summary>scripts/slurm/imagenet.sbatch</summary>")
+    block = readme[start:].split("```bash\n", 1)[1].split("```", 1)[0]
+    assert block == JOB.read_text()
