@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -99,6 +100,18 @@ def slurm() -> Iterator[None]:
                          *PACKAGES, timeout=600)  # fmt: skip
         assert result.returncode == 0, f"cannot install Slurm: {result.stderr}"
     _stop_daemons()
+    hosts = Path("/etc/hosts")
+    saved_hosts = hosts.read_bytes() if hosts.exists() else None
+    # Slurm resolves "localhost" and this machine's name; a bare root (debootstrap) has no
+    # /etc/hosts to say them
+    missing = []
+    for name in ("localhost", socket.gethostname()):
+        try:
+            socket.getaddrinfo(name, None, socket.AF_INET)
+        except OSError:
+            missing.append(name)
+    if missing:
+        hosts.write_bytes((saved_hosts or b"") + f"127.0.0.1 {' '.join(missing)}\n".encode())
     saved = CONF.read_bytes() if CONF.exists() else None
     CONF.parent.mkdir(parents=True, exist_ok=True)
     CONF.write_text(SLURM_CONF)
@@ -127,6 +140,10 @@ def slurm() -> Iterator[None]:
             CONF.unlink(missing_ok=True)
         else:
             CONF.write_bytes(saved)
+        if saved_hosts is None:
+            hosts.unlink(missing_ok=True)
+        elif hosts.read_bytes() != saved_hosts:
+            hosts.write_bytes(saved_hosts)
 
 
 @pytest.fixture(scope="module")
