@@ -103,6 +103,14 @@ def test_a_worker_times_every_read(tmp_path: Path) -> None:
         assert blocks["hits"] + blocks["misses"] >= 6, blocks
 
 
+def test_board_slots_have_cache_lines_of_their_own() -> None:
+    board = wire.Board(2)
+    assert board.stride % 64 == 0 and board.stride >= 8 * Counters.SLOTS
+    board.slot(0)[ops.LATENCY_SUM] = 7  # the last of slot 0, hot on every read
+    assert list(board.slot(1)) == [0] * Counters.SLOTS
+    assert len(board.totals()) == Counters.SLOTS and board.totals()[ops.LATENCY_SUM] == 7
+
+
 def _state(mountpoint: str) -> dict[str, Any]:
     buckets = [0] * ops.LATENCY_BUCKETS
     buckets[5], buckets[9] = 90, 10
