@@ -17,7 +17,8 @@ The work splits in three steps:
    comment holding the file's path, so 1.43M of them cost little more than the writes.
 3. A layout writes the members in worker processes (progress bar) and packs them:
    `cluster` (one SquashFS per split, flat val, `*_files.txt`, `val_labels.txt`), `kaggle`
-   (`ILSVRC/Data/CLS-LOC/...`, `LOC_*` files, unpacked or as SquashFS) or `official` (the
+   (`ILSVRC/Data/CLS-LOC/...`, `LOC_*` files, unpacked, as SquashFS or as Kaggle's one zip)
+   or `official` (the
    ILSVRC2012 tarballs and a devkit-style ground truth).
 """
 
@@ -38,6 +39,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +51,7 @@ from tqdm import tqdm
 
 from imagenetfs import synsets
 from imagenetfs.errors import ToolError, UsageError
+from imagenetfs.source import KAGGLE_ZIP, OFFICIAL_TARS
 
 Layout = Literal["cluster", "kaggle", "official"]
 Kind = Literal["rgb", "gray", "cmyk", "png"]
@@ -78,6 +81,7 @@ class Spec:
     mksquashfs_args: tuple[str, ...] = ()
     nest: bool = False  # cluster: each image holds <split>/... instead of its files at the root
     kaggle_squashfs: bool = False  # kaggle: ILSVRC/ packed as ILSVRC.squashfs
+    kaggle_zip: bool = False  # kaggle: everything in one zip, as Kaggle ships it
     jobs: int = 0  # 0: all cores
     progress: bool = True  # progress bars and "packing ..." notes on stderr
 
@@ -92,6 +96,8 @@ class Spec:
             )
         if self.test is not None and not 0 <= self.test <= synsets.N_TEST:
             raise UsageError(f"--test must be 0..{synsets.N_TEST}, not {self.test}")
+        if self.kaggle_squashfs and self.kaggle_zip:
+            raise UsageError("--kaggle-squashfs and --kaggle-zip exclude each other")
         if self.layout not in LAYOUTS:
             raise UsageError(f"unknown layout {self.layout!r}; choose from {', '.join(LAYOUTS)}")
 
@@ -431,7 +437,8 @@ def _kaggle_files(out: Path, members: Sequence[Member], wnids: Sequence[str]) ->
 
 def build_kaggle(out: Path, spec: Spec, members: Sequence[Member]) -> None:
     """`ILSVRC/Data/CLS-LOC/{train/<wnid>,val,test}/`, `LOC_synset_mapping.txt`,
-    `LOC_val_solution.csv`; with `kaggle_squashfs`, ILSVRC/ becomes `ILSVRC.squashfs`."""
+    `LOC_val_solution.csv`; with `kaggle_squashfs`, ILSVRC/ becomes `ILSVRC.squashfs`; with
+    `kaggle_zip`, all of it goes into `KAGGLE_ZIP`."""
     ilsvrc = out / "ILSVRC"
     shutil.rmtree(ilsvrc, ignore_errors=True)
     data = ilsvrc / "Data" / "CLS-LOC"
@@ -445,6 +452,31 @@ def build_kaggle(out: Path, spec: Spec, members: Sequence[Member]) -> None:
         _note(spec, "packing ILSVRC.squashfs")
         mksquashfs(ilsvrc, out / "ILSVRC.squashfs", spec)
         shutil.rmtree(ilsvrc)
+    elif spec.kaggle_zip:
+        _note(spec, f"writing {KAGGLE_ZIP}")
+        _zip_kaggle(out)
+
+
+def _zip_kaggle(out: Path) -> None:
+    """Move `ILSVRC/` and the `LOC_*` files into `KAGGLE_ZIP`, in the zip's order (the LOC
+    files first, then the tree, directories before their contents), members deflated."""
+    names = ["LOC_synset_mapping.txt", "LOC_val_solution.csv"]
+    for top, dirs, files in os.walk(out / "ILSVRC"):
+        dirs.sort()
+        rel = Path(top).relative_to(out)
+        names.append(str(rel))  # (zipfile names a directory's member `<rel>/`)
+        names.extend(str(rel / f) for f in sorted(files))
+    for name in names:  # the same bytes for the same spec: no "now" inside
+        if name.startswith("LOC_") or (out / name).is_dir():
+            os.utime(out / name, (BASE_MTIME, BASE_MTIME))
+    tmp = out / f".{KAGGLE_ZIP}.tmp"
+    with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED, allowZip64=True) as z:
+        for name in names:
+            z.write(out / name, name)
+    os.replace(tmp, out / KAGGLE_ZIP)
+    shutil.rmtree(out / "ILSVRC")
+    for name in names[:2]:
+        (out / name).unlink()
 
 
 def ilsvrc_ids() -> dict[str, int]:
@@ -477,8 +509,9 @@ def build_official(out: Path, spec: Spec, members: Sequence[Member]) -> None:
     try:
         placed = [(m, staging / m.split / m.relpath) for m in members]
         write_members(placed, spec, "images")
-        _note(spec, "writing ILSVRC2012_img_train.tar")
-        with tarfile.open(out / "ILSVRC2012_img_train.tar", "w", format=tarfile.GNU_FORMAT) as t:
+        train_tar = OFFICIAL_TARS["train"][0]
+        _note(spec, f"writing {train_tar}")
+        with tarfile.open(out / train_tar, "w", format=tarfile.GNU_FORMAT) as t:
             per_class: dict[str | None, list[Member]] = {}
             for m in split_of["train"]:
                 per_class.setdefault(m.wnid, []).append(m)
@@ -495,7 +528,8 @@ def build_official(out: Path, spec: Spec, members: Sequence[Member]) -> None:
                 t.addfile(
                     _tarinfo(f"{wnid}.tar", buf.tell(), BASE_MTIME), io.BytesIO(buf.getvalue())
                 )
-        for split, tar_name in (("val", "ILSVRC2012_img_val.tar"), ("test", TEST_TAR)):
+        for split in ("val", "test"):
+            tar_name = OFFICIAL_TARS[split][0]
             _note(spec, f"writing {tar_name}")
             with tarfile.open(out / tar_name, "w", format=tarfile.GNU_FORMAT) as t:
                 prefix = "test/" if split == "test" else ""
@@ -511,7 +545,6 @@ def build_official(out: Path, spec: Spec, members: Sequence[Member]) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-TEST_TAR = "ILSVRC2012_img_test_v10102019.tar"
 DEVKIT = "ILSVRC2012_devkit_t12"
 
 
@@ -646,6 +679,11 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="kaggle: pack ILSVRC/ into ILSVRC.squashfs instead of leaving it unpacked",
     )
+    p.add_argument(
+        "--kaggle-zip",
+        action="store_true",
+        help=f"kaggle: everything in one {KAGGLE_ZIP}, as Kaggle ships it",
+    )
     p.add_argument("-j", "--jobs", type=int, default=0, help="worker processes (default: cores)")
     return p
 
@@ -669,6 +707,7 @@ def spec_from_args(args: argparse.Namespace) -> Spec:
         mksquashfs_args=extra,
         nest=args.nest,
         kaggle_squashfs=args.kaggle_squashfs,
+        kaggle_zip=args.kaggle_zip,
         jobs=args.jobs,
     )
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imagenetfs import generate, synsets
+from imagenetfs import generate, source, synsets
 from imagenetfs.generate import Spec
 
 TRAIN_NAME = re.compile(r"^(n\d{8})/\1_(\d+)\.JPEG$")
@@ -264,15 +264,26 @@ def test_nested_cluster_layout(tmp_path: Path) -> None:
     assert unsquashfs_list(tmp_path / "val.squashfs")[0].startswith("val/ILSVRC2012_val_")
 
 
-@pytest.mark.parametrize("packed", [False, True])
-def test_kaggle_layout(tmp_path: Path, packed: bool) -> None:
+@pytest.mark.parametrize("packed", ["no", "squashfs", "zip"])
+def test_kaggle_layout(tmp_path: Path, packed: str) -> None:
     spec = Spec(classes=4, train_per_class=3, val_per_class=2, test=3, tiny=True)
-    spec = Spec(**{**spec.__dict__, "layout": "kaggle", "kaggle_squashfs": packed})
+    spec = Spec(
+        **{
+            **spec.__dict__,
+            "layout": "kaggle",
+            "kaggle_squashfs": packed == "squashfs",
+            "kaggle_zip": packed == "zip",
+        }
+    )
     generate.generate(tmp_path / "k", spec)
     out = tmp_path / "k"
-    if packed:
+    if packed == "squashfs":
         assert not (out / "ILSVRC").exists()
         root = extract(out / "ILSVRC.squashfs", tmp_path / "x")
+    elif packed == "zip":  # everything inside, as Kaggle ships it; the zip is one others read
+        assert sorted(p.name for p in out.iterdir()) == [source.KAGGLE_ZIP]
+        subprocess.run(["python3", "-m", "zipfile", "-e", out / source.KAGGLE_ZIP, out], check=True)
+        root = out / "ILSVRC"
     else:
         root = out / "ILSVRC"
     data = root / "Data" / "CLS-LOC"
@@ -316,7 +327,7 @@ def test_official_layout(tmp_path: Path) -> None:
     with tarfile.open(tmp_path / "ILSVRC2012_img_val.tar") as val:
         val_names = val.getnames()
     assert val_names == [m.name for m in members if m.split == "val"]
-    with tarfile.open(tmp_path / generate.TEST_TAR) as test:
+    with tarfile.open(tmp_path / source.OFFICIAL_TARS["test"][0]) as test:
         assert test.getnames() == [f"test/{m.name}" for m in members if m.split == "test"]
 
     with tarfile.open(tmp_path / f"{generate.DEVKIT}.tar.gz") as devkit:
