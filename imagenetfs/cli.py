@@ -23,6 +23,7 @@ from imagenetfs import (
     index,
     metrics,
     mount,
+    pack,
     registry,
     resize,
     source,
@@ -69,6 +70,37 @@ def cmd_index(args: argparse.Namespace) -> int:
     print(
         f"index {path}: built in {time.monotonic() - started:.1f} s "
         f"({stats.entries:,} entries, {stats.files:,} files, {path.stat().st_size / 1e6:.1f} MB)"
+    )
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    splits = pack.parse_splits(args.splits)
+    with pack.stop_on_signals():
+        try:
+            pack.check_outdir(source.open_source(args.source), args.outdir)
+            path, src = ensure_index(args.source, args.index, args.quiet)
+            print(f"source: {src.describe()}")
+            started = time.monotonic()
+            pack.pack(
+                src,
+                path,
+                args.outdir,
+                comp=args.comp,
+                splits=splits,
+                force=args.force,
+                progress=not args.quiet,
+            )
+        except pack.Stopped as e:
+            print(
+                f"imagenetfs: pack stopped by {e}: no unfinished image is left in "
+                f"{args.outdir}; run the same command to go on",
+                file=sys.stderr,
+            )
+            return e.exit_code
+    print(
+        f"packed {args.outdir} in {time.monotonic() - started:.1f} s; serve it with: "
+        f"imagenetfs mount --source {args.outdir} MOUNTPOINT"
     )
     return 0
 
@@ -473,6 +505,53 @@ def build_parser() -> argparse.ArgumentParser:
     wm.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_resize_options(wm, defaults=False)
     wm.set_defaults(func=cmd_warm)
+
+    pk = commands.add_parser(
+        "pack",
+        help="write any source in the cluster layout: images, lists, labels, index",
+        description=(
+            "Write SOURCE (any layout imagenetfs serves) into OUTDIR as a cluster keeps "
+            "ImageNet: train.squashfs (<wnid>/<file>), val.squashfs and test.squashfs (flat), "
+            "train_files.txt, val_files.txt, test_files.txt, val_labels.txt (the val grouping "
+            "SOURCE is served with), LOC_synset_mapping.txt, and imagenetfs.lmdb beside them, "
+            "so that `imagenetfs mount --source OUTDIR` serves the same tree at once. The files "
+            "are streamed from SOURCE (through its index) into mksquashfs: nothing is unpacked "
+            "to disk. Each image is read back and compared with SOURCE's bytes before it takes "
+            "its name; interrupted or failed, a pack leaves no image that looks finished, and "
+            "running it again keeps the images already done. The progress bar shows bytes, "
+            "rate and time left."
+        ),
+    )
+    pk.add_argument("source", type=Path, metavar="SOURCE", help="the ImageNet to pack")
+    pk.add_argument(
+        "outdir", type=Path, metavar="OUTDIR", help="where to write it (created if missing)"
+    )
+    pk.add_argument(
+        "--comp",
+        choices=pack.COMPRESSORS,
+        default=pack.DEFAULT_COMP,
+        help="compression of the images' data (default: none -- file data stored as they are, "
+        "metadata compressed: JPEGs gain ~0.5%% from gzip, while every read of a compressed "
+        "image pays to inflate it)",
+    )
+    pk.add_argument(
+        "--index",
+        type=Path,
+        help="SOURCE's index (default: as mount finds it -- $IMAGENETFS_INDEX, else "
+        "SOURCE/imagenetfs.lmdb if present, else a per-user cache file; built if missing)",
+    )
+    pk.add_argument(
+        "--splits",
+        metavar="LIST",
+        help="comma-separated splits to pack, e.g. train,val (default: all SOURCE has)",
+    )
+    pk.add_argument(
+        "--force",
+        action="store_true",
+        help="replace images in OUTDIR that another source's pack (or not a pack) made",
+    )
+    pk.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    pk.set_defaults(func=cmd_pack)
 
     st = commands.add_parser(
         "status",
