@@ -298,7 +298,7 @@ def mksquashfs_command(image: Path, comp: str, mtime: int) -> list[str]:
     cmd = [
         mksquashfs_path(), "-", str(image), "-tar", "-noappend", "-quiet", "-no-progress",
         "-all-root", "-no-xattrs", "-root-mode", "0755", "-mkfs-time", str(mtime),
-        "-processors", str(max(1, cpus)),
+        "-processors", str(cpus),
     ]  # fmt: skip
     if comp == "none":
         cmd += ["-noD", "-noF"]
@@ -473,8 +473,8 @@ def check(part: Path, plan: Plan, digests: bytes, progress: bool) -> None:
     """Walk the new image and read every file back: the plan's entries, in order, with the
     digests seen while streaming; PackError naming the first difference."""
     where = f"{plan.image_name} (as written by mksquashfs)"
-    with squashfs.SquashImage(part) as image, _bar(plan.size, f"checking {plan.image_name}",
-                                                   progress) as bar:  # fmt: skip
+    bar = _bar(plan.size, f"checking {plan.image_name}", progress)
+    with squashfs.SquashImage(part) as image, bar:
         entries = image.walk()
         next(entries)  # the root
         n = 0

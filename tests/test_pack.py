@@ -296,7 +296,8 @@ def test_a_killed_pack_is_finished_by_the_rerun(work: Mounter, slow: Path) -> No
     out = work.work / "killed"
     proc = start_pack(work, slow, out)
     assert wait_until(lambda: bool(list(out.glob(".train.squashfs.part-*"))), 60)
-    time.sleep(0.1)
+    one_line_error(work.cli("pack", slow, out), f"another imagenetfs pack is writing {out}")
+    assert proc.poll() is None, "the first pack ended before the second was refused"
     proc.kill()
     proc.wait()
     assert wait_until(lambda: mksquashfs_gone(out), 10)  # its input closed: it gave up
