@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
-from imagenetfs import squashfs
+from imagenetfs import archive, squashfs
 from imagenetfs.errors import CorruptImageError, ImagenetfsError
 
 _TYPES = {
@@ -190,6 +190,18 @@ class DirImage:
             return len(self._open)
 
 
-def open_image(path: str | os.PathLike[str]) -> squashfs.SquashImage | DirImage:
-    """A SquashFS image file, or an unpacked directory tree, whichever `path` is."""
-    return DirImage(path) if Path(path).is_dir() else squashfs.SquashImage(path)
+#: What serves an image's files: a SquashFS image, an unpacked tree, a tar or a zip.
+Image = squashfs.SquashImage | DirImage | archive.TarImage | archive.ZipImage
+
+
+def open_image(path: str | os.PathLike[str]) -> Image:
+    """A SquashFS image file, an unpacked directory tree, a tar or a zip file, whichever
+    `path` is (files are told apart by their bytes, not their names)."""
+    if Path(path).is_dir():
+        return DirImage(path)
+    kind = archive.kind_of(path)
+    if kind == "tar":
+        return archive.TarImage(path)
+    if kind == "zip":
+        return archive.ZipImage(path)
+    return squashfs.SquashImage(path)

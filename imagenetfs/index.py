@@ -2,14 +2,14 @@
 
 Design
 ------
-`build()` walks every image once (`squashfs.SquashImage.walk`, or `dirtree.DirImage.walk` for
-an unpacked tree), asks a *placer* where each entry
-goes in the served tree (so the source layer decides that val files land in `val/<wnid>/`),
-assembles the tree in memory and writes it in one LMDB transaction. Inode numbers are dense:
-the root is 1 (FUSE's root id) and, breadth-first, the children of each directory get
-consecutive numbers in sorted-name order. So a directory record needs only its first child
-and its child count: `readdir(ino, offset)` is `getattr(first + offset)`, ... with the offset as
-a stable cookie, and no listing is ever stored twice.
+`build()` walks every image once (`squashfs.SquashImage.walk`, `dirtree.DirImage.walk` for
+an unpacked tree, `archive.TarImage.walk` / `ZipImage.walk` for a tar or zip), asks a *placer*
+where each entry goes in the served tree (so the source layer decides that val files land in
+`val/<wnid>/`), assembles the tree in memory and writes it in one LMDB transaction. Inode
+numbers are dense: the root is 1 (FUSE's root id) and, breadth-first, the children of each
+directory get consecutive numbers in sorted-name order. So a directory record needs only its
+first child and its child count: `readdir(ino, offset)` is `getattr(first + offset)`, ...
+with the offset as a stable cookie, and no listing is ever stored twice.
 
 Databases in the one LMDB file (`subdir=False`):
 
@@ -71,7 +71,7 @@ from typing import Any, NoReturn, Self
 import lmdb
 
 from imagenetfs import protocol, squashfs
-from imagenetfs.dirtree import DirImage, open_image
+from imagenetfs.dirtree import Image, open_image
 from imagenetfs.errors import ImagenetfsError, InvalidRequest, NoSuchEntry, NotADirectory
 
 SCHEMA_VERSION = 5
@@ -464,7 +464,7 @@ class Index:
         self.image_records: list[dict[str, Any]] = meta["images"]
         self.stats = IndexStats(**meta["stats"])
         self.source = self.built_from  # where the images are served from (`open_images`)
-        self._images: list[squashfs.SquashImage | DirImage] = []
+        self._images: list[Image] = []
 
     @classmethod
     def open(
@@ -564,8 +564,9 @@ class Index:
         )
 
     @property
-    def images(self) -> list[squashfs.SquashImage | DirImage]:
-        """The open images, in index order (a `SquashImage` can `switch` to a local copy)."""
+    def images(self) -> list[Image]:
+        """The open images, in index order (an image file -- SquashFS, tar, zip -- can
+        `switch` to a local copy)."""
         return self._images
 
     def close(self) -> None:
