@@ -22,10 +22,10 @@ Design
   `flock`, a worker forked while the copy runs does not inherit it.
 - The source is read through a second open file of the image the index holds (opened by
   `/proc/self/fd`), not by its path: the copy is of what is served.
-- Switching: `SquashImage.switch` swaps the descriptor reads use (a read under way finishes on
-  the old one, which stays open); the daemon switches its own image, then tells each worker
-  process (SIGUSR1), which switches its own (`adopt`). A worker started later inherits the
-  switched image.
+- Switching: an image file's `switch` (SquashFS, tar or zip) swaps the descriptor reads use
+  (a read under way finishes on the old one, which stays open); the daemon switches its own
+  image, then tells each worker process (SIGUSR1), which switches its own (`adopt`). A worker
+  started later inherits the switched image.
 - A full disk, a failed read or a copy that does not match leaves that image served from where
   it is, with one line in the log and in `imagenetfs status`.
 """
@@ -47,9 +47,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from imagenetfs.dirtree import DirImage, open_image
 from imagenetfs.errors import ImagenetfsError, UsageError
 from imagenetfs.index import Index
-from imagenetfs.squashfs import SquashImage
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ class Stager:
         """None if `path` is a whole copy of image `number` as indexed, else what is wrong."""
         record = self.index.image_records[number]
         try:
-            with SquashImage(path) as copy:
+            with open_image(path) as copy:
                 now = asdict(copy.fingerprint())
         except ImagenetfsError as e:
             return str(e)
@@ -247,7 +247,7 @@ class Stager:
                 f"{_size(free.f_bavail * free.f_frsize)} free",
             )
         image = self.index.images[number]
-        assert isinstance(image, SquashImage)  # (an unpacked tree has no staged path)
+        assert not isinstance(image, DirImage)  # (an unpacked tree has no staged path)
         part = Path(f"{path}.part-{os.getpid()}")
         source = os.open(f"/proc/self/fd/{image.fileno()}", os.O_RDONLY | os.O_CLOEXEC)
         progress.state, progress.bytes = "copying", 0
@@ -368,7 +368,7 @@ def adopt(index: Index, stager: Stager) -> None:
     says one more is)."""
     for number, image in enumerate(index.images):
         path = stager.staged_path(number)
-        if not isinstance(image, SquashImage) or path is None or image.path == str(path):
+        if isinstance(image, DirImage) or path is None or image.path == str(path):
             continue
         if not path.exists():
             continue

@@ -697,3 +697,28 @@ def test_open_image_tells_files_apart_by_their_bytes(tmp_path: Path) -> None:
     compressed = tmp_path / "z.zst"
     compressed.write_bytes(b"\x28\xb5\x2f\xfd" + bytes(100))
     refused(compressed, "zstd-compressed: compressed tars are not supported")
+
+
+def test_staging_copies_and_switches_tars_and_zips(tmp_path: Path) -> None:
+    """staging.Stager copies a tar and a zip to local disk, checks each copy by its
+    fingerprint and switches the image to it: reads go on with the originals gone."""
+    from imagenetfs import staging
+
+    outer = class_tars(tmp_path)
+    zipped = zipfile_zip(tmp_path / "kaggle.zip", source_tree(tmp_path / "src"))
+    built = tmp_path / "i.lmdb"
+    index.build(built, [outer, zipped], progress=False)
+    with Index.open(built) as ix:
+        files = [n for n in walk(ix) if n.kind == index.FILE]
+        contents = [ix.read(n, 0, n.size) for n in files]
+        (tmp_path / "stage").mkdir()
+        stager = staging.Stager(tmp_path / "stage", ix)
+        stager.run(lambda number, path: ix.images[number].switch(str(path)))  # type: ignore[union-attr]
+        assert [p["state"] for p in stager.report()["images"]] == ["done", "done"]
+        outer.unlink()
+        zipped.unlink()
+        assert [image.path for image in ix.images] == [
+            str(stager.staged_path(0)),
+            str(stager.staged_path(1)),
+        ]
+        assert [ix.read(n, 0, n.size) for n in files] == contents
