@@ -57,6 +57,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "nested": Spec(**{**SPEC.__dict__, "nest": True}),
         "kaggle-image": Spec(**{**SPEC.__dict__, "layout": "kaggle", "kaggle_squashfs": True}),
         "kaggle-unpacked": Spec(**{**SPEC.__dict__, "layout": "kaggle"}),
+        "kaggle-zip": Spec(**{**SPEC.__dict__, "layout": "kaggle", "kaggle_zip": True}),
         "official": Spec(**{**SPEC.__dict__, "layout": "official"}),
     }.items():
         generate.generate(base / name, spec)
@@ -100,6 +101,8 @@ def test_all_layouts_serve_the_same_tree(made: dict[str, Path], tmp_path: Path) 
         "nested": made["nested"],
         "kaggle-image": made["kaggle-image"],
         "kaggle-unpacked": made["kaggle-unpacked"],
+        "kaggle-zip": made["kaggle-zip"],
+        "official": made["official"],
         "unpacked": made["unpacked"],
         "devkit-tarball": with_labels(made, tmp_path, "devkit-tarball", devkit_tarball),
         "devkit-unpacked": with_labels(made, tmp_path, "devkit-unpacked", devkit_unpacked),
@@ -119,6 +122,16 @@ def test_layouts_are_explained(made: dict[str, Path]) -> None:
     unpacked = source.open_source(made["unpacked"])
     assert unpacked.layout == "unpacked"
     assert source.open_source(made["kaggle-unpacked"]).layout == "kaggle, unpacked"
+    assert source.open_source(made["kaggle-zip"]).describe() == (
+        f"{made['kaggle-zip']} (kaggle, zip layout; {source.KAGGLE_ZIP}; val labels from "
+        f"LOC_val_solution.csv in {source.KAGGLE_ZIP}; class names from "
+        f"LOC_synset_mapping.txt in {source.KAGGLE_ZIP})"
+    )
+    assert source.open_source(made["official"]).describe() == (
+        f"{made['official']} (official layout; train: ILSVRC2012_img_train.tar, "
+        "val: ILSVRC2012_img_val.tar, test: ILSVRC2012_img_test_v10102019.tar; val labels from "
+        "ILSVRC2012_devkit_t12 ground truth; class names from ILSVRC2012_devkit_t12 meta.mat)"
+    )
     result = subprocess.run(
         [sys.executable, "-m", "imagenetfs.cli", "index", "--source", str(made["unpacked"]),
          "--index", str(made["unpacked"].parent / "u.lmdb"), "-q"],
@@ -138,3 +151,61 @@ def test_unpacked_tree_mounts(made: dict[str, Path], mounter: Mounter, tmp_path:
         served = mp / original.relative_to(direct)
         assert served.read_bytes() == original.read_bytes()
         assert served.stat().st_size == original.stat().st_size
+
+
+def extracted(made: dict[str, Path], name: str, dest: Path) -> dict[str, Path]:
+    """What `tar x` (the train tar, then each class tar in it) or `unzip` give for a download,
+    by the path the mount serves each file at (val regrouped by the generator's labels)."""
+    dest.mkdir()
+    root = made[name]
+    if name == "official":
+        for tar in sorted(root.glob("ILSVRC2012_img_*.tar")):
+            split = tar.name.split("_")[2].removesuffix(".tar")
+            (dest / split).mkdir()
+            subprocess.run(["tar", "-xf", tar, "-C", dest / split], check=True)
+        for inner in sorted((dest / "train").glob("*.tar")):
+            (dest / "train" / inner.stem).mkdir()
+            subprocess.run(["tar", "-xf", inner, "-C", dest / "train" / inner.stem], check=True)
+            inner.unlink()
+        for nested in (dest / "test" / "test").iterdir():
+            nested.rename(dest / "test" / nested.name)
+        data = dest
+    else:
+        subprocess.run(
+            [sys.executable, "-m", "zipfile", "-e", root / source.KAGGLE_ZIP, dest], check=True
+        )
+        data = dest / "ILSVRC" / "Data" / "CLS-LOC"
+    labels = dict(
+        line.split() for line in (made["cluster"] / "val_labels.txt").read_text().splitlines()
+    )
+    files = {}
+    for path in sorted(p for p in data.rglob("*") if p.is_file()):
+        rel = path.relative_to(data)
+        if rel.parts[0] == "val":
+            rel = Path("val", labels[rel.name], rel.name)
+        files[str(rel)] = path
+    return files
+
+
+@pytest.mark.parametrize("name", ["official", "kaggle-zip"])
+def test_downloads_mount_with_the_bytes_tar_and_unzip_give(
+    made: dict[str, Path], mounter: Mounter, tmp_path: Path, name: str
+) -> None:
+    """Through FUSE, served from the tars / the zip (nothing extracted): every file equals what
+    `tar x` / unzip give, at the path the cluster layout's images give it."""
+    files = extracted(made, name, tmp_path / "x")
+    assert len(files) == 20 + 12 + 3
+    mp = mounter.mount(tmp_path / "mnt", made[name], index=tmp_path / "i").mp
+    served = sorted(
+        str(p.relative_to(mp))
+        for split in ("train", "val", "test")
+        for p in (mp / split).rglob("*")
+        if p.is_file()
+    )
+    assert served == sorted(files)
+    for rel, original in files.items():
+        assert (mp / rel).read_bytes() == original.read_bytes(), rel
+        assert (mp / rel).stat().st_size == original.stat().st_size
+    reference = mounter.mount(tmp_path / "ref", made["cluster"], index=tmp_path / "r").mp
+    for root_file in ("meta.bin", "train_files.txt", "val_files.txt", "LOC_synset_mapping.txt"):
+        assert (mp / root_file).read_bytes() == (reference / root_file).read_bytes(), root_file

@@ -14,6 +14,7 @@ detaches it and ends its daemon, so no test leaves a mount behind.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -120,6 +121,20 @@ def mount(base: Path, source: Path) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="package")
+def tars_mount(base: Path) -> Iterator[Path]:
+    """The same dataset as the official download holds it (the ILSVRC2012 tars and the
+    devkit), served from the tars."""
+    out = base / "tars"
+    generate.generate(out, dataclasses.replace(SPEC, layout="official"))
+    mounter = Mounter(base / "work-tars")
+    mounter.work.mkdir()
+    try:
+        yield mounter.mount(base / "mnt-tars", out, index=out / "i.lmdb").mp
+    finally:
+        mounter.cleanup()
+
+
+@pytest.fixture(scope="package")
 def unpacked(base: Path, source: Path, mount: Path) -> Path:
     root = base / "unpacked"
     root.mkdir()
@@ -141,3 +156,9 @@ def _val_labels(source: Path) -> dict[str, str]:
 @pytest.fixture(scope="package")
 def trees(mount: Path, unpacked: Path, source: Path) -> Trees:
     return Trees(mount, unpacked, source, _val_labels(source))
+
+
+@pytest.fixture(scope="package")
+def tar_trees(tars_mount: Path, unpacked: Path, source: Path) -> Trees:
+    """As `trees`, the mount served from the official tars instead of the cluster images."""
+    return Trees(tars_mount, unpacked, source, _val_labels(source))

@@ -52,10 +52,15 @@ def _torchvision_problem() -> str | None:
 
 
 @pytest.mark.torchvision
-def test_torchvision_imagenet_and_dataloader(trees: Trees) -> None:
+@pytest.mark.parametrize("served_from", ["images", "tars"])
+def test_torchvision_imagenet_and_dataloader(
+    served_from: str, request: pytest.FixtureRequest
+) -> None:
+    """From the cluster's SquashFS images, and from the official tars (nothing extracted)."""
     problem = _torchvision_problem()
     if problem is not None:
         pytest.skip(problem)
+    trees: Trees = request.getfixturevalue("trees" if served_from == "images" else "tar_trees")
     mount, unpacked = (program("torchvision_imagenet", root) for root in trees.both)
     assert mount == unpacked
     out = json.loads(mount)
