@@ -32,13 +32,12 @@ from __future__ import annotations
 import functools
 import os
 import tarfile
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagenetfs import matfile, rootfiles, squashfs, synsets
-from imagenetfs.errors import UsageError
+from imagenetfs import archive, matfile, rootfiles, squashfs, synsets
+from imagenetfs.errors import ImagenetfsError, UsageError
 from imagenetfs.index import Placer, user_cache_dir, user_index_path
 
 SPLITS = ("train", "val", "test")
@@ -232,17 +231,10 @@ def _small_file(root: Path, name: str) -> tuple[bytes, str] | None:
 @functools.lru_cache(maxsize=4)
 def _zip_small_files(path: Path) -> dict[str, bytes]:
     """The `SMALL_FILES` at the top of a zip (its central directory read once)."""
-    found = {}
     try:
-        with zipfile.ZipFile(path) as z:
-            for info in z.infolist():
-                if info.filename in SMALL_FILES:
-                    if info.file_size > MAX_LABEL_FILE:
-                        raise UsageError(f"{path}: {info.filename} is larger than a label file")
-                    found[info.filename] = z.read(info)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, OSError) as e:
-        raise UsageError(f"{path}: unreadable zip ({e})") from None
-    return found
+        return archive.read_members(path, SMALL_FILES, limit=MAX_LABEL_FILE)
+    except ImagenetfsError as e:
+        raise UsageError(str(e)) from None
 
 
 def _val_labels(root: Path) -> tuple[dict[bytes, bytes], str]:
