@@ -83,7 +83,17 @@ def sources(work: Mounter) -> dict[str, Path]:
     generate.generate(kaggle, Spec(**{**TINY.__dict__, "layout": "kaggle"}))
     tiny = base / "tiny-cluster"
     generate.generate(tiny, TINY)
-    return {"cluster": cluster, "kaggle": kaggle, "unpacked": make_unpacked(tiny, base / "u")}
+    official = base / "official"  # the ILSVRC2012 tars, as downloaded
+    generate.generate(official, Spec(**{**TINY.__dict__, "layout": "official"}))
+    kaggle_zip = base / "kaggle-zip"  # Kaggle's one zip, as downloaded
+    generate.generate(kaggle_zip, Spec(**{**TINY.__dict__, "layout": "kaggle", "kaggle_zip": True}))
+    return {
+        "cluster": cluster,
+        "kaggle": kaggle,
+        "unpacked": make_unpacked(tiny, base / "u"),
+        "official": official,
+        "kaggle-zip": kaggle_zip,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +123,7 @@ def walk(mp: Path) -> dict[str, bytes | str | None]:
     return found
 
 
-@pytest.mark.parametrize("name", ["cluster", "kaggle", "unpacked"])
+@pytest.mark.parametrize("name", ["cluster", "kaggle", "unpacked", "official", "kaggle-zip"])
 def test_packed_source_serves_the_same_tree(
     work: Mounter, sources: dict[str, Path], packed: dict[str, Path], name: str
 ) -> None:
@@ -164,7 +174,7 @@ def listing(image: Path) -> list[tuple[str, str]]:
     return rows
 
 
-@pytest.mark.parametrize("name", ["cluster", "kaggle", "unpacked"])
+@pytest.mark.parametrize("name", ["cluster", "kaggle", "unpacked", "official", "kaggle-zip"])
 def test_images_list_their_files_txt(packed: dict[str, Path], name: str) -> None:
     out = packed[name]
     for split in SPLITS:
