@@ -352,7 +352,7 @@ class _Tree:
     def root(self) -> Entry:
         return Entry(b"", b"", 1, 1, squashfs.DIR, _DIR_MODE, 0, 0, self.mtime, 2, 0, None, 0, None)
 
-    def directory(self, path: bytes, mode: int, uid: int, gid: int, mtime: int) -> list[Entry]:
+    def directory(self, path: bytes, mode: int, mtime: int) -> list[Entry]:
         """The entry of directory `path` (seen before: the same number), after those of its
         parents not seen yet."""
         made = self.parents(path)
@@ -362,13 +362,13 @@ class _Tree:
             self.next += 1
         head, _, name = path.rpartition(b"/")
         mode = (mode & 0o7777) | stat.S_IFDIR
-        made.append(Entry(path, name, self.dirs[head], ino, squashfs.DIR, mode, uid, gid, mtime,
-                          2, 0, None, 0, None))  # fmt: skip
+        made.append(Entry(path, name, self.dirs[head], ino, squashfs.DIR, mode, 0, 0, mtime, 2, 0,
+                          None, 0, None))  # fmt: skip
         return made
 
     def leaf(
-        self, path: bytes, kind: int, mode: int, uid: int, gid: int, mtime: int, size: int,
-        target: bytes | None, extent: Extent | None,
+        self, path: bytes, kind: int, mode: int, mtime: int, size: int, target: bytes | None,
+        extent: Extent | None,
     ) -> list[Entry]:  # fmt: skip
         """The entry of a file or symlink (after its parents not seen yet)."""
         head, _, name = path.rpartition(b"/")
@@ -378,14 +378,14 @@ class _Tree:
             made = self.parents(path)
             parent = self.dirs[head]
         self.next += 1
-        made.append(Entry._make((path, name, parent, self.next - 1, kind, mode, uid, gid, mtime,
-                                 1, size, target, 0, extent)))  # fmt: skip
+        made.append(Entry._make((path, name, parent, self.next - 1, kind, mode, 0, 0, mtime, 1,
+                                 size, target, 0, extent)))  # fmt: skip
         return made
 
     def parents(self, path: bytes) -> list[Entry]:
         """Entries of the missing directories above `path` (none, usually)."""
         head = path.rpartition(b"/")[0]
-        return [] if head in self.dirs else self.directory(head, 0o755, 0, 0, self.mtime)
+        return [] if head in self.dirs else self.directory(head, 0o755, self.mtime)
 
 
 # --- tar ----------------------------------------------------------------------------------------
@@ -402,7 +402,10 @@ def _number(field: bytes) -> int:
     if field[:1] == b"\xff":
         return int.from_bytes(field, "big", signed=True)
     digits = field.split(b"\0", 1)[0].strip()
-    return int(digits, 8) if digits else 0
+    try:
+        return int(digits, 8) if digits else 0
+    except ValueError:
+        raise ValueError(f"a number field that is not one: {field!r}") from None
 
 
 def _checksum_ok(header: bytes) -> bool:
@@ -431,17 +434,22 @@ def _pax_records(data: bytes) -> dict[bytes, bytes]:
     records: dict[bytes, bytes] = {}
     pos = 0
     while pos < len(data) and data[pos]:
-        space = data.index(b" ", pos)
-        length = int(data[pos:space])
+        space = data.find(b" ", pos)
+        length = _pax_int(data[pos:space] if space > 0 else b"", "record length")
         record = data[space + 1 : pos + length]
-        if length <= space - pos or pos + length > len(data) or record[-1:] != b"\n":
-            raise ValueError("malformed record")
         key, equals, value = record[:-1].partition(b"=")
-        if not equals:
-            raise ValueError("a record without '='")
+        if length <= space - pos or pos + length > len(data) or record[-1:] != b"\n" or not equals:
+            raise ValueError(f"a malformed pax header record at byte {pos} of its header")
         records[key] = value
         pos += length
     return records
+
+
+def _pax_int(value: bytes, what: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"a pax {what} that is not a number: {value!r}") from None
 
 
 def _class_tar(path: bytes) -> bool:
@@ -450,8 +458,9 @@ def _class_tar(path: bytes) -> bool:
 
 
 def _pax_time(value: bytes) -> int:
+    """Whole seconds (floor) of a pax time such as `1712345678.25`."""
     seconds = value.split(b".", 1)[0]
-    return int(seconds) - (1 if seconds.startswith(b"-") and value != seconds else 0)
+    return _pax_int(seconds, "mtime") - (1 if seconds.startswith(b"-") and value != seconds else 0)
 
 
 class TarImage(_ArchiveFile):
@@ -556,7 +565,7 @@ class TarImage(_ArchiveFile):
                 if pax:
                     name = pax.get(b"path", name)
                     if b"size" in pax:
-                        size = int(pax[b"size"])
+                        size = _pax_int(pax[b"size"], "size")
                     if any(key.startswith(b"GNU.sparse.") for key in pax):
                         name = pax.get(b"GNU.sparse.name", name)
                         raise ValueError("a sparse file (tar --sparse): not supported")
@@ -591,7 +600,7 @@ class TarImage(_ArchiveFile):
             if kind in _FILE_TYPES and path and not name.endswith(b"/"):
                 path = prefix + path
                 if outer is None and _class_tar(path) and self._is_tar(data, size):
-                    yield from tree.directory(path[:-4], 0o755, 0, 0, mtime)
+                    yield from tree.directory(path[:-4], 0o755, mtime)
                     back = (pos, last, global_mtime)
                     outer, prefix, pos, end = (name, path[:-4]), path[:-4] + b"/", data, data + size
                     last, global_mtime = b"", None
@@ -612,12 +621,12 @@ class TarImage(_ArchiveFile):
                 if kind not in _DIRECTORY_TYPES and not name.endswith(b"/"):
                     self._tar_corrupt(outer, name, "a member without a name")
             elif kind in _DIRECTORY_TYPES or kind in _FILE_TYPES:  # D: GNU dumpdir (data skipped)
-                yield from tree.directory(prefix + path, mode, 0, 0, mtime)
+                yield from tree.directory(prefix + path, mode, mtime)
             elif kind == b"2":
                 if not link or len(link) > MAX_SYMLINK:
                     self._tar_corrupt(outer, name, f"a symlink to {len(link)} bytes")
-                yield from tree.leaf(prefix + path, squashfs.SYMLINK, mode | stat.S_IFLNK, 0, 0,
-                                     mtime, len(link), link, None)  # fmt: skip
+                yield from tree.leaf(prefix + path, squashfs.SYMLINK, mode | stat.S_IFLNK, mtime,
+                                     len(link), link, None)  # fmt: skip
             elif kind == b"1":
                 self._tar_corrupt(outer, name, f"a hard link (to {_shown(link)}): not supported")
             elif kind != b"V":  # V: a GNU volume label, not a member
@@ -768,15 +777,16 @@ class ZipImage(_ArchiveFile):
                 buf, at, pos, chunk = self._refill(buf, at, pos, stop, chunk, record, last)
             name = buf[at + 46 : at + 46 + name_size]
             mtime = _dos_time(date, time)
-            if extra_size:
+            wide = (size == 0xFFFFFFFF, compressed == 0xFFFFFFFF, header == 0xFFFFFFFF,
+                    disk == 0xFFFF)  # fmt: skip
+            if extra_size or True in wide:  # (ZIP64 values are in the extra field)
                 extra = buf[at + 46 + name_size : at + 46 + name_size + extra_size]
-                wide = (size == 0xFFFFFFFF, compressed == 0xFFFFFFFF, header == 0xFFFFFFFF,
-                        disk == 0xFFFF)  # fmt: skip
                 fields = self._extra(extra, wide, name)
                 size, compressed, header, disk = (
-                    new if new is not None else old
-                    for new, old in zip(fields[:4], (size, compressed, header, disk), strict=True)
-                )
+                    value if value is not None else stored
+                    for value, stored in zip(fields[:4], (size, compressed, header, disk),
+                                             strict=True)
+                )  # fmt: skip
                 if fields[4] is not None:
                     mtime = fields[4]
             at += record
@@ -846,15 +856,15 @@ class ZipImage(_ArchiveFile):
                 kind = mode & 0o170000
                 if name.endswith(b"/") or kind == stat.S_IFDIR:
                     if path:
-                        yield from tree.directory(path, mode or 0o755, 0, 0, member.mtime)
+                        yield from tree.directory(path, mode or 0o755, member.mtime)
                     continue
                 if not path:
                     self._zip_corrupt(name, "a file without a name")
                 extent = self._extent(member, window)
                 if kind == stat.S_IFLNK:
                     target = self._whole(member, extent, MAX_SYMLINK, "symlink target")
-                    yield from tree.leaf(path, squashfs.SYMLINK, mode, 0, 0, member.mtime,
-                                         len(target), target, None)  # fmt: skip
+                    yield from tree.leaf(path, squashfs.SYMLINK, mode, member.mtime, len(target),
+                                         target, None)  # fmt: skip
                     continue
                 head, _, base = path.rpartition(b"/")
                 parent = dirs.get(head)

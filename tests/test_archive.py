@@ -344,8 +344,8 @@ def test_bytes_before_the_zip(tmp_path: Path, zip_tools: None) -> None:
     plain = zipfile_zip(tmp_path / "plain.zip", src)
     path = tmp_path / "z.zip"
     path.write_bytes(b"#!/bin/sh\nexit 0\n" * 50 + plain.read_bytes())
-    with ZipImage(path) as image:
-        assert served(image) == served(ZipImage(plain))
+    with ZipImage(path) as image, ZipImage(plain) as unshifted:
+        assert served(image) == served(unshifted)
 
 
 def test_read_member(tmp_path: Path) -> None:
@@ -569,7 +569,18 @@ def test_bad_checksum_and_garbage(tmp_path: Path) -> None:
     data[124:136] = b"0000000z000\0"  # a size that is not a number; checksum made right
     data[148:156] = b"%06o\0 " % (sum(data[:148]) + 256 + sum(data[156:512]))
     path.write_bytes(bytes(data))
-    refused(path, "member 'a':")
+    refused(path, "member 'a': a number field that is not one: b'0000000z000\\x00'")
+    long = member("p" * 150)
+    data = bytearray(
+        tar_of(tmp_path / "pax.tar", (long, b"x"), fmt=tarfile.PAX_FORMAT).read_bytes()
+    )
+    assert data[512:520] == b"160 path"  # the pax record of the long name
+    data[512:515] = b"1x0"
+    path.write_bytes(bytes(data))
+    refused(path, "first member: a pax record length that is not a number: b'1x0'")
+    data[512:515] = b"999"
+    path.write_bytes(bytes(data))
+    refused(path, "first member: a malformed pax header record at byte 0 of its header")
 
 
 @pytest.mark.parametrize("name", ["../x", "a/../../x", "ok/../..", "a\0b"])
@@ -610,6 +621,14 @@ def test_zip_refusals(tmp_path: Path) -> None:
 
     patch_central(path, b"secret", encrypt)
     refused(path, "member 'secret': encrypted")
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("wide", b"x" * 100)
+
+    def claim_zip64(data: bytearray, at: int) -> None:
+        data[at + 20 : at + 24] = b"\xff" * 4  # compressed size: "in the ZIP64 field"
+
+    patch_central(path, b"wide", claim_zip64)
+    refused(path, "member 'wide': sizes or offset in a zip64 extra field it does not have")
     with zipfile.ZipFile(path, "w") as z:
         for n in range(50):
             z.writestr(f"member{n:02d}", b"x")
