@@ -521,7 +521,7 @@ def test_sparse_member(tmp_path: Path, fmt: str) -> None:
     refused(path, "holes.bin", "sparse")
 
 
-def test_hard_links(tmp_path: Path) -> None:
+def test_hard_links_and_other_member_types(tmp_path: Path) -> None:
     link = (member("b", tarfile.LNKTYPE, "a"), b"")
     refused(tar_of(tmp_path / "outer.tar", (member("a"), b"x"), link),
             "member 'b': a hard link (to 'a'): not supported")  # fmt: skip
@@ -530,6 +530,10 @@ def test_hard_links(tmp_path: Path) -> None:
     )
     outer = tar_of(tmp_path / "train.tar", (member("n01.tar"), inner.read_bytes()))
     refused(outer, "member 'b' in 'n01.tar': a hard link (to 'a')")
+    volume = tar_of(tmp_path / "v.tar", (member("a"), b"x"), (member("c", b"M"), b""))
+    refused(volume, "member 'c': a multi-volume continuation: not supported")
+    odd = tar_of(tmp_path / "q.tar", (member("a"), b"x"), (member("c", b"Q"), b""))
+    refused(odd, "member 'c': of unknown type b'Q': not supported")
 
 
 def test_truncated_tars(tmp_path: Path) -> None:
@@ -641,6 +645,22 @@ def test_zip_refusals(tmp_path: Path) -> None:
     damaged[at] = 0
     path.write_bytes(bytes(damaged))
     refused(path, "member 'member20': central directory record 22 after it is damaged")
+
+
+def test_split_zip_and_members_too_big_to_inflate(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "z.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr("small", b"s" * 1000)
+        z.writestr("big", b"b" * (2 << 20))
+    monkeypatch.setattr(archive, "MAX_INFLATED", 1 << 20)
+    refused(path, "member 'big': deflated, 2097152 bytes inflated: more than 1 MiB")
+    data = bytearray(path.read_bytes())
+    end = data.rindex(b"PK\x05\x06")
+    data[end + 4 : end + 6] = b"\x01\x00"  # the number of this disk
+    path.write_bytes(bytes(data))
+    refused(path, "a split (multi-disk) zip: not supported")
 
 
 def test_zip_encrypted_by_the_zip_command(tmp_path: Path, zip_tools: None) -> None:
