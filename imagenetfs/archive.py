@@ -3,9 +3,10 @@
 Design
 ------
 `TarImage` and `ZipImage` offer what the index builder and the index need of a
-`squashfs.SquashImage` -- `walk()`, `read()`, `fingerprint()`, `mkfs_time`, `fileno()`,
-`switch()`, `close()` -- so a download is indexed once like an image, and afterwards a file's
-bytes are one `pread` at the offset the index recorded: the extent of a member is
+`squashfs.SquashImage` -- `walk()`, `read()`, `locate()`, `fingerprint()`, `mkfs_time`,
+`fileno()`, `switch()`, `close()` -- so a download is indexed once like an image, and
+afterwards a file's bytes are one `pread` at the offset the index recorded (or one splice:
+`locate`, for a member stored as it is): the extent of a member is
 `Extent(size, blocks_start=absolute offset of its data in the file, ...)`.
 
 Tar. `walk()` reads the 512-byte headers with `os.pread` and seeks over the data (5-8 us per
@@ -81,7 +82,7 @@ from typing import NamedTuple, NoReturn, Self
 
 from imagenetfs import squashfs
 from imagenetfs.errors import CorruptImageError, ImagenetfsError, NoSuchEntry
-from imagenetfs.squashfs import Entry, Extent, WouldBlock
+from imagenetfs.squashfs import Entry, Extent, Run, WouldBlock
 
 BLOCK = 512
 #: What one read of headers takes when members are small (`_Window`).
@@ -289,6 +290,17 @@ class _ArchiveFile:
                 "(the file changed since it was indexed)"
             )
         return data
+
+    def _runs(self, extent: Extent, offset: int, size: int) -> list[Run]:
+        """Where bytes [offset, offset+size) of a member stored as it is lie: one `Run` on the
+        descriptor reads use now (`switch` keeps it open), [] past its end. (A file cut short
+        since it was indexed shows when they are spliced: a short splice, then `read`.)"""
+        if offset < 0 or size < 0:
+            raise ValueError("offset and size must not be negative")
+        end = min(offset + size, extent.size)
+        if offset >= end:
+            return []
+        return [Run(self._fd, extent.blocks_start + offset, end - offset)]
 
 
 class _Window:
@@ -674,6 +686,11 @@ class TarImage(_ArchiveFile):
             return b""
         return self._read_data(extent.blocks_start + offset, end - offset, nowait)
 
+    def locate(self, extent: Extent, offset: int, size: int) -> list[Run] | None:
+        """Where the bytes `read` returns lie in the file (see `squashfs.SquashImage.locate`):
+        a member's data is stored as it is read."""
+        return self._runs(extent, offset, size)
+
 
 # --- zip ----------------------------------------------------------------------------------------
 
@@ -939,6 +956,11 @@ class ZipImage(_ArchiveFile):
             data = self._inflate(extent)
             self._cache.put(extent.blocks_start, data)
         return data[offset:end]
+
+    def locate(self, extent: Extent, offset: int, size: int) -> list[Run] | None:
+        """Where the bytes `read` returns lie in the file (see `squashfs.SquashImage.locate`):
+        a stored member's, as in a tar; None for a deflated one."""
+        return None if extent.block_sizes else self._runs(extent, offset, size)
 
     def _inflate(self, extent: Extent) -> bytes:
         try:

@@ -1,9 +1,10 @@
 """An unpacked directory tree as an "image": the cluster's "Direct" form, or Kaggle's ILSVRC/.
 
 `DirImage` offers what the index builder and the index need of a `squashfs.SquashImage` --
-`walk()`, `read()`, `fingerprint()`, `mkfs_time`, `close()` -- so an unpacked tree is indexed
-once like an image, and afterwards every lookup, stat and listing comes from LMDB: the shared
-filesystem only sees the `open` and `pread` of the files actually read.
+`walk()`, `read()`, `locate()` (always None: never spliced), `fingerprint()`, `mkfs_time`,
+`close()` -- so an unpacked tree is indexed once like an image, and afterwards every lookup,
+stat and listing comes from LMDB: the shared filesystem only sees the `open` and `pread` of
+the files actually read.
 
 A file's `Extent` carries its path relative to the tree's root in `block_sizes` (a directory
 has no blocks); `read()` opens that path under the root with `O_NOFOLLOW` (relative to the
@@ -149,6 +150,11 @@ class DirImage:
             return os.pread(entry[0], size, offset)
         finally:
             self._release(relative, entry)
+
+    def locate(self, extent: squashfs.Extent, offset: int, size: int) -> list[squashfs.Run] | None:
+        """None: a file's descriptor may be closed (evicted) once its read is done, so its
+        bytes are always read, never spliced (see `squashfs.SquashImage.locate`)."""
+        return None
 
     def _acquire(self, relative: bytes) -> list[int]:
         """The open descriptor of a file (opened now if need be), marked in use."""

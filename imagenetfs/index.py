@@ -706,6 +706,14 @@ class Index:
             return self._read_blob(node, offset, size)
         return self._images[image].read(extent, offset, size, nowait=nowait)
 
+    def locate(self, node: Node, offset: int, size: int) -> list[squashfs.Run] | None:
+        """Where the bytes `read` returns lie in the image files (`SquashImage.locate`); None
+        for a virtual file and whatever its image cannot say."""
+        image, extent = node.extent()
+        if image == BLOB_IMAGE:
+            return None
+        return self._images[image].locate(extent, offset, size)
+
 
 def _open_env(fd: int) -> lmdb.Environment:
     """A read-only LMDB environment on the index file open as `fd` (no lock file: the index

@@ -99,6 +99,7 @@ def summary(
         "staging": state.get("staging"),
         "requests": {kind: fs.get(name, 0) for kind, name in REQUESTS.items()} if fs else None,
         "inline_reads": fs.get("inline_reads"),
+        "reads_spliced": fs.get("reads_spliced"),
         "bytes_read": fs.get("bytes_read"),
         "errors": fs.get("errors"),
         "resizes": fs.get("resizes"),
@@ -194,6 +195,7 @@ def prometheus(state: dict[str, Any], *, serving: bool, now: float | None = None
     counters = [
         ("read_bytes", "bytes_read", "Bytes of file data served."),
         ("inline_reads", "inline_reads", "Reads served at once from the page cache (pyfuse3)."),
+        ("reads_spliced", "reads_spliced", "Reads spliced from the image file, never copied."),
         ("errors", "errors", "Requests that failed (answered EIO, logged)."),
         ("resizes", "resizes", "Files resized (not found in the resize cache)."),
     ]

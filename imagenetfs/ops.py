@@ -18,7 +18,11 @@ packs replies -- so what a request answers is decided here, once:
   failure: counted in `errors`, answered EIO and logged, in one line when it is a failure we
   know (a corrupt block, an I/O error, an image that cannot be resized), with the traceback
   when it is a bug;
-- counters (`Counters`), the same in both ways of serving, and the latency of each READ.
+- counters (`Counters`), the same in both ways of serving, and the latency of each READ;
+- where a READ's bytes lie (`locate_read`), for the worker adapter that splices them from the
+  image file instead of reading them (wire.py): answered for file bytes stored as they are
+  read, None for everything else -- and then, as for any error, `read` answers. A READ sent
+  from its runs is counted by `count_spliced` as `read` counts one, and in `reads_spliced`.
 
 Read latency. Each adapter takes `time.perf_counter_ns()` as it enters its READ handler and
 calls `read_served(started)` when the reply's bytes are ready (also when the read failed): what
@@ -70,7 +74,7 @@ from imagenetfs.errors import (
 )
 from imagenetfs.index import DIR, FILE, MAX_NAME, SYMLINK, Node
 from imagenetfs.resize import ResizeCache, ResizeSpec
-from imagenetfs.squashfs import SquashImage, WouldBlock
+from imagenetfs.squashfs import Run, SquashImage, WouldBlock
 from imagenetfs.views import Tree
 
 log = logging.getLogger(__name__)
@@ -136,10 +140,11 @@ class Blocked(Exception):
 # --- counters -----------------------------------------------------------------------------
 
 FS_COUNTERS = ("lookups", "getattrs", "readdirs", "opens", "reads", "inline_reads",
-               "bytes_read", "errors", "resizes")  # fmt: skip
+               "bytes_read", "errors", "resizes", "reads_spliced")  # fmt: skip
 CACHE_COUNTERS = ("hits", "misses", "stores", "evictions", "failures")
 BLOCK_COUNTERS = ("hits", "misses")  # of the images' decompressed-block caches
 LOOKUPS, GETATTRS, READDIRS, OPENS, READS, INLINE_READS, BYTES_READ, ERRORS, RESIZES = range(9)
+READS_SPLICED = 9  # of READS: answered by splicing the bytes from the image file (wire.py)
 CACHE_FIRST = len(FS_COUNTERS)
 BLOCK_FIRST = CACHE_FIRST + len(CACHE_COUNTERS)
 #: Read-latency buckets (see the module docstring): bucket k counts reads under 2**(k+10) ns,
@@ -462,6 +467,30 @@ class Core:
             raise Blocked(lambda: self.tree.read(node, offset, size)) from None
         self._counts[INLINE_READS] += 1
         return data
+
+    def locate_read(self, ino: int, offset: int, size: int) -> list[Run] | None:
+        """Where the bytes `read(ino, offset, size)` answers lie in the image files, as runs
+        (descriptor, position, length) to send as they are; None where that is not the whole
+        answer -- bytes to decompress, a resized or virtual file, an unpacked tree, nothing to
+        read, an error -- and then `read` answers (and counts) the READ. Counts nothing: a
+        READ answered from the runs is counted by `count_spliced`."""
+        try:
+            node = self.tree.getattr(ino)
+        except ImagenetfsError:
+            return None
+        if node.kind != FILE or offset >= node.size or size <= 0:
+            return None
+        if self._views and self.tree.spec_of(node) is not None:
+            return None
+        return self.tree.locate(node, offset, size)
+
+    def count_spliced(self, size: int) -> None:
+        """Count a READ answered with the `size` bytes of `locate_read`'s runs: as `read`
+        counts one, and in `reads_spliced`."""
+        counts = self._counts
+        counts[READS] += 1
+        counts[READS_SPLICED] += 1
+        counts[BYTES_READ] += size
 
     def _served(self, data: bytes, offset: int, size: int) -> bytes:
         piece = data[offset : offset + size]

@@ -24,6 +24,10 @@ each data block's on-disk size (bit 24 = stored uncompressed, 0 = sparse); runs 
 blocks are read with one `pread`, compressed data blocks and fragment blocks go through a small
 thread-safe LRU keyed by on-disk position. Decompressed sizes are bounded (a data block by
 `block_size`, a metadata block by 8 KiB) before anything is allocated from a size field.
+`locate(extent, offset, size)` answers where the same bytes lie instead of reading them, as
+`Run`s (descriptor, position, length), when all of them are stored as they are read
+(uncompressed blocks, an uncompressed fragment: a `-noD -noF` image), else None: the worker
+adapter splices runs from the image file to /dev/fuse (wire.py).
 
 Every inconsistency raises `CorruptImageError` naming the image and the problem.
 """
@@ -86,6 +90,15 @@ _FRAGMENT_ENTRY = struct.Struct("<QI4x")
 
 class WouldBlock(Exception):
     """A `read(..., nowait=True)` would have to wait for the disk or decompress a block."""
+
+
+class Run(NamedTuple):
+    """`length` bytes of a file stored as they are read, at `offset` of descriptor `fd` (what
+    `locate` answers: bytes that can be spliced from the image file, never copied)."""
+
+    fd: int
+    offset: int
+    length: int
 
 
 class Superblock(NamedTuple):
@@ -484,6 +497,53 @@ class SquashImage:
             tail = extent.size - tail_start
             parts.append(self._read_tail(extent, lo, end - tail_start, tail, nowait))
         return b"".join(parts)
+
+    def locate(self, extent: Extent, offset: int, size: int) -> list[Run] | None:
+        """Where the bytes `read(extent, offset, size)` returns lie in the image file: one
+        `Run` for the data blocks asked for, one more for a tail in a fragment, on the
+        descriptor reads use now (`switch` keeps it open until `close`); [] when there is
+        nothing to read. None when some of them are not stored as they are read (a compressed
+        or sparse block, a compressed fragment), and when the extent does not check out --
+        `read` then says why."""
+        if offset < 0 or size < 0:
+            raise ValueError("offset and size must not be negative")
+        end = min(offset + size, extent.size)
+        if offset >= end:
+            return []
+        bs = self.block_size
+        if len(extent.block_sizes) % 4:
+            return None
+        words = extent.block_words()
+        nblocks = len(words)
+        if nblocks != _block_count(extent.size, extent.fragment is not None, bs):
+            return None
+        fd, runs = self._fd, []
+        tail_start = nblocks * bs
+        if offset < tail_start:
+            first, stop = offset // bs, min((end - 1) // bs + 1, nblocks)
+            pos = extent.blocks_start + sum(word & _SIZE_MASK for word in words[:first])
+            for i in range(first, stop):  # each stored as it is: the blocks follow each other
+                if words[i] != min(bs, extent.size - i * bs) | _UNCOMPRESSED_DATA:
+                    return None
+            start, length = pos + offset - first * bs, min(end, tail_start) - offset
+            if start + length > self._end:
+                return None
+            runs.append(Run(fd, start, length))
+        if extent.fragment is not None and end > tail_start:
+            if not 0 <= extent.fragment < self.fragment_count:
+                return None
+            start, word = self._fragment(extent.fragment)
+            lo, hi = max(offset, tail_start) - tail_start, end - tail_start
+            if not word & _UNCOMPRESSED_DATA:
+                return None
+            disk = word & _SIZE_MASK
+            first = extent.fragment_offset
+            if not 0 < disk <= bs or first + extent.size - tail_start > disk:
+                return None
+            if start + first + hi > self._end:
+                return None
+            runs.append(Run(fd, start + first + lo, hi - lo))
+        return runs
 
     def _read_blocks(
         self, extent: Extent, words: array[int], offset: int, end: int, nowait: bool

@@ -28,6 +28,7 @@ from imagenetfs.resize import (
     cache_key,
     resize,
 )
+from imagenetfs.squashfs import Run
 
 RESIZED = b"resized"
 #: View v (1-based) numbers its inodes (v << VIEW_SHIFT) | base inode; the index's are < 2**32.
@@ -137,6 +138,12 @@ class Tree:
         """Bytes of a file as stored (not resized), whichever view `node` is in."""
         base = replace(node, ino=node.ino & _BASE_MASK)
         return self.index.read(base, offset, size, nowait=nowait)
+
+    def locate(self, node: Node, offset: int, size: int) -> list[Run] | None:
+        """Where the bytes `read` returns lie in the image files (`Index.locate`); None where
+        they are not stored as they are read. (The view's inode bits do not matter: only a
+        virtual file is read by inode, and it is never located.)"""
+        return self.index.locate(node, offset, size)
 
     # resized files
     def spec_of(self, node: Node) -> ResizeSpec | None:
