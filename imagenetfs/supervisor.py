@@ -354,7 +354,7 @@ class Daemon:
                 stager = self.stager
                 signal.signal(signal.SIGUSR1, lambda *_: staging.adopt(self.index, stager))
                 staging.adopt(self.index, stager)  # what was switched while it started
-            wire.Worker(core, fd, lock_fd=lock_fd).run()
+            wire.Worker(core, fd, lock_fd=lock_fd, splice=wire.splice_wanted()).run()
             code = 0
         except BaseException:
             log.exception("worker %d failed", os.getpid())

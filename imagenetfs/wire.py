@@ -27,6 +27,26 @@ two workers resize it once -- the second finds it in the resize cache. Counters 
 supervisor sums -- the read-latency histogram too (ops.py): a READ is timed from the entry of
 `_read` to its bytes being ready, the resize or the lock wait included.
 
+Spliced reads (`Splicer`). A READ of bytes stored as they are read -- the blocks of a `-noD
+-noF` image and its uncompressed fragments, tar members, stored zip members -- is not copied
+through Python: the core says where they lie (`Core.locate_read`: runs of descriptor,
+position, length; one, or two for a tail in a fragment), and the worker writes the reply's
+header into a pipe of its own, splices each run from the image file behind it, then splices
+the whole reply from the pipe to the device in one call (the kernel takes a spliced reply
+whole, its length the header's: `fuse_dev_splice_write`). So a READ is a write of 16 bytes and
+two or three splices, and its bytes go from the image's page cache to the request's pages in
+one copy, in the kernel -- where the copy path preads them into a buffer and writes them out
+again. Everything else is copied as before: bytes to decompress, resized and virtual files,
+unpacked trees (the core answers None), a READ with more pages than the pipe holds (`PIPE_SIZE`
+capped by /proc/sys/fs/pipe-max-size, 1 MiB for a user: READs up to ~1,000 KiB fit), an image
+on a filesystem whose files cannot be spliced from (EINVAL: hugetlbfs, /proc; that descriptor
+is copied from for good), and a splice that comes back short (an image cut short since it was
+indexed: `read` then answers EIO, as it would have). Before the copy path answers, the pipe is
+emptied of whatever part of a reply is in it, so that no byte of it goes out with another.
+Counted as the copy path counts (bytes, the latency until the bytes are in the pipe), and in
+`reads_spliced`. `IMAGENETFS_SPLICE=0` (read when a worker starts) turns splicing off, for A/B
+comparisons; pyfuse3 (`--workers 0`, fs.py) writes its replies itself and always copies.
+
 The heap (`steady_heap`). Every READ allocates its data and its reply, 128 KiB each as the
 kernel usually asks: glibc's default thresholds (mmap from 128 KiB, trimming the heap's top
 past 128 KiB, both moving with use) may hand those pages back to the kernel after each READ
@@ -56,6 +76,7 @@ from imagenetfs.errors import ImagenetfsError, InvalidRequest, NotImplemented_, 
 from imagenetfs.index import DTYPE
 from imagenetfs.ops import BLOCK_SIZE, Blocked, Core, Counters, Listed
 from imagenetfs.protocol import IN_HEADER, NO_REPLY, OUT_HEADER
+from imagenetfs.squashfs import Run
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +92,12 @@ MAX_WRITE = 1 << 20
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
 HEAP_MMAP = 4 << 20
 HEAP_KEEP = 16 << 20
+#: Turns spliced reads off when "0" (see the module docstring).
+SPLICE_ENV = "IMAGENETFS_SPLICE"
+#: What a worker's reply pipe is asked to hold: the largest READ (256 pages, FUSE_INIT's
+#: max_pages) and its header -- the kernel caps it at /proc/sys/fs/pipe-max-size for a user.
+PIPE_SIZE = 2 << 20
+PAGE = mmap.PAGESIZE
 
 
 def answer_init(fd: int) -> None:
@@ -143,17 +170,115 @@ class Board:
         return sums
 
 
+def splice_wanted() -> bool:
+    """Whether workers splice (see the module docstring): unless `IMAGENETFS_SPLICE=0`."""
+    return os.environ.get(SPLICE_ENV, "1").strip() != "0"
+
+
+def pipe_size() -> int:
+    """`PIPE_SIZE`, or less where /proc/sys/fs/pipe-max-size says a user may have less."""
+    try:
+        with open("/proc/sys/fs/pipe-max-size", "rb") as f:
+            return min(PIPE_SIZE, int(f.read()))
+    except (OSError, ValueError):
+        return PIPE_SIZE
+
+
+class Splicer:
+    """One worker's way of sending a READ's reply from image files to the device through a
+    pipe, without a copy in user space (see the module docstring): `fill`, then `send`."""
+
+    def __init__(self, device: int) -> None:
+        self.device = device
+        # non-blocking: a miscount can only make a splice or a read come back EAGAIN, never
+        # hang; the file side of a splice still waits for the disk
+        self._r, self._w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fcntl.fcntl(self._w, fcntl.F_SETPIPE_SZ, pipe_size())
+        except OSError as e:  # (over the user's pipe-user-pages-soft): smaller READs only
+            log.info("reply pipe left at its default size: %s", e)
+        #: pipe buffers: one holds the header, each page of a run one more
+        self.slots = fcntl.fcntl(self._w, fcntl.F_GETPIPE_SZ) // PAGE
+        self._unable: set[int] = set()  # descriptors whose files cannot be spliced from
+
+    def close(self) -> None:
+        os.close(self._r)
+        os.close(self._w)
+
+    def fill(self, unique: int, runs: list[Run]) -> int | None:
+        """Put the reply to READ `unique` in the pipe: its header, then the bytes of `runs`.
+        Their size; or None when they cannot all go -- more pages than the pipe holds, a
+        file that cannot be spliced from, a splice that comes back short or fails -- with the
+        pipe empty again."""
+        size, pages = 0, 1
+        for fd, pos, length in runs:
+            if fd in self._unable:
+                return None
+            size += length
+            pages += (pos + length - 1) // PAGE - pos // PAGE + 1
+        if pages > self.slots:
+            return None
+        try:
+            os.write(self._w, OUT_HEADER.pack(16 + size, 0, unique))
+            for fd, pos, length in runs:
+                while length:
+                    got = os.splice(fd, self._w, length, offset_src=pos)
+                    if got == 0:  # the end of a file cut short since it was indexed
+                        self.drain()
+                        return None
+                    pos += got
+                    length -= got
+        except OSError as e:
+            self.drain()
+            if e.errno == errno.EINVAL:  # the file's filesystem has no splice_read
+                self._cannot(fd, e)
+            return None
+        except BaseException:  # (a signal handler's exception)
+            self.drain()
+            raise
+        return size
+
+    def send(self, size: int) -> None:
+        """Splice the reply `fill` put in the pipe (`size` bytes of data) to the device, in one
+        call. A request interrupted meanwhile (ENOENT) needs no reply; other errors raise.
+        The pipe is empty afterwards, whatever happened."""
+        try:
+            os.splice(self._r, self.device, 16 + size)
+        except BaseException as e:
+            self.drain()
+            if not (isinstance(e, OSError) and e.errno == errno.ENOENT):
+                raise
+
+    def drain(self) -> None:
+        """Empty the pipe."""
+        try:
+            while os.read(self._r, self.slots * PAGE):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _cannot(self, fd: int, e: OSError) -> None:
+        self._unable.add(fd)
+        try:
+            name = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            name = f"descriptor {fd}"
+        log.info("%s cannot be spliced from (%s): its reads are copied", name, e.strerror)
+
+
 class Worker:
     """Answers the requests that arrive on `fd` until the mount goes away (ENODEV, or the end
-    of a socket in the tests)."""
+    of a socket in the tests); with `splice`, sends what it can of READs by splicing."""
 
-    def __init__(self, core: Core, fd: int, *, lock_fd: int | None = None) -> None:
+    def __init__(
+        self, core: Core, fd: int, *, lock_fd: int | None = None, splice: bool = False
+    ) -> None:
         self.core = core
         self.fd = fd
         self.lock_fd = lock_fd
+        self.splicer = Splicer(fd) if splice else None
         self.done = False  # DESTROY answered
         self._handlers: dict[int, Callable[[int, memoryview], bytes]] = {
-            fuse.READ: self._read,
             fuse.LOOKUP: self._lookup,
             fuse.GETATTR: self._getattr,
             fuse.READDIR: self._readdir,
@@ -178,6 +303,8 @@ class Worker:
             self._serve()
         finally:
             self.core.refresh()  # the last block-cache counts, for the supervisor's last look
+            if self.splicer is not None:
+                self.splicer.close()
 
     def _serve(self) -> None:
         buffer = bytearray(fuse.BUFFER)  # one buffer for every request: no 1 MiB allocation each
@@ -202,13 +329,20 @@ class Worker:
                         raise
 
     def handle(self, request: memoryview) -> bytes | None:
-        """The reply to one request (header included), or None when none is due."""
+        """The reply to one request (header included), or None when none is due -- or when
+        it has gone to the device already (a spliced READ)."""
         _, opcode, unique, nodeid, *_ = IN_HEADER.unpack_from(request)
         if opcode in NO_REPLY:
             return None
         body = request[IN_HEADER.size :]
         try:
-            payload = self._handlers.get(opcode, self._refuse)(nodeid, body)
+            if opcode == fuse.READ:  # (the one request that may send its own reply)
+                data = self._read(nodeid, body, unique)
+                if data is None:
+                    return None
+                payload = data
+            else:
+                payload = self._handlers.get(opcode, self._refuse)(nodeid, body)
         except Exception as exc:
             what = fuse.NAMES.get(opcode, f"opcode {opcode}")
             return OUT_HEADER.pack(16, -self.core.errno_for(exc, what, nodeid), unique)
@@ -235,16 +369,37 @@ class Worker:
 
     # (the four operations that may raise `Blocked`: a resize, in this process)
 
-    def _read(self, ino: int, body: memoryview) -> bytes:
+    def _read(self, ino: int, body: memoryview, unique: int) -> bytes | None:
+        """The bytes of a READ; None when they have been spliced to the device (see the
+        module docstring)."""
         started = _clock()
         offset, size = fuse.READ_IN.unpack_from(body)[1:3]
+        splicer = self.splicer
+        spliced: int | None = None  # bytes in the pipe, ready to go
         try:
-            data: bytes = self.core.read(ino, offset, size)
+            if splicer is not None:
+                runs = self.core.locate_read(ino, offset, size)
+                if runs is not None:
+                    spliced = splicer.fill(unique, runs)
+            if spliced is None:
+                data: bytes = self.core.read(ino, offset, size)
+            else:
+                self.core.count_spliced(spliced)
         except Blocked as blocked:
             data = self._finish(blocked)
         finally:
             self.core.read_served(started)
-        return data
+        if splicer is None or spliced is None:
+            return data
+        try:
+            splicer.send(spliced)
+        except OSError as e:
+            if e.errno != errno.ENODEV:  # (unmounted: the next request says so)
+                self.splicer = None  # (no kernel has refused one yet: copy from now on)
+                splicer.close()
+                log.warning("a spliced reply was refused (%s): READs are copied from now on", e)
+            raise
+        return None
 
     def _lookup(self, parent: int, body: memoryview) -> bytes:
         try:

@@ -7,7 +7,9 @@ and indexes, a truncated JPEG in a resized view):
 1. concurrency: 64 readers at once (32 threads here, 4 processes of 8 threads) doing
    random-offset preads, whole reads, stats and listings over the whole tree and a resized
    view, for ~15 s, every byte compared with `unsquashfs`'s extraction (resized files: with
-   what `resize.resize` makes of the extracted original, and decoded to 64x64);
+   what `resize.resize` makes of the extracted original, and decoded to 64x64) -- on gzip
+   images, and on `-noD -noF` images whose READs are spliced (issue 16), kept on ext4 and on
+   hugetlbfs, whose files cannot be spliced from (every READ copied: the fallback);
 2. faults: an image truncated while mounted, an image renamed over while mounted, a resize
    cache on a full or read-only disk, SIGTERM while 8 processes read as fast as they can;
 3. resources: 50,000 handles held open by one client, twice, against the daemon's RSS; the
@@ -230,6 +232,14 @@ def tiny(base: Path) -> Data:
     return make_data(base, "tiny", TINY)
 
 
+@pytest.fixture(scope="module")
+def stored(base: Path) -> Data:
+    """The realistic set in `-noD -noF` images: every READ of an image file can be spliced."""
+    return make_data(
+        base, "stored", Spec(**{**REALISTIC.__dict__, "mksquashfs_args": ("-noD", "-noF")})
+    )
+
+
 # --- mounting, never leaving anything behind ----------------------------------------------
 
 
@@ -259,6 +269,63 @@ def tmpfs(tmp_path: Path) -> Iterator[Callable[..., Path]]:
         for path in reversed(made):
             subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
             assert not is_mounted(path)
+
+
+@pytest.fixture
+def hugetlbfs(tmp_path: Path) -> Iterator[Callable[[Data], Data]]:
+    """`on_hugetlbfs(data)`: `data` with its images on a hugetlbfs mount made for the test
+    (huge pages reserved, given back after) -- a filesystem whose files can be read but not
+    spliced from (no `splice_read`: EINVAL). Images are copied in through mmap (hugetlbfs has
+    no write(2)), their size rounded up to whole huge pages (SquashFS allows trailing bytes),
+    and indexed there; the source is a directory of symlinks to them."""
+    sysctl = Path("/proc/sys/vm/nr_hugepages")
+    page = 2 << 20
+    before = int(sysctl.read_text())
+    mounted: list[Path] = []
+
+    def on_hugetlbfs(data: Data) -> Data:
+        if "Hugepagesize:       2048 kB" not in Path("/proc/meminfo").read_text():
+            pytest.skip("no 2 MiB huge pages here")
+        images = sorted(data.root.glob("*.squashfs"))
+        pages = sum(-(-p.stat().st_size // page) for p in images)
+        try:
+            sysctl.write_text(str(before + pages))
+        except OSError as e:
+            pytest.skip(f"no huge pages to reserve: {e}")
+        if int(sysctl.read_text()) < before + pages:
+            pytest.skip(f"the kernel gave fewer than {pages} huge pages")
+        huge = tmp_path / "huge"
+        huge.mkdir()
+        options = f"pagesize=2M,size={pages * page},mode=0755"
+        subprocess.run(["mount", "-t", "hugetlbfs", "-o", options, "none", str(huge)],
+                       check=True, timeout=30)  # fmt: skip
+        mounted.append(huge)
+        root = tmp_path / "huge-source"
+        root.mkdir()
+        for image in images:
+            content = image.read_bytes()
+            fd = os.open(huge / image.name, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                os.ftruncate(fd, -(-len(content) // page) * page)
+                with mmap.mmap(fd, -(-len(content) // page) * page) as m:
+                    m[: len(content)] = content
+            finally:
+                os.close(fd)
+            (root / image.name).symlink_to(huge / image.name)
+        shutil.copy(data.root / "val_labels.txt", root)
+        index = tmp_path / "huge.lmdb"
+        built = cli("index", "--source", root, "--index", index, "-q")
+        assert built.returncode == 0, built.stderr
+        return Data(root, index, dict(data.files), dict(data.dirs))
+
+    try:
+        yield on_hugetlbfs
+    finally:  # (after the mounter's cleanup: the daemon reading these files is gone)
+        for path in mounted:
+            if subprocess.run(["umount", str(path)], capture_output=True, timeout=30).returncode:
+                subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=30)
+        if int(sysctl.read_text()) != before:
+            sysctl.write_text(str(before))
 
 
 # --- 1. 64 concurrent readers -------------------------------------------------------------
@@ -442,10 +509,18 @@ def write_oracle(data: Data, work: Path, mp: Path) -> dict[str, Any]:
     return {"files": originals, "resized": resized, "dirs": listings(data.files, resized=True)}
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("images", ["gzip", "noD-noF", "noD-noF on hugetlbfs"])
 def test_64_concurrent_readers_get_exact_bytes(
-    realistic: Data, mounter: Mounter, tmp_path: Path
+    images: str,
+    request: pytest.FixtureRequest,
+    hugetlbfs: Callable[[Data], Data],
+    mounter: Mounter,  # (after hugetlbfs: cleaned up before it)
+    tmp_path: Path,
 ) -> None:
+    realistic: Data = request.getfixturevalue("realistic" if images == "gzip" else "stored")
+    if images.endswith("hugetlbfs"):
+        realistic = hugetlbfs(realistic)
     daemon = mount(
         mounter, realistic, tmp_path / "mp", "--resize", SPEC64, "--cache-dir", tmp_path / "cache"
     )
@@ -507,6 +582,12 @@ def test_64_concurrent_readers_get_exact_bytes(
     assert stats["fs"]["resizes"] == len(realistic.files), "one resize each, across workers"
     assert stats["fs"]["reads"] > 1000, "evicted pages: the daemon answered reads"
     assert stats["resize_cache"]["stores"] == len(realistic.files), "one resize each"
+    spliced = stats["fs"]["reads_spliced"]
+    print(f"{images}: {spliced:,} of {stats['fs']['reads']:,} READs spliced")
+    if images == "noD-noF":  # all but the resized view's and the virtual files'
+        assert spliced > stats["fs"]["reads"] // 4, stats
+    elif images.endswith("hugetlbfs"):  # none: copied, and said once per worker
+        assert spliced == 0 and "cannot be spliced from (Invalid argument)" in daemon.log
     for rel, path in oracle["resized"].items():  # the expected resize: 64x64 RGB JPEGs
         if rel not in ROOT_FILES:
             with Image.open(path) as img:

@@ -1,32 +1,50 @@
-"""Zero-copy reads (issue 16), part one: where a READ's bytes lie, without FUSE.
+"""Zero-copy reads (issue 16): READs spliced from the image file to /dev/fuse, byte for byte.
 
-A worker will answer a READ of bytes stored as they are read -- `-noD -noF` SquashFS images,
-tar members, stored zip members -- by splicing them from the image file to /dev/fuse; the
-images and the core say where they lie. Here: each image type's `locate` against its `read`
-(the runs' bytes are read's bytes, at many offsets and sizes, past the end too; None only
-where bytes are compressed), tails in fragments as a second run, runs after `switch`, and
-`Core.locate_read` (None for virtual, resized and missing files; it counts nothing,
-`count_spliced` counts).
+A worker answers a READ of bytes stored as they are read -- `-noD -noF` SquashFS images, tar
+members, stored zip members -- by splicing them from the image file through a pipe to the
+device (wire.py); everything else, and whatever a splice cannot do, takes the copy path. Here:
+
+1. without FUSE: each image type's `locate` against its `read` (the runs' bytes are read's
+   bytes, at many offsets and sizes, past the end too; None only where bytes are compressed),
+   runs after `switch`, `Core.locate_read` (None for virtual, resized and missing files; it
+   counts nothing, `count_spliced` counts), and a worker whose "device" is a pipe: the spliced
+   message exact, and after each fallback (too big, a file that cannot be spliced from, an
+   image cut short) an empty pipe -- no stale byte in the next reply;
+2. real mounts of every kind of image -- `-noD -noF` with and without tails in fragments,
+   gzip, tars (flat and class tars), stored and deflated zips -- read whole and at odd offsets
+   and sizes (O_DIRECT: the READs the kernel sends are exactly those), the `reads_spliced`
+   counter telling which path served them; `IMAGENETFS_SPLICE=0`; an image truncated under a
+   spliced read (EIO for that read, the next reads of the same worker exact).
+
+The 64-reader stress on spliced images, on ext4 and on hugetlbfs (whose files cannot be
+spliced from), is in tests/test_reliability.py.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import io
+import json
 import os
 import random
 import shutil
 import subprocess
 import tarfile
+import time
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from helpers import Mounted, Mounter, fuse_unusable
 
-from imagenetfs import source
+from imagenetfs import protocol as fuse
+from imagenetfs import source, wire
 from imagenetfs.dirtree import open_image
-from imagenetfs.index import ROOT_INO, Index, build
+from imagenetfs.index import DIR, ROOT_INO, Index, build
 from imagenetfs.ops import Core
 from imagenetfs.resize import parse_spec
 from imagenetfs.squashfs import Run, SquashImage
@@ -248,3 +266,292 @@ def test_core_locates_only_what_is_stored_and_counts_nothing(layouts: Layouts) -
         counted = core.statistics()["fs"]
         assert counted["reads"] == after["reads"] + 1 and counted["reads_spliced"] == 1
         assert counted["bytes_read"] == after["bytes_read"] + 1000
+
+
+def read_request(ino: int, offset: int, size: int, unique: int) -> memoryview:
+    body = fuse.READ_IN.pack(0, offset, size, 0, 0, 0, 0)
+    header = fuse.IN_HEADER.pack(
+        fuse.IN_HEADER.size + len(body), fuse.READ, unique, ino, 0, 0, 0, 0, 0
+    )
+    return memoryview(header + body)
+
+
+class Device:
+    """A pipe standing in for /dev/fuse: the worker splices its replies into it."""
+
+    def __init__(self) -> None:
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, wire.pipe_size())  # as large as the worker's
+
+    def messages(self) -> list[tuple[int, int, bytes]]:
+        """(unique, error, payload) of each whole message in the pipe; nothing may be left."""
+        data = b""
+        try:
+            while chunk := os.read(self.r, 8 * MiB):
+                data += chunk
+        except BlockingIOError:
+            pass
+        out, at = [], 0
+        while at < len(data):
+            length, error, unique = fuse.OUT_HEADER.unpack_from(data, at)
+            out.append((unique, error, data[at + 16 : at + length]))
+            at += length
+        assert at == len(data)
+        return out
+
+    def close(self) -> None:
+        os.close(self.r)
+        os.close(self.w)
+
+
+@pytest.fixture
+def device() -> Iterator[Device]:
+    dev = Device()
+    yield dev
+    dev.close()
+
+
+def served_inos(ix: Index) -> dict[str, int]:
+    test = ix.lookup(ROOT_INO, b"test")
+    return {node.name.decode(): node.ino for node in ix.readdir(test.ino) if node.kind != DIR}
+
+
+def test_worker_splices_replies_and_falls_back_with_an_empty_pipe(
+    layouts: Layouts, tmp_path: Path, device: Device
+) -> None:
+    """Spliced: the reply is in the device, whole; copied (a READ bigger than the pipe, an
+    image cut short under the read): the reply comes back from `handle`, EIO for the cut
+    one, and the device holds nothing more -- the next spliced reply is exact."""
+    root = tmp_path / "src"
+    shutil.copytree(layouts.roots["noD-noF"], root)
+    files = contents()
+    with Index.open(root / "i.lmdb", source=root) as ix:
+        inos = served_inos(ix)
+        core = Core(Tree(ix), uid=0, gid=0, blocking_reads=True)
+        worker = wire.Worker(core, device.w, splice=True)
+        assert worker.splicer is not None
+        slots = worker.splicer.slots
+        assert slots == wire.pipe_size() // wire.PAGE
+        unique = 100
+        rng = random.Random(5)
+        for name in ("one.JPEG", "block-tail.JPEG", "huge.JPEG", "notes.txt"):
+            for offset, size in offsets_and_sizes(len(files[name]), rng, 20):
+                unique += 1
+                reply = worker.handle(read_request(inos[name], offset, size, unique))
+                expected = files[name][offset : offset + size]
+                sent = device.messages()
+                if reply is None:  # spliced
+                    assert sent == [(unique, 0, expected)], (name, offset, size)
+                else:  # copied: nothing to read, or more pages than the pipe holds
+                    assert len(expected) in (0, *range((slots - 3) * wire.PAGE, 2 * MiB))
+                    header = fuse.OUT_HEADER.pack(16 + len(expected), 0, unique)
+                    assert sent == [] and reply == header + expected
+        stats = core.statistics()["fs"]
+        assert 0 < stats["reads_spliced"] < stats["reads"] == unique - 100
+        # cut the image in the middle of huge.JPEG's blocks: a READ across the cut gets part
+        # of its bytes spliced, then a short splice -- EIO, and no byte of it in the pipe
+        huge = core.locate_read(inos["huge.JPEG"], 0, 1)
+        assert huge is not None
+        cut = huge[0].offset + 500_000
+        os.truncate(root / "test.squashfs", cut)
+        reply = worker.handle(read_request(inos["huge.JPEG"], 499_000 - 4096, 64 << 10, 1))
+        assert reply == fuse.OUT_HEADER.pack(16, -errno.EIO, 1)
+        assert device.messages() == []
+        for n, (name, offset, size) in enumerate(
+            [("huge.JPEG", 0, 4096), ("huge.JPEG", 123_456, BLOCK), ("block.JPEG", 1, 70_000)]
+        ):
+            assert worker.handle(read_request(inos[name], offset, size, 2 + n)) is None
+            assert device.messages() == [(2 + n, 0, files[name][offset : offset + size])]
+
+
+def test_a_refused_reply_fails_that_read_and_turns_splicing_off(
+    layouts: Layouts, device: Device, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A device that will not take a spliced reply (here the read end of a pipe: EBADF) fails
+    that READ (EIO, logged) and the worker copies from then on, its pipe closed."""
+    files = contents()
+    with Index.open(layouts.roots["noD-noF"] / "i.lmdb") as ix:
+        ino = served_inos(ix)["block.JPEG"]
+        core = Core(Tree(ix), uid=0, gid=0, blocking_reads=True)
+        worker = wire.Worker(core, device.r, splice=True)
+        assert worker.handle(read_request(ino, 0, 100, 1)) == fuse.OUT_HEADER.pack(
+            16, -errno.EIO, 1
+        )
+        assert worker.splicer is None and "READs are copied from now on" in caplog.text
+        reply = worker.handle(read_request(ino, 0, 100, 2))
+        assert reply == fuse.OUT_HEADER.pack(116, 0, 2) + files["block.JPEG"][:100]
+        stats = core.statistics()["fs"]
+        assert (stats["reads"], stats["reads_spliced"], stats["errors"]) == (2, 1, 1)
+
+
+def test_splicer_latches_files_that_cannot_be_spliced_from(device: Device, tmp_path: Path) -> None:
+    """A file whose filesystem has no splice_read (here a /proc file): EINVAL, the pipe
+    emptied of the header already in it, that descriptor never tried again."""
+    splicer = wire.Splicer(device.w)
+    good = tmp_path / "good"
+    good.write_bytes(bytes(range(256)) * 64)
+    fd_good = os.open(good, os.O_RDONLY)
+    fd_proc = os.open("/proc/self/status", os.O_RDONLY)
+    try:
+        assert splicer.fill(1, [Run(fd_good, 10, 100), Run(fd_proc, 0, 50)]) is None
+        assert fd_proc in splicer._unable
+        assert splicer.fill(2, [Run(fd_proc, 0, 50)]) is None
+        assert splicer.fill(3, [Run(fd_good, 10, 100), Run(fd_good, 5000, 3)]) == 103
+        splicer.send(103)
+        data = good.read_bytes()
+        assert device.messages() == [(3, 0, data[10:110] + data[5000:5003])]
+        # too many pages for the pipe: refused before anything goes in
+        assert splicer.fill(4, [Run(fd_good, 1, 4096 * splicer.slots)]) is None
+        assert device.messages() == []
+    finally:
+        os.close(fd_good)
+        os.close(fd_proc)
+        splicer.close()
+
+
+# --- 2. real mounts ----------------------------------------------------------------------
+
+
+def _mountable() -> str | None:
+    return fuse_unusable(("fusermount3",), "these tests mount as root (scripts/test.sh)")
+
+
+mounts = pytest.mark.skipif(_mountable() is not None, reason=str(_mountable()))
+
+
+@dataclass
+class EnvMounter(Mounter):
+    """A `Mounter` whose commands see `extra` in their environment."""
+
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), **self.extra}
+
+
+@pytest.fixture
+def env_mounter(tmp_path: Path) -> Iterator[EnvMounter]:
+    harness = EnvMounter(tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.cleanup()
+
+
+def evict(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def read_everything(mp: Path, files: dict[str, bytes], seed: str) -> list[str]:
+    """Every file whole (its pages evicted first), then at odd offsets and sizes with
+    O_DIRECT (the kernel sends READs of exactly those); what differs."""
+    wrong = []
+    rng = random.Random(seed)
+    for rel, data in sorted(files.items()):
+        path = mp / rel
+        evict(path)
+        if path.read_bytes() != data:
+            wrong.append(f"{rel}: whole")
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        try:
+            for offset, size in offsets_and_sizes(len(data), rng, 25):
+                if os.pread(fd, size, offset) != data[offset : offset + size]:
+                    wrong.append(f"{rel} [{offset}:+{size}]")
+        finally:
+            os.close(fd)
+    return wrong
+
+
+def counters(mounted: Mounted, mounter: Mounter) -> dict[str, Any]:
+    """`status --json` of the mount, once the daemon has published what was just read."""
+    mounted.stats(after=time.time())
+    result = mounter.cli("status", "--json", mounted.mp)
+    assert result.returncode == 0, result.stderr
+    doc: dict[str, Any] = json.loads(result.stdout)
+    return doc
+
+
+@mounts
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("layout", list(SPLICED))
+def test_mounts_serve_exact_bytes_spliced_or_copied(
+    layouts: Layouts, mounter: Mounter, layout: str
+) -> None:
+    root = layouts.roots[layout]
+    mp = mounter.work / "mp"
+    mp.mkdir()
+    mounted = mounter.mount(mp, root, "--workers", "2", index=root / "i.lmdb")
+    assert read_everything(mp, layouts.files[layout], layout) == []
+    doc = counters(mounted, mounter)
+    assert doc["errors"] == 0, mounted.log
+    reads, spliced = doc["requests"]["read"], doc["reads_spliced"]
+    print(f"{layout}: {spliced} of {reads} READs spliced")
+    if SPLICED[layout]:  # all but the READs bigger than the pipe, of 1 MiB
+        assert 0 < spliced < reads, (spliced, reads)
+    else:
+        assert spliced == 0 < reads
+    assert "Traceback" not in mounted.log
+
+
+@mounts
+@pytest.mark.timeout(120)
+def test_IMAGENETFS_SPLICE_0_copies_every_read(layouts: Layouts, env_mounter: EnvMounter) -> None:
+    env_mounter.extra = {"IMAGENETFS_SPLICE": "0"}
+    root = layouts.roots["noD-noF-fragments"]
+    mp = env_mounter.work / "mp"
+    mp.mkdir()
+    mounted = env_mounter.mount(mp, root, "--workers", "2", index=root / "i.lmdb")
+    assert read_everything(mp, layouts.files["noD-noF-fragments"], "off") == []
+    doc = counters(mounted, env_mounter)
+    assert doc["reads_spliced"] == 0 < doc["requests"]["read"] and doc["errors"] == 0
+
+
+@mounts
+@pytest.mark.timeout(120)
+def test_image_truncated_under_a_spliced_read(
+    layouts: Layouts, mounter: Mounter, tmp_path: Path
+) -> None:
+    """One worker: a READ across the cut fails (EIO) after part of it was spliced into the
+    worker's pipe; the reads after it on the same worker are exact and spliced -- nothing of
+    the failed one went out with them."""
+    root = tmp_path / "src"
+    shutil.copytree(layouts.roots["noD-noF"], root)
+    files = layouts.files["noD-noF"]
+    image = root / "test.squashfs"
+    with SquashImage(image) as squash_image:
+        ends = {}
+        for entry in squash_image.walk():
+            if entry.extent is not None and entry.size:
+                runs = squash_image.locate(entry.extent, 0, entry.size)
+                assert runs is not None
+                ends[f"test/{entry.name.decode()}"] = (
+                    runs[0].offset,
+                    max(r.offset + r.length for r in runs),
+                )
+    huge_start = ends["test/huge.JPEG"][0]
+    cut = huge_start + 1_000_000
+    intact = sorted(rel for rel, (_, end) in ends.items() if end <= cut)
+    assert len(intact) >= 3, intact
+    mp = tmp_path / "mp"
+    mp.mkdir()
+    mounted = mounter.mount(mp, root, "--workers", "1", index=root / "i.lmdb")
+    assert read_everything(mp, {rel: files[rel] for rel in intact}, "before") == []
+    before = counters(mounted, mounter)
+    os.truncate(image, cut)
+    fd = os.open(mp / "test/huge.JPEG", os.O_RDONLY | os.O_DIRECT)
+    try:
+        with pytest.raises(OSError) as info:  # 100 KB before the cut, 28 KB past it
+            os.pread(fd, BLOCK, 1_000_000 - 100_000)
+        assert info.value.errno == errno.EIO
+        assert os.pread(fd, 50_000, 10) == files["test/huge.JPEG"][10:50_010]
+    finally:
+        os.close(fd)
+    assert read_everything(mp, {rel: files[rel] for rel in intact}, "after") == []
+    after = counters(mounted, mounter)
+    assert after["errors"] == before["errors"] + 1
+    assert after["reads_spliced"] - before["reads_spliced"] >= 2 * len(intact)
+    assert "truncated" in mounted.log and "Traceback" not in mounted.log
