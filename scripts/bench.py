@@ -4,6 +4,8 @@
     scripts/bench.py --quick              # a few minutes: 100k tiny entries, 5k realistic files
     scripts/bench.py                      # full: 1.43M tiny entries, 25k realistic files, 3 repeats
     scripts/bench.py --only imagenetfs,squashfuse_ll --variants gzip --no-storm
+    scripts/bench.py --quick --tars       # and the official tars as a source (issue 15)
+    scripts/bench.py --quick --variants tars --no-storm --no-shared   # the tars alone
 
 Contenders: imagenetfs; the kernel's SquashFS (loop mount, root only); squashfuse and
 squashfuse_ll (one daemon per image); ratarmount (PyPI, in the benchmark's own venv
@@ -29,6 +31,17 @@ root only) unless said otherwise:
   filesystem. Just this scenario: `scripts/bench.py --quick --no-meta --no-reads --no-storm`.
 Both image variants: mksquashfs's default gzip and `-noD -noF` (uncompressed). Medians over
 --repeat runs; every ratio is contender / imagenetfs (above 1: imagenetfs is faster/smaller).
+
+The official tars (issue 15, opt-in: `--tars`, i.e. the variant "tars" added to --variants):
+each scale's sets again as the ILSVRC2012 downloads (benchlib/data.py: the same files, bytes
+checked), served by ratarmount-tar (`ratarmount --recursive`, its home ground),
+imagenetfs-tar (`imagenetfs mount --source <the tars>`) and imagenetfs-packed (`imagenetfs
+pack` of the tars, or of the gzip images with `--pack-from images`, then a mount of the
+packed set); the unpacked tree beside them. The same workloads and file lists, each file at
+its path inside each mount (benchlib/contenders.py); the first-mount build is each one's index
+build from the tars (imagenetfs-packed: pack + first mount, the pack alone in a row of its
+own). A contender that cannot run yet is reported unavailable, with its reason. Ratios in
+that table are contender / imagenetfs-tar.
 Results: `<out>/results.md`, `results.json`, `results.png`. Everything mounted is unmounted
 on any exit, including Ctrl-C and SIGTERM.
 """
@@ -58,6 +71,8 @@ REPO = Path(__file__).resolve().parent.parent
 #: What a contender's failure raises: recorded, and the run goes on.
 FAILURES = (C.MountFailed, OSError, RuntimeError, subprocess.SubprocessError)
 ORDER = ["imagenetfs", "kernel", "squashfuse", "squashfuse_ll", "ratarmount", "unpacked"]
+TARS = "tars"  # the variant of the official tars, and its contenders (--tars)
+TAR_ORDER = [*report.TAR_WHO, "unpacked"]
 
 
 def note(msg: str) -> None:
@@ -108,7 +123,10 @@ class Run:
             m, built = self.mounted(c, setdir, probe)
             self.mounts.release(m)
             self.record(variant, "first-mount build", c.name, built)
-            note(f"[{variant}] {c.name}: first-mount build {built:.2f} s")
+            packed = getattr(c, "last_pack", None)  # imagenetfs-packed: the pack alone
+            self.record(variant, "pack", c.name, packed)
+            more = f" (pack {packed:.2f} s)" if packed is not None else ""
+            note(f"[{variant}] {c.name}: first-mount build {built:.2f} s{more}")
         self.drop()
         m, ready = self.mounted(c, setdir, probe)
         if c.name != "unpacked":
@@ -442,7 +460,21 @@ def main() -> int:
         "--meta-repeat", type=int, help="runs of the metadata workloads (default: --repeat)"
     )
     p.add_argument("--only", help="comma-separated contenders (default: all)")
-    p.add_argument("--variants", default="gzip,noD-noF")
+    p.add_argument(
+        "--variants", default="gzip,noD-noF", help=f"of gzip, noD-noF, {TARS} (see --tars)"
+    )
+    p.add_argument(
+        "--tars",
+        action="store_true",
+        help=f"also the official tars: the variant {TARS!r}, contenders "
+        + ", ".join(report.TAR_WHO),
+    )
+    p.add_argument(
+        "--pack-from",
+        choices=["tars", "images"],
+        default="tars",
+        help="imagenetfs-packed packs the official tars (default) or the gzip images",
+    )
     p.add_argument("--no-meta", action="store_true")
     p.add_argument("--no-reads", action="store_true")
     p.add_argument("--no-storm", action="store_true")
@@ -477,7 +509,12 @@ def main() -> int:
     repeat = args.repeat or (1 if args.quick else 3)
     meta_repeat = args.meta_repeat or repeat
     out_dir = args.out or REPO / "docs" / "bench" / ("quick" if args.quick else "")
-    variants = args.variants.split(",")
+    variants = [v for v in args.variants.split(",") if v]
+    if args.tars and TARS not in variants:
+        variants.append(TARS)
+    for v in variants:
+        if v not in (*data.VARIANTS, TARS):
+            p.error(f"--variants: unknown {v!r} (gzip, noD-noF, {TARS})")
     meta_scale = data.QUICK_META if args.quick else data.FULL_META
     read_scale = data.QUICK_READ if args.quick else data.FULL_READ
     command = "scripts/bench.py " + shlex.join(sys.argv[1:])
@@ -494,6 +531,21 @@ def main() -> int:
     venv, rat_problem = C.bench_venv(args.work)
     meta_sets = data.ensure(args.work, meta_scale, variants) if not args.no_meta else {}
     read_sets = data.ensure(args.work, read_scale, variants)
+    # the official tars: per scale, the set each tar contender is given (imagenetfs-packed:
+    # what it packs), the cluster set ensured first (the file lists are its)
+    tar_sets: dict[str, dict[str, Path]] = {}
+    if TARS in variants:
+        for what, scale, sets in (
+            ("meta", meta_scale, meta_sets),
+            ("reads", read_scale, read_sets),
+        ):
+            if what == "meta" and args.no_meta:
+                continue
+            official = data.ensure_official(args.work, scale)
+            sets[TARS] = official
+            tar_sets[what] = {c: official for c in report.TAR_WHO}
+            if args.pack_from == "images":
+                tar_sets[what]["imagenetfs-packed"] = sets["gzip"]
     all_c: dict[str, C.Contender] = {
         "imagenetfs": C.Imagenetfs(args.work, args.imagenetfs_src),
         "kernel": C.Kernel(args.work),
@@ -501,7 +553,14 @@ def main() -> int:
         "squashfuse_ll": C.SquashfuseLL(args.work),
         "ratarmount": C.Ratarmount(args.work, venv, rat_problem),
     }
-    chosen = args.only.split(",") if args.only else ORDER
+    if TARS in variants:
+        all_c["imagenetfs-tar"] = C.ImagenetfsTar(args.work, args.imagenetfs_src)
+        all_c["ratarmount-tar"] = C.RatarmountTar(args.work, venv, rat_problem)
+        all_c["imagenetfs-packed"] = C.ImagenetfsPacked(args.work, args.imagenetfs_src)
+    if args.only:
+        chosen = args.only.split(",")
+    else:
+        chosen = [*ORDER, *(n for n in TAR_ORDER if n not in ORDER)] if TARS in variants else ORDER
     facts = machine(args, venv)
     unavailable = {n: c.unavailable() for n, c in all_c.items() if c.unavailable()}
     for n, why in unavailable.items():
@@ -522,11 +581,16 @@ def main() -> int:
                     for name in chosen:
                         if name in unavailable:
                             continue
+                        if (name in TAR_ORDER) != (variant == TARS) and name != "unpacked":
+                            continue  # the tar contenders serve the tars, the others images
                         if name == "unpacked" and variant != variants[0]:
                             continue  # the same tree for every variant: measured once
                         c = tree if name == "unpacked" else all_c[name]
+                        given = setdir
+                        if variant == TARS and name != "unpacked":
+                            given = tar_sets[what][name]
                         try:
-                            fn(variant, setdir, c, files, rep)
+                            fn(variant, given, c, files, rep)
                         except FAILURES as e:
                             run.error(variant, name, what, e)
                         finally:
@@ -540,6 +604,8 @@ def main() -> int:
                     run.mounts.close()
             if not args.no_shared and rep < repeat:
                 for variant in variants:
+                    if variant == TARS:
+                        continue  # the shared-filesystem scenario is about images
                     try:
                         run.shared(
                             variant, read_sets[variant], data.files(args.work, read_scale), rep
@@ -566,6 +632,8 @@ def main() -> int:
         if not args.no_meta
         else "not run"
     )
+    if TARS in variants and args.pack_from == "images":
+        args.note.append("imagenetfs-packed packed the gzip images (--pack-from images)")
     read_files = data.files(args.work, read_scale)
     read_desc = (
         f"{read_scale.name} ({len(read_files):,} files, "

@@ -11,23 +11,38 @@ kernel's loop mounts), and stops the daemons the benchmark started, by their pid
   indexes in `<work>/ratarmount-index/<set>/`;
 - unpacked: the unsquashfs'd tree on local disk; nothing to mount.
 
+Over the official tars (`--tars`, data.ensure_official):
+- ratarmount-tar: `ratarmount -f --recursive --index-folders <work>/ratarmount-index/<set>
+  TAR MP`, one daemon per tar, its defaults otherwise: the per-class tars inside the train tar
+  are indexed into the same SQLite index and shown as directories named `<wnid>.tar/`; the
+  test tar's files sit under its `test/`;
+- imagenetfs-tar: `imagenetfs mount --source <official set> --index INDEX MP`, once imagenetfs
+  serves the tars (archive.py); until then it is reported unavailable, with imagenetfs's own
+  words about a probe set (`<work>/probe-official`: 2 classes, generated);
+- imagenetfs-packed: `imagenetfs pack SOURCE <work>/packed/<set>` (timed, SOURCE's index
+  included), then `imagenetfs mount --source` the packed set (its own `imagenetfs.lmdb`
+  when pack writes one); unavailable while `imagenetfs pack --help` fails.
+
 "Ready" means a stat of a known file under every split succeeds.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchlib import data
 from benchlib.data import SPLITS, File
 
 READY_TIMEOUT = 3600.0  # ratarmount indexes 1.28M entries on its first mount
@@ -107,11 +122,12 @@ class Mounted:
     pids: list[int] = field(default_factory=list)
     unmount: Callable[[], None] = lambda: None
     val_by_label: bool = False  # imagenetfs: val/<wnid>/<file>
+    rel: Callable[[File], str] | None = None  # the file's path under its root, if not relpath
 
     def path(self, f: File) -> str:
         if self.val_by_label and f.split == "val" and f.wnid:
             return f"{self.roots['val']}/{f.wnid}/{f.relpath}"
-        return f"{self.roots[f.split]}/{f.relpath}"
+        return f"{self.roots[f.split]}/{self.rel(f) if self.rel else f.relpath}"
 
 
 class Mounts:
@@ -239,7 +255,7 @@ class Imagenetfs(Contender):
         m.unmount = unmount
         r = subprocess.run(cmd, env=self.env, cwd=self.cwd, capture_output=True, text=True)
         if rebuild and r.returncode != 0 and "--rebuild" in r.stderr:  # an older version's
-            self.forget_index(setdir)
+            self.index_path(setdir).unlink(missing_ok=True)
             r = subprocess.run(cmd, env=self.env, cwd=self.cwd, capture_output=True, text=True)
         if r.returncode != 0:
             if os.path.ismount(mp):
@@ -249,6 +265,120 @@ class Imagenetfs(Contender):
             m.pids = [int(json.loads(registry.state_file(mp).read_text())["pid"])]
         wait_ready([m.path(probe)], [], Path())
         return m
+
+
+class ImagenetfsTar(Imagenetfs):
+    """imagenetfs with the official tars as its source (archive.py): the same mount."""
+
+    name = "imagenetfs-tar"
+
+    def __init__(self, work: Path, src: Path | None, tag: str = "") -> None:
+        super().__init__(work, src, tag)
+        self._why: list[str | None] = []  # asked once per run
+
+    def unavailable(self) -> str | None:
+        """Can this imagenetfs index an official set? Asked of a small one, generated once."""
+        if not self._why:
+            self._why.append(self._probe())
+        return self._why[0]
+
+    def _probe(self) -> str | None:
+        from imagenetfs import generate
+
+        probe = self.work / "probe-official"
+        if not all(data.tar_of(probe, s).is_file() for s in SPLITS):
+            shutil.rmtree(probe, ignore_errors=True)
+            spec = generate.Spec(
+                classes=2, train_per_class=3, val_per_class=2, test=3, tiny=True, progress=False
+            )
+            generate.generate(probe, dataclasses.replace(spec, layout="official"))
+        index = self.work / "index" / "probe-official.lmdb"
+        index.parent.mkdir(parents=True, exist_ok=True)
+        index.unlink(missing_ok=True)
+        cmd = [*self.cmd, "index", "-q", "--source", str(probe), "--index", str(index)]
+        r = subprocess.run(cmd, env=self.env, cwd=self.cwd, capture_output=True, text=True)
+        index.unlink(missing_ok=True)
+        if r.returncode == 0:
+            return None
+        said = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else f"exit {r.returncode}"
+        return f"this imagenetfs does not serve the official tars ({said})"
+
+
+class ImagenetfsPacked(Imagenetfs):
+    """`imagenetfs pack -q --index SOURCE_INDEX SOURCE OUT`, then imagenetfs over OUT. The
+    pack is timed (`last_pack`, None when a pack was reused) and kept in `<work>/packed/<source's
+    name>` for later mounts; `forget_index` removes it and SOURCE_INDEX (pack builds SOURCE's
+    index when missing: a user with only the tars pays for it too), so the first-mount build
+    is the whole way from SOURCE: its index, the pack, the first mount."""
+
+    name = "imagenetfs-packed"
+
+    def __init__(self, work: Path, src: Path | None) -> None:
+        super().__init__(work, src, tag="packed-")
+        self.last_pack: float | None = None
+        self._why: list[str | None] = []
+
+    def unavailable(self) -> str | None:
+        if not self._why:
+            cmd = [*self.cmd, "pack", "--help"]
+            r = subprocess.run(cmd, env=self.env, cwd=self.cwd, capture_output=True, text=True)
+            said = (r.stderr.strip().splitlines() or [f"exit {r.returncode}"])[-1]
+            self._why.append(
+                None if r.returncode == 0 else f"this imagenetfs has no `pack` command ({said})"
+            )
+        return self._why[0]
+
+    def packed_dir(self, source: Path) -> Path:
+        return self.work / "packed" / source.name
+
+    def _done(self, source: Path) -> Path:
+        out = self.packed_dir(source)
+        return out.with_name(out.name + ".done")
+
+    def index_path(self, setdir: Path) -> Path:
+        """The packed set's own index when pack wrote one, else one of ours."""
+        own = setdir / "imagenetfs.lmdb"
+        return own if own.exists() else self.work / "index" / f"{self.tag}{setdir.name}.lmdb"
+
+    def source_index(self, source: Path) -> Path:
+        return self.work / "index" / f"{self.tag}source-{source.name}.lmdb"
+
+    def forget_index(self, setdir: Path) -> None:
+        out = self.packed_dir(setdir)
+        self.index_path(out).unlink(missing_ok=True)
+        self.source_index(setdir).unlink(missing_ok=True)
+        self._done(setdir).unlink(missing_ok=True)
+        shutil.rmtree(out, ignore_errors=True)
+
+    def pack(self, source: Path) -> Path:
+        out = self.packed_dir(source)
+        self.last_pack = None
+        if self._done(source).exists():
+            return out
+        self.forget_index(source)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        index = self.source_index(source)
+        index.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [*self.cmd, "pack", "-q", "--index", str(index), str(source), str(out)]
+        t = time.perf_counter()
+        r = subprocess.run(cmd, env=self.env, cwd=self.cwd, capture_output=True, text=True)
+        if r.returncode != 0:
+            tail = " | ".join(r.stderr.strip().splitlines()[-2:])
+            raise MountFailed(f"imagenetfs pack {source} {out} failed: {tail}")
+        self.last_pack = time.perf_counter() - t
+        self._done(source).touch()
+        return out
+
+    def mount(
+        self,
+        setdir: Path,
+        mp: Path,
+        probe: File,
+        extra: Sequence[str] = (),
+        rebuild: bool = True,
+    ) -> Mounted:
+        """Pack `setdir` unless packed already, then mount the packed set."""
+        return super().mount(self.pack(setdir), mp, probe, extra, rebuild)
 
 
 class Kernel(Contender):
@@ -292,24 +422,32 @@ class Kernel(Contender):
 
 
 class PerImageDaemon(Contender):
-    """One foreground FUSE daemon per image (squashfuse, squashfuse_ll, ratarmount)."""
+    """One foreground FUSE daemon per image (squashfuse, squashfuse_ll, ratarmount), each
+    mounted at `<mp>/<split>`."""
 
     def argv(self, image: Path, mp: Path, setdir: Path) -> list[str]:
         raise NotImplementedError
 
+    def image(self, setdir: Path, split: str) -> Path:
+        return setdir / f"{split}.squashfs"
+
+    def layout(self, setdir: Path, points: dict[str, Path]) -> Mounted:
+        """Where the files of each split are, given each split's mount point."""
+        return Mounted(self.name, dict(points), list(points.values()))
+
     def mount(self, setdir: Path, mp: Path, probe: File) -> Mounted:
-        roots = {s: mp / s for s in SPLITS}
-        m = Mounted(self.name, roots, list(roots.values()))
+        points = {s: mp / s for s in SPLITS}
+        m = self.layout(setdir, points)
         procs: list[subprocess.Popen[bytes]] = []
         log = self.work / "logs" / f"{self.name}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
 
         def unmount() -> None:
             for s in SPLITS:
-                if os.path.ismount(roots[s]):
-                    r = subprocess.run(["fusermount3", "-u", str(roots[s])], capture_output=True)
+                if os.path.ismount(points[s]):
+                    r = subprocess.run(["fusermount3", "-u", str(points[s])], capture_output=True)
                     if r.returncode != 0:
-                        _fusermount_lazy(roots[s])
+                        _fusermount_lazy(points[s])
             for proc in procs:
                 try:
                     proc.wait(timeout=30)
@@ -321,11 +459,11 @@ class PerImageDaemon(Contender):
         try:
             with log.open("ab") as out:
                 for s in SPLITS:
-                    roots[s].mkdir(parents=True, exist_ok=True)
-                    argv = self.argv(setdir / f"{s}.squashfs", roots[s], setdir)
+                    points[s].mkdir(parents=True, exist_ok=True)
+                    argv = self.argv(self.image(setdir, s), points[s], setdir)
                     procs.append(subprocess.Popen(argv, stdout=out, stderr=out))
             m.pids = [p.pid for p in procs]
-            probes = [roots[s] / probe_rel for s, probe_rel in self._probes(probe, setdir)]
+            probes = [points[s] / probe_rel for s, probe_rel in self._probes(probe, setdir)]
             wait_ready(probes, procs, log)
         except BaseException:
             unmount()
@@ -333,7 +471,7 @@ class PerImageDaemon(Contender):
         return m
 
     def _probes(self, probe: File, setdir: Path) -> list[tuple[str, str]]:
-        """A file in each split's image, so that every daemon is known to be serving."""
+        """A path in each split's mount, so that every daemon is known to be serving."""
         out = []
         for s in SPLITS:
             with open(setdir / f"{s}_files.txt") as f:
@@ -379,6 +517,59 @@ class Ratarmount(PerImageDaemon):
         folder = self.index_dir(setdir)
         folder.mkdir(parents=True, exist_ok=True)
         return [str(self.exe), "-f", "--index-folders", str(folder), str(image), str(mp)]
+
+
+def first_member(tar: Path) -> str:
+    """The name of a tar's first member (its first header only is read)."""
+    with tarfile.open(tar) as t:
+        first = t.next()
+    if first is None:
+        raise MountFailed(f"{tar}: an empty tar")
+    return first.name
+
+
+class RatarmountTar(Ratarmount):
+    """ratarmount over the official tars, as a user serves ImageNet's downloads with it: one
+    `ratarmount -f --recursive` per tar. Train shows `<wnid>.tar/<file>` (the per-class tars
+    mounted recursively, under their own names: `--strip-recursive-tar-extension` is not a
+    default), val its flat files, test `test/<file>`."""
+
+    name = "ratarmount-tar"
+
+    def image(self, setdir: Path, split: str) -> Path:
+        return data.tar_of(setdir, split)
+
+    def argv(self, image: Path, mp: Path, setdir: Path) -> list[str]:
+        folder = self.index_dir(setdir)
+        folder.mkdir(parents=True, exist_ok=True)
+        return [
+            str(self.exe),
+            "-f",
+            "--recursive",
+            "--index-folders",
+            str(folder),
+            str(image),
+            str(mp),
+        ]
+
+    def layout(self, setdir: Path, points: dict[str, Path]) -> Mounted:
+        roots = dict(points)
+        # the eval tars' files sit under a directory of the tar (test/ in the 2019 test tar)
+        for s in ("val", "test"):
+            parent = os.path.dirname(first_member(self.image(setdir, s)))
+            roots[s] = points[s] / parent if parent else points[s]
+
+        def rel(f: File) -> str:
+            if f.split != "train":
+                return f.relpath
+            wnid, name = f.relpath.split("/", 1)
+            return f"{wnid}.tar/{name}"
+
+        return Mounted(self.name, roots, list(roots.values()), rel=rel)
+
+    def _probes(self, probe: File, setdir: Path) -> list[tuple[str, str]]:
+        """Each tar's first member (train: a class tar, shown as a directory)."""
+        return [(s, first_member(self.image(setdir, s))) for s in SPLITS]
 
 
 def bench_venv(work: Path) -> tuple[Path, str | None]:

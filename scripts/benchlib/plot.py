@@ -19,7 +19,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-ORDER = ["imagenetfs", "kernel", "squashfuse", "squashfuse_ll", "ratarmount", "unpacked"]
+ORDER = [
+    "imagenetfs",
+    "kernel",
+    "squashfuse",
+    "squashfuse_ll",
+    "ratarmount",
+    "imagenetfs-tar",
+    "ratarmount-tar",
+    "imagenetfs-packed",
+    "unpacked",
+]
 STORM_COLORS = {"unpacked": "tab:gray", "imagenetfs": "tab:green"}
 ROWS = [
     ("first-mount build", "first-mount build (s)"),
@@ -98,14 +108,14 @@ def main(src: str, dst: str) -> None:
     rows = -(-panels // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(15, 3.2 * rows))
     axes = axes.ravel()
-    colors = ["tab:blue", "tab:orange"]
+    colors = ["tab:blue", "tab:orange", "tab:green"]  # gzip, noD-noF, tars
     for ax, (key, title) in zip(axes, ROWS, strict=False):
         who = [c for c in ORDER if any(c in meds[v].get(key, {}) for v in variants)]
         width = 0.8 / max(len(variants), 1)
         for j, v in enumerate(variants):
             vals = [meds[v].get(key, {}).get(c, 0) for c in who]
             xs = [i + j * width for i in range(len(who))]
-            ax.bar(xs, vals, width, label=v, color=colors[j % 2])
+            ax.bar(xs, vals, width, label=v, color=colors[j % len(colors)])
         ax.set_xticks([i + width * (len(variants) - 1) / 2 for i in range(len(who))])
         ax.set_xticklabels(who, rotation=30, ha="right", fontsize=8)
         ax.set_yscale("log")

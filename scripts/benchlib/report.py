@@ -1,9 +1,10 @@
 """scripts/bench.py's report: results.json -> results.md (tables, storm, shared filesystem, the
-goals of issues 6 and 13) + PNGs.
+goals of issues 6, 13 and 15) + PNGs.
 
 `render(doc)` needs only the JSON document, so a run can be re-rendered without measuring
 again (`scripts/bench.py --render docs/bench/results.json`). Every ratio in the tables is
-contender / imagenetfs: above 1, imagenetfs is faster (times) or smaller (memory).
+contender / imagenetfs: above 1, imagenetfs is faster (times) or smaller (memory); in the
+table of the official tars (`--tars`), contender / imagenetfs-tar.
 """
 
 from __future__ import annotations
@@ -16,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 META_ROWS = ["first-mount build", "mount ready", "walk", "stat after walk", "stat fresh mount"]
+#: The contenders over the official tars (`--tars`), their table's variant and its base.
+TAR_WHO = ["imagenetfs-tar", "ratarmount-tar", "imagenetfs-packed"]
+TARS = "tars"
 READ_ROWS = ["read 1 cold", "read 1 warm", "read 8 cold", "read 8 warm", "peak RSS 3 epochs"]
 ROW_TITLES = {
     "first-mount build": "index / first-mount build (s)",
@@ -28,6 +32,7 @@ ROW_TITLES = {
     "read 8 cold": "read epoch, 8 readers, cold (s)",
     "read 8 warm": "read epoch, 8 readers, warm (s)",
     "peak RSS 3 epochs": "daemon peak RSS after 3 epochs (MiB)",
+    "pack": "imagenetfs pack, alone (s)",
 }
 Medians = dict[str, dict[str, float]]
 SHARED_WHO = ["none", "stage", "manual"]
@@ -51,25 +56,31 @@ def _set_of(desc: str, variant: str) -> str:
     name, _, rest = desc.partition(" ")
     if variant == "gzip" or desc == "not run":
         return desc
-    return f"{name.removesuffix('-gzip')}-{variant} {rest}"
+    suffix = "official" if variant == TARS else variant
+    return f"{name.removesuffix('-gzip')}-{suffix} {rest}"
 
 
 def table(variant: str, med: Medians, who: list[str], sets: dict[str, str]) -> str:
+    tars = variant == TARS
+    who = [c for c in who if (c in TAR_WHO) == tars or c == "unpacked"]
+    base_who = "imagenetfs-tar" if tars else "imagenetfs"
+    title = "the official tars (ILSVRC2012 downloads)" if tars else f"{variant} images"
     out = [
-        f"### {variant} images\n",
+        f"### {title}\n",
         f"metadata rows: {_set_of(sets['meta'], variant)}; "
         f"read rows: {_set_of(sets['reads'], variant)}\n",
         "| workload | " + " | ".join(who) + " |",
         "|---|" + "---|" * len(who),
     ]
-    for row in META_ROWS + READ_ROWS:
+    rows = [*META_ROWS[:1], "pack", *META_ROWS[1:]] if tars else META_ROWS
+    for row in rows + READ_ROWS:
         cells = []
-        base = med.get(row, {}).get("imagenetfs")
+        base = med.get(row, {}).get(base_who)
         for c in who:
             v = med.get(row, {}).get(c)
             if v is None:
                 cells.append("n/a")
-            elif c == "imagenetfs" or not base:
+            elif c == base_who or not base:
                 cells.append(f"{v:,.3g}")
             else:
                 cells.append(f"{v:,.3g} ({v / base:.2f}×)")
@@ -255,6 +266,54 @@ def goals(med: Medians, storm_med: Medians) -> list[str]:
     return out
 
 
+def tar_goals(meds: dict[str, Medians], sets: dict[str, str]) -> list[str]:
+    """Issue 15, as ratios measured in this run: imagenetfs over the official tars against
+    ratarmount over the same tars; the packed images against the default gzip images."""
+    tars, gzip = meds.get(TARS, {}), meds.get("gzip", {})
+
+    def ratio(med_a: Medians, a: str, med_b: Medians, b: str, row: str) -> float | None:
+        """a's time / b's time: b's speed over a's."""
+        x, y = med_a.get(row, {}).get(a), med_b.get(row, {}).get(b)
+        return x / y if x and y else None
+
+    build = tars.get("first-mount build", {})
+    return [
+        f"Index build on {_set_of(sets['meta'], TARS)}; the goals of the index build are "
+        "for the full entry count (1,431,167 files).\n",
+        _goal(
+            "index build: ratarmount-tar time ÷ imagenetfs-tar time (goal ≥ 5)",
+            ratio(tars, "ratarmount-tar", tars, "imagenetfs-tar", "first-mount build"),
+            lambda v: v >= 5,
+        ),
+        _goal(
+            "index build: imagenetfs-tar, seconds (goal < 60)",
+            build.get("imagenetfs-tar"),
+            lambda v: v < 60,
+        ),
+        _goal(
+            "reads, 8 readers, first epoch: imagenetfs-tar speed ÷ ratarmount-tar (goal ≥ 2)",
+            ratio(tars, "ratarmount-tar", tars, "imagenetfs-tar", "read 8 cold"),
+            lambda v: v >= 2,
+        ),
+        _goal(
+            "reads, 8 readers, second epoch: imagenetfs-tar speed ÷ ratarmount-tar (goal ≥ 8)",
+            ratio(tars, "ratarmount-tar", tars, "imagenetfs-tar", "read 8 warm"),
+            lambda v: v >= 8,
+        ),
+        _goal(
+            "reads, 8 readers, first epoch: imagenetfs-packed speed ÷ imagenetfs over the "
+            "gzip images (goal ≥ 2)",
+            ratio(gzip, "imagenetfs", tars, "imagenetfs-packed", "read 8 cold"),
+            lambda v: v >= 2,
+        ),
+        _goal(
+            "reads, 8 readers, first epoch: imagenetfs-packed speed ÷ ratarmount-tar",
+            ratio(tars, "ratarmount-tar", tars, "imagenetfs-packed", "read 8 cold"),
+            None,
+        ),
+    ]
+
+
 def render(doc: dict[str, Any]) -> str:
     meds = {v: medians(r) for v, r in doc["results"].items()}
     variants = doc.get("variants", list(meds))
@@ -283,6 +342,17 @@ def render(doc: dict[str, Any]) -> str:
         "process(es) serving the mount (the three per-image daemons summed for squashfuse and "
         "ratarmount).\n",
     ]
+    if TARS in doc.get("variants", []):
+        md.append(
+            "The official tars: the same files (names, sizes, a sample byte for byte checked) "
+            "as the ILSVRC2012 downloads: a train tar of per-class tars, a val tar, a test tar "
+            "(`test/<file>`), the devkit. ratarmount-tar: one `ratarmount --recursive` daemon "
+            "per tar (files at `<wnid>.tar/<file>`, `<file>`, `test/<file>`; its three "
+            "indexes built at once, RSS summed); imagenetfs-tar: one `imagenetfs mount "
+            "--source` of the tars; imagenetfs-packed: `imagenetfs pack`, then a mount of the "
+            "packed set (first-mount build = pack + first mount). Ratios in that table: "
+            "contender ÷ imagenetfs-tar.\n"
+        )
     md += [f"Note: {n}\n" for n in doc.get("notes", [])]
     md += [f"- {n}: not run: {why}" for n, why in doc["unavailable"].items()]
     md.append("")
@@ -306,6 +376,8 @@ def render(doc: dict[str, Any]) -> str:
     if "shared" in doc:
         md += shared_section(doc)
     md += ["### issue 6 goals (gzip images)\n", *goals(meds.get("gzip", {}), storm_med), ""]
+    if meds.get(TARS):
+        md += ["### issue 15 goals (the official tars)\n", *tar_goals(meds, doc["sets"]), ""]
     if doc.get("rss_by_epoch"):
         md += ["RSS (MiB) after each of the 3 epochs, per run:", ""]
         md += [f"- {k}: {v}" for k, v in doc["rss_by_epoch"].items()]
