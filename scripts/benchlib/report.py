@@ -349,9 +349,9 @@ def render(doc: dict[str, Any]) -> str:
             "(`test/<file>`), the devkit. ratarmount-tar: one `ratarmount --recursive` daemon "
             "per tar (files at `<wnid>.tar/<file>`, `<file>`, `test/<file>`; its three "
             "indexes built at once, RSS summed); imagenetfs-tar: one `imagenetfs mount "
-            "--source` of the tars; imagenetfs-packed: `imagenetfs pack`, then a mount of the "
-            "packed set (first-mount build = pack + first mount). Ratios in that table: "
-            "contender ÷ imagenetfs-tar.\n"
+            "--source` of the tars; imagenetfs-packed: `imagenetfs pack` (which indexes its source "
+            "first), then a mount of the packed set (first-mount build = pack + first mount). "
+            "Ratios in that table: contender ÷ imagenetfs-tar.\n"
         )
     md += [f"Note: {n}\n" for n in doc.get("notes", [])]
     md += [f"- {n}: not run: {why}" for n, why in doc["unavailable"].items()]
