@@ -73,9 +73,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from imagenetfs import index, source, squashfs
+from imagenetfs import index, registry, source, squashfs
 from imagenetfs.errors import ImagenetfsError, ToolError, UsageError
 from imagenetfs.index import Index, Node
+from imagenetfs.staging import sync_dir
 
 SPLITS = source.SPLITS
 COMPRESSORS = ("none", "gzip", "xz", "lzo", "lz4", "zstd")
@@ -525,15 +526,8 @@ def part_path(path: Path) -> Path:
 
 
 def _alive(pid: int) -> bool:
-    if pid == os.getpid():  # an earlier process that had this number: gone
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    """The pack that wrote a part file still runs (ours: an earlier process of this number)."""
+    return pid != os.getpid() and registry.pid_alive(pid)
 
 
 def remove_stale(out: Path) -> list[str]:
@@ -570,14 +564,6 @@ def write_atomic(path: Path, data: bytes) -> bool:
             part.unlink(missing_ok=True)
         raise
     return True
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -830,7 +816,7 @@ def _pack_image(
         manifest.images[image.name] = {"made_from": made_from, "image": fingerprint}
         manifest.save(out)
         os.rename(part, image)
-        _sync_dir(out)
+        sync_dir(out)
     except BaseException:
         with _signals.held():
             part.unlink(missing_ok=True)

@@ -275,7 +275,7 @@ class Stager:
             if problem is not None:
                 raise ImagenetfsError(f"the copy is not the image indexed ({problem})")
             os.rename(part, path)
-            _sync_dir(path.parent)
+            sync_dir(path.parent)
         except BaseException:
             part.unlink(missing_ok=True)
             raise
@@ -355,7 +355,8 @@ def _send(out: int, source: int, offset: int, count: int) -> int:
     return sent
 
 
-def _sync_dir(directory: Path) -> None:
+def sync_dir(directory: Path) -> None:
+    """Make the renames and creations in `directory` durable (its own fsync)."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)

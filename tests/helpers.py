@@ -96,6 +96,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
     return predicate()
 
 
+def evict(path: Path) -> None:
+    """Drop a file's pages from the kernel's page cache (the mount uses keep_cache)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def force_unmount(mp: Path) -> None:
     subprocess.run(["fusermount3", "-u", "-z", "-q", str(mp)], capture_output=True, timeout=30)
     if is_mounted(mp):

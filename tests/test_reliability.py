@@ -58,6 +58,7 @@ from helpers import (
     Mounted,
     Mounter,
     alive,
+    evict,
     force_unmount,
     fuse_unusable,
     is_mounted,
@@ -129,15 +130,6 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("imagenetfs: error: ")]
     assert len(errors) == 1, result.stderr
     return errors[0]
-
-
-def evict(path: Path) -> None:
-    """Drop a file's pages from the kernel's page cache (the mount uses keep_cache)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def read_errno(path: Path) -> int | bytes:

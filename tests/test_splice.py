@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Mounted, Mounter, fuse_unusable
+from helpers import Mounted, Mounter, evict, fuse_unusable
 
 from imagenetfs import protocol as fuse
 from imagenetfs import source, wire
@@ -436,14 +436,6 @@ def env_mounter(tmp_path: Path) -> Iterator[EnvMounter]:
         yield harness
     finally:
         harness.cleanup()
-
-
-def evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def read_everything(mp: Path, files: dict[str, bytes], seed: str) -> list[str]:
