@@ -35,6 +35,7 @@ REQUESTS = {
     "readdir": "readdirs",
     "open": "opens",
     "read": "reads",
+    "ioctl": "ioctls",
 }
 
 

@@ -72,10 +72,10 @@ from imagenetfs.errors import (
     ReadOnly,
     errno_of,
 )
-from imagenetfs.index import DIR, FILE, MAX_NAME, SYMLINK, Node
+from imagenetfs.index import DIR, FILE, MAX_NAME, ROOT_INO, SYMLINK, Node
 from imagenetfs.resize import ResizeCache, ResizeSpec
 from imagenetfs.squashfs import Run, SquashImage, WouldBlock
-from imagenetfs.views import Tree
+from imagenetfs.views import RESIZED, VIEW_SHIFT, Tree
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +107,7 @@ class Attributes(NamedTuple):
 #: `Attributes(...)` without the Python-level `__new__` of a NamedTuple: one frame less on
 #: every lookup and getattr.
 _new_attributes = tuple.__new__
+_DOTS = frozenset((b".", b".."))
 
 
 class Listed(NamedTuple):
@@ -140,11 +141,13 @@ class Blocked(Exception):
 # --- counters -----------------------------------------------------------------------------
 
 FS_COUNTERS = ("lookups", "getattrs", "readdirs", "opens", "reads", "inline_reads",
-               "bytes_read", "errors", "resizes", "reads_spliced")  # fmt: skip
+               "bytes_read", "errors", "resizes", "reads_spliced", "ioctls")  # fmt: skip
 CACHE_COUNTERS = ("hits", "misses", "stores", "evictions", "failures")
 BLOCK_COUNTERS = ("hits", "misses")  # of the images' decompressed-block caches
 LOOKUPS, GETATTRS, READDIRS, OPENS, READS, INLINE_READS, BYTES_READ, ERRORS, RESIZES = range(9)
 READS_SPLICED = 9  # of READS: answered by splicing the bytes from the image file (wire.py)
+IOCTLS = 10  # isatty()'s TCGETS, one per buffered open() before Python 3.14 (workers only:
+#             under pyfuse3, libfuse refuses ioctls itself)
 CACHE_FIRST = len(FS_COUNTERS)
 BLOCK_FIRST = CACHE_FIRST + len(CACHE_COUNTERS)
 #: Read-latency buckets (see the module docstring): bucket k counts reads under 2**(k+10) ns,
@@ -363,6 +366,21 @@ class Core:
             node = self.tree.lookup(parent, name)
         return self._attributes(node)
 
+    def stored_lookup(self, parent: int, name: bytes) -> Attributes | None:
+        """`lookup`'s answer read straight off the index record -- no `Node`, no view
+        arithmetic -- where that is the whole answer: a child of a base-tree directory, not a
+        dot, not `resized`. None where `lookup` must answer (and then counts it)."""
+        if parent >> VIEW_SHIFT or name in _DOTS or (parent == ROOT_INO and name == RESIZED):
+            return None
+        found = self.tree.index.entry(parent, name)
+        if found is None:
+            return None
+        self._counts[LOOKUPS] += 1
+        ino, mode, nlink, size, mtime = found
+        return _new_attributes(Attributes, (
+            ino, mode, nlink, self.uid, self.gid, size, (size + 511) // 512, mtime, TIMEOUT,
+        ))  # fmt: skip
+
     def getattr(self, ino: int) -> Attributes:
         self._counts[GETATTRS] += 1
         return self._attributes(self.tree.getattr(ino))
@@ -431,6 +449,7 @@ class Core:
 
     def ioctl(self, ino: int) -> bytes:
         """No ioctls: `isatty()` (TCGETS) learns that a file is no terminal."""
+        self._counts[IOCTLS] += 1
         raise NotATerminal(ino)
 
     # --- data ------------------------------------------------------------------------------

@@ -27,6 +27,8 @@ NO_REPLY = frozenset({FORGET, INTERRUPT, BATCH_FORGET})
 WRITES = frozenset({4, 6, 8, 9, 10, 11, 12, 13, 16, 21, 24, 35, 43, 45})
 
 IN_HEADER = struct.Struct("<IIQQIIIHH")  # len, opcode, unique, nodeid, uid, gid, pid, ...
+#: The part of in_header a worker reads: len, opcode, unique, nodeid.
+IN_START = struct.Struct("<IIQQ")
 OUT_HEADER = struct.Struct("<IiQ")  # len, -errno, unique
 #: fuse_attr: ino, size, blocks, atime, mtime, ctime, their nsecs, mode, nlink, uid, gid,
 #: rdev, blksize, flags

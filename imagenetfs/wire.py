@@ -75,7 +75,7 @@ from imagenetfs import protocol as fuse
 from imagenetfs.errors import ImagenetfsError, InvalidRequest, NotImplemented_, ReadOnly
 from imagenetfs.index import DTYPE
 from imagenetfs.ops import BLOCK_SIZE, Blocked, Core, Counters, Listed
-from imagenetfs.protocol import IN_HEADER, NO_REPLY, OUT_HEADER
+from imagenetfs.protocol import IN_HEADER, IN_START, NO_REPLY, OUT_HEADER
 from imagenetfs.squashfs import Run
 
 log = logging.getLogger(__name__)
@@ -331,7 +331,7 @@ class Worker:
     def handle(self, request: memoryview) -> bytes | None:
         """The reply to one request (header included), or None when none is due -- or when
         it has gone to the device already (a spliced READ)."""
-        _, opcode, unique, nodeid, *_ = IN_HEADER.unpack_from(request)
+        _, opcode, unique, nodeid = IN_START.unpack_from(request)
         if opcode in NO_REPLY:
             return None
         body = request[IN_HEADER.size :]
@@ -402,10 +402,13 @@ class Worker:
         return None
 
     def _lookup(self, parent: int, body: memoryview) -> bytes:
-        try:
-            attrs = self.core.lookup(parent, bytes(body[:-1]))  # the name, then a NUL
-        except Blocked as blocked:
-            attrs = self._finish(blocked)
+        name = bytes(body[:-1])  # (then a NUL)
+        attrs = self.core.stored_lookup(parent, name)
+        if attrs is None:
+            try:
+                attrs = self.core.lookup(parent, name)
+            except Blocked as blocked:
+                attrs = self._finish(blocked)
         ino, mode, nlink, uid, gid, size, blocks, mtime, valid = attrs  # (unpacked: hot path)
         return fuse.ENTRY_OUT.pack(
             ino, 0, valid, valid, 0, 0,

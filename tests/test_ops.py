@@ -121,6 +121,40 @@ def test_tree_sizes_modes_and_owner_match_the_images(index: Index, small: SmallS
     assert core.getattr(entries[link].ino).mode == 0o120777
 
 
+def test_stored_lookup_answers_as_lookup_does(index: Index) -> None:
+    """The workers' fast path (`stored_lookup`, off the index record) gives what `lookup`
+    gives for every entry of the base tree, counted once; it leaves the dots, `resized`, the
+    views' directories, missing names and non-directories to `lookup`."""
+    for specs in ((), ("64",)):
+        core = core_of(index, *specs)
+        entries = walk(core)
+        parents = {
+            path_of(core, p).ino if p else ROOT_INO for p in {e.rpartition("/")[0] for e in entries}
+        }
+        assert len(parents) > 3 + len(SMALL_WNIDS), "every directory, not only a few"
+        checked = 0
+        for path, entry in entries.items():
+            parent = path_of(core, path.rpartition("/")[0]).ino if "/" in path else ROOT_INO
+            before = core.counters.values[ops.LOOKUPS]
+            fast = core.stored_lookup(parent, entry.name)
+            if path.startswith("resized"):
+                assert fast is None, path
+                continue
+            assert core.counters.values[ops.LOOKUPS] == before + 1
+            assert fast == path_of(core, path), path
+            checked += 1
+        assert checked == len([p for p in entries if not p.startswith("resized")])
+        view_root = (1 << VIEW_SHIFT) | ROOT_INO
+        for parent, name in [
+            (ROOT_INO, b"."), (ROOT_INO, b".."), (ROOT_INO, b"missing"),
+            (path_of(core, "meta.bin").ino, b"x"), (10**6, b"train"), (view_root, b"train"),
+            (ROOT_INO, b"resized"), (0, b"train"), (1 << 40, b"train"),
+        ]:  # fmt: skip
+            before = core.counters.values[ops.LOOKUPS]
+            assert core.stored_lookup(parent, name) is None, (parent, name)
+            assert core.counters.values[ops.LOOKUPS] == before, "not counted: lookup will"
+
+
 def test_every_errno(index: Index) -> None:
     core = core_of(index, "64x64")
     f = path_of(core, f"train/{SMALL_WNIDS[0]}/{SMALL_WNIDS[0]}_1.JPEG").ino
