@@ -177,6 +177,7 @@ def test_open_and_the_other_opcodes(worker: wire.Worker, small: SmallSource) -> 
     assert ask(worker, fuse.LISTXATTR, f, fuse.GETXATTR_OUT.pack(0, 0)) == bytes(8)
     assert ask(worker, fuse.LISTXATTR, f, fuse.GETXATTR_OUT.pack(100, 0)) == b""
     assert refused(worker, fuse.IOCTL, f, bytes(32)) == "ENOTTY"
+    assert worker.core.counters.values[ops.IOCTLS] == 1
     assert refused(worker, fuse.FLUSH, f, bytes(24)) == "ENOSYS"
     assert refused(worker, MKDIR, wnid, bytes(8) + b"new\0") == "EROFS"
     assert refused(worker, 9999) == "ENOSYS"
