@@ -21,8 +21,14 @@ root only) unless said otherwise:
   to a successful stat), `os.walk` of the whole tree, `os.stat` of every file after that walk
   (same mount) and on a fresh mount;
 - reads, on the realistic set: every file read whole in random order by 1 and by 8 reader
-  processes, cold (fresh mount, caches dropped) and warm (the next epoch on the same mount);
-  the daemons' peak RSS (VmHWM, daemon and children) after 3 epochs of 8 readers;
+  processes, cold (fresh mount, caches dropped) and warm (the next epoch on the same mount),
+  each with its MB/s and CPU seconds per GB read: the daemon's (user + system of the
+  processes serving the mount and their children, from /proc/<pid>/stat; none for the kernel
+  mount and the unpacked tree) and the readers' (their own user + system, which holds the
+  kernel's work on their behalf); the daemons' memory after each of 3 epochs of 8 readers:
+  RSS, peak RSS (VmHWM), PSS and USS (/proc/<pid>/smaps_rollup), summed over the daemon and
+  its children (imagenetfs: the supervisor and its workers); the same memory after the walk
+  and stat of the metadata set (in a full run: at ImageNet's entry count);
 - the metadata storm (scripts/storm/stormfs.c, see benchlib/storm.py);
 - the shared filesystem (issue 13, benchlib/shared.py): the images behind stormfs with its
   metadata delay and a read bandwidth cap (--shared-mbps), served by imagenetfs as they are
@@ -135,7 +141,11 @@ class Run:
         self.extra["entries"][c.name] = entries
         paths = [m.path(f) for f in files]
         t_stat = stat_all(paths)
+        mem = C.memory(m.pids) if m.pids else None
         self.mounts.release(m)
+        if mem is not None:  # the daemon with every entry looked up once
+            for row, what in report.META_MEM_ROWS.items():
+                self.record(variant, row, c.name, mem[what])
         self.record(variant, "walk", c.name, t_walk)
         self.record(variant, "stat after walk", c.name, t_stat)
         self.drop()
@@ -146,6 +156,11 @@ class Run:
         note(
             f"[{variant}] {c.name}: ready {ready:.3f} s, walk {t_walk:.2f} s ({entries:,} "
             f"entries), stat after walk {t_stat:.2f} s, stat fresh {t_fresh:.2f} s"
+            + (
+                f"; RSS/PSS/USS {mem['rss']:.1f}/{mem['pss']:.1f}/{mem['uss']:.1f} MiB"
+                if mem
+                else ""
+            )
         )
 
     # --- read workloads ------------------------------------------------------------------
@@ -153,37 +168,62 @@ class Run:
     def reads(self, variant: str, setdir: Path, c: C.Contender, files: list[data.File], rep: int):
         total = sum(f.size for f in files)
         seed = 1000 * rep
+        key = f"{variant}/{c.name}"
 
-        def epoch(paths: list[str], readers: int, s: int) -> float:
+        def epoch(m: C.Mounted, paths: list[str], readers: int, s: int, row: str | None) -> float:
+            """One epoch; with `row` (report.READ_ROWS), its time, MB/s and CPU s per GB."""
+            cpu0 = C.cpu_seconds(m.pids)
             dt, nbytes = self.readers.epoch(paths, readers, s)
+            daemon = C.cpu_seconds(m.pids) - cpu0 if m.pids else None
             if nbytes != total:
                 raise RuntimeError(f"read {nbytes:,} bytes, expected {total:,}")
+            if row is not None:
+                self.record(variant, row, c.name, dt)
+                gb = nbytes / 1e9
+                readers_cpu = self.readers.last_cpu
+                for what, v in (
+                    ("MB/s", nbytes / 1e6 / dt),
+                    ("daemon CPU s/GB", None if daemon is None else daemon / gb),
+                    ("readers CPU s/GB", readers_cpu / gb),
+                    ("CPU s/GB", ((daemon or 0.0) + readers_cpu) / gb),
+                ):
+                    self.record(variant, report.cpu_row(row, what), c.name, v)
             return dt
 
         self.drop()
         m, _ = self.mounted(c, setdir, files[0])
         paths = [m.path(f) for f in files]
-        cold1 = epoch(paths, 1, seed + 1)
-        warm1 = epoch(paths, 1, seed + 2)
+        cold1 = epoch(m, paths, 1, seed + 1, "read 1 cold")
+        warm1 = epoch(m, paths, 1, seed + 2, "read 1 warm")
         self.mounts.release(m)
         self.drop()
         m, _ = self.mounted(c, setdir, files[0])
-        times, rss = [], []
-        for e in range(3):
-            times.append(epoch(paths, 8, seed + 3 + e))
-            rss.append(C.memory_mib(m.pids))
+        times, mem = [], []
+        for e, row in enumerate(["read 8 cold", "read 8 warm", None]):
+            times.append(epoch(m, paths, 8, seed + 3 + e, row))
+            mem.append(C.memory(m.pids))
         self.mounts.release(m)
-        for row, v in zip(report.READ_ROWS, [cold1, warm1, *times[:2]], strict=False):
-            self.record(variant, row, c.name, v)
         if m.pids:
-            self.record(variant, "peak RSS 3 epochs", c.name, rss[-1][1])
-            key = f"{variant}/{c.name}"
-            self.extra["rss_by_epoch"].setdefault(key, []).append([r[0] for r in rss])
+            last = mem[-1]
+            for row, what in report.MEM_ROWS.items():
+                self.record(variant, row, c.name, last[what])
+            for what in ("rss", "pss", "uss"):
+                by_epoch = self.extra.setdefault(f"{what}_by_epoch", {}).setdefault(key, [])
+                by_epoch.append([x[what] for x in mem])
+            self.extra.setdefault("daemon_procs", {})[key] = int(last["procs"])
         n = len(files)
+        mb = total / 1e6
         note(
             f"[{variant}] {c.name}: 1 reader {n / cold1:,.0f}/{n / warm1:,.0f} files/s "
-            f"cold/warm, 8 readers {n / times[0]:,.0f}/{n / times[1]:,.0f}, "
-            f"RSS by epoch {[round(r[0], 1) for r in rss]} MiB, peak {rss[-1][1]:.1f}"
+            f"cold/warm, 8 readers {n / times[0]:,.0f}/{n / times[1]:,.0f} "
+            f"({mb / times[0]:,.0f}/{mb / times[1]:,.0f} MB/s)"
+            + (
+                f", {int(mem[-1]['procs'])} daemon process(es), RSS/PSS/USS by epoch "
+                + ", ".join(f"{x['rss']:.1f}/{x['pss']:.1f}/{x['uss']:.1f}" for x in mem)
+                + f" MiB, peak RSS {mem[-1]['hwm']:.1f}"
+                if m.pids
+                else ""
+            )
         )
 
     # --- the metadata storm --------------------------------------------------------------

@@ -82,18 +82,60 @@ def _tree_pids(pids: list[int]) -> list[int]:
     return out
 
 
-def memory_mib(pids: list[int]) -> tuple[float, float]:
-    """(VmRSS, VmHWM) summed over `pids` and their descendants, in MiB."""
-    rss = hwm = 0
+def _kib_fields(path: str) -> dict[str, int]:
+    """`Name:   123 kB` lines of a /proc file (status, smaps_rollup), in KiB; {} if gone."""
+    try:
+        text = Path(path).read_text()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        name, sep, rest = line.partition(":")
+        value = rest.split()
+        if sep and value and value[0].isdigit():
+            out[name] = int(value[0])
+    return out
+
+
+def memory(pids: list[int]) -> dict[str, float]:
+    """The memory of `pids` and their descendants (imagenetfs: the supervisor and its
+    workers), each summed over the processes, in MiB: `rss` and `hwm` (VmRSS, VmHWM from
+    /proc/<pid>/status), `pss` (Pss from /proc/<pid>/smaps_rollup: each page divided by the
+    number of processes mapping it, so pages the workers share with the supervisor count
+    once in the sum) and `uss` (Private_Clean + Private_Dirty: the pages each process alone
+    maps; pages the workers share with the supervisor are in no USS), and `procs`, how many
+    processes were counted."""
+    out = {"rss": 0.0, "hwm": 0.0, "pss": 0.0, "uss": 0.0, "procs": 0.0}
     for pid in _tree_pids(pids):
+        status = _kib_fields(f"/proc/{pid}/status")
+        rollup = _kib_fields(f"/proc/{pid}/smaps_rollup")
+        if not status:
+            continue
+        out["procs"] += 1
+        out["rss"] += status.get("VmRSS", 0) / 1024
+        out["hwm"] += status.get("VmHWM", 0) / 1024
+        out["pss"] += rollup.get("Pss", 0) / 1024
+        out["uss"] += (rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0)) / 1024
+    return out
+
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system, all threads) of `pids` and their descendants, in seconds,
+    from /proc/<pid>/stat; children they reaped count too (cutime + cstime), so the
+    difference over an interval holds the work of a worker that exited meanwhile. 0 for
+    none (the kernel's mount, the unpacked tree: nothing serves them in user space)."""
+    ticks = 0
+    for pid in _tree_pids(pids) if pids else []:
         try:
-            text = Path(f"/proc/{pid}/status").read_text()
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:
             continue
-        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-        rss += int(fields.get("VmRSS", "0 kB").split()[0])
-        hwm += int(fields.get("VmHWM", "0 kB").split()[0])
-    return rss / 1024, hwm / 1024
+        f = stat.rsplit(")", 1)[1].split()  # f[0] is field 3 (state): utime is field 14
+        ticks += sum(int(v) for v in f[11:15])  # utime, stime, cutime, cstime
+    return ticks / _TICK
 
 
 def _fusermount_lazy(mp: Path) -> None:

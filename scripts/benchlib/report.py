@@ -32,8 +32,38 @@ ROW_TITLES = {
     "read 8 cold": "read epoch, 8 readers, cold (s)",
     "read 8 warm": "read epoch, 8 readers, warm (s)",
     "peak RSS 3 epochs": "daemon peak RSS after 3 epochs (MiB)",
+    "PSS 3 epochs": "daemon PSS after 3 epochs (MiB)",
+    "USS 3 epochs": "daemon USS after 3 epochs (MiB)",
+    "meta RSS": "daemon RSS after walk + stat (MiB)",
+    "meta PSS": "daemon PSS after walk + stat (MiB)",
+    "meta USS": "daemon USS after walk + stat (MiB)",
     "pack": "imagenetfs pack, alone (s)",
 }
+#: Memory rows of the read workload (after the third epoch of 8 readers) and of the metadata
+#: workload (after the walk and the stat of every file): row -> key of contenders.memory().
+MEM_ROWS = {"peak RSS 3 epochs": "hwm", "PSS 3 epochs": "pss", "USS 3 epochs": "uss"}
+META_MEM_ROWS = {"meta RSS": "rss", "meta PSS": "pss", "meta USS": "uss"}
+#: Per read epoch (READ_ROWS' first four): its speed and CPU seconds per GB read, by whom.
+CPU_WHAT = {
+    "MB/s": "MB/s",
+    "daemon CPU s/GB": "CPU s per GB, daemon",
+    "readers CPU s/GB": "CPU s per GB, readers",
+    "CPU s/GB": "CPU s per GB, daemon + readers",
+}
+#: The epoch whose speed and CPU rows the tables show (all four are in results.json).
+CPU_TABLE_EPOCH = "read 8 cold"
+
+
+def cpu_row(epoch: str, what: str) -> str:
+    """The results row of `what` (CPU_WHAT) in a read epoch, e.g. "read 8 cold: daemon CPU s/GB"."""
+    return f"{epoch}: {what}"
+
+
+for _epoch in READ_ROWS[:4]:
+    for _what, _title in CPU_WHAT.items():
+        ROW_TITLES[cpu_row(_epoch, _what)] = f"{ROW_TITLES[_epoch].removesuffix(' (s)')}: {_title}"
+#: Rows without a ratio in the tables (a speed: its time's row has one).
+NO_RATIO = {cpu_row(e, "MB/s") for e in READ_ROWS[:4]}
 Medians = dict[str, dict[str, float]]
 SHARED_WHO = ["none", "stage", "manual"]
 SHARED_ROWS = {
@@ -72,15 +102,18 @@ def table(variant: str, med: Medians, who: list[str], sets: dict[str, str]) -> s
         "| workload | " + " | ".join(who) + " |",
         "|---|" + "---|" * len(who),
     ]
-    rows = [*META_ROWS[:1], "pack", *META_ROWS[1:]] if tars else META_ROWS
-    for row in rows + READ_ROWS:
+    rows = [*META_ROWS[:1], "pack", *META_ROWS[1:]] if tars else list(META_ROWS)
+    rows += [r for r in META_MEM_ROWS if r in med]  # not in results before issue 16
+    rows += READ_ROWS + [r for r in MEM_ROWS if r in med and r not in READ_ROWS]
+    rows += [cpu_row(CPU_TABLE_EPOCH, w) for w in CPU_WHAT if cpu_row(CPU_TABLE_EPOCH, w) in med]
+    for row in rows:
         cells = []
         base = med.get(row, {}).get(base_who)
         for c in who:
             v = med.get(row, {}).get(c)
             if v is None:
                 cells.append("n/a")
-            elif c == base_who or not base:
+            elif c == base_who or not base or row in NO_RATIO:
                 cells.append(f"{v:,.3g}")
             else:
                 cells.append(f"{v:,.3g} ({v / base:.2f}×)")
@@ -340,7 +373,15 @@ def render(doc: dict[str, Any]) -> str:
         "same paths inside each image (imagenetfs: train/, val/<wnid>/, test/). The unpacked "
         "tree is measured once and shown under each variant. RSS: VmHWM of the daemon "
         "process(es) serving the mount (the three per-image daemons summed for squashfuse and "
-        "ratarmount).\n",
+        "ratarmount). PSS and USS (from /proc/<pid>/smaps_rollup; rows absent before issue "
+        "16), summed over the same processes and their children (imagenetfs: the supervisor "
+        "and its workers): PSS shares each page among the processes mapping it, so pages the "
+        "workers share with the supervisor count once; USS = Private_Clean + Private_Dirty. "
+        "CPU s per GB: user + system seconds per 10^9 bytes read, of the daemon process(es) "
+        "and their children (/proc/<pid>/stat; n/a for the kernel mount and the unpacked "
+        "tree, whose work is in the kernel) and of the reader processes (their system time "
+        "holds the kernel's work on their behalf; kernel threads, e.g. the loop device's, are "
+        "not counted).\n",
     ]
     if TARS in doc.get("variants", []):
         md.append(
@@ -378,10 +419,14 @@ def render(doc: dict[str, Any]) -> str:
     md += ["### issue 6 goals (gzip images)\n", *goals(meds.get("gzip", {}), storm_med), ""]
     if meds.get(TARS):
         md += ["### issue 15 goals (the official tars)\n", *tar_goals(meds, doc["sets"]), ""]
-    if doc.get("rss_by_epoch"):
-        md += ["RSS (MiB) after each of the 3 epochs, per run:", ""]
-        md += [f"- {k}: {v}" for k, v in doc["rss_by_epoch"].items()]
-        md.append("")
+    for what in ("rss", "pss", "uss"):
+        if doc.get(f"{what}_by_epoch"):
+            md += [f"{what.upper()} (MiB) after each of the 3 epochs, per run:", ""]
+            md += [
+                f"- {k}: {[[round(x, 1) for x in run] for run in v]}"
+                for k, v in doc[f"{what}_by_epoch"].items()
+            ]
+            md.append("")
     if doc.get("errors"):
         md += ["### failures\n", *(f"- {e}" for e in doc["errors"]), ""]
     return "\n".join(md)
