@@ -3,7 +3,8 @@
     <work>/bench-venv/bin/python scripts/benchlib/plot.py results.json results.png
 
 One panel per workload: a bar per contender and image variant (median), log scale, so that
-the kernel's microseconds and ratarmount's minutes fit; the storm in the last panels. The
+the kernel's microseconds and ratarmount's minutes fit; the storm in the last panels (a bar
+per delay, the first solid, the others hatched, as each panel's title says). The
 shared-filesystem scenario, when run, in a small figure of its own beside it
 (`results-shared.png`: time to first file, both epochs, GB read from the shared filesystem).
 """
@@ -31,6 +32,7 @@ ORDER = [
     "unpacked",
 ]
 STORM_COLORS = {"unpacked": "tab:gray", "imagenetfs": "tab:green"}
+HATCHES = ["", "//", "xx", ".."]  # the storm's bars, one per delay
 ROWS = [
     ("first-mount build", "first-mount build (s)"),
     ("mount ready", "mount ready (s)"),
@@ -97,12 +99,17 @@ def main(src: str, dst: str) -> None:
         for v, r in doc["results"].items()
     }
     variants = list(meds)
-    storm = {
-        row: {w: statistics.median(x) for w, x in by.items()}
-        for row, by in doc.get("storm", {}).items()
-        if row.endswith("(s)")
+    # one storm per delay (before issue 16: doc["storm"] alone): {delay: {row: {who: median}}}
+    storms = {
+        f"{st['config']['delay_ms']:g} ms": {
+            row: {w: statistics.median(x) for w, x in by.items()}
+            for row, by in st.items()
+            if row.endswith("(s)")
+        }
+        for st in [doc.get("storm"), *doc.get("more_storms", [])]
+        if st
     }
-    storm_rows = [r for r in storm if r.endswith("(s)")]
+    storm_rows = list(dict.fromkeys(r for st in storms.values() for r in st))
     panels = len(ROWS) + len(storm_rows)
     cols = 3
     rows = -(-panels // cols)
@@ -123,10 +130,26 @@ def main(src: str, dst: str) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=8)
     for ax, key in zip(axes[len(ROWS) :], storm_rows, strict=False):
-        who = [w for w in ("unpacked", "imagenetfs") if w in storm[key]]
-        ax.bar(who, [storm[key][w] for w in who], color=[STORM_COLORS[w] for w in who])
+        who = ["unpacked", "imagenetfs"]
+        width = 0.8 / max(len(storms), 1)
+        for j, st in enumerate(storms.values()):
+            by = st.get(key, {})
+            xs = [i + j * width for i in range(len(who))]
+            ax.bar(
+                xs,
+                [by.get(w, 0) for w in who],
+                width,
+                color=[STORM_COLORS[w] for w in who],
+                alpha=1.0 if j == 0 else 0.55,
+                hatch=HATCHES[j % len(HATCHES)] or None,
+            )
+        ax.set_xticks([i + width * (len(storms) - 1) / 2 for i in range(len(who))])
+        ax.set_xticklabels(who, fontsize=9)
         ax.set_yscale("log")
-        ax.set_title(f"storm: {key}", fontsize=10)
+        bars = ", ".join(
+            f"{d} {HATCHES[j % len(HATCHES)] or 'solid'}" for j, d in enumerate(storms)
+        )
+        ax.set_title(f"storm: {key}\n({bars})", fontsize=9)
         ax.grid(axis="y", alpha=0.3)
     for ax in axes[panels:]:
         ax.axis("off")
