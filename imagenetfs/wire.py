@@ -75,7 +75,7 @@ from imagenetfs import protocol as fuse
 from imagenetfs.errors import ImagenetfsError, InvalidRequest, NotImplemented_, ReadOnly
 from imagenetfs.index import DTYPE
 from imagenetfs.ops import BLOCK_SIZE, Blocked, Core, Counters, Listed
-from imagenetfs.protocol import IN_HEADER, IN_START, NO_REPLY, OUT_HEADER
+from imagenetfs.protocol import ENTRY_REPLY, IN_HEADER, IN_START, NO_REPLY, OUT_HEADER
 from imagenetfs.squashfs import Run
 
 log = logging.getLogger(__name__)
@@ -278,6 +278,7 @@ class Worker:
         self.lock_fd = lock_fd
         self.splicer = Splicer(fd) if splice else None
         self.done = False  # DESTROY answered
+        self._stored_lookup = core.stored_lookup
         self._handlers: dict[int, Callable[[int, memoryview], bytes]] = {
             fuse.LOOKUP: self._lookup,
             fuse.GETATTR: self._getattr,
@@ -332,6 +333,15 @@ class Worker:
         """The reply to one request (header included), or None when none is due -- or when
         it has gone to the device already (a spliced READ)."""
         _, opcode, unique, nodeid = IN_START.unpack_from(request)
+        if opcode == fuse.LOOKUP:  # (most of a stat storm, one per file opened): the short way
+            attrs = self._stored_lookup(nodeid, bytes(request[IN_HEADER.size : -1]))
+            if attrs is not None:
+                ino, mode, nlink, uid, gid, size, blocks, mtime, valid = attrs
+                return ENTRY_REPLY.pack(
+                    ENTRY_REPLY.size, 0, unique, ino, 0, valid, valid, 0, 0,
+                    ino, size, blocks, mtime, mtime, mtime, 0, 0, 0, mode, nlink, uid, gid,
+                    0, BLOCK_SIZE, 0,
+                )  # fmt: skip
         if opcode in NO_REPLY:
             return None
         body = request[IN_HEADER.size :]
@@ -402,13 +412,11 @@ class Worker:
         return None
 
     def _lookup(self, parent: int, body: memoryview) -> bytes:
-        name = bytes(body[:-1])  # (then a NUL)
-        attrs = self.core.stored_lookup(parent, name)
-        if attrs is None:
-            try:
-                attrs = self.core.lookup(parent, name)
-            except Blocked as blocked:
-                attrs = self._finish(blocked)
+        """The long way (`handle` has found no stored answer): the dots, views, errors."""
+        try:
+            attrs = self.core.lookup(parent, bytes(body[:-1]))  # the name, then a NUL
+        except Blocked as blocked:
+            attrs = self._finish(blocked)
         ino, mode, nlink, uid, gid, size, blocks, mtime, valid = attrs  # (unpacked: hot path)
         return fuse.ENTRY_OUT.pack(
             ino, 0, valid, valid, 0, 0,
