@@ -208,7 +208,7 @@ class Run:
             last = mem[-1]
             for row, what in report.MEM_ROWS.items():
                 self.record(variant, row, c.name, last[what])
-            for what in ("rss", "pss", "uss"):
+            for what in ("rss", "pss", "uss", "pss_anon"):
                 by_epoch = self.extra.setdefault(f"{what}_by_epoch", {}).setdefault(key, [])
                 by_epoch.append([x[what] for x in mem])
             self.extra.setdefault("daemon_procs", {})[key] = int(last["procs"])

@@ -103,9 +103,12 @@ def memory(pids: list[int]) -> dict[str, float]:
     /proc/<pid>/status), `pss` (Pss from /proc/<pid>/smaps_rollup: each page divided by the
     number of processes mapping it, so pages the workers share with the supervisor count
     once in the sum) and `uss` (Private_Clean + Private_Dirty: the pages each process alone
-    maps; pages the workers share with the supervisor are in no USS), and `procs`, how many
-    processes were counted."""
-    out = {"rss": 0.0, "hwm": 0.0, "pss": 0.0, "uss": 0.0, "procs": 0.0}
+    maps; pages the workers share with the supervisor are in no USS), `pss_anon` and
+    `pss_file` (PSS of anonymous memory, and of mapped files: for imagenetfs mostly the pages
+    of its LMDB index the workers have touched -- page cache, shared, dropped under pressure
+    like any file's), and `procs`, how many processes were counted."""
+    out = {"rss": 0.0, "hwm": 0.0, "pss": 0.0, "uss": 0.0, "pss_anon": 0.0, "pss_file": 0.0}
+    out["procs"] = 0.0
     for pid in _tree_pids(pids):
         status = _kib_fields(f"/proc/{pid}/status")
         rollup = _kib_fields(f"/proc/{pid}/smaps_rollup")
@@ -116,6 +119,8 @@ def memory(pids: list[int]) -> dict[str, float]:
         out["hwm"] += status.get("VmHWM", 0) / 1024
         out["pss"] += rollup.get("Pss", 0) / 1024
         out["uss"] += (rollup.get("Private_Clean", 0) + rollup.get("Private_Dirty", 0)) / 1024
+        out["pss_anon"] += rollup.get("Pss_Anon", 0) / 1024
+        out["pss_file"] += rollup.get("Pss_File", 0) / 1024
     return out
 
 
