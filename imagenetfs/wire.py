@@ -333,19 +333,19 @@ class Worker:
         """The reply to one request (header included), or None when none is due -- or when
         it has gone to the device already (a spliced READ)."""
         _, opcode, unique, nodeid = IN_START.unpack_from(request)
-        if opcode == fuse.LOOKUP:  # (most of a stat storm, one per file opened): the short way
-            attrs = self._stored_lookup(nodeid, bytes(request[IN_HEADER.size : -1]))
-            if attrs is not None:
-                ino, mode, nlink, uid, gid, size, blocks, mtime, valid = attrs
-                return ENTRY_REPLY.pack(
-                    ENTRY_REPLY.size, 0, unique, ino, 0, valid, valid, 0, 0,
-                    ino, size, blocks, mtime, mtime, mtime, 0, 0, 0, mode, nlink, uid, gid,
-                    0, BLOCK_SIZE, 0,
-                )  # fmt: skip
         if opcode in NO_REPLY:
             return None
-        body = request[IN_HEADER.size :]
         try:
+            if opcode == fuse.LOOKUP:  # (a stat storm; one per file opened): the short way
+                attrs = self._stored_lookup(nodeid, bytes(request[IN_HEADER.size : -1]))
+                if attrs is not None:
+                    ino, mode, nlink, uid, gid, size, blocks, mtime, valid = attrs
+                    return ENTRY_REPLY.pack(
+                        ENTRY_REPLY.size, 0, unique, ino, 0, valid, valid, 0, 0,
+                        ino, size, blocks, mtime, mtime, mtime, 0, 0, 0, mode, nlink, uid, gid,
+                        0, BLOCK_SIZE, 0,
+                    )  # fmt: skip
+            body = request[IN_HEADER.size :]
             if opcode == fuse.READ:  # (the one request that may send its own reply)
                 data = self._read(nodeid, body, unique)
                 if data is None:

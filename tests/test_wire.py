@@ -13,9 +13,12 @@ import errno
 import os
 import shutil
 import socket
+import struct
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
+import lmdb
 import pytest
 from helpers import SMALL_WNIDS, SmallSource, small_source
 
@@ -205,6 +208,29 @@ def test_a_resize_runs_once_under_the_record_lock(worker: wire.Worker, small: Sm
     assert refused(worker, fuse.LOOKUP, parent, b"broken.JPEG\0") == "EIO"
     stats = worker.core.statistics()["fs"]
     assert stats["resizes"] == 1 and stats["errors"] == 1
+
+
+def test_a_damaged_record_is_an_eio_not_a_dead_worker(small: SmallSource, tmp_path: Path) -> None:
+    """LOOKUP's short way reads the index record itself: one cut short (an index damaged on
+    disk) is answered EIO, counted and logged, and the worker goes on."""
+    damaged = tmp_path / "damaged.lmdb"
+    shutil.copy(small.index, damaged)
+    with Index.open(damaged) as ix:
+        train = ix.lookup(ROOT_INO, b"train")
+        wnid = next(iter(ix.readdir(train.ino)))
+        victim = next(iter(ix.readdir(wnid.ino)))
+    env = lmdb.open(str(damaged), subdir=False, max_dbs=5, lock=False)
+    with env.begin(write=True) as txn:
+        assert txn.put(
+            struct.pack(">I", victim.ino), b"\x01\x02", db=env.open_db(b"nodes", txn=txn)
+        )
+    env.close()
+    with Index.open(damaged) as ix:
+        core = Core(Tree(ix), uid=11, gid=22, blocking_reads=True)
+        worker = wire.Worker(core, -1)
+        assert refused(worker, fuse.LOOKUP, wnid.ino, victim.name + b"\0") == "EIO"
+        assert core.counters.values[ops.ERRORS] == 1
+        assert entry_of(worker, ROOT_INO, "train")[0] == train.ino, "and it goes on"
 
 
 def test_run_serves_a_descriptor_it_is_given(worker: wire.Worker, small: SmallSource) -> None:
