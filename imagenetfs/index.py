@@ -20,14 +20,11 @@ Databases in the one LMDB file (`subdir=False`):
   and extent, or a symlink's target;
 - `names`: parent ino (u32 BE) + name -> child ino: one `get` per `lookup`;
 - `lists`: (directory ino, chunk number) -> the directory's listing as FUSE READDIR records,
-  `LIST_CHUNK` children per chunk: a u16 count, the records' end offsets (u16 each: a chunk
-  is < 64 KiB), then the records, each a `fuse_dirent` with the child's ino, its cookie
-  (position + 3, after `.` and `..`), its type and name. Native byte order, like the
-  protocol. A listing request is then a few `get`s and slices, not a loop over the children
-  (a walk of full ImageNet: seconds less). Stored as they are (`meta` `lists`: "raw"): full
-  ImageNet's take ~70 MB so, ~4 MB deflated -- but inflating them was a third of a walk's
-  time in the workers (~50 us per 32 KiB READDIR); indexes of schema 5 built before keep
-  them deflated (no `lists` key) and are read as they are;
+  `LIST_CHUNK` children per chunk, raw deflate: a u16 count, the records' end offsets
+  (u16 each: a chunk is < 64 KiB), then the records, each a `fuse_dirent` with the child's
+  ino, its cookie (position + 3, after `.` and `..`), its type and name. Native byte order,
+  like the protocol. A listing request is then a few `get`s, decompressions and slices, not a
+  loop over the children (a walk of full ImageNet: seconds less);
 - `blobs`: (ino, chunk number) -> a zlib-compressed 1 MiB chunk of a virtual file (meta.bin,
   the file lists; see views.py), whose node names the pseudo image `BLOB_IMAGE`. Compressed,
   the lists of full ImageNet take ~12 MB instead of 110; a read decompresses only the chunks
@@ -419,7 +416,6 @@ def _write(
             txn.put(b"images", json.dumps(records).encode(), db=meta)
             txn.put(b"stats", json.dumps(asdict(stats)).encode(), db=meta)
             txn.put(b"source", json.dumps(source).encode(), db=meta)
-            txn.put(b"lists", json.dumps("raw").encode(), db=meta)
         env.sync(True)
     except BaseException:
         env.close()
@@ -439,7 +435,9 @@ def _listing_chunks(children: Sequence[_Child]) -> Iterator[bytes]:
             records.append(record)
             end += len(record)
             ends.append(end)
-        yield _LIST_COUNT.pack(len(ends)) + ends.tobytes() + b"".join(records)
+        packer = zlib.compressobj(1, zlib.DEFLATED, -15)  # raw deflate: no checksum to compute
+        data = _LIST_COUNT.pack(len(ends)) + ends.tobytes() + b"".join(records)
+        yield packer.compress(data) + packer.flush()
 
 
 def _remove(path: Path) -> None:
@@ -465,7 +463,6 @@ class Index:
         self.built_from = Path(meta["source"])
         self.image_records: list[dict[str, Any]] = meta["images"]
         self.stats = IndexStats(**meta["stats"])
-        self._deflated_lists = meta["lists"] != "raw"  # (built before listings were raw)
         self.source = self.built_from  # where the images are served from (`open_images`)
         self._images: list[Image] = []
 
@@ -669,12 +666,7 @@ class Index:
         if stored is None:
             raise IndexError_(f"{self.path}: directory {ino} has no stored listing {n}")
         try:
-            if self._deflated_lists:
-                data = zlib.decompressobj(-15).decompress(stored, _LIST_CHUNK_MAX)
-            elif len(stored) <= _LIST_CHUNK_MAX:
-                data = stored
-            else:
-                raise ValueError(f"{len(stored)} bytes")
+            data = zlib.decompressobj(-15).decompress(stored, _LIST_CHUNK_MAX)
             count = _LIST_COUNT.unpack_from(data)[0]
             ends = array.array("H", data[2 : 2 + 2 * count])
         except (zlib.error, struct.error, ValueError) as e:
@@ -760,7 +752,7 @@ def _read_meta(env: lmdb.Environment, path: Path) -> dict[str, Any]:
             )
         meta: dict[str, Any] = {
             key: json.loads(txn.get(key.encode()) or b"null")
-            for key in ("images", "stats", "source", "lists")
+            for key in ("images", "stats", "source")
         }
     return meta
 
