@@ -19,6 +19,11 @@ Protocol choices (what pyfuse3 would not let us say):
   and READ names the file by its inode. OPENDIR gets a handle without FOPEN_CACHE_DIR: the
   kernel's listing cache made the first walk of ImageNet ~20% slower (2.1 s, not 1.8).
 
+LOOKUP takes a short way first: a name in a base-tree directory is answered off its index
+record (`Core.stored_lookup`: two LMDB gets, no `Node`), the reply packed in one struct; the
+dots, the views, missing names and errors go the long way (`_lookup`). One LOOKUP per file
+opened or stat-ed: ~25k instructions instead of ~46k.
+
 Blocking (`ops.Blocked`): a worker has nothing else to do, so its core reads blocking; a resize
 is run under a POSIX record lock on byte `inode % LOCK_STRIPES` of a file shared by the
 workers (the kernel drops it if its holder dies), so that concurrent requests for one file in
