@@ -612,7 +612,7 @@ class Index:
         """(ino, mode, nlink, size, mtime) of child `name` of `parent`, read off the stored
         record without a `Node`: `lookup`'s answer on the hot path (a LOOKUP per file opened).
         None when there is no such child -- `lookup` then says why."""
-        txn = getattr(self._local, "txn", None) or self._txn()
+        txn = self._txn()
         child = txn.get(_INO.pack(parent) + name, db=self._names) if 0 < parent < 1 << 32 else None
         if child is None:
             return None

@@ -35,8 +35,6 @@ OUT_HEADER = struct.Struct("<IiQ")  # len, -errno, unique
 ATTR = struct.Struct("<QQQQQQIIIIIIIIII")
 #: fuse_entry_out: nodeid, generation, entry_valid, attr_valid, their nsecs, then its attr
 ENTRY_OUT = struct.Struct("<QQQQII" + ATTR.format[1:])
-#: A whole reply to LOOKUP: out_header, then fuse_entry_out (one pack instead of two and a join).
-ENTRY_REPLY = struct.Struct(OUT_HEADER.format + ENTRY_OUT.format[1:])
 #: fuse_attr_out: attr_valid, its nsec, a dummy, then the attr
 ATTR_OUT = struct.Struct("<QII" + ATTR.format[1:])
 OPEN_IN = struct.Struct("<I")  # flags (also ACCESS's mask, GETXATTR/LISTXATTR's size)

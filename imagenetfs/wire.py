@@ -20,9 +20,9 @@ Protocol choices (what pyfuse3 would not let us say):
   kernel's listing cache made the first walk of ImageNet ~20% slower (2.1 s, not 1.8).
 
 LOOKUP takes a short way first: a name in a base-tree directory is answered off its index
-record (`Core.stored_lookup`: two LMDB gets, no `Node`), the reply packed in one struct; the
-dots, the views, missing names and errors go the long way (`_lookup`). One LOOKUP per file
-opened or stat-ed: ~25k instructions instead of ~46k.
+record (`Core.stored_lookup`: two LMDB gets, no `Node`); the dots, the views, missing names
+and errors go the long way (`Core.lookup`). One LOOKUP per file opened or stat-ed: ~28k
+instructions instead of ~46k.
 
 Blocking (`ops.Blocked`): a worker has nothing else to do, so its core reads blocking; a resize
 is run under a POSIX record lock on byte `inode % LOCK_STRIPES` of a file shared by the
@@ -80,7 +80,7 @@ from imagenetfs import protocol as fuse
 from imagenetfs.errors import ImagenetfsError, InvalidRequest, NotImplemented_, ReadOnly
 from imagenetfs.index import DTYPE
 from imagenetfs.ops import BLOCK_SIZE, Blocked, Core, Counters, Listed
-from imagenetfs.protocol import ENTRY_REPLY, IN_HEADER, IN_START, NO_REPLY, OUT_HEADER
+from imagenetfs.protocol import IN_HEADER, IN_START, NO_REPLY, OUT_HEADER
 from imagenetfs.squashfs import Run
 
 log = logging.getLogger(__name__)
@@ -340,17 +340,8 @@ class Worker:
         _, opcode, unique, nodeid = IN_START.unpack_from(request)
         if opcode in NO_REPLY:
             return None
+        body = request[IN_HEADER.size :]
         try:
-            if opcode == fuse.LOOKUP:  # (a stat storm; one per file opened): the short way
-                attrs = self._stored_lookup(nodeid, bytes(request[IN_HEADER.size : -1]))
-                if attrs is not None:
-                    ino, mode, nlink, uid, gid, size, blocks, mtime, valid = attrs
-                    return ENTRY_REPLY.pack(
-                        ENTRY_REPLY.size, 0, unique, ino, 0, valid, valid, 0, 0,
-                        ino, size, blocks, mtime, mtime, mtime, 0, 0, 0, mode, nlink, uid, gid,
-                        0, BLOCK_SIZE, 0,
-                    )  # fmt: skip
-            body = request[IN_HEADER.size :]
             if opcode == fuse.READ:  # (the one request that may send its own reply)
                 data = self._read(nodeid, body, unique)
                 if data is None:
@@ -417,11 +408,15 @@ class Worker:
         return None
 
     def _lookup(self, parent: int, body: memoryview) -> bytes:
-        """The long way (`handle` has found no stored answer): the dots, views, errors."""
-        try:
-            attrs = self.core.lookup(parent, bytes(body[:-1]))  # the name, then a NUL
-        except Blocked as blocked:
-            attrs = self._finish(blocked)
+        """The short way (the stored record) first; the long way for the dots, the views,
+        missing names and errors."""
+        name = bytes(body[:-1])  # (then a NUL)
+        attrs = self._stored_lookup(parent, name)
+        if attrs is None:
+            try:
+                attrs = self.core.lookup(parent, name)
+            except Blocked as blocked:
+                attrs = self._finish(blocked)
         ino, mode, nlink, uid, gid, size, blocks, mtime, valid = attrs  # (unpacked: hot path)
         return fuse.ENTRY_OUT.pack(
             ino, 0, valid, valid, 0, 0,
