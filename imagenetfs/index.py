@@ -20,11 +20,16 @@ Databases in the one LMDB file (`subdir=False`):
   and extent, or a symlink's target;
 - `names`: parent ino (u32 BE) + name -> child ino: one `get` per `lookup`;
 - `lists`: (directory ino, chunk number) -> the directory's listing as FUSE READDIR records,
-  `LIST_CHUNK` children per chunk, raw deflate: a u16 count, the records' end offsets
-  (u16 each: a chunk is < 64 KiB), then the records, each a `fuse_dirent` with the child's
-  ino, its cookie (position + 3, after `.` and `..`), its type and name. Native byte order,
-  like the protocol. A listing request is then a few `get`s, decompressions and slices, not a
-  loop over the children (a walk of full ImageNet: seconds less);
+  `LIST_CHUNK` children per chunk: a u16 count, the records' end offsets (u16 each: a chunk
+  is < 64 KiB), then the records, each a `fuse_dirent` with the child's ino, its cookie
+  (position + 3, after `.` and `..`), its type and name. Native byte order, like the
+  protocol. A listing request is then a few `get`s and slices, not a loop over the children
+  (a walk of full ImageNet: seconds less). Stored as they are (`meta` `lists`: "raw"), and
+  written after everything else, so that they lie in consecutive pages: full ImageNet's take
+  73 MB so, 14 MB deflated -- but inflating them was most of a READDIR's cost in the workers
+  (653k -> 134k instructions per 32 KiB), and with the map read ahead (below) a cold walk
+  reads them in large sequential reads. Indexes of schema 5 built before keep them deflated
+  and interleaved with the rest (no `lists` key) and are read as they are;
 - `blobs`: (ino, chunk number) -> a zlib-compressed 1 MiB chunk of a virtual file (meta.bin,
   the file lists; see views.py), whose node names the pseudo image `BLOB_IMAGE`. Compressed,
   the lists of full ImageNet take ~12 MB instead of 110; a read decompresses only the chunks
@@ -39,7 +44,10 @@ Atomicity: a build writes `<index>.tmp-<pid>`, commits, syncs, and only then ren
 `Index.open()` is O(1) in the number of files: it maps the file and reads `meta`. It keeps
 the file open, and a process forked after the opening (a worker) gets an LMDB environment of
 its own on that descriptor (`reopen`): what a mount serves never depends on paths after it
-opened them. It refuses an index of another schema version.
+opened them. It refuses an index of another schema version. The map is read with the
+kernel's readahead (LMDB's default): without it (MDB_NORDAHEAD) every page a cold walk or stat
+touches was a 4 KiB read of its own, and a walk of full ImageNet on a fresh mount took ~1.6x
+as long.
 
 Relocatable: the index names its images relative to the source, and identifies each by a
 fingerprint of its bytes (size, superblock, a digest of sampled blocks; for an unpacked tree,
@@ -398,7 +406,7 @@ def _write(
         meta = env.open_db(b"meta")
         with env.begin(write=True) as txn:
             node_cursor, name_cursor = txn.cursor(nodes), txn.cursor(names)
-            list_cursor = txn.cursor(lists)
+            listings: list[tuple[bytes, bytes]] = []  # (key, chunk): 73 MB for full ImageNet
             for ino, parent, name, value, extra in tree.records():
                 node_cursor.put(_INO.pack(ino), value, append=True)
                 if isinstance(extra, bytes):
@@ -407,15 +415,20 @@ def _write(
                         txn.put(_INO.pack(ino) + _INO.pack(n), chunk, db=blobs)
                 elif extra is not None:
                     for n, chunk in enumerate(_listing_chunks(extra)):
-                        list_cursor.put(_INO.pack(ino) + _INO.pack(n), chunk, append=True)
+                        listings.append((_INO.pack(ino) + _INO.pack(n), chunk))
                 if ino != ROOT_INO:
                     name_cursor.put(_INO.pack(parent) + name, _CHILD.pack(ino), append=True)
                 entries += 1
+            # The listings last, in their own run of pages (see the module docstring).
+            list_cursor = txn.cursor(lists)
+            for key, chunk in listings:
+                list_cursor.put(key, chunk, append=True)
             stats = IndexStats(entries, tree.files, len(records), tree.bytes)
             txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=meta)
             txn.put(b"images", json.dumps(records).encode(), db=meta)
             txn.put(b"stats", json.dumps(asdict(stats)).encode(), db=meta)
             txn.put(b"source", json.dumps(source).encode(), db=meta)
+            txn.put(b"lists", json.dumps("raw").encode(), db=meta)
         env.sync(True)
     except BaseException:
         env.close()
@@ -435,9 +448,7 @@ def _listing_chunks(children: Sequence[_Child]) -> Iterator[bytes]:
             records.append(record)
             end += len(record)
             ends.append(end)
-        packer = zlib.compressobj(1, zlib.DEFLATED, -15)  # raw deflate: no checksum to compute
-        data = _LIST_COUNT.pack(len(ends)) + ends.tobytes() + b"".join(records)
-        yield packer.compress(data) + packer.flush()
+        yield _LIST_COUNT.pack(len(ends)) + ends.tobytes() + b"".join(records)
 
 
 def _remove(path: Path) -> None:
@@ -463,6 +474,7 @@ class Index:
         self.built_from = Path(meta["source"])
         self.image_records: list[dict[str, Any]] = meta["images"]
         self.stats = IndexStats(**meta["stats"])
+        self._deflated_lists = meta["lists"] != "raw"  # (built before listings were raw)
         self.source = self.built_from  # where the images are served from (`open_images`)
         self._images: list[Image] = []
 
@@ -666,7 +678,12 @@ class Index:
         if stored is None:
             raise IndexError_(f"{self.path}: directory {ino} has no stored listing {n}")
         try:
-            data = zlib.decompressobj(-15).decompress(stored, _LIST_CHUNK_MAX)
+            if self._deflated_lists:
+                data = zlib.decompressobj(-15).decompress(stored, _LIST_CHUNK_MAX)
+            elif len(stored) <= _LIST_CHUNK_MAX:
+                data = stored
+            else:
+                raise ValueError(f"{len(stored)} bytes")
             count = _LIST_COUNT.unpack_from(data)[0]
             ends = array.array("H", data[2 : 2 + 2 * count])
         except (zlib.error, struct.error, ValueError) as e:
@@ -735,7 +752,7 @@ def _open_env(fd: int) -> lmdb.Environment:
     """A read-only LMDB environment on the index file open as `fd` (no lock file: the index
     never changes once built)."""
     return lmdb.open(
-        f"/proc/self/fd/{fd}", subdir=False, readonly=True, lock=False, max_dbs=5, readahead=False
+        f"/proc/self/fd/{fd}", subdir=False, readonly=True, lock=False, max_dbs=5, readahead=True
     )
 
 
@@ -752,7 +769,7 @@ def _read_meta(env: lmdb.Environment, path: Path) -> dict[str, Any]:
             )
         meta: dict[str, Any] = {
             key: json.loads(txn.get(key.encode()) or b"null")
-            for key in ("images", "stats", "source")
+            for key in ("images", "stats", "source", "lists")
         }
     return meta
 

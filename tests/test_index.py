@@ -9,6 +9,8 @@ import struct
 import subprocess
 import sys
 import time
+import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -350,6 +352,38 @@ def test_stored_listings_equal_readdir(tmp_path: Path) -> None:
     subprocess.run(["mksquashfs", str(top), str(image), "-quiet", "-no-progress"], check=True)
     path = tmp_path / "i.lmdb"
     index.build(path, [image], progress=False)
+    older = tmp_path / "older.lmdb"  # as built before listings were stored raw
+    older.write_bytes(path.read_bytes())
+    rewrite_lists(older, lambda chunk: deflate(chunk), drop_key=True)
+    for built in (path, older):
+        check_listings(built, top, rng)
+    big = tmp_path / "big.lmdb"  # a raw chunk longer than any chunk can be: refused
+    big.write_bytes(path.read_bytes())
+    rewrite_lists(big, lambda chunk: chunk + bytes(1 << 16))
+    with Index.open(big) as ix:
+        train = ix.lookup(index.ROOT_INO, b"train")
+        with pytest.raises(IndexError_, match="corrupt listing"):
+            ix.listing(train.ino, 0, 4096)
+
+
+def deflate(data: bytes) -> bytes:
+    packer = zlib.compressobj(1, zlib.DEFLATED, -15)
+    return packer.compress(data) + packer.flush()
+
+
+def rewrite_lists(path: Path, change: Callable[[bytes], bytes], drop_key: bool = False) -> None:
+    """Rewrite every stored listing chunk of index `path`; `drop_key`: and its `lists` key."""
+    env = lmdb.open(str(path), subdir=False, max_dbs=5, lock=False)
+    with env.begin(write=True) as txn:
+        lists = env.open_db(b"lists", txn=txn, create=False)
+        for key, value in list(txn.cursor(db=lists)):
+            txn.put(key, change(value), db=lists)
+        if drop_key:
+            assert txn.delete(b"lists", db=env.open_db(b"meta", txn=txn, create=False))
+    env.close()
+
+
+def check_listings(path: Path, top: Path, rng: random.Random) -> None:
     types = {index.DIR: 4, index.FILE: 8, index.SYMLINK: 10}
     with Index.open(path) as ix:
         train = ix.lookup(index.ROOT_INO, b"train")
