@@ -22,8 +22,14 @@ directories depth-first.
 `read(extent, offset, size)` needs only an `Extent` (which the index stores): block words give
 each data block's on-disk size (bit 24 = stored uncompressed, 0 = sparse); runs of uncompressed
 blocks are read with one `pread`, compressed data blocks and fragment blocks go through a small
-thread-safe LRU keyed by on-disk position. Decompressed sizes are bounded (a data block by
-`block_size`, a metadata block by 8 KiB) before anything is allocated from a size field.
+thread-safe LRU keyed by on-disk position (`CACHE_BYTES` of decompressed blocks per image, at
+least `CACHE_MIN_BLOCKS`). Small, because it rarely hits: the kernel asks for a file's pages in
+READs that start where its blocks start, so a block is wanted again only when a READ ends
+inside it or tiny files share a fragment block. Measured on 15,000 realistic files in random
+order, 8 readers: 9-37 hits in ~15,000 lookups with 16 blocks or 64 alike, the same epoch
+times, and 64 blocks of 128 KiB per image cost the two workers ~22 MiB more PSS.
+Decompressed sizes are bounded (a data block by `block_size`, a metadata block by 8 KiB)
+before anything is allocated from a size field.
 `locate(extent, offset, size)` answers where the same bytes lie instead of reading them, as
 `Run`s (descriptor, position, length), when all of them are stored as they are read
 (uncompressed blocks, an uncompressed fragment: a `-noD -noF` image), else None: the worker
@@ -55,6 +61,10 @@ MAGIC = 0x73717368
 NO_FRAGMENT = 0xFFFFFFFF
 METADATA_BLOCK_SIZE = 8192
 COMPRESSORS = {1: "gzip", 2: "lzma", 3: "lzo", 4: "xz", 5: "lz4", 6: "zstd"}
+#: Each image's cache of decompressed blocks (see above): 16 blocks of mksquashfs's default
+#: 128 KiB, 4 of the largest (1 MiB).
+CACHE_BYTES = 2 << 20
+CACHE_MIN_BLOCKS = 4
 
 # Inode types; the extended variant of each is the basic one + 7.
 DIR, FILE, SYMLINK, BLKDEV, CHRDEV, FIFO, SOCKET = range(1, 8)
@@ -221,7 +231,7 @@ class _Listing(NamedTuple):
 class SquashImage:
     """One open SquashFS 4.0 image; safe to `read` from several threads at once."""
 
-    def __init__(self, path: str | os.PathLike[str], *, cache_blocks: int = 64) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, cache_blocks: int | None = None) -> None:
         self.path = os.fspath(path)
         try:
             self._fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -245,6 +255,8 @@ class SquashImage:
         except BaseException:
             os.close(self._fd)
             raise
+        if cache_blocks is None:
+            cache_blocks = max(CACHE_BYTES // self.block_size, CACHE_MIN_BLOCKS)
         self._cache = _BlockCache(cache_blocks)
 
     # -- lifecycle -------------------------------------------------------------------------
