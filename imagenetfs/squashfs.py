@@ -26,7 +26,7 @@ thread-safe LRU keyed by on-disk position (`CACHE_BYTES` of decompressed blocks 
 least `CACHE_MIN_BLOCKS`). Small, because it rarely hits: the kernel asks for a file's pages in
 READs that start where its blocks start, so a block is wanted again only when a READ ends
 inside it or tiny files share a fragment block. Measured on 15,000 realistic files in random
-order, 8 readers: 9-37 hits in ~15,000 lookups with 16 blocks or 64 alike, the same epoch
+order, 8 readers: 4-9 hits in ~15,000 lookups with 16 blocks, 21-37 with 64, the same epoch
 times, and 64 blocks of 128 KiB per image cost the two workers ~22 MiB more PSS.
 Decompressed sizes are bounded (a data block by `block_size`, a metadata block by 8 KiB)
 before anything is allocated from a size field.
