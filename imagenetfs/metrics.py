@@ -101,6 +101,7 @@ def summary(
         "requests": {kind: fs.get(name, 0) for kind, name in REQUESTS.items()} if fs else None,
         "inline_reads": fs.get("inline_reads"),
         "reads_spliced": fs.get("reads_spliced"),
+        "reads_cold": fs.get("reads_cold"),
         "bytes_read": fs.get("bytes_read"),
         "errors": fs.get("errors"),
         "resizes": fs.get("resizes"),
@@ -197,6 +198,7 @@ def prometheus(state: dict[str, Any], *, serving: bool, now: float | None = None
         ("read_bytes", "bytes_read", "Bytes of file data served."),
         ("inline_reads", "inline_reads", "Reads served at once from the page cache (pyfuse3)."),
         ("reads_spliced", "reads_spliced", "Reads spliced from the image file, never copied."),
+        ("reads_cold", "reads_cold", "Reads of bytes not in the page cache, sent by a thread."),
         ("errors", "errors", "Requests that failed (answered EIO, logged)."),
         ("resizes", "resizes", "Files resized (not found in the resize cache)."),
     ]

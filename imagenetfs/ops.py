@@ -141,13 +141,16 @@ class Blocked(Exception):
 # --- counters -----------------------------------------------------------------------------
 
 FS_COUNTERS = ("lookups", "getattrs", "readdirs", "opens", "reads", "inline_reads",
-               "bytes_read", "errors", "resizes", "reads_spliced", "ioctls")  # fmt: skip
+               "bytes_read", "errors", "resizes", "reads_spliced", "ioctls",
+               "reads_cold")  # fmt: skip
 CACHE_COUNTERS = ("hits", "misses", "stores", "evictions", "failures")
 BLOCK_COUNTERS = ("hits", "misses")  # of the images' decompressed-block caches
 LOOKUPS, GETATTRS, READDIRS, OPENS, READS, INLINE_READS, BYTES_READ, ERRORS, RESIZES = range(9)
 READS_SPLICED = 9  # of READS: answered by splicing the bytes from the image file (wire.py)
 IOCTLS = 10  # isatty()'s TCGETS, one per buffered open() before Python 3.14 (workers only:
 #             under pyfuse3, libfuse refuses ioctls itself)
+READS_COLD = 11  # of READS: bytes stored as they are read but not in the page cache, sent
+#                 by a worker's second thread (wire.ColdReads)
 CACHE_FIRST = len(FS_COUNTERS)
 BLOCK_FIRST = CACHE_FIRST + len(CACHE_COUNTERS)
 #: Read-latency buckets (see the module docstring): bucket k counts reads under 2**(k+10) ns,
@@ -194,6 +197,27 @@ class Counters:
         # a worker started again goes on from its slot's counts; its caches count from 0
         self._cache_base = list(self.values[CACHE_FIRST:BLOCK_FIRST])
         self._block_base = list(self.values[BLOCK_FIRST:LATENCY_FIRST])
+
+    def served(self, ns: int) -> None:
+        """One READ into the latency histogram: `ns` from its adapter taking it up to its
+        bytes being ready (see the module docstring)."""
+        k = LATENCY_FIRST + (ns >> 10).bit_length()
+        values = self.values
+        values[k if k < LATENCY_TOP else LATENCY_TOP] += 1
+        values[LATENCY_SUM] += ns
+
+    def sent(self, size: int, *, spliced: bool = True, cold: bool = False) -> None:
+        """A READ of bytes stored as they are read, answered with `size` of them: counted as
+        `Core.read` counts one; in `reads_spliced` when they were spliced (`count_spliced`),
+        in `reads_cold` when they were not in the page cache and a worker's second thread
+        sent them (wire.py)."""
+        values = self.values
+        values[READS] += 1
+        values[BYTES_READ] += size
+        if spliced:
+            values[READS_SPLICED] += 1
+        if cold:
+            values[READS_COLD] += 1
 
     def update_cache(self, counts: dict[str, int]) -> None:
         for i, name in enumerate(CACHE_COUNTERS):
@@ -280,12 +304,15 @@ class Core:
 
     # --- errors and counters ---------------------------------------------------------------
 
-    def errno_for(self, exc: BaseException, what: str, subject: object) -> int:
+    def errno_for(
+        self, exc: BaseException, what: str, subject: object, counters: Counters | None = None
+    ) -> int:
         """The errno answering a request (`what` on `subject`) that raised `exc`, said and
-        counted by the one rule of the module docstring."""
+        counted by the one rule of the module docstring (counted in `counters` when another
+        thread answers it: a worker's cold reads, wire.py)."""
         if isinstance(exc, Answer):
             return exc.errno
-        self._counts[ERRORS] += 1
+        (counters or self.counters).values[ERRORS] += 1
         if isinstance(exc, ImagenetfsError | OSError):
             log.error("%s(%r): %s", what, subject, exc)
         else:
@@ -305,11 +332,7 @@ class Core:
         """Count one READ request into the latency histogram: answered now, taken up by its
         adapter at `started` (`time.perf_counter_ns()`; see the module docstring)."""
         now = _clock()
-        ns = now - started
-        k = LATENCY_FIRST + (ns >> 10).bit_length()
-        counts = self._counts
-        counts[k if k < LATENCY_TOP else LATENCY_TOP] += 1
-        counts[LATENCY_SUM] += ns
+        self.counters.served(now - started)
         if now > self._refresh_at:
             self._refresh_at = now + REFRESH_NS
             self.refresh()
@@ -506,10 +529,7 @@ class Core:
     def count_spliced(self, size: int) -> None:
         """Count a READ answered with the `size` bytes of `locate_read`'s runs: as `read`
         counts one, and in `reads_spliced`."""
-        counts = self._counts
-        counts[READS] += 1
-        counts[READS_SPLICED] += 1
-        counts[BYTES_READ] += size
+        self.counters.sent(size)
 
     def _served(self, data: bytes, offset: int, size: int) -> bytes:
         piece = data[offset : offset + size]

@@ -354,7 +354,8 @@ class Daemon:
                 stager = self.stager
                 signal.signal(signal.SIGUSR1, lambda *_: staging.adopt(self.index, stager))
                 staging.adopt(self.index, stager)  # what was switched while it started
-            wire.Worker(core, fd, lock_fd=lock_fd, splice=wire.splice_wanted()).run()
+            cold = Counters(board.slot(slot, 1)) if wire.cold_thread_wanted() else None
+            wire.Worker(core, fd, lock_fd=lock_fd, splice=wire.splice_wanted(), cold=cold).run()
             code = 0
         except BaseException:
             log.exception("worker %d failed", os.getpid())

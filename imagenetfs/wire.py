@@ -28,9 +28,9 @@ Blocking (`ops.Blocked`): a worker has nothing else to do, so its core reads blo
 is run under a POSIX record lock on byte `inode % LOCK_STRIPES` of a file shared by the
 workers (the kernel drops it if its holder dies), so that concurrent requests for one file in
 two workers resize it once -- the second finds it in the resize cache. Counters live in a
-`Board`: one slot of shared memory per worker, which only that worker writes and the
-supervisor sums -- the read-latency histogram too (ops.py): a READ is timed from the entry of
-`_read` to its bytes being ready, the resize or the lock wait included.
+`Board`: slots of shared memory, two per worker (one per thread), each written by one thread
+only and summed by the supervisor -- the read-latency histogram too (ops.py): a READ is timed
+from the entry of `_read` to its bytes being ready, the resize or the lock wait included.
 
 Spliced reads (`Splicer`). A READ of bytes stored as they are read -- the blocks of a `-noD
 -noF` image and its uncompressed fragments, tar members, stored zip members -- is not copied
@@ -52,6 +52,20 @@ Counted as the copy path counts (bytes, the latency until the bytes are in the p
 `reads_spliced`. `IMAGENETFS_SPLICE=0` (read when a worker starts) turns splicing off, for A/B
 comparisons; pyfuse3 (`--workers 0`, fs.py) writes its replies itself and always copies.
 
+Cold reads (`ColdReads`). A spliced READ whose bytes are not in the page cache would hold its
+worker while the disk (or a shared filesystem) delivers them, and on two cores that idles a
+core: measured on the official tars, a cold epoch spent a third of its first seconds in
+iowait. So before splicing, a worker probes the first and the last byte of each run with a
+one-byte `RWF_NOWAIT` read; when one is not cached, it hands the READ to a second thread of
+its own (at most `COLD_WAITING` waiting; past that it splices it itself) and goes on with
+the next request. The thread splices with a pipe of its own; where a splice cannot do it, it
+copies, and a READ cut short (an image truncated since it was indexed) fails with EIO, logged
+and counted by `Core.errno_for`'s rule. It counts what it sends in a slot of the `Board` of
+its own (`reads_cold`, and the latency from the worker taking the READ up), so no counter has
+two writers. Nothing else moves to it: it never touches the index, a cache or the core's
+state. On a filesystem that cannot say what it caches (no `RWF_NOWAIT`), a worker waits for
+its reads itself, as before. `IMAGENETFS_COLD_THREAD=0` turns the thread off (for A/B runs).
+
 The heap (`steady_heap`). Every READ allocates its data and its reply, 128 KiB each as the
 kernel usually asks: glibc's default thresholds (mmap from 128 KiB, trimming the heap's top
 past 128 KiB, both moving with use) may hand those pages back to the kernel after each READ
@@ -71,13 +85,22 @@ import itertools
 import logging
 import mmap
 import os
+import queue
+import signal
 import struct
+import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from imagenetfs import protocol as fuse
-from imagenetfs.errors import ImagenetfsError, InvalidRequest, NotImplemented_, ReadOnly
+from imagenetfs.errors import (
+    CorruptImageError,
+    ImagenetfsError,
+    InvalidRequest,
+    NotImplemented_,
+    ReadOnly,
+)
 from imagenetfs.index import DTYPE
 from imagenetfs.ops import BLOCK_SIZE, Blocked, Core, Counters, Listed
 from imagenetfs.protocol import IN_HEADER, IN_START, NO_REPLY, OUT_HEADER
@@ -103,6 +126,12 @@ SPLICE_ENV = "IMAGENETFS_SPLICE"
 #: max_pages) and its header -- the kernel caps it at /proc/sys/fs/pipe-max-size for a user.
 PIPE_SIZE = 2 << 20
 PAGE = mmap.PAGESIZE
+#: Turns a worker's cold-read thread off when "0" (see the module docstring).
+COLD_ENV = "IMAGENETFS_COLD_THREAD"
+#: How many READs may wait for a worker's cold-read thread; past that the worker splices them.
+COLD_WAITING = 4
+#: Threads per worker, each with a counter slot of its own: the worker's, its cold reads'.
+THREADS = 2
 
 
 def answer_init(fd: int) -> None:
@@ -154,30 +183,38 @@ def steady_heap() -> None:
 
 
 class Board:
-    """The counters of N workers in one shared anonymous mapping: slot n is worker n's, on
-    cache lines of its own (two workers writing one line would slow each other down)."""
+    """The counters of N workers in one shared anonymous mapping: `slot(n, thread)` is worker
+    n's thread's (0: the worker's, 1: its cold reads'), on cache lines of its own (two
+    writers on one line would slow each other down)."""
 
     def __init__(self, workers: int) -> None:
         self.slot_size = 8 * Counters.SLOTS
         self.stride = -(-self.slot_size // 64) * 64
         self.workers = workers
-        self._map = mmap.mmap(-1, workers * self.stride)
+        self._map = mmap.mmap(-1, workers * THREADS * self.stride)
 
-    def slot(self, n: int) -> memoryview:
-        start = n * self.stride
+    def slot(self, n: int, thread: int = 0) -> memoryview:
+        start = (n * THREADS + thread) * self.stride
         return memoryview(self._map)[start : start + self.slot_size].cast("Q")
 
     def totals(self) -> list[int]:
         sums = [0] * Counters.SLOTS
         for n in range(self.workers):
-            for i, value in enumerate(self.slot(n)):
-                sums[i] += value
+            for thread in range(THREADS):
+                for i, value in enumerate(self.slot(n, thread)):
+                    sums[i] += value
         return sums
 
 
 def splice_wanted() -> bool:
     """Whether workers splice (see the module docstring): unless `IMAGENETFS_SPLICE=0`."""
     return os.environ.get(SPLICE_ENV, "1").strip() != "0"
+
+
+def cold_thread_wanted() -> bool:
+    """Whether workers hand cold reads to a thread (see the module docstring): unless
+    `IMAGENETFS_COLD_THREAD=0`."""
+    return os.environ.get(COLD_ENV, "1").strip() != "0"
 
 
 def pipe_size() -> int:
@@ -271,17 +308,166 @@ class Splicer:
         log.info("%s cannot be spliced from (%s): its reads are copied", name, e.strerror)
 
 
+class _Job(NamedTuple):
+    ino: int
+    unique: int
+    runs: list[Run]
+    started: int  # when the worker took the READ up (`time.perf_counter_ns()`)
+
+
+class ColdReads:
+    """A worker's second thread, for spliced READs whose bytes are not in the page cache (see
+    the module docstring): the worker offers each READ it would splice (`take`); the thread
+    answers those it takes on `device` and counts them in `counters`, a slot of its own.
+    `core` lends it only its rule for failures (`Core.errno_for`)."""
+
+    def __init__(self, core: Core, device: int, counters: Counters) -> None:
+        self.core = core
+        self.device = device
+        self.counters = counters
+        self.broken = False  # no thread to hand READs to: the worker keeps them
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._room = threading.BoundedSemaphore(COLD_WAITING)
+        self._thread: threading.Thread | None = None
+        self._splicer: Splicer | None = None  # the thread's
+        self._probe = bytearray(1)
+        self._cannot_tell: set[int] = set()  # descriptors without RWF_NOWAIT
+
+    def cold(self, runs: list[Run]) -> bool:
+        """Whether some bytes of `runs` are not in the page cache, as far as a one-byte
+        `RWF_NOWAIT` read at the first and the last byte of each run says; False where the
+        file's filesystem cannot tell (then the worker waits, as it would have)."""
+        probe = self._probe
+        for fd, pos, length in runs:
+            if fd in self._cannot_tell:
+                return False
+            for at in (pos, pos + length - 1) if length > 1 else (pos,):
+                try:
+                    if os.preadv(fd, [probe], at, os.RWF_NOWAIT) != 1:
+                        return True  # (past the end: the thread finds the file cut short)
+                except BlockingIOError:
+                    return True
+                except OSError as e:
+                    if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                        self._cannot_tell.add(fd)
+                    return False  # (any other error: the worker's own read meets it)
+        return False
+
+    def take(self, ino: int, unique: int, runs: list[Run], started: int) -> bool:
+        """Hand READ `unique` (of `ino`'s bytes in `runs`) to the thread if they are `cold`:
+        True when it took it; False when they are cached, when `COLD_WAITING` READs wait
+        already, or when there is no thread (a reply it sent was refused, or it could not
+        be started)."""
+        if self.broken or not self.cold(runs) or not self._room.acquire(blocking=False):
+            return False
+        if self._thread is None and not self._start():
+            return False
+        self._jobs.put(_Job(ino, unique, runs, started))
+        return True
+
+    def close(self) -> None:
+        """Let the thread answer what it holds (briefly: the mount may be going away)."""
+        if self._thread is not None:
+            self._jobs.put(None)
+            self._thread.join(timeout=1)
+            if not self._thread.is_alive() and self._splicer is not None:
+                self._splicer.close()
+
+    def _start(self) -> bool:
+        try:
+            self._splicer = Splicer(self.device)
+        except OSError as e:  # (out of descriptors, say): the worker keeps its reads
+            log.warning("no thread for cold reads (%s): a worker waits for its reads", e)
+            self.broken = True
+            return False
+        self._thread = threading.Thread(target=self._serve, name="cold reads", daemon=True)
+        self._thread.start()
+        return True
+
+    def _serve(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())  # all to the worker
+        splicer = self._splicer
+        assert splicer is not None
+        while (job := self._jobs.get()) is not None:
+            try:
+                self._answer(splicer, job)
+            except Exception:  # a bug: said, that READ fails, the worker keeps the next ones
+                self.broken = True
+                log.exception("a cold read of inode %d failed", job.ino)
+                self._reply(OUT_HEADER.pack(16, -errno.EIO, job.unique))
+            finally:
+                self._room.release()
+
+    def _answer(self, splicer: Splicer, job: _Job) -> None:
+        """Splice the READ's bytes, or copy them where a splice cannot (`Splicer.fill`); EIO
+        when they are not all there (a file cut short since it was indexed)."""
+        counters = self.counters
+        size = splicer.fill(job.unique, job.runs)
+        if size is not None:
+            counters.served(_clock() - job.started)
+            counters.sent(size, cold=True)
+            try:
+                splicer.send(size)
+                return
+            except OSError as e:
+                if e.errno == errno.ENODEV:  # unmounted
+                    return
+                self.broken = True
+                log.warning("a spliced reply was refused (%s): a worker waits for its reads", e)
+                reply = self._failed(e, job)
+        else:
+            try:
+                data = b"".join(_read_exactly(fd, pos, n) for fd, pos, n in job.runs)
+                counters.sent(len(data), spliced=False, cold=True)
+                reply = OUT_HEADER.pack(16 + len(data), 0, job.unique) + data
+            except (OSError, ImagenetfsError) as exc:
+                reply = self._failed(exc, job)
+            counters.served(_clock() - job.started)
+        self._reply(reply)
+
+    def _failed(self, exc: Exception, job: _Job) -> bytes:
+        """The reply to a READ that failed with `exc`: said and counted by the core's rule."""
+        return OUT_HEADER.pack(
+            16, -self.core.errno_for(exc, "read", job.ino, self.counters), job.unique
+        )
+
+    def _reply(self, reply: bytes) -> None:
+        try:
+            os.write(self.device, reply)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.ENODEV):  # interrupted; unmounted
+                log.warning("a reply to a cold read was refused: %s", e)
+
+
+def _read_exactly(fd: int, pos: int, length: int) -> bytes:
+    data = os.pread(fd, length, pos)
+    if len(data) != length:
+        raise CorruptImageError(
+            f"truncated: {length} bytes at byte {pos} wanted, {len(data)} there "
+            "(the file changed since it was indexed)"
+        )
+    return data
+
+
 class Worker:
     """Answers the requests that arrive on `fd` until the mount goes away (ENODEV, or the end
     of a socket in the tests); with `splice`, sends what it can of READs by splicing."""
 
     def __init__(
-        self, core: Core, fd: int, *, lock_fd: int | None = None, splice: bool = False
+        self,
+        core: Core,
+        fd: int,
+        *,
+        lock_fd: int | None = None,
+        splice: bool = False,
+        cold: Counters | None = None,
     ) -> None:
         self.core = core
         self.fd = fd
         self.lock_fd = lock_fd
         self.splicer = Splicer(fd) if splice else None
+        # (with `cold`, the counters of the cold reads' thread: see the module docstring)
+        self.cold = ColdReads(core, fd, cold) if splice and cold is not None else None
         self.done = False  # DESTROY answered
         self._stored_lookup = core.stored_lookup
         self._handlers: dict[int, Callable[[int, memoryview], bytes]] = {
@@ -308,6 +494,8 @@ class Worker:
         try:
             self._serve()
         finally:
+            if self.cold is not None:
+                self.cold.close()
             self.core.refresh()  # the last block-cache counts, for the supervisor's last look
             if self.splicer is not None:
                 self.splicer.close()
@@ -381,12 +569,14 @@ class Worker:
         started = _clock()
         offset, size = fuse.READ_IN.unpack_from(body)[1:3]
         splicer = self.splicer
+        runs = None if splicer is None else self.core.locate_read(ino, offset, size)
+        cold = self.cold
+        if runs and cold is not None and cold.take(ino, unique, runs, started):
+            return None  # (answered and counted by the cold reads' thread)
         spliced: int | None = None  # bytes in the pipe, ready to go
         try:
-            if splicer is not None:
-                runs = self.core.locate_read(ino, offset, size)
-                if runs is not None:
-                    spliced = splicer.fill(unique, runs)
+            if splicer is not None and runs is not None:
+                spliced = splicer.fill(unique, runs)
             if spliced is None:
                 data: bytes = self.core.read(ino, offset, size)
             else:

@@ -34,6 +34,7 @@ import tarfile
 import time
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,11 +42,11 @@ from typing import Any
 import pytest
 from helpers import Mounted, Mounter, evict, fuse_unusable
 
+from imagenetfs import ops, source, wire
 from imagenetfs import protocol as fuse
-from imagenetfs import source, wire
 from imagenetfs.dirtree import open_image
 from imagenetfs.index import DIR, ROOT_INO, Index, build
-from imagenetfs.ops import Core
+from imagenetfs.ops import Core, Counters
 from imagenetfs.resize import parse_spec
 from imagenetfs.squashfs import Run, SquashImage
 from imagenetfs.views import VIEW_SHIFT, Tree
@@ -412,6 +413,132 @@ def test_splicer_latches_files_that_cannot_be_spliced_from(device: Device, tmp_p
 # --- 2. real mounts ----------------------------------------------------------------------
 
 
+# --- cold reads: a worker's second thread (wire.ColdReads) --------------------------------
+
+
+def drop_pages(path: Path) -> None:
+    """Take a file's pages out of the page cache: written back first (dirty pages stay)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def on_tmpfs(path: Path) -> bool:
+    """Whether `path` is on tmpfs, whose page cache is its storage: nothing there is cold."""
+    found = ""
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            _, point, kind, *_ = line.split()
+            if str(path).startswith(point.rstrip("/") + "/") and len(point) >= len(found):
+                found, fs_kind = point, kind
+    return bool(found) and fs_kind == "tmpfs"
+
+
+def wait_for_messages(device: Device, count: int) -> list[tuple[int, int, bytes]]:
+    """What the device holds once `count` whole replies are in it (10 s at most)."""
+    got: list[tuple[int, int, bytes]] = []
+    deadline = time.monotonic() + 10
+    while len(got) < count and time.monotonic() < deadline:
+        got += device.messages()
+        time.sleep(0.01)
+    return got
+
+
+def test_cold_reads_go_to_the_workers_thread_and_count_in_its_slot(
+    layouts: Layouts, device: Device
+) -> None:
+    """A READ of a tar member whose bytes are not in the page cache goes to the worker's
+    second thread: handle() returns at once, the thread's reply is exact, it is counted in the
+    thread's counters (reads, reads_spliced, reads_cold, a latency) and not in the worker's.
+    Read again, the bytes are cached: the worker splices them itself."""
+    tar = layouts.images["tar"][1]  # the flat test tar
+    if on_tmpfs(tar):
+        pytest.skip("the test tar is on tmpfs: its pages cannot be taken out of the cache")
+    files = contents()
+    name = "blocks-tail.JPEG"
+    with Index.open(layouts.roots["tar"] / "i.lmdb") as ix:
+        ino = served_inos(ix)[name]
+        core = Core(Tree(ix), uid=0, gid=0, blocking_reads=True)
+        theirs = Counters()
+        worker = wire.Worker(core, device.w, splice=True, cold=theirs)
+        assert worker.cold is not None
+        runs = core.locate_read(ino, 1000, BLOCK)
+        assert runs
+        for _ in range(50):  # (pages still on a CPU's way to the LRU lists may stay a moment)
+            drop_pages(tar)
+            if worker.cold.cold(runs):
+                break
+            time.sleep(0.02)
+        else:
+            pytest.fail("the tar's pages stayed in the page cache")
+        assert worker.handle(read_request(ino, 1000, BLOCK, 1)) is None
+        assert wait_for_messages(device, 1) == [(1, 0, files[name][1000 : 1000 + BLOCK])]
+        counted = Counters.report(list(theirs.values), cache=False)
+        fs = counted["fs"]
+        assert (fs["reads"], fs["reads_spliced"], fs["reads_cold"], fs["bytes_read"]) == (
+            1, 1, 1, BLOCK,
+        )  # fmt: skip
+        assert sum(counted["read_latency"]["buckets"]) == 1
+        assert core.statistics()["fs"]["reads"] == 0
+        assert not worker.cold.cold(runs)  # the thread's splice read them in
+        assert worker.handle(read_request(ino, 1000, BLOCK, 2)) is None
+        assert device.messages() == [(2, 0, files[name][1000 : 1000 + BLOCK])]
+        mine = core.statistics()["fs"]
+        assert (mine["reads"], mine["reads_spliced"], mine["reads_cold"]) == (1, 1, 0)
+        assert theirs.values[ops.READS] == 1
+        worker.cold.close()
+
+
+def test_a_cold_read_cut_short_fails_in_the_thread(
+    layouts: Layouts, device: Device, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tar truncated under a cold READ: the thread answers EIO, says it once (no
+    traceback) and counts the error in its slot; the worker's next reads are exact."""
+    root = tmp_path / "src"
+    shutil.copytree(layouts.roots["tar"], root, ignore=shutil.ignore_patterns("i.lmdb"))
+    tar = root / "ILSVRC2012_img_test_v10102019.tar"
+    if on_tmpfs(tar):
+        pytest.skip("the copy is on tmpfs: its pages cannot be taken out of the cache")
+    src = source.open_source(root)  # (an index of the copy: the other one reads the original)
+    build(root / "i.lmdb", src.image_list, src.placer(), virtual=src.virtual_files, progress=False)
+    files = contents()
+    with Index.open(root / "i.lmdb") as ix:
+        inos = served_inos(ix)
+        core = Core(Tree(ix), uid=0, gid=0, blocking_reads=True)
+        theirs = Counters()
+        worker = wire.Worker(core, device.w, splice=True, cold=theirs)
+        runs = core.locate_read(inos["huge.JPEG"], 0, MiB)
+        assert runs is not None
+        os.truncate(tar, runs[0].offset + 100_000)
+        drop_pages(tar)
+        assert worker.handle(read_request(inos["huge.JPEG"], 0, 500_000, 1)) is None
+        assert wait_for_messages(device, 1) == [(1, -errno.EIO, b"")]
+        assert theirs.values[ops.ERRORS] == 1 and core.statistics()["fs"]["errors"] == 0
+        assert "truncated" in caplog.text and "Traceback" not in caplog.text
+        assert worker.handle(read_request(inos["small.JPEG"], 0, 3000, 2)) is None
+        assert wait_for_messages(device, 1) == [(2, 0, files["small.JPEG"])]
+        assert worker.cold is not None
+        worker.cold.close()
+
+
+def test_cold_reads_stay_with_the_worker_where_the_cache_cannot_be_asked(
+    device: Device, tmp_path: Path
+) -> None:
+    """A file whose filesystem has no RWF_NOWAIT (here /proc: EOPNOTSUPP) is never called
+    cold: the worker reads it itself, as it would have, and that file is not probed again."""
+    core = Core.__new__(Core)  # (the probe needs no index)
+    cold = wire.ColdReads(core, device.w, Counters())
+    fd = os.open("/proc/self/status", os.O_RDONLY)
+    try:
+        assert not cold.cold([Run(fd, 0, 50)]) and fd in cold._cannot_tell
+        assert not cold.take(1, 1, [Run(fd, 0, 50)], 0)
+    finally:
+        os.close(fd)
+
+
 def _mountable() -> str | None:
     return fuse_unusable(("fusermount3",), "these tests mount as root (scripts/test.sh)")
 
@@ -547,3 +674,48 @@ def test_image_truncated_under_a_spliced_read(
     assert after["errors"] == before["errors"] + 1
     assert after["reads_spliced"] - before["reads_spliced"] >= 2 * len(intact)
     assert "truncated" in mounted.log and "Traceback" not in mounted.log
+
+
+def read_cold(mp: Path, files: dict[str, bytes], images: list[Path]) -> list[str]:
+    """Every file whole, from 8 threads, each read with the images' pages dropped before it
+    (some land on the thread of a worker, some on the worker); what differs."""
+
+    def one(rel: str) -> str | None:
+        for image in images:
+            drop_pages(image)
+        return None if (mp / rel).read_bytes() == files[rel] else rel
+
+    with ThreadPoolExecutor(8) as pool:
+        return [rel for rel in pool.map(one, sorted(files) * 3) if rel is not None]
+
+
+@mounts
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("thread", ["1", "0"])
+def test_mounted_cold_reads_are_exact_with_and_without_the_thread(
+    layouts: Layouts, env_mounter: EnvMounter, thread: str
+) -> None:
+    """The tars mounted with two workers, read with their pages dropped: exact bytes, no
+    error; `reads_cold` counts READs the workers' threads sent -- none with
+    IMAGENETFS_COLD_THREAD=0."""
+    if on_tmpfs(layouts.images["tar"][0]):
+        pytest.skip("the test tars are on tmpfs: their pages cannot be taken out of the cache")
+    env_mounter.extra = {"IMAGENETFS_COLD_THREAD": thread}
+    root = layouts.roots["tar"]
+    mp = env_mounter.work / "mp"
+    mp.mkdir()
+    mounted = env_mounter.mount(mp, root, "--workers", "2", index=root / "i.lmdb")
+    files = layouts.files["tar"]
+    wrong = []
+    for _ in range(3):  # (the files' own pages dropped too: each round READs them again)
+        for rel in files:
+            evict(mp / rel)
+        wrong += read_cold(mp, files, layouts.images["tar"])
+    assert wrong == []
+    doc = counters(mounted, env_mounter)
+    assert doc["errors"] == 0 and doc["reads_spliced"] > 0, mounted.log
+    if thread == "1":
+        assert 0 < doc["reads_cold"] <= doc["reads_spliced"], doc
+    else:
+        assert doc["reads_cold"] == 0, doc
+    assert "Traceback" not in mounted.log

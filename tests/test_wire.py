@@ -278,11 +278,17 @@ def test_answer_init() -> None:
 
 
 def test_board_sums_the_workers_slots() -> None:
+    """Each worker's two threads (the worker's, its cold reads') count in slots of their own;
+    the totals are the sums of all of them."""
     board = wire.Board(3)
     for n in range(3):
         slot = board.slot(n)
         slot[ops.READS] = 10 * (n + 1)
         slot[len(ops.FS_COUNTERS)] = n  # the cache's hits
+        board.slot(n, 1)[ops.READS_COLD] = 100
+        board.slot(n, 1)[ops.READS] = 100
+    assert list(board.slot(2, 1))[ops.READS] == 100 and board.slot(2)[ops.READS] == 30
     totals = board.totals()
-    assert totals[ops.READS] == 60 and totals[len(ops.FS_COUNTERS)] == 3
+    assert totals[ops.READS] == 360 and totals[len(ops.FS_COUNTERS)] == 3
+    assert totals[ops.READS_COLD] == 300
     assert ops.Counters.report(totals, cache=True)["resize_cache"]["hits"] == 3
