@@ -54,8 +54,8 @@ comparisons; pyfuse3 (`--workers 0`, fs.py) writes its replies itself and always
 
 Cold reads (`ColdReads`). A spliced READ whose bytes are not in the page cache would hold its
 worker while the disk (or a shared filesystem) delivers them, and on two cores that idles a
-core: measured on the official tars, a cold epoch spent a third of its first seconds in
-iowait. So before splicing, a worker probes the first and the last byte of each run with a
+core: measured on the official tars, the first seconds of a cold epoch spent 19-44% of the
+CPU time in iowait (docs/bench/issue15-cold/). So before splicing, a worker probes the first and the last byte of each run with a
 one-byte `RWF_NOWAIT` read; when one is not cached, it hands the READ to a second thread of
 its own (at most `COLD_WAITING` waiting; past that it splices it itself) and goes on with
 the next request. The thread splices with a pipe of its own; where a splice cannot do it, it
