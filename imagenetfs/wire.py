@@ -54,17 +54,18 @@ comparisons; pyfuse3 (`--workers 0`, fs.py) writes its replies itself and always
 
 Cold reads (`ColdReads`). A spliced READ whose bytes are not in the page cache would hold its
 worker while the disk (or a shared filesystem) delivers them, and on two cores that idles a
-core: measured on the official tars, the first seconds of a cold epoch spent 19-44% of the
-CPU time in iowait (docs/bench/issue15-cold/). So before splicing, a worker probes the first and the last byte of each run with a
-one-byte `RWF_NOWAIT` read; when one is not cached, it hands the READ to a second thread of
-its own (at most `COLD_WAITING` waiting; past that it splices it itself) and goes on with
-the next request. The thread splices with a pipe of its own; where a splice cannot do it, it
-copies, and a READ cut short (an image truncated since it was indexed) fails with EIO, logged
-and counted by `Core.errno_for`'s rule. It counts what it sends in a slot of the `Board` of
-its own (`reads_cold`, and the latency from the worker taking the READ up), so no counter has
-two writers. Nothing else moves to it: it never touches the index, a cache or the core's
-state. On a filesystem that cannot say what it caches (no `RWF_NOWAIT`), a worker waits for
-its reads itself, as before. `IMAGENETFS_COLD_THREAD=0` turns the thread off (for A/B runs).
+core: measured on the official tars, the first seconds of a cold epoch spent 19-44% of the CPU
+time in iowait (docs/bench/issue15-cold/). So before splicing, a worker probes the first and
+the last byte of each run with a one-byte `RWF_NOWAIT` read; when one is not cached, it hands
+the READ to a second thread of its own (at most `COLD_WAITING` waiting; past that it splices it
+itself) and goes on with the next request. The thread splices with a pipe of its own; where a
+splice cannot do it, it copies, and a READ cut short (an image truncated since it was indexed)
+fails with EIO, logged and counted by `Core.errno_for`'s rule. It counts what it sends in a
+slot of the `Board` of its own (`reads_cold`, and the latency from the worker taking the READ
+up), so no counter has two writers. Nothing else moves to it: it never touches the index, a
+cache or the core's state. On a filesystem that cannot say what it caches (no `RWF_NOWAIT`), a
+worker waits for its reads itself, as before. `IMAGENETFS_COLD_THREAD=0` turns the thread off
+(for A/B runs).
 
 The heap (`steady_heap`). Every READ allocates its data and its reply, 128 KiB each as the
 kernel usually asks: glibc's default thresholds (mmap from 128 KiB, trimming the heap's top
