@@ -453,7 +453,8 @@ def test_cold_reads_go_to_the_workers_thread_and_count_in_its_slot(
     """A READ of a tar member whose bytes are not in the page cache goes to the worker's
     second thread: handle() returns at once, the thread's reply is exact, it is counted in the
     thread's counters (reads, reads_spliced, reads_cold, a latency) and not in the worker's.
-    Read again, the bytes are cached: the worker splices them itself."""
+    Read again, the bytes are cached: the worker splices them itself. Cold again from a file
+    the thread cannot splice from: it copies them."""
     tar = layouts.images["tar"][1]  # the flat test tar
     if on_tmpfs(tar):
         pytest.skip("the test tar is on tmpfs: its pages cannot be taken out of the cache")
@@ -489,6 +490,18 @@ def test_cold_reads_go_to_the_workers_thread_and_count_in_its_slot(
         mine = core.statistics()["fs"]
         assert (mine["reads"], mine["reads_spliced"], mine["reads_cold"]) == (1, 1, 0)
         assert theirs.values[ops.READS] == 1
+        # where its splice cannot (a file whose filesystem cannot be spliced from), it copies
+        assert worker.cold._splicer is not None
+        worker.cold._splicer._unable.add(runs[0].fd)
+        for _ in range(50):
+            drop_pages(tar)
+            if worker.cold.cold(runs):
+                break
+            time.sleep(0.02)
+        assert worker.handle(read_request(ino, 1000, BLOCK, 3)) is None
+        assert wait_for_messages(device, 1) == [(3, 0, files[name][1000 : 1000 + BLOCK])]
+        fs = Counters.report(list(theirs.values), cache=False)["fs"]
+        assert (fs["reads"], fs["reads_spliced"], fs["reads_cold"]) == (2, 1, 2)
         worker.cold.close()
 
 
