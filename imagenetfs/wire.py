@@ -362,6 +362,7 @@ class ColdReads:
         if self.broken or not self.cold(runs) or not self._room.acquire(blocking=False):
             return False
         if self._thread is None and not self._start():
+            self._room.release()
             return False
         self._jobs.put(_Job(ino, unique, runs, started))
         return True
