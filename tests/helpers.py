@@ -5,6 +5,7 @@ harness through which every test mounts (`Mounter`, and the `mounter` fixture of
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -103,6 +104,34 @@ def evict(path: Path) -> None:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
+
+
+def drop_written(path: Path) -> None:
+    """Drop a file's pages from the page cache (as a cold cluster file would be), the ones
+    just written included: written back first, since dirty pages are not dropped."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def nowait_unsupported(directory: Path) -> str | None:
+    """Why files in `directory` cannot be read with RWF_NOWAIT (overlayfs, as in a container's
+    /tmp, FUSE, some NFS), or None."""
+    probe = directory / "nowait-probe"
+    probe.write_bytes(b"x" * 4096)
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return None
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            return f"the filesystem of {directory} has no RWF_NOWAIT ({e.strerror})"
+        raise
+    finally:
+        os.close(fd)
+        probe.unlink()
+    return None
 
 
 def force_unmount(mp: Path) -> None:

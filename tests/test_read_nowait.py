@@ -2,45 +2,17 @@
 
 from __future__ import annotations
 
-import errno
-import os
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from helpers import drop_written, nowait_unsupported
 
 from imagenetfs import generate
 from imagenetfs.squashfs import SquashImage, WouldBlock
 
 SPEC = generate.Spec(classes=2, train_per_class=6, val_per_class=0, test=0)
-
-
-def evict(path: Path) -> None:
-    """Drop the image's pages from the page cache (as a cold cluster file would be)."""
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())  # dirty pages (just written by mksquashfs) are not dropped
-        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
-
-
-def nowait_unsupported(directory: Path) -> str | None:
-    """Why files in `directory` cannot be read with RWF_NOWAIT (overlayfs, as in a container's
-    /tmp, FUSE, some NFS), or None."""
-    probe = directory / "nowait-probe"
-    probe.write_bytes(b"x" * 4096)
-    fd = os.open(probe, os.O_RDONLY)
-    try:
-        os.preadv(fd, [bytearray(4096)], 0, os.RWF_NOWAIT)
-    except BlockingIOError:
-        return None
-    except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-            return f"the filesystem of {directory} has no RWF_NOWAIT ({e.strerror})"
-        raise
-    finally:
-        os.close(fd)
-        probe.unlink()
-    return None
 
 
 @pytest.mark.parametrize("args", [("-noD", "-noF"), ()])
@@ -60,7 +32,7 @@ def test_nowait_reads(tmp_path: Path, args: tuple[str, ...]) -> None:
         # a page through one DONTNEED on a busy machine: evict again, a few times.
         for attempt in range(5):
             image = SquashImage(image_path)  # an empty block cache
-            evict(image_path)
+            drop_written(image_path)
             try:
                 image.read(entry.extent, 0, entry.size, nowait=True)
             except WouldBlock:

@@ -40,7 +40,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Mounted, Mounter, evict, fuse_unusable
+from helpers import (
+    Mounted,
+    Mounter,
+    drop_written,
+    evict,
+    fuse_unusable,
+    nowait_unsupported,
+)
 
 from imagenetfs import ops, source, wire
 from imagenetfs import protocol as fuse
@@ -416,25 +423,20 @@ def test_splicer_latches_files_that_cannot_be_spliced_from(device: Device, tmp_p
 # --- cold reads: a worker's second thread (wire.ColdReads) --------------------------------
 
 
-def drop_pages(path: Path) -> None:
-    """Take a file's pages out of the page cache: written back first (dirty pages stay)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
-def on_tmpfs(path: Path) -> bool:
-    """Whether `path` is on tmpfs, whose page cache is its storage: nothing there is cold."""
-    found = ""
+def never_cold(path: Path) -> str | None:
+    """Why no page of the file at `path` can be found out of the cache (so the cold-read
+    thread never engages), or None: a filesystem without RWF_NOWAIT (the worker cannot ask),
+    or tmpfs (whose page cache is its storage)."""
+    reason = nowait_unsupported(path.parent)
+    if reason is not None:
+        return reason
+    found, kind = "", ""
     with open("/proc/self/mounts") as f:
         for line in f:
-            _, point, kind, *_ = line.split()
+            _, point, fs_kind, *_ = line.split()
             if str(path).startswith(point.rstrip("/") + "/") and len(point) >= len(found):
-                found, fs_kind = point, kind
-    return bool(found) and fs_kind == "tmpfs"
+                found, kind = point, fs_kind
+    return f"{path} is on tmpfs: its pages cannot be dropped" if kind == "tmpfs" else None
 
 
 def wait_for_messages(device: Device, count: int) -> list[tuple[int, int, bytes]]:
@@ -456,8 +458,8 @@ def test_cold_reads_go_to_the_workers_thread_and_count_in_its_slot(
     Read again, the bytes are cached: the worker splices them itself. Cold again from a file
     the thread cannot splice from: it copies them."""
     tar = layouts.images["tar"][1]  # the flat test tar
-    if on_tmpfs(tar):
-        pytest.skip("the test tar is on tmpfs: its pages cannot be taken out of the cache")
+    if (reason := never_cold(tar)) is not None:
+        pytest.skip(reason)
     files = contents()
     name = "blocks-tail.JPEG"
     with Index.open(layouts.roots["tar"] / "i.lmdb") as ix:
@@ -469,7 +471,7 @@ def test_cold_reads_go_to_the_workers_thread_and_count_in_its_slot(
         runs = core.locate_read(ino, 1000, BLOCK)
         assert runs
         for _ in range(50):  # (pages still on a CPU's way to the LRU lists may stay a moment)
-            drop_pages(tar)
+            drop_written(tar)
             if worker.cold.cold(runs):
                 break
             time.sleep(0.02)
@@ -494,7 +496,7 @@ def test_cold_reads_go_to_the_workers_thread_and_count_in_its_slot(
         assert worker.cold._splicer is not None
         worker.cold._splicer._unable.add(runs[0].fd)
         for _ in range(50):
-            drop_pages(tar)
+            drop_written(tar)
             if worker.cold.cold(runs):
                 break
             time.sleep(0.02)
@@ -513,8 +515,8 @@ def test_a_cold_read_cut_short_fails_in_the_thread(
     root = tmp_path / "src"
     shutil.copytree(layouts.roots["tar"], root, ignore=shutil.ignore_patterns("i.lmdb"))
     tar = root / "ILSVRC2012_img_test_v10102019.tar"
-    if on_tmpfs(tar):
-        pytest.skip("the copy is on tmpfs: its pages cannot be taken out of the cache")
+    if (reason := never_cold(tar)) is not None:
+        pytest.skip(reason)
     src = source.open_source(root)  # (an index of the copy: the other one reads the original)
     build(root / "i.lmdb", src.image_list, src.placer(), virtual=src.virtual_files, progress=False)
     files = contents()
@@ -526,7 +528,7 @@ def test_a_cold_read_cut_short_fails_in_the_thread(
         runs = core.locate_read(inos["huge.JPEG"], 0, MiB)
         assert runs is not None
         os.truncate(tar, runs[0].offset + 100_000)
-        drop_pages(tar)
+        drop_written(tar)
         assert worker.handle(read_request(inos["huge.JPEG"], 0, 500_000, 1)) is None
         assert wait_for_messages(device, 1) == [(1, -errno.EIO, b"")]
         assert theirs.values[ops.ERRORS] == 1 and core.statistics()["fs"]["errors"] == 0
@@ -695,7 +697,7 @@ def read_cold(mp: Path, files: dict[str, bytes], images: list[Path]) -> list[str
 
     def one(rel: str) -> str | None:
         for image in images:
-            drop_pages(image)
+            drop_written(image)
         return None if (mp / rel).read_bytes() == files[rel] else rel
 
     with ThreadPoolExecutor(8) as pool:
@@ -711,8 +713,8 @@ def test_mounted_cold_reads_are_exact_with_and_without_the_thread(
     """The tars mounted with two workers, read with their pages dropped: exact bytes, no
     error; `reads_cold` counts READs the workers' threads sent -- none with
     IMAGENETFS_COLD_THREAD=0."""
-    if on_tmpfs(layouts.images["tar"][0]):
-        pytest.skip("the test tars are on tmpfs: their pages cannot be taken out of the cache")
+    if (reason := never_cold(layouts.images["tar"][0])) is not None:
+        pytest.skip(reason)
     env_mounter.extra = {"IMAGENETFS_COLD_THREAD": thread}
     root = layouts.roots["tar"]
     mp = env_mounter.work / "mp"
