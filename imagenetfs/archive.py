@@ -68,7 +68,6 @@ label files) for the source layer: one pass over the central directory, no index
 from __future__ import annotations
 
 import calendar
-import errno
 import functools
 import os
 import stat
@@ -82,7 +81,7 @@ from typing import NamedTuple, NoReturn, Self
 
 from imagenetfs import squashfs
 from imagenetfs.errors import CorruptImageError, ImagenetfsError, NoSuchEntry
-from imagenetfs.squashfs import Entry, Extent, Run, WouldBlock
+from imagenetfs.squashfs import NO_NOWAIT, Entry, Extent, Run, WouldBlock
 
 BLOCK = 512
 #: What one read of headers takes when members are small (`_Window`).
@@ -274,7 +273,7 @@ class _ArchiveFile:
             except BlockingIOError:
                 raise WouldBlock(pos) from None
             except OSError as e:
-                if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                if e.errno not in NO_NOWAIT:
                     raise
                 # no RWF_NOWAIT on this filesystem (FUSE, some network filesystems): every
                 # read of this file goes the blocking way, in a thread

@@ -102,6 +102,11 @@ class WouldBlock(Exception):
     """A `read(..., nowait=True)` would have to wait for the disk or decompress a block."""
 
 
+#: What a `RWF_NOWAIT` read fails with on a filesystem that has none (FUSE, some network
+#: filesystems): such a file's reads go the blocking way.
+NO_NOWAIT = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
+
+
 class Run(NamedTuple):
     """`length` bytes of a file stored as they are read, at `offset` of descriptor `fd` (what
     `locate` answers: bytes that can be spliced from the image file, never copied)."""
@@ -639,7 +644,7 @@ class SquashImage:
         except BlockingIOError:
             raise WouldBlock(pos) from None
         except OSError as e:
-            if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            if e.errno not in NO_NOWAIT:
                 raise
             # The image's filesystem (FUSE, some network filesystems) has no RWF_NOWAIT:
             # every read of this image goes the blocking way, in a thread.

@@ -105,7 +105,7 @@ from imagenetfs.errors import (
 from imagenetfs.index import DTYPE
 from imagenetfs.ops import BLOCK_SIZE, Blocked, Core, Counters, Listed
 from imagenetfs.protocol import IN_HEADER, IN_START, NO_REPLY, OUT_HEADER
-from imagenetfs.squashfs import Run
+from imagenetfs.squashfs import NO_NOWAIT, Run
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +349,7 @@ class ColdReads:
                 except BlockingIOError:
                     return True
                 except OSError as e:
-                    if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    if e.errno in NO_NOWAIT:
                         self._cannot_tell.add(fd)
                     return False  # (any other error: the worker's own read meets it)
         return False

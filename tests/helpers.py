@@ -5,7 +5,6 @@ harness through which every test mounts (`Mounter`, and the `mounter` fixture of
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import json
 import os
@@ -20,6 +19,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from imagenetfs.squashfs import NO_NOWAIT
 
 
 def search_bits_needed(paths: list[Path]) -> list[Path]:
@@ -125,7 +126,7 @@ def nowait_unsupported(directory: Path) -> str | None:
     except BlockingIOError:
         return None
     except OSError as e:
-        if e.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+        if e.errno in NO_NOWAIT:
             return f"the filesystem of {directory} has no RWF_NOWAIT ({e.strerror})"
         raise
     finally:
