@@ -8,9 +8,11 @@ exit code 1, no traceback unless `--debug`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +25,9 @@ from imagenetfs import (
     index,
     metrics,
     mount,
+    mountinfo,
     pack,
+    places,
     registry,
     resize,
     source,
@@ -115,7 +119,16 @@ def resolve_source(explicit: Path | None, quiet: bool = False) -> Path:
     if not (sample_dir / "train.squashfs").is_file():
         from imagenetfs import generate
 
-        generate.sample(sample_dir, progress=False)
+        # Made aside and renamed: tasks on several nodes sharing the home may all get here.
+        tmp = places.temporary_name(sample_dir)
+        try:
+            generate.sample(tmp, progress=False)
+            if sample_dir.is_dir() and not (sample_dir / "train.squashfs").is_file():
+                shutil.rmtree(sample_dir, ignore_errors=True)  # left half-made by an old version
+            with contextlib.suppress(OSError):
+                tmp.rename(sample_dir)  # (fails if another task's rename came first: use that)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     if not quiet:
         print(
             f"imagenetfs: no ImageNet at {root}; serving the built-in sample from {sample_dir}",
@@ -159,14 +172,15 @@ def cmd_mount(args: argparse.Namespace) -> int:
     stage_dir = None
     if args.stage is not None:
         stage_dir = staging.check_dir(Path(args.stage) if args.stage else staging.default_dir())
-    mountpoint = args.mountpoint.absolute()
+    mountpoint = mountinfo.canonical(args.mountpoint)
+    registry.ensure_dir()
+    registry.sweep()
     with mount.claimed(mountpoint):
         state = mount.serving(mountpoint)
         if state is not None:  # another task of the job mounted it: use it
             print(mount.join(mountpoint, state, resolve_source(args.source), args.index))
             return 0
         mount.check_mountpoint(mountpoint)
-        mount.first_user(mountpoint)
         if not args.foreground:  # (the lock is held until the daemon serves)
             return _mount(args, mountpoint, workers, stage_dir, stage_rate)
     return _mount(args, mountpoint, workers, stage_dir, stage_rate)  # -f: serves right here
@@ -207,20 +221,54 @@ def cmd_umount(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    wanted = str(args.mountpoint.absolute()) if args.mountpoint else None
+    wanted = str(mountinfo.canonical(args.mountpoint)) if args.mountpoint else None
+    registry.ensure_dir(for_writing=False)
+    gone = registry.sweep()  # (said once, below, then forgotten)
+    mounted = {m.point: m for m in mountinfo.imagenetfs_mounts()}
+    states = {s.get("mountpoint"): s for s in registry.read_states()}
+    if not registry.is_default():  # a registry of its own: its own mounts only
+        mounted = {point: m for point, m in mounted.items() if point in states}
     shown = 0
     documents = []
-    for state in registry.read_states():
-        if wanted and state.get("mountpoint") != wanted:
+    for dead in gone:
+        if args.json or (wanted and dead.get("mountpoint") != wanted):
+            continue
+        print(
+            f"{dead.get('mountpoint')}: gone -- its daemon (pid {dead.get('pid')}) ended "
+            f"without unmounting; log: {Path(dead['state_file']).with_suffix('.log')}"
+        )
+    for point in sorted(set(states) | set(mounted), key=str):
+        if wanted and point != wanted:
             continue
         shown += 1
-        mp = Path(state["mountpoint"])
+        state = states.get(point)
+        if state is None:  # mounted, with no record on this node
+            if args.json:
+                documents.append({"mountpoint": point, "serving": None, "recorded": False})
+            else:
+                print(
+                    f"{point}: mounted, but this node has no record of it (an earlier "
+                    f"imagenetfs made it, or its state was removed): imagenetfs umount {point} "
+                    "unmounts it"
+                )
+            continue
         alive = registry.is_alive(state)
-        serving = alive and os.path.ismount(mp)
+        serving = alive and point in mounted
         if args.json:
             documents.append(metrics.summary(state, alive=alive, serving=serving))
             continue
-        print(f"{mp}: {'serving' if serving else 'dead (run imagenetfs umount)'}")
+        if serving:
+            condition = "serving"
+        elif point in mounted:
+            condition = f"stale -- its daemon (pid {state.get('pid')}) died (run imagenetfs umount)"
+        elif alive:
+            condition = (
+                f"not mounted here; its daemon (pid {state.get('pid')}) still runs (detached "
+                "and still in use, or mounted in another mount namespace)"
+            )
+        else:
+            condition = "gone"
+        print(f"{point}: {condition}")
         print(f"  source {state.get('source')}  index {state.get('index')}  pid {state.get('pid')}")
         for image in state.get("images", []):
             print(f"  serving {image}")
@@ -251,8 +299,8 @@ def _duration(seconds: float) -> str:
 
 def cmd_warm(args: argparse.Namespace) -> int:
     if args.mountpoint is not None:  # what a running mount serves, as it resizes
-        state = registry.find_state(args.mountpoint)
-        if state is None:
+        state = registry.find_state(mountinfo.canonical(args.mountpoint))
+        if state is None or not registry.is_alive(state):
             raise errors.UsageError(f"{args.mountpoint} is not mounted by imagenetfs")
         job = _mounted_job(state, args)
     else:

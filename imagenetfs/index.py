@@ -78,7 +78,7 @@ from typing import Any, NoReturn, Self
 
 import lmdb
 
-from imagenetfs import protocol, squashfs
+from imagenetfs import places, protocol, squashfs
 from imagenetfs.dirtree import Image, open_image
 from imagenetfs.errors import ImagenetfsError, InvalidRequest, NoSuchEntry, NotADirectory
 
@@ -392,7 +392,7 @@ def _write(
     index_path: Path, tree: _TreeBuilder, records: list[dict[str, Any]], source: str
 ) -> IndexStats:
     index_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = index_path.with_name(f"{index_path.name}.tmp-{os.getpid()}")
+    tmp = places.temporary_name(index_path)
     _remove(tmp)
     entries = 0
     env = lmdb.open(
@@ -790,12 +790,8 @@ def _writable(path: Path) -> bool:
     return parent is not None and os.access(parent, os.W_OK | os.X_OK)
 
 
-def user_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imagenetfs"
-
-
 def user_index_path(source: Path) -> Path:
     """The index of `source` in the user's own cache (when no other is given or found)."""
     source = source.resolve()
     key = hashlib.blake2b(str(source).encode(), digest_size=6).hexdigest()
-    return user_cache_dir() / f"index-{source.name or 'root'}-{key}.lmdb"
+    return places.user_cache_dir() / f"index-{source.name or 'root'}-{key}.lmdb"

@@ -2,12 +2,14 @@
 
 `mount(config)`:
 
-1. checks the mount point (created if missing, when its parent exists): a stale FUSE mount
-   left by a killed daemon (`os.statvfs` gives ENOTCONN) is cleared with `fusermount3 -uz`; a
-   live mount, a non-directory or a non-empty directory is refused with one clear line; so is
-   a registry directory (registry.py) that cannot be written;
-2. opens the index (checked against the images), then blocks SIGTERM, SIGINT and SIGHUP: from
-   here on a signal waits until the daemon can act on it -- by unmounting;
+1. checks the mount point (created if missing, when its parent exists): a stale imagenetfs
+   mount of this user -- mounted (the mount table says), but its daemon gone (the registry
+   says) -- is cleared with `fusermount3 -uz`; anything else mounted there, a non-directory or
+   a non-empty directory is refused with one clear line; so is a registry directory
+   (registry.py) that cannot be used;
+2. opens the index (checked against the images) and records the mount in the registry, then
+   blocks SIGTERM, SIGINT and SIGHUP: from here on a signal waits until the daemon can act on
+   it -- by unmounting;
 3. mounts with `pyfuse3.init()`, in the calling process, so mount errors reach the terminal;
 4. without `-f`, forks: the child, the daemon, does `setsid`, sends its output to the log
    beside its state file and serves. The parent closes its copy of the session (only the
@@ -15,23 +17,25 @@
    workers started (a pipe). A signal to the parent meanwhile is passed on to the daemon; a
    daemon that stops or dies before it is ready leaves nothing mounted: the parent clears it;
 5. the daemon serves (supervisor.py) and, whatever ends it, unmounts (`pyfuse3.close`) and
-   removes its state file.
+   removes its record.
 
-`umount(mountpoint)` unmounts a live or stale mount and waits for its daemon to exit.
+`umount(mountpoint)` unmounts a live or stale mount and waits (a bounded time) for its daemon
+to exit; `--lazy` detaches at once, `--force` also ends the daemon. Like `mount`, it decides
+from the mount table and the registry, never by touching the mount point: a daemon that does
+not answer cannot make it wait.
 
 Sharing: the tasks of one job (`srun -n 4`) each run `imagenetfs mount` of the same source at
-the same point. A mount command takes the mount point's lock (`claimed`: a record lock on a
-file beside the state file, so one command at a time checks and mounts); finding its own live
-mount of that source there, it succeeds without mounting (`join`) and counts one more user in
-`<state>.refs`. `umount` counts one user less and unmounts when none is left -- so the mount
-goes once, after the last task is done (`--force` unmounts at once).
+the same point on their node. A mount command takes the mount point's lock (`claimed`: a record
+lock on a file of the node's registry, so one command at a time checks and mounts); finding its
+own live mount of that source there, it succeeds without mounting (`join`) and adds one user
+(its Slurm job) to the mount's users file. `umount` takes one user away and unmounts when none
+is left -- so the mount goes once, after the node's last task is done (`--force` unmounts at
+once).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import logging
 import os
 import select
@@ -47,7 +51,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from imagenetfs import fs, registry, supervisor, wire
+from imagenetfs import fs, mountinfo, registry, supervisor, wire
 from imagenetfs.config import ServeConfig
 from imagenetfs.errors import ImagenetfsError, UsageError
 from imagenetfs.index import Index
@@ -72,37 +76,18 @@ NO_FUSERMOUNT = (
 )
 
 
-def is_stale(mountpoint: Path) -> bool:
-    """A FUSE mount whose daemon is gone: `statvfs` fails with ENOTCONN."""
-    try:
-        os.statvfs(mountpoint)
-    except OSError as e:
-        return e.errno == errno.ENOTCONN
-    return False
-
-
-def is_mounted(mountpoint: Path) -> bool:
-    """Something is mounted at `mountpoint` (absolute), learnt without touching it -- a mount
-    whose daemon has not answered FUSE_INIT yet would block whoever does."""
-    wanted = os.fsencode(mountpoint)
-    with open("/proc/self/mounts", "rb") as f:
-        for line in f:
-            point = line.split(b" ")[1]
-            if point.replace(b"\\040", b" ").replace(b"\\134", b"\\") == wanted:
-                return True
-    return False
-
-
 def _fusermount(*args: str) -> subprocess.CompletedProcess[str]:
     exe = shutil.which("fusermount3")
     if exe is None:
         raise MountError(NO_FUSERMOUNT)
-    return subprocess.run([exe, *args], capture_output=True, text=True)
+    return subprocess.run([exe, *args], capture_output=True, text=True, timeout=UNMOUNT_TIMEOUT)
 
 
 def clear_stale(mountpoint: Path) -> None:
+    """Detach the mount at `mountpoint`, whose daemon is gone (`fusermount3 -u -z`: it does
+    not ask the daemon, so it returns at once even when one is there and not answering)."""
     result = _fusermount("-u", "-z", "-q", str(mountpoint))
-    if is_stale(mountpoint):
+    if mountinfo.at(mountpoint) is not None:
         raise MountError(
             f"{mountpoint}: stale mount left by a killed daemon and it could not be "
             f"cleared: {result.stderr.strip() or 'fusermount3 failed'}"
@@ -110,17 +95,31 @@ def clear_stale(mountpoint: Path) -> None:
 
 
 def check_mountpoint(mountpoint: Path) -> None:
-    if is_stale(mountpoint):
-        log.info("clearing the stale mount at %s left by a killed daemon", mountpoint)
-        clear_stale(mountpoint)
+    """`mountpoint` (canonical) can take a new mount: an empty directory with nothing mounted
+    -- a stale imagenetfs mount of this user (its daemon gone) is cleared first. Decided from
+    the mount table and the registry: a mount there is never touched."""
+    mounted = mountinfo.at(mountpoint)
+    if mounted is not None:
+        state = registry.find_state(mountpoint)
+        ours = mounted.is_imagenetfs_of(os.getuid())
+        if ours and state is not None and not registry.is_alive(state):
+            log.info("clearing the stale mount at %s left by a killed daemon", mountpoint)
+            clear_stale(mountpoint)
+            registry.remove(mountpoint)
+        elif ours and state is None:
+            raise UsageError(
+                f"mount point {mountpoint} is busy: an imagenetfs mount of yours that this "
+                f"node has no record of (made by an earlier version?) -- "
+                f"imagenetfs umount {mountpoint} unmounts it"
+            )
+        else:
+            raise UsageError(f"mount point {mountpoint} is busy: something is mounted there")
     if not mountpoint.exists() and not mountpoint.is_symlink():
         if not mountpoint.parent.is_dir():
             raise UsageError(f"mount point {mountpoint}: {mountpoint.parent} does not exist")
         mountpoint.mkdir()  # `imagenetfs mount /tmp/inet` works on a fresh machine
     if not mountpoint.is_dir():
         raise UsageError(f"mount point {mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
-        raise UsageError(f"mount point {mountpoint} is busy: something is mounted there")
     try:
         empty = next(os.scandir(mountpoint), None) is None
     except PermissionError:
@@ -129,23 +128,14 @@ def check_mountpoint(mountpoint: Path) -> None:
         raise UsageError(f"mount point {mountpoint} is not empty")
 
 
-def _preflight(state_path: Path) -> None:
+def _preflight() -> None:
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: this machine (or container) has no FUSE")
     if not os.access("/dev/fuse", os.R_OK | os.W_OK):
         raise MountError("/dev/fuse is not readable and writable for this user")
     if os.getuid() != 0 and shutil.which("fusermount3") is None:
         raise MountError(NO_FUSERMOUNT)
-    directory = state_path.parent
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
-            pass
-    except OSError as e:
-        raise MountError(
-            f"cannot write the mount registry {directory}: {e.strerror} "
-            "(set XDG_RUNTIME_DIR or XDG_CACHE_HOME to a writable directory)"
-        ) from None
+    registry.ensure_dir()
 
 
 # --- mounting -----------------------------------------------------------------------------
@@ -156,27 +146,33 @@ def mount(config: ServeConfig) -> int:
     calling process exits 0 as soon as the tree is ready."""
     mountpoint = config.mountpoint
     check_mountpoint(mountpoint)
+    _preflight()
     state_path = registry.state_file(mountpoint)
-    _preflight(state_path)
-    # Nothing may touch the mount point between pyfuse3.init() and the FUSE_INIT answer: any
-    # stat of it (even Path.resolve()) blocks until then.
     index = Index.open(config.index, source=config.source, names=config.images)
     fuse_ops = fs.Operations(read_threads=config.read_threads) if config.workers == 0 else None
+    state = {
+        "mountpoint": str(mountpoint),
+        "source": str(config.source.absolute()),
+        "index": str(config.index.absolute()),
+        "started": time.time(),
+        **registry.stamp(),
+        **config.settings(),
+    }
+    try:
+        registry.set_users(mountpoint, [registry.job_id() or "-"])
+    except OSError:
+        index.close()
+        raise
+    # Nothing may touch the mount point between pyfuse3.init() and the FUSE_INIT answer: any
+    # stat of it (even Path.resolve()) blocks until then.
     supervisor.block_signals()
     try:
         _init(fuse_ops or pyfuse3.Operations(), config)
     except BaseException:
         index.close()
         supervisor.unblock_signals()
+        registry.remove(mountpoint)
         raise
-    state = {
-        "mountpoint": str(mountpoint),
-        "source": str(config.source.absolute()),
-        "index": str(config.index.absolute()),
-        "pid": os.getpid(),
-        "started": time.time(),
-        **config.settings(),
-    }
     daemon = supervisor.Daemon(config, index, fuse_ops, state, state_path)
     return _serve(daemon) if config.foreground else _daemonize(daemon)
 
@@ -231,10 +227,17 @@ def _serve(daemon: supervisor.Daemon) -> int:
     finally:
         pyfuse3.close(unmount=True)
         daemon.index.close()
-        with contextlib.suppress(OSError):
-            daemon.state_path.unlink()
+        _forget(daemon)
     log.info("unmounted %s", daemon.config.mountpoint)
     return code
+
+
+def _forget(daemon: supervisor.Daemon) -> None:
+    """Remove the daemon's record, if it is still its own (a new mount at the point, made
+    once this one was unmounted, has a record of its own)."""
+    own = registry.find_state(daemon.config.mountpoint)
+    if own is not None and own.get("pid") == os.getpid():
+        registry.remove(daemon.config.mountpoint)
 
 
 def _daemonize(daemon: supervisor.Daemon) -> int:
@@ -256,7 +259,7 @@ def _daemonize(daemon: supervisor.Daemon) -> int:
                     os.close(ready_w)
 
             daemon.ready = ready
-            daemon.state["pid"] = os.getpid()
+            daemon.state.update(registry.stamp())
             code = _serve(daemon)
         finally:
             os._exit(code)
@@ -310,7 +313,7 @@ def _stop(pid: int, mountpoint: Path) -> None:
             os.waitpid(pid, 0)
             break
         time.sleep(0.02)
-    if is_mounted(mountpoint):  # it died before it could unmount: the mount is stale now
+    if mountinfo.at(mountpoint) is not None:  # it died before it could unmount: stale now
         with contextlib.suppress(MountError):
             clear_stale(mountpoint)
 
@@ -336,31 +339,21 @@ def _tail(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def claimed(mountpoint: Path) -> Iterator[None]:
+def claimed(mountpoint: Path) -> Iterator[registry.Lock]:
     """Hold the mount point's lock: one `mount`/`umount` command of this user at a time
     decides what to do there (the lock goes with the process, also when it is killed)."""
-    path = registry.state_file(mountpoint).with_suffix(".lock")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as e:
-        raise MountError(
-            f"cannot write the mount registry {path.parent}: {e.strerror} "
-            "(set XDG_RUNTIME_DIR or XDG_CACHE_HOME to a writable directory)"
-        ) from None
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    registry.ensure_dir()
+    with registry.locked(registry.lock_file(mountpoint)) as lock:
+        yield lock
 
 
 def serving(mountpoint: Path) -> registry.State | None:
     """This user's imagenetfs mount at `mountpoint`, if one serves there."""
     state = registry.find_state(mountpoint)
-    if state is None or not registry.is_alive(state) or not os.path.ismount(mountpoint):
+    mounted = mountinfo.at(mountpoint)
+    if state is None or mounted is None or not mounted.is_imagenetfs_of(os.getuid()):
         return None
-    return state
+    return state if registry.is_alive(state) else None
 
 
 def join(mountpoint: Path, state: registry.State, source: Path, index: Path | None) -> str:
@@ -373,31 +366,12 @@ def join(mountpoint: Path, state: registry.State, source: Path, index: Path | No
             f"{mountpoint} is busy: imagenetfs serves {state.get('source')} there (index "
             f"{state.get('index')}, pid {state.get('pid')}); unmount it or use another point"
         )
-    users = _users(mountpoint) + 1
-    _set_users(mountpoint, users)
+    users = [*registry.users(mountpoint), registry.job_id() or "-"]
+    registry.set_users(mountpoint, users)
     return (
         f"{mountpoint}: already mounted (source {state['source']}, pid {state['pid']}); "
-        f"{users} users"
+        f"{len(users)} users"
     )
-
-
-def _users(mountpoint: Path) -> int:
-    with contextlib.suppress(OSError, ValueError):
-        return max(1, int(registry.state_file(mountpoint).with_suffix(".refs").read_text()))
-    return 1
-
-
-def _set_users(mountpoint: Path, users: int) -> None:
-    path = registry.state_file(mountpoint).with_suffix(".refs")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(f"{users}\n")
-    os.replace(tmp, path)
-
-
-def first_user(mountpoint: Path) -> None:
-    """A new mount at `mountpoint`: one user."""
-    _set_users(mountpoint, 1)
 
 
 # --- unmounting ---------------------------------------------------------------------------
@@ -405,42 +379,111 @@ def first_user(mountpoint: Path) -> None:
 
 def umount(mountpoint: Path, lazy: bool = False, force: bool = False) -> str:
     """Count one user of the mount less; unmount it (live or stale) when none is left, or with
-    `force`, and wait until its daemon has exited; returns a message."""
-    mountpoint = mountpoint.absolute()
-    with claimed(mountpoint):
-        return _umount(mountpoint, lazy, force)
+    `force`; returns a message. Decided from the mount table and the registry, so it never
+    waits on a daemon that does not answer: `lazy` and `force` detach at once, `force` also
+    ends the daemon; a plain unmount waits (a bounded time) for the daemon to exit."""
+    mountpoint = mountinfo.canonical(mountpoint)
+    with claimed(mountpoint) as lock:
+        try:
+            message = _umount(mountpoint, lazy, force)
+        finally:  # no record left: nothing for the lock to guard
+            lock.discard = not registry.state_file(mountpoint).exists()
+    registry.sweep()
+    return message
 
 
 def _umount(mountpoint: Path, lazy: bool, force: bool) -> str:
-    state_path = registry.state_file(mountpoint)
+    """What `umount` does, decided from the mount table and the registry; returns what
+    happened."""
     state = registry.find_state(mountpoint)
+    mounted = mountinfo.at(mountpoint)
+    alive = state is not None and registry.is_alive(state)
     pid = state.get("pid") if state is not None else None
-    if is_stale(mountpoint):
-        clear_stale(mountpoint)
-        with contextlib.suppress(OSError):
-            state_path.unlink()
-        state_path.with_suffix(".refs").unlink(missing_ok=True)
-        return f"cleared the stale mount at {mountpoint}"
-    if not os.path.ismount(mountpoint):
-        raise UsageError(f"{mountpoint} is not mounted")
-    users = _users(mountpoint) if state is not None else 1
-    if users > 1 and not force:
-        _set_users(mountpoint, users - 1)
+    if mounted is None:
+        if state is None:
+            raise UsageError(f"{mountpoint} is not mounted")
+        if alive and force:
+            assert isinstance(pid, int)
+            _end(pid)
+            registry.remove(mountpoint)
+            return f"ended its daemon (pid {pid}): {mountpoint} was no longer mounted here"
+        if alive:
+            raise UsageError(
+                f"{mountpoint} is not mounted here, but its daemon (pid {pid}) still runs "
+                "(detached and still in use, or mounted in another mount namespace): "
+                f"imagenetfs umount --force {mountpoint} ends it"
+            )
+        registry.remove(mountpoint)
         return (
-            f"{mountpoint}: still used by {users - 1} more (imagenetfs mount there "
+            f"{mountpoint} was not mounted any more: removed the record of its daemon "
+            f"(pid {pid}), which had ended without unmounting"
+        )
+    if not mounted.is_imagenetfs_of(os.getuid()):
+        raise UsageError(f"{mountpoint} is not an imagenetfs mount of yours ({mounted.fstype})")
+    if state is None:  # an earlier version's mount, or its record was removed
+        _detach(mountpoint, lazy or force)
+        return f"unmounted {mountpoint} (this node had no record of it)"
+    if not alive:
+        clear_stale(mountpoint)
+        registry.remove(mountpoint)
+        return f"cleared the stale mount at {mountpoint} (its daemon, pid {pid}, had died)"
+    users = registry.users(mountpoint)
+    if len(users) > 1 and not force:
+        mine = registry.job_id() or "-"
+        users.remove(mine if mine in users else users[-1])
+        registry.set_users(mountpoint, users)
+        return (
+            f"{mountpoint}: still used by {len(users)} more (imagenetfs mount there "
             "counted them); left mounted -- imagenetfs umount --force unmounts now"
         )
+    assert isinstance(pid, int)
+    _detach(mountpoint, lazy or force)
+    if force:
+        _end(pid)
+    elif lazy:  # its daemon ends (and removes its record) once no file there is open
+        return f"detached {mountpoint}; its daemon (pid {pid}) ends when nothing uses it"
+    else:
+        _await_exit(mountpoint, pid)
+    registry.remove(mountpoint)
+    return f"unmounted {mountpoint}"
+
+
+def _detach(mountpoint: Path, lazy: bool) -> None:
     result = _fusermount("-u", *(["-z"] if lazy else []), str(mountpoint))
     if result.returncode != 0:
         message = result.stderr.strip().removeprefix("fusermount3: ")
         if "busy" in message.lower():
             raise MountError(f"{mountpoint} is busy (a process uses it); close it or use --lazy")
         raise MountError(f"cannot unmount {mountpoint}: {message}")
-    if isinstance(pid, int):
-        deadline = time.monotonic() + UNMOUNT_TIMEOUT
-        while registry.pid_alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if registry.pid_alive(pid):
+
+
+def _await_exit(mountpoint: Path, pid: int) -> None:
+    """Wait for the daemon of a mount just unmounted to exit (it sees the mount gone)."""
+    deadline = time.monotonic() + UNMOUNT_TIMEOUT
+    while registry.pid_alive(pid):
+        if registry.process_state(pid) == "T":
+            raise MountError(
+                f"unmounted {mountpoint}, but its daemon (pid {pid}) is stopped (SIGSTOP, a "
+                f"debugger) and exits only when continued (kill -CONT {pid}); "
+                f"imagenetfs umount --force ends it"
+            )
+        if time.monotonic() > deadline:
             raise MountError(f"unmounted {mountpoint}, but its daemon (pid {pid}) still runs")
-    state_path.with_suffix(".refs").unlink(missing_ok=True)
-    return f"unmounted {mountpoint}"
+        time.sleep(0.05)
+
+
+def _end(pid: int) -> None:
+    """End a daemon (`umount --force`): SIGTERM (and SIGCONT to it and its workers, should
+    they be stopped), then SIGKILL if it has not exited within `STOP_TIMEOUT` seconds; its
+    workers die with it."""
+    for target, signum in [(pid, signal.SIGTERM), (pid, signal.SIGCONT)] + [
+        (worker, signal.SIGCONT) for worker in registry.children(pid)
+    ]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(target, signum)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while registry.pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if registry.pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

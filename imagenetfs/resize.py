@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
 import re
 import struct
 import threading
@@ -34,6 +33,7 @@ from pathlib import Path
 
 import lmdb
 
+from imagenetfs import places
 from imagenetfs.errors import ImagenetfsError, UsageError
 
 MIN_SIDE, MAX_SIDE = 8, 4096
@@ -231,8 +231,8 @@ class ResizeCache:
 
 
 def default_cache_dir() -> Path:
-    """`$TMPDIR` on a cluster node (jobs get a local scratch there), else the user's cache."""
-    if os.environ.get("SLURM_JOB_ID") and os.environ.get("TMPDIR"):
-        return Path(os.environ["TMPDIR"]) / "imagenetfs-cache"
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
-    return Path(base) / "imagenetfs" / "resized"
+    """The job's node-local scratch inside a Slurm job (places.py), else the user's cache."""
+    scratch = places.job_scratch()
+    if scratch is not None:
+        return scratch / "imagenetfs-cache"
+    return places.user_cache_dir() / "resized"

@@ -36,9 +36,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from imagenetfs import archive, matfile, rootfiles, squashfs, synsets
+from imagenetfs import archive, matfile, places, rootfiles, squashfs, synsets
 from imagenetfs.errors import ImagenetfsError, UsageError
-from imagenetfs.index import Placer, user_cache_dir, user_index_path
+from imagenetfs.index import Placer, user_index_path
 
 SPLITS = ("train", "val", "test")
 DEFAULT_SOURCE = Path("/data/imagenet")
@@ -323,7 +323,7 @@ def _devkit(root: Path) -> tuple[bytes, bytes] | None:
 
 def sample_dir() -> Path:
     """Where the built-in sample is generated on first use (per user)."""
-    return user_cache_dir() / "sample"
+    return places.user_cache_dir() / "sample"
 
 
 def find_index(explicit: Path | None, source: Path) -> Path:

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from imagenetfs import places
 from imagenetfs.dirtree import DirImage, open_image
 from imagenetfs.errors import ImagenetfsError, UsageError
 from imagenetfs.index import Index
@@ -64,10 +65,9 @@ _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
 def default_dir() -> Path:
     """`--stage` without DIR: the job's local scratch, `$SLURM_TMPDIR`, else `$TMPDIR` inside
     a Slurm job."""
-    for name in ("SLURM_TMPDIR", "TMPDIR"):
-        value = os.environ.get(name)
-        if value and (name == "SLURM_TMPDIR" or "SLURM_JOB_ID" in os.environ):
-            return Path(value)
+    scratch = places.job_scratch()
+    if scratch is not None:
+        return scratch
     raise UsageError(
         "--stage: give a DIR (node-local disk); $SLURM_TMPDIR is not set and this is not a "
         "Slurm job with $TMPDIR"

@@ -8,6 +8,7 @@ import contextlib
 import io
 import json
 import os
+import pwd
 import shutil
 import signal
 import stat
@@ -198,14 +199,20 @@ class Mounter:
     user: str | None = None
     points: list[Path] = field(default_factory=list)
     pids: set[int] = field(default_factory=set)
+    #: Keep the mount registry in `work` (IMAGENETFS_STATE_DIR), not in the node's
+    #: /tmp/imagenetfs-UID/mounts that every test of this user would share.
+    own_state: bool = True
 
     @property
     def state_dir(self) -> Path:
-        return self.work / "cache" / "imagenetfs" / "mounts"
+        if self.own_state:
+            return self.work / "state"
+        uid = os.getuid() if self.user is None else pwd.getpwnam(self.user).pw_uid
+        return Path(f"/tmp/imagenetfs-{uid}/mounts")
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGENETFS_", "XDG_"))}
-        env.update(XDG_CACHE_HOME=str(self.work / "cache"), XDG_RUNTIME_DIR="")
+        env.update(XDG_CACHE_HOME=str(self.work / "cache"))
         if self.user is not None:
             env = {
                 "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -213,6 +220,8 @@ class Mounter:
                 "LANG": "C.UTF-8",
                 "XDG_CACHE_HOME": env["XDG_CACHE_HOME"],
             }
+        if self.own_state:
+            env["IMAGENETFS_STATE_DIR"] = str(self.state_dir)
         return env
 
     def command(self, args: list[str]) -> list[str]:

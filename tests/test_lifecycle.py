@@ -127,7 +127,7 @@ def test_a_daemon_that_cannot_start_leaves_nothing_mounted(
     mp = tmp_path / "mp"
     mp.mkdir()
     for name, value in mounter.env().items():
-        if name.startswith("XDG_"):
+        if name.startswith(("XDG_", "IMAGENETFS_")):
             monkeypatch.setenv(name, value)
     registry.state_file(mp).mkdir(parents=True)  # where the daemon writes its state
     index = tmp_path / "index.lmdb"
@@ -179,13 +179,17 @@ def test_a_restarted_worker_serves_the_images_it_was_started_with(
 
 @pytest.mark.timeout(60)
 def test_a_state_file_without_a_pid_is_not_alive(mounter: Mounter) -> None:
-    """Not even for a mount point that is mounted (here /proc): `status` says dead."""
+    """Not even for a mount point that is mounted (here /proc): `status` does not say it
+    serves, and `umount` does not touch what is mounted there."""
     assert not registry.pid_alive(0) and not registry.pid_alive(-1)
     assert not registry.is_alive({"mountpoint": "/proc"})
     assert not registry.is_alive({"mountpoint": "/proc", "pid": "1"}), "a pid is a number"
     assert registry.is_alive({"mountpoint": "/proc", "pid": os.getpid()})
-    mounter.state_dir.mkdir(parents=True)
-    (mounter.state_dir / "0000000000000000.json").write_text(json.dumps({"mountpoint": "/proc"}))
+    mounter.state_dir.mkdir(mode=0o700, parents=True)
+    record = {"mountpoint": "/proc", "node": registry.node()}
+    (mounter.state_dir / "0000000000000000.json").write_text(json.dumps(record))
     result = mounter.cli("status")
     assert result.returncode == 0, result.stderr
-    assert "/proc: dead (run imagenetfs umount)" in result.stdout, result.stdout
+    assert result.stdout.splitlines()[0] == "/proc: gone", result.stdout
+    refused = mounter.cli("umount", "/proc")
+    assert refused.returncode == 1 and "not an imagenetfs mount of yours (proc)" in refused.stderr

@@ -50,6 +50,7 @@ from helpers import (
     ROOT_FILES,
     Mounter,
     alive,
+    children,
     force_unmount,
     fuse_unusable,
     is_mounted,
@@ -560,8 +561,11 @@ def test_sigkill_leaves_stale_mount_that_mount_and_umount_clear(
     try:
         assert holder.stdout is not None and holder.stdin is not None
         assert holder.stdout.readline() == "open\n"
+        workers = children(pid)  # (they die with it, a moment later: PR_SET_PDEATHSIG)
         os.kill(pid, signal.SIGKILL)
-        assert wait_until(lambda: not alive(pid), 10)
+        # Until the last worker is gone the connection lives, and a read sent to a dying
+        # worker gets ECONNABORTED; once all are gone, every read gets ENOTCONN.
+        assert wait_until(lambda: not any(alive(p) for p in [pid, *workers]), 10)
         holder.stdin.write("go\n")
         holder.stdin.flush()
         out, _ = holder.communicate(timeout=20)
@@ -572,7 +576,8 @@ def test_sigkill_leaves_stale_mount_that_mount_and_umount_clear(
     assert is_mounted(mp), "stale: no auto_unmount after SIGKILL"
     check_stale_access(mounter, mp, rel)
     status = mounter.cli("status", mp)
-    assert status.returncode == 0 and "dead" in status.stdout, status
+    assert status.returncode == 0, status
+    assert f"{mp}: stale -- its daemon (pid {pid}) died" in status.stdout, status.stdout
 
     # mount over the stale point: cleared, then mounted and serving
     pid2 = mounter.mount(mp, realistic.root, index=realistic.index).pid
