@@ -343,7 +343,7 @@ class Daemon:
         code = 1
         try:
             signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGTERM, _stopped)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides on Ctrl-C
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
             _die_with_parent(parent)
@@ -357,10 +357,19 @@ class Daemon:
             cold = Counters(board.slot(slot, 1)) if wire.cold_thread_wanted() else None
             wire.Worker(core, fd, lock_fd=lock_fd, splice=wire.splice_wanted(), cold=cold).run()
             code = 0
+        except SystemExit as e:  # SIGTERM (`_stopped`), once Worker.run has published its last
+            code = 0 if e.code is None else int(e.code)
         except BaseException:
             log.exception("worker %d failed", os.getpid())
         finally:
             os._exit(code)
+
+
+def _stopped(_signum: int, _frame: object) -> NoReturn:
+    """A worker's SIGTERM: leave by the way out of `Worker.run`, whose `finally` copies the
+    block caches' last counts to the board -- a worker stopped while the mount goes must not
+    take its last second of counts with it (they are copied once a second while serving)."""
+    raise SystemExit(0)
 
 
 def in_use(mountpoint: Path) -> int | None:
