@@ -318,20 +318,21 @@ def cmd_warm(args: argparse.Namespace) -> int:
                 "--source (and --resize) instead of a MOUNTPOINT"
             )
         job = _mounted_job(state, args)
+        check_cache_dir(job.cache_dir, job.cache_size, "resize cache")
     else:
         if not args.resize:
             raise errors.UsageError("warm: give at least one --resize SPEC")
+        quality = resize.check_quality(args.resize_quality or resize.DEFAULT_QUALITY)
+        cache_dir = args.cache_dir or resize.default_cache_dir()
+        cache_size = args.cache_size or config.DEFAULT_CACHE_SIZE
+        label = "--cache-dir" if args.cache_dir is not None else "resize cache"
         root = resolve_source(args.source)
+        source.open_source(root)  # (a bad source first: the cache check creates the cache)
+        check_cache_dir(cache_dir, cache_size, label)  # (before an index build of minutes)
+        path = ensure_index(root, args.index)[0]
         job = warm.WarmJob(
-            ensure_index(root, args.index)[0],
-            root.absolute(),
-            tuple(args.resize),
-            resize.check_quality(args.resize_quality or resize.DEFAULT_QUALITY),
-            args.cache_dir or resize.default_cache_dir(),
-            args.cache_size or config.DEFAULT_CACHE_SIZE,
+            path, root.absolute(), tuple(args.resize), quality, cache_dir, cache_size
         )
-    label = "--cache-dir" if args.cache_dir is not None else "resize cache"
-    check_cache_dir(job.cache_dir, job.cache_size, label)
     started = time.monotonic()
     counts = warm.warm(job, args.split or ["train", "val", "test"], args.jobs, not args.quiet)
     print(

@@ -204,7 +204,9 @@ def test_mount_says_on_the_terminal_that_it_serves_without_a_cache(
     user = users.user
     default = user.work / "cache" / "imagenetfs" / "resized"  # (XDG_CACHE_HOME of the user)
     made = subprocess.run(
-        user.command(["sh", "-c", f"mkdir -p {default.parent} && echo in the way > {default}"]),
+        user.command(
+            ["sh", "-c", f"rm -rf {default}; mkdir -p {default.parent}; echo x >{default}"]
+        ),
         env=user.env(),
     )
     assert made.returncode == 0
