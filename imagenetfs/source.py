@@ -236,13 +236,13 @@ PACK_LOCK = ".imagenetfs-pack.lock"
 
 def pack_unfinished(root: Path) -> str | None:
     """The command that finishes the pack into `root`, when one started there and has not
-    finished; None for a directory no pack writes, or one a pack finished. The manifest
+    finished; None for a directory no pack wrote, or one a pack finished. The manifest
     decides: pack marks it unfinished before it changes anything in OUTDIR, and finished as
-    its last write. A lock but no manifest is a first pack in its first moments: nothing to
-    serve yet either."""
+    its last write. (A lock alone says nothing: a pack holds it also while it decides, and
+    may be killed then, that there is nothing to change.)"""
     manifest = root / PACK_MANIFEST
     if not manifest.exists():
-        return None if not (root / PACK_LOCK).exists() else f"imagenetfs pack SOURCE {root}"
+        return None
     try:
         document = json.loads(manifest.read_bytes())
         finished = document.get("finished", document.get("index") is not None)
