@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import lmdb
+
 from imagenetfs import (
     __version__,
     config,
@@ -27,6 +29,7 @@ from imagenetfs import (
     mount,
     mountinfo,
     pack,
+    paths,
     places,
     registry,
     resize,
@@ -47,6 +50,7 @@ expects: train/<wnid>/..., val/<wnid>/..., test/..., meta.bin and file lists.
 def cmd_sample(args: argparse.Namespace) -> int:
     from imagenetfs import generate  # numpy and Pillow: only when generating
 
+    paths.output_dir(args.dir, "DIR")
     summary = generate.sample(args.dir)
     print(generate.describe(args.dir, summary))
     return 0
@@ -56,8 +60,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     root = source.find_source(args.source)
     src = source.open_source(root)
     path = source.find_index(args.index, root)
+    build = args.rebuild or not path.exists()
+    check_index_path(path, args.index is not None, build)
     print(f"source: {src.describe()}")
-    if path.exists() and not args.rebuild:
+    if not build:
         with index.Index.open(path, source=root, names=src.image_names) as ix:
             stats = ix.stats
         print(f"index {path}: up to date ({stats.entries:,} entries, {stats.files:,} files)")
@@ -83,6 +89,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
     with pack.stop_on_signals():
         try:
             pack.check_outdir(source.open_source(args.source), args.outdir)
+            path = source.find_index(args.index, args.source)
+            check_index_path(path, args.index is not None, build=not path.exists())
+            paths.output_dir(args.outdir, "OUTDIR")
             path, src = ensure_index(args.source, args.index, args.quiet)
             print(f"source: {src.describe()}")
             started = time.monotonic()
@@ -94,6 +103,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
                 splits=splits,
                 force=args.force,
                 progress=not args.quiet,
+                command=pack.command_line(
+                    args.source, args.outdir, comp=args.comp, splits=splits, index_path=args.index
+                ),
             )
         except pack.Stopped as e:
             print(
@@ -143,6 +155,7 @@ def ensure_index(
     """The index for `root` (found as DESIGN.md says, built first if missing), and the source."""
     src = source.open_source(root)
     path = source.find_index(explicit, root)
+    check_index_path(path, explicit is not None, build=not path.exists())
     if not path.exists():
         if not quiet:
             print(f"imagenetfs: indexing {src.describe()} into {path}", file=sys.stderr)
@@ -155,6 +168,31 @@ def ensure_index(
             progress=not quiet,
         )
     return path, src
+
+
+def check_index_path(path: Path, explicit: bool, build: bool) -> None:
+    """The index's path, before anything is read or built: not a directory; to be built, in a
+    directory this user can write into (a build walks every image first: minutes for all of
+    ImageNet, to be lost at the end)."""
+    label = "--index" if explicit else "index"
+    if path.is_dir():
+        raise errors.UsageError(
+            f"{label} {path}: a directory; give --index the index file's path, e.g. "
+            f"{path / source.INDEX_NAME}"
+        )
+    if build:
+        paths.output_file(path, label, "--index")
+
+
+def check_cache_dir(directory: Path, size: int, label: str) -> None:
+    """The resize cache, created and opened as a mount or warm will: one line if it cannot."""
+    paths.output_dir(directory, label, "--cache-dir")
+    problem = resize.cache_problem(directory, size)
+    if problem is not None:
+        raise errors.UsageError(
+            f"{label} {directory}: the resize cache cannot be opened ({problem}); give "
+            "--cache-dir a directory you can write"
+        )
 
 
 def cmd_mount(args: argparse.Namespace) -> int:
@@ -170,8 +208,14 @@ def cmd_mount(args: argparse.Namespace) -> int:
     if args.idle_timeout is not None:
         args.idle_timeout = config.parse_duration(args.idle_timeout, "--idle-timeout")
     stage_dir = None
+    if args.stage:
+        paths.existing_dir(Path(args.stage), "--stage", writable=True)
     if args.stage is not None:
         stage_dir = staging.check_dir(Path(args.stage) if args.stage else staging.default_dir())
+    if args.index is not None:
+        check_index_path(args.index, True, build=not args.index.exists())
+    if args.resize and not args.no_cache and args.cache_dir is not None:
+        check_cache_dir(args.cache_dir, args.cache_size, "--cache-dir")
     mountpoint = mountinfo.canonical(args.mountpoint)
     registry.ensure_dir()
     registry.sweep()
@@ -195,6 +239,8 @@ def _mount(
 ) -> int:
     root = resolve_source(args.source)
     path, src = ensure_index(root, args.index)
+    if args.resize and not args.no_cache and args.cache_dir is None:
+        _warn_without_cache(resize.default_cache_dir(), args.cache_size)
     settings = config.ServeConfig(
         mountpoint=mountpoint,
         source=root.absolute(),
@@ -213,6 +259,20 @@ def _mount(
         idle_timeout=args.idle_timeout or 0.0,
     )
     return mount.mount(settings)
+
+
+def _warn_without_cache(directory: Path, size: int) -> None:
+    """The default resize cache cannot be used: the mount serves without one (its daemon
+    says so in its log). Said here too, on the terminal: every resized file is made again at
+    every open, which changes what a job gets from the mount."""
+    try:
+        check_cache_dir(directory, size, "resize cache")
+    except errors.UsageError as e:
+        print(
+            f"imagenetfs: warning: {e} -- serving resized views without a cache (each made "
+            "again at every open)",
+            file=sys.stderr,
+        )
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
@@ -301,19 +361,25 @@ def cmd_warm(args: argparse.Namespace) -> int:
     if args.mountpoint is not None:  # what a running mount serves, as it resizes
         state = registry.find_state(mountinfo.canonical(args.mountpoint))
         if state is None or not registry.is_alive(state):
-            raise errors.UsageError(f"{args.mountpoint} is not mounted by imagenetfs")
+            raise errors.UsageError(
+                f"{args.mountpoint} is not mounted by imagenetfs; mount it first, or give "
+                "--source (and --resize) instead of a MOUNTPOINT"
+            )
         job = _mounted_job(state, args)
+        check_cache_dir(job.cache_dir, job.cache_size, "resize cache")
     else:
         if not args.resize:
             raise errors.UsageError("warm: give at least one --resize SPEC")
+        quality = resize.check_quality(args.resize_quality or resize.DEFAULT_QUALITY)
+        cache_dir = args.cache_dir or resize.default_cache_dir()
+        cache_size = args.cache_size or config.DEFAULT_CACHE_SIZE
+        label = "--cache-dir" if args.cache_dir is not None else "resize cache"
         root = resolve_source(args.source)
+        source.open_source(root)  # (a bad source first: the cache check creates the cache)
+        check_cache_dir(cache_dir, cache_size, label)  # (before an index build of minutes)
+        path = ensure_index(root, args.index)[0]
         job = warm.WarmJob(
-            ensure_index(root, args.index)[0],
-            root.absolute(),
-            tuple(args.resize),
-            resize.check_quality(args.resize_quality or resize.DEFAULT_QUALITY),
-            args.cache_dir or resize.default_cache_dir(),
-            args.cache_size or config.DEFAULT_CACHE_SIZE,
+            path, root.absolute(), tuple(args.resize), quality, cache_dir, cache_size
         )
     started = time.monotonic()
     counts = warm.warm(job, args.split or ["train", "val", "test"], args.jobs, not args.quiet)
@@ -625,11 +691,21 @@ def run_tool(func: Callable[[], int], debug: bool = False) -> int:
             log.exception("error")
         print(f"imagenetfs: error: {e}", file=sys.stderr)
         return 1
-    except OSError as e:  # permission denied, disk full, not a directory...
+    except (OSError, lmdb.Error) as e:  # permission denied, disk full, not a directory...
+        # (the paths a command is given are checked first, each naming its option: this is for
+        # what happens later, a disk filling up meanwhile say)
         if debug:
             log.exception("error")
-        where = f": {e.filename}" if e.filename else ""
-        print(f"imagenetfs: error: {e.strerror or e}{where}", file=sys.stderr)
+        if isinstance(e, OSError):
+            problem, _ = paths.describe(e, "")
+            where = f"{e.filename}: " if e.filename else ""
+        else:  # (LMDB says "<path>: <strerror>")
+            problem, where = str(e), ""
+        print(
+            f"imagenetfs: error: {where}{problem}; check that path (permissions, free space), "
+            "or use another",
+            file=sys.stderr,
+        )
         return 1
     except KeyboardInterrupt:
         print("imagenetfs: interrupted", file=sys.stderr)

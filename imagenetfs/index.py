@@ -39,8 +39,10 @@ Every entry of the served tree is its own inode: a hard link in an image shows u
 files with identical bytes (nlink 1), which is what a read-only tree of ImageNet needs and keeps
 the numbering dense. Device nodes, fifos and sockets are left out.
 
-Atomicity: a build writes `<index>.tmp-<pid>`, commits, syncs, and only then renames it over
-`<index>`; a killed build leaves at most a stray temporary file, never an index that opens.
+Atomicity: a build writes `<index>.tmp-<pid>-<node>` (nodeid.py: two nodes building into one
+shared directory never write the same file), commits, syncs, and only then renames it over
+`<index>`; a killed build leaves at most a stray temporary file, never an index that opens. An
+index that cannot be written (no permission, a full disk) is one line naming it.
 `Index.open()` is O(1) in the number of files: it maps the file and reads `meta`. It keeps
 the file open, and a process forked after the opening (a worker) gets an LMDB environment of
 its own on that descriptor (`reopen`): what a mount serves never depends on paths after it
@@ -391,13 +393,16 @@ def build(
 def _write(
     index_path: Path, tree: _TreeBuilder, records: list[dict[str, Any]], source: str
 ) -> IndexStats:
-    index_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = places.temporary_name(index_path)
-    _remove(tmp)
+    try:
+        index_path.parent.mkdir(parents=True, exist_ok=True)
+        _remove(tmp)
+        env = lmdb.open(
+            str(tmp), subdir=False, map_size=_BUILD_MAP_SIZE, max_dbs=5, lock=False, sync=False
+        )
+    except (OSError, lmdb.Error) as e:
+        raise _unwritable(index_path, e) from None
     entries = 0
-    env = lmdb.open(
-        str(tmp), subdir=False, map_size=_BUILD_MAP_SIZE, max_dbs=5, lock=False, sync=False
-    )
     try:
         nodes = env.open_db(b"nodes")
         names = env.open_db(b"names")
@@ -430,13 +435,29 @@ def _write(
             txn.put(b"source", json.dumps(source).encode(), db=meta)
             txn.put(b"lists", json.dumps("raw").encode(), db=meta)
         env.sync(True)
-    except BaseException:
+    except BaseException as e:
         env.close()
         _remove(tmp)
+        if isinstance(e, OSError | lmdb.Error):  # (a full disk, a quota: met while writing)
+            raise _unwritable(index_path, e) from None
         raise
     env.close()
-    os.replace(tmp, index_path)
+    try:
+        os.replace(tmp, index_path)
+    except OSError as e:
+        _remove(tmp)
+        raise _unwritable(index_path, e) from None
     return stats
+
+
+def _unwritable(index_path: Path, e: OSError | lmdb.Error) -> IndexError_:
+    """One line for an index that cannot be written: its path, why, and what to do."""
+    # (LMDB says "<path>: <strerror>")
+    problem = e.strerror or str(e) if isinstance(e, OSError) else str(e).rsplit(": ", 1)[-1]
+    return IndexError_(
+        f"cannot write the index {index_path}: {problem}; free space there, or give --index "
+        "a path you can write"
+    )
 
 
 def _listing_chunks(children: Sequence[_Child]) -> Iterator[bytes]:

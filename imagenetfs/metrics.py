@@ -24,7 +24,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from imagenetfs import __version__, ops
+from imagenetfs import __version__, ops, paths
 from imagenetfs.errors import UsageError
 
 #: The kinds of requests counted, as `status --json` and the metrics name them, and the
@@ -40,14 +40,17 @@ REQUESTS = {
 
 
 def check_target(path: Path) -> Path:
-    """`mount --metrics FILE`, refused at mount time when it can never be written (its
-    directory missing, or FILE a directory); absolute."""
+    """`mount --metrics FILE`, refused at mount time when it cannot be written (its directory
+    missing, not writable or full, or FILE a directory); absolute."""
     path = path.absolute()
     if path.is_dir():
         raise UsageError(f"--metrics {path}: a directory; give a file, e.g. {path}/inet.prom")
-    if not path.parent.is_dir():
-        raise UsageError(f"--metrics {path}: directory {path.parent} does not exist")
-    return path
+    if not path.parent.exists():  # (not created: a typo in a collector's directory, surely)
+        raise UsageError(
+            f"--metrics {path}: directory {path.parent} does not exist; create it, or give "
+            "--metrics a file in another directory"
+        )
+    return paths.output_file(path, "--metrics")
 
 
 # --- status --json ---------------------------------------------------------------------------

@@ -113,19 +113,38 @@ def check_mountpoint(mountpoint: Path) -> None:
                 f"imagenetfs umount {mountpoint} unmounts it"
             )
         else:
-            raise UsageError(f"mount point {mountpoint} is busy: something is mounted there")
+            raise UsageError(
+                f"mount point {mountpoint} is busy: something is mounted there; unmount it, or "
+                "give another MOUNTPOINT"
+            )
     if not mountpoint.exists() and not mountpoint.is_symlink():
         if not mountpoint.parent.is_dir():
-            raise UsageError(f"mount point {mountpoint}: {mountpoint.parent} does not exist")
-        mountpoint.mkdir()  # `imagenetfs mount /tmp/inet` works on a fresh machine
+            raise UsageError(
+                f"mount point {mountpoint}: {mountpoint.parent} does not exist; create it, or "
+                "give another MOUNTPOINT"
+            )
+        try:
+            mountpoint.mkdir()  # `imagenetfs mount /tmp/inet` works on a fresh machine
+        except OSError as e:
+            raise UsageError(
+                f"mount point {mountpoint}: cannot create it ({e.strerror}); give an empty "
+                "directory you own"
+            ) from None
     if not mountpoint.is_dir():
-        raise UsageError(f"mount point {mountpoint} is not a directory")
+        raise UsageError(f"mount point {mountpoint} is not a directory; give an empty directory")
     try:
         empty = next(os.scandir(mountpoint), None) is None
     except PermissionError:
-        raise UsageError(f"mount point {mountpoint}: permission denied") from None
+        raise UsageError(
+            f"mount point {mountpoint}: permission denied; give an empty directory you own"
+        ) from None
     if not empty:
-        raise UsageError(f"mount point {mountpoint} is not empty")
+        raise UsageError(f"mount point {mountpoint} is not empty; give an empty directory")
+    if os.getuid() != 0 and not os.access(mountpoint, os.W_OK):  # (what fusermount3 demands)
+        raise UsageError(
+            f"mount point {mountpoint}: you cannot write to it, and fusermount3 mounts only "
+            "there; give an empty directory you own"
+        )
 
 
 def _preflight() -> None:

@@ -32,15 +32,25 @@ Design
 - Data are stored uncompressed by default (`-noD -noF`; metadata stay compressed): JPEGs gain
   ~0.5% from gzip, while every read of a compressed image pays to inflate its blocks. `--comp`
   picks a mksquashfs compressor for all of it instead.
-- Atomic and resumable. An image is written as `OUTDIR/.<split>.squashfs.part-<pid>` and takes
-  its name only once checked and synced; lists, labels, the mapping and the manifest
-  `.imagenetfs-pack.json` are written to `.<name>.part-<pid>` and renamed; the index is built
-  last (atomically, by `index.build`). The manifest records what the source is (its index's
-  image names and fingerprints) and, per finished image, what it was made from (the split's
-  file count and bytes, the compression) and its own fingerprint; it is saved before the rename,
-  so an image file is trusted only if its fingerprint matches its record. A rerun keeps every
-  image whose record still matches, rebuilds the others, and first removes the `.part-<pid>`
-  files whose process is gone. OUTDIR is locked (`flock`) while a pack writes it.
+- Atomic and resumable. An image is written as `OUTDIR/.<split>.squashfs.part-<writer>` and
+  takes its name only once checked and synced; lists, labels, the mapping and the manifest
+  `.imagenetfs-pack.json` are written to `.<name>.part-<writer>` and renamed; the index is
+  built last (atomically, by `index.build`). The manifest records what the source is (its
+  index's image names and fingerprints) and, per finished image, what it was made from (the
+  split's file count and bytes, the compression) and its own fingerprint; it is saved before
+  the rename, so an image file is trusted only if its fingerprint matches its record. A rerun
+  keeps every image whose record still matches and rebuilds the others.
+- A shared OUTDIR (NFS, Lustre: packs on several nodes). `<writer>` is the pid *and the node*
+  (nodeid.py: host and boot id): a pack removes the parts whose process is gone from this
+  node, and leaves -- naming them -- those of another node, which a pack may still be writing
+  there. OUTDIR is locked by a lock file (dirlock.py: no lock call holds on every such
+  filesystem); a second pack is refused in one line naming the holder.
+- Never served half-written: the manifest is marked unfinished (with the command that runs the
+  pack) before the pack changes anything in OUTDIR, and finished as the very last write (a
+  rerun that changes nothing leaves it as it is).
+  `source.open_source` -- so `mount`, `index`, `warm` and a pack from OUTDIR -- refuses an
+  OUTDIR whose pack has not finished, in one line naming the command that finishes it: an
+  interrupted pack never looks like a train-only dataset.
 - Refusals, each one line: OUTDIR is SOURCE (or inside one of its unpacked trees); OUTDIR holds
   the images of another source, or ones `pack` did not make (no manifest), unless `--force`;
   not enough free space for an image (the split's bytes + 5%), checked before each.
@@ -53,13 +63,13 @@ from __future__ import annotations
 
 import array
 import contextlib
-import errno
 import fcntl
 import functools
 import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -73,7 +83,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from imagenetfs import index, registry, source, squashfs
+from imagenetfs import dirlock, index, nodeid, source, squashfs
 from imagenetfs.errors import ImagenetfsError, ToolError, UsageError
 from imagenetfs.index import Index, Node
 from imagenetfs.staging import sync_dir
@@ -81,7 +91,8 @@ from imagenetfs.staging import sync_dir
 SPLITS = source.SPLITS
 COMPRESSORS = ("none", "gzip", "xz", "lzo", "lz4", "zstd")
 DEFAULT_COMP = "none"
-MANIFEST = ".imagenetfs-pack.json"
+MANIFEST = source.PACK_MANIFEST
+LOCK = source.PACK_LOCK
 MAPPING = "LOC_synset_mapping.txt"
 #: Bumped when what `pack` writes for the same source changes: older images are rebuilt.
 PACK_FORMAT = 1
@@ -516,42 +527,57 @@ def _output_names() -> set[str]:
     return names
 
 
-_PART = re.compile(r"\.(?P<name>[^/]+)\.part-(?P<pid>\d+)")
-_INDEX_TMP = re.compile(re.escape(source.INDEX_NAME) + r"\.tmp-(?P<pid>\d+)")
+_PART = re.compile(r"\.(?P<name>[^/]+?)\.part-(?P<writer>[^/]+)")
+_INDEX_TMP = re.compile(re.escape(source.INDEX_NAME) + r"\.tmp-(?P<writer>[^/]+)")
+_LOCK_ASIDE = re.compile(re.escape(LOCK) + r"\.stale-(?P<writer>[^/]+)")  # (dirlock._clear)
 
 
 def part_path(path: Path) -> Path:
-    """Where `path` is written before it takes its name."""
-    return path.with_name(f".{path.name.lstrip('.')}.part-{os.getpid()}")
+    """Where `path` is written before it takes its name: named after this process and node."""
+    return path.with_name(f".{path.name.lstrip('.')}.part-{nodeid.suffix()}")
 
 
-def _alive(pid: int) -> bool:
-    """The pack that wrote a part file still runs (ours: an earlier process of this number)."""
-    return pid != os.getpid() and registry.pid_alive(pid)
+def _stale_here(writer: tuple[int, nodeid.Node]) -> bool:
+    """A file written by `writer` (pid, node) whose process is gone: only this node can tell.
+    (Our own pid and node: an earlier process of that number -- this one has written nothing
+    yet when `remove_stale` runs.)"""
+    pid, where = writer
+    if where != nodeid.here():
+        return False
+    return pid == os.getpid() or not nodeid.running_here(pid, where)
 
 
-def remove_stale(out: Path) -> list[str]:
-    """Remove what killed packs left in `out`: part files and index builds of dead pids."""
-    removed = []
+def remove_stale(out: Path) -> tuple[list[str], list[str]]:
+    """Remove what killed packs of this node left in `out` -- part files, index builds, a lock
+    set aside -- and list the ones another node (or no known node) wrote: a pack may still be
+    writing them there. (removed, left)"""
+    removed, left = [], []
     names = _output_names()
     for entry in os.scandir(out):
+        found = _INDEX_TMP.fullmatch(entry.name) or _LOCK_ASIDE.fullmatch(entry.name)
         part = _PART.fullmatch(entry.name)
-        tmp = _INDEX_TMP.fullmatch(entry.name)
-        ours = (part is not None and part["name"] in names) or tmp is not None
-        found = part or tmp
-        if ours and found is not None and not _alive(int(found["pid"])):
+        if part is not None and part["name"] in names:
+            found = part
+        if found is None:
+            continue
+        writer = nodeid.parse(found["writer"])
+        if writer is not None and _stale_here(writer):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
             removed.append(entry.name)
-    return removed
+        elif writer is None or writer[1] != nodeid.here():
+            left.append(entry.name)
+    return removed, left
 
 
-def write_atomic(path: Path, data: bytes) -> bool:
+def write_atomic(path: Path, data: bytes, before: Callable[[], object] | None = None) -> bool:
     """Give `path` the contents `data` through a part file and a rename; False (and nothing
-    written) if it already has them."""
+    written) if it already has them. `before` is called first when it is written."""
     with contextlib.suppress(OSError):
         if path.stat().st_size == len(data) and path.read_bytes() == data:
             return False
+    if before is not None:
+        before()
     part = part_path(path)
     try:
         with open(part, "wb") as f:
@@ -573,6 +599,9 @@ class Manifest:
     source: list[dict[str, Any]]
     images: dict[str, dict[str, Any]] = field(default_factory=dict)
     index: str | None = None  # what imagenetfs.lmdb was built from (see `_index`)
+    finished: bool = False  # the pack that wrote OUTDIR last got to its end
+    command: str | None = None  # that pack's command (what finishes it)
+    changed: bool = False  # (this pack has changed OUTDIR: not saved)
 
     @classmethod
     def load(cls, out: Path) -> Manifest | None:
@@ -580,7 +609,14 @@ class Manifest:
             data = json.loads((out / MANIFEST).read_bytes())
             if data.get("format") != PACK_FORMAT:
                 return None
-            return cls(list(data["source"]), dict(data["images"]), data.get("index"))
+            finished = data.get("finished", data.get("index") is not None)  # (older packs)
+            return cls(
+                list(data["source"]),
+                dict(data["images"]),
+                data.get("index"),
+                finished is True,
+                data.get("command"),
+            )
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
@@ -590,8 +626,24 @@ class Manifest:
             "source": self.source,
             "images": self.images,
             "index": self.index,
+            "finished": self.finished,
+            "command": self.command,
         }
         write_atomic(out / MANIFEST, json.dumps(document, indent=1).encode() + b"\n")
+
+    def changing(self, out: Path) -> None:
+        """Before each change to OUTDIR: the first marks it unfinished, saved, so that no
+        mount serves it until `finish` (source.pack_unfinished). A rerun that changes nothing
+        never makes it unservable, not even for a moment."""
+        if not self.changed:
+            self.changed, self.finished = True, False
+            self.save(out)
+
+    def finish(self, out: Path) -> None:
+        """The very last write of a pack: from here on OUTDIR is a dataset to serve."""
+        if self.changed or not self.finished:
+            self.finished = True
+            self.save(out)
 
     def holds(self, image: Path, made_from: dict[str, Any]) -> bool:
         """Whether `image` is the one recorded, made from what it would be made from now."""
@@ -609,7 +661,7 @@ def check_outdir(src: source.Source, out: Path) -> None:
     """Refuse an OUTDIR that is the source, lies inside one of its unpacked trees, or is not a
     directory."""
     if out.exists() and not out.is_dir():
-        raise UsageError(f"{out} exists and is not a directory")
+        raise UsageError(f"OUTDIR {out} exists and is not a directory; give another OUTDIR")
     target = out.resolve()
     if target == src.root.resolve():
         raise UsageError(f"{out} is the source itself: give another OUTDIR")
@@ -626,7 +678,7 @@ def foreign_images(
     ours = manifest is not None and manifest.source == identity
     found = [] if ours else [f"{s}.squashfs" for s in SPLITS if (out / f"{s}.squashfs").exists()]
     try:
-        there = source.open_source(out)
+        there = source.open_source(out, unfinished_pack=True)
     except UsageError:
         return found
     if there.layout != "cluster":
@@ -635,19 +687,16 @@ def foreign_images(
 
 
 @contextlib.contextmanager
-def _locked(out: Path) -> Iterator[None]:
-    """One pack at a time into `out` (a `flock` on the directory itself)."""
-    fd = os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+def locked(out: Path) -> Iterator[None]:
+    """One pack at a time into `out`, whichever node runs it: `OUTDIR/.imagenetfs-pack.lock`
+    (dirlock.py says why a lock file), removed when the pack ends. A second pack is refused,
+    not made to wait: a pack takes hours, and the line names the one holding the lock."""
+    lock = dirlock.take(out / LOCK, f"another imagenetfs pack is writing {out}")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK):
-                raise UsageError(f"another imagenetfs pack is writing {out}") from None
-            # (a filesystem without flock: go on unlocked)
         yield
     finally:
-        os.close(fd)
+        with _signals.held():
+            lock.release()
 
 
 def _free_space(out: Path, plan: Plan) -> None:
@@ -712,9 +761,12 @@ def pack(
     force: bool = False,
     progress: bool = True,
     say: Say = print,
+    command: str | None = None,
 ) -> Report:
     """Write `src` (read through the index at `index_path`) into `out` in the cluster layout,
-    keeping what an earlier pack of the same source already finished there."""
+    keeping what an earlier pack of the same source already finished there. `command`: the
+    command that runs it, named by `mount` and `index` should it stop before the end
+    (default: `command_line` of these arguments)."""
     if comp not in COMPRESSORS:
         raise UsageError(f"--comp: choose from {', '.join(COMPRESSORS)}, not {comp!r}")
     check_outdir(src, out)
@@ -731,8 +783,28 @@ def pack(
         if not wanted:
             raise UsageError(f"the source {src.root} has no train/, val/ or test/ to pack")
         out.mkdir(parents=True, exist_ok=True)
-        with _locked(out):
-            return _pack_locked(ix, src, out, wanted, comp, force, progress, say)
+        command = command or command_line(src.root, out, comp=comp, splits=splits)
+        with locked(out):
+            return _pack_locked(ix, src, out, wanted, comp, force, progress, say, command)
+
+
+def command_line(
+    src: Path,
+    out: Path,
+    *,
+    comp: str = DEFAULT_COMP,
+    splits: Sequence[str] | None = None,
+    index_path: Path | None = None,
+) -> str:
+    """The `imagenetfs pack` command that writes `src` into `out` so (absolute paths)."""
+    words = ["imagenetfs", "pack"]
+    if comp != DEFAULT_COMP:
+        words += ["--comp", comp]
+    if splits is not None:
+        words += ["--splits", ",".join(splits)]
+    if index_path is not None:
+        words += ["--index", str(index_path.absolute())]
+    return shlex.join([*words, str(src.absolute()), str(out.absolute())])
 
 
 def _has(ix: Index, split: str) -> bool:
@@ -751,10 +823,17 @@ def _pack_locked(
     force: bool,
     progress: bool,
     say: Say,
+    command: str,
 ) -> Report:
-    removed = remove_stale(out)
+    removed, left = remove_stale(out)
     if removed:
         say(f"removed what an interrupted pack left: {', '.join(sorted(removed))}")
+    if left:
+        say(
+            f"left {', '.join(sorted(left))}: written by a pack of another node (or of this "
+            "host before it rebooted, or by an older imagenetfs), which may still be running; "
+            "remove them once no pack writes here"
+        )
     identity = ix.image_records
     manifest = Manifest.load(out)
     foreign = foreign_images(out, manifest, identity)
@@ -765,8 +844,13 @@ def _pack_locked(
         )
     if manifest is None or manifest.source != identity:
         manifest = Manifest(identity)
-    manifest.images = {k: v for k, v in manifest.images.items() if (out / k).is_file()}
-    manifest.save(out)
+    manifest.command = command  # (saved with the first change: what finishes this pack)
+    kept = {k: v for k, v in manifest.images.items() if (out / k).is_file()}
+    if kept != manifest.images:
+        manifest.changing(out)
+        manifest.images = kept
+        manifest.save(out)
+    changing = functools.partial(manifest.changing, out)
     images = []
     for split in wanted:
         plan = plan_split(ix, split)
@@ -778,12 +862,14 @@ def _pack_locked(
         else:
             images.append(_pack_image(ix, plan, out, comp, made_from, manifest, progress))
             say(_describe(images[-1]))
-        write_atomic(out / f"{split}_files.txt", plan.file_list())
+        write_atomic(out / f"{split}_files.txt", plan.file_list(), changing)
         if split == "val":
             labels = b"".join(b"%s %s\n" % pair for pair in plan.labels)
-            write_atomic(out / source.LABELS_FILE, labels)
-    write_atomic(out / MAPPING, class_mapping(ix, src))
+            write_atomic(out / source.LABELS_FILE, labels, changing)
+    write_atomic(out / MAPPING, class_mapping(ix, src), changing)
     built = _index(out, manifest, progress, say)
+    manifest.finish(out)
+    sync_dir(out)
     return Report(out, images, built, removed)
 
 
@@ -797,6 +883,7 @@ def _pack_image(
     progress: bool,
 ) -> ImageReport:
     _free_space(out, plan)
+    manifest.changing(out)
     image = out / plan.image_name
     part = part_path(image)
     part.unlink(missing_ok=True)
@@ -845,7 +932,7 @@ def _index(out: Path, manifest: Manifest, progress: bool, say: Say) -> bool:
     """Build `out`'s own index as `imagenetfs index --source OUTDIR` would, unless the one
     there serves these images and was built with these labels and names (the manifest keeps
     their digest). True if built."""
-    packed = source.open_source(out)
+    packed = source.open_source(out, unfinished_pack=True)
     path = out / source.INDEX_NAME
     inputs = hashlib.blake2b(digest_size=_DIGEST)  # (Index.open checks the images)
     for name in (*packed.image_names, source.LABELS_FILE, MAPPING):
@@ -861,6 +948,7 @@ def _index(out: Path, manifest: Manifest, progress: bool, say: Say) -> bool:
         else:
             say(f"{path.name}: up to date, kept")
             return False
+    manifest.changing(out)
     stats = index.build(
         path,
         packed.image_list,

@@ -17,8 +17,9 @@
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
+
+from imagenetfs import nodeid
 
 
 def state_dir() -> Path:
@@ -43,5 +44,5 @@ def user_cache_dir() -> Path:
 
 def temporary_name(path: Path) -> Path:
     """A name beside `path` for writing it before the rename: unique across the nodes that may
-    share `path`'s directory (pids repeat from node to node)."""
-    return path.with_name(f"{path.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+    share `path`'s directory (pids repeat from node to node: nodeid.py)."""
+    return path.with_name(f"{path.name}.tmp-{nodeid.suffix()}")

@@ -46,7 +46,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from imagenetfs import mountinfo, places
+from imagenetfs import mountinfo, nodeid, places
 from imagenetfs.errors import ImagenetfsError
 
 State = dict[str, Any]
@@ -153,13 +153,7 @@ def node() -> dict[str, str]:
 
 def process_start(pid: int) -> int | None:
     """When process `pid` started (clock ticks after boot), or None if it is not running."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    if fields[0] in ("Z", "X"):  # a zombie is gone
-        return None
-    return int(fields[19])
+    return nodeid.start_time(pid)
 
 
 def process_state(pid: int) -> str:

@@ -22,8 +22,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
+import os
 import re
 import struct
 import threading
@@ -42,6 +44,8 @@ MAX_PIXELS = 64_000_000
 #: Larger than any ImageNet file (the biggest is ~ 15 MB); a bigger one is not read to resize.
 MAX_SOURCE_BYTES = 64 << 20
 DEFAULT_QUALITY = 90
+#: Free space a cache's disk must have for the cache to be opened (see `ResizeCache`).
+CACHE_MIN_FREE = 1 << 20
 
 _SPEC = re.compile(r"^(\d+)(?:x(\d+))?$")
 
@@ -147,6 +151,11 @@ class ResizeCache:
 
     def __init__(self, directory: Path, size: int) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        # LMDB writes its lock file through a shared map: on a full disk that is SIGBUS (the
+        # process dies), not an error. Refuse a disk without room for it, as an OSError.
+        st = os.statvfs(directory)
+        if st.f_bavail * st.f_frsize < CACHE_MIN_FREE:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(directory))
         self.path = directory / "resize-cache.lmdb"
         self.size = size
         self._env = lmdb.open(
@@ -228,6 +237,18 @@ class ResizeCache:
             "evictions": self.evictions,
             "failures": self.failures,
         }
+
+
+def cache_problem(directory: Path, size: int) -> str | None:
+    """Why the resize cache in `directory` cannot be opened, as a mount or warm opens it (the
+    cache is created if missing); None when it can."""
+    try:
+        ResizeCache(directory, size).close()
+    except OSError as e:
+        return e.strerror or str(e)
+    except lmdb.Error as e:  # (LMDB says "<path>: <strerror>")
+        return str(e).rsplit(": ", 1)[-1]
+    return None
 
 
 def default_cache_dir() -> Path:

@@ -30,6 +30,7 @@ that mapping, one call per image entry.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import tarfile
 from collections.abc import Sequence
@@ -202,13 +203,55 @@ def _images(root: Path) -> tuple[str, tuple[ImageRef, ...]]:
     )
 
 
-def open_source(root: Path) -> Source:
-    if not root.exists():
-        raise UsageError(f"source {root} does not exist")
-    if not root.is_dir():
-        raise UsageError(f"source {root}: not a directory")
-    layout, images = _images(root)
+def open_source(root: Path, *, unfinished_pack: bool = False) -> Source:
+    """The source at `root`, its layout detected. A directory an `imagenetfs pack` is writing
+    into, or was stopped while writing, is refused (see `unfinished_pack`), unless
+    `unfinished_pack` (pack itself, looking at its OUTDIR)."""
+    try:
+        if not root.exists():
+            raise UsageError(
+                f"source {root} does not exist; give --source the directory holding ImageNet "
+                "(or set IMAGENETFS_SOURCE)"
+            )
+        if not root.is_dir():
+            raise UsageError(f"source {root}: not a directory; give --source a directory")
+        if not unfinished_pack and (command := pack_unfinished(root)) is not None:
+            raise UsageError(
+                f"source {root}: an imagenetfs pack into it has not finished, so it holds only "
+                f"part of a dataset; finish it with the same command: {command}"
+            )
+        layout, images = _images(root)
+    except PermissionError as e:
+        raise UsageError(
+            f"source {root}: permission denied ({e.filename}); ask its owner for read access, "
+            "or give --source another directory"
+        ) from None
     return Source(root, layout, images)
+
+
+#: What `imagenetfs pack` keeps in its OUTDIR (pack.py): its manifest, its lock.
+PACK_MANIFEST = ".imagenetfs-pack.json"
+PACK_LOCK = ".imagenetfs-pack.lock"
+
+
+def pack_unfinished(root: Path) -> str | None:
+    """The command that finishes the pack into `root`, when one started there and has not
+    finished; None for a directory no pack wrote, or one a pack finished. The manifest
+    decides: pack marks it unfinished before it changes anything in OUTDIR, and finished as
+    its last write. (A lock alone says nothing: a pack holds it also while it decides, and
+    may be killed then, that there is nothing to change.)"""
+    manifest = root / PACK_MANIFEST
+    if not manifest.exists():
+        return None
+    try:
+        document = json.loads(manifest.read_bytes())
+        finished = document.get("finished", document.get("index") is not None)
+        command = document.get("command")
+    except (OSError, ValueError, AttributeError):
+        return f"imagenetfs pack SOURCE {root}"  # (unreadable: finished it was not)
+    if finished is True:
+        return None
+    return command if isinstance(command, str) else f"imagenetfs pack SOURCE {root}"
 
 
 def _read_small(path: Path) -> bytes:

@@ -370,7 +370,7 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     result = run_cli("sample", str(tmp_path / "file"))
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        f"imagenetfs: error: {tmp_path / 'file'} exists and is not a directory"
+        f"imagenetfs: error: DIR {tmp_path / 'file'}: not a directory; give DIR another path"
     ]
     script = Path(__file__).parent.parent / "scripts" / "make_fake_imagenet.py"
     result = subprocess.run(

@@ -290,7 +290,10 @@ def test_cli_index(tmp_path: Path) -> None:
         text=True,
     )
     assert missing.returncode == 1
-    assert missing.stderr.strip() == f"imagenetfs: error: source {tmp_path / 'no'} does not exist"
+    assert missing.stderr.strip() == (
+        f"imagenetfs: error: source {tmp_path / 'no'} does not exist; give --source the "
+        "directory holding ImageNet (or set IMAGENETFS_SOURCE)"
+    )
 
 
 def test_virtual_files_span_compressed_chunks(tmp_path: Path) -> None:

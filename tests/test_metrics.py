@@ -380,7 +380,8 @@ def test_a_metrics_directory_that_does_not_exist(mounter: Mounter, data: Path) -
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         f"imagenetfs: error: --metrics {mounter.work}/nowhere/x.prom: directory "
-        f"{mounter.work}/nowhere does not exist"
+        f"{mounter.work}/nowhere does not exist; create it, or give --metrics a file in another "
+        "directory"
     ]
     assert not os.path.ismount(mp)
 

@@ -746,7 +746,8 @@ def test_bad_mount_point_is_refused_before_indexing(
         "mount", "--source", realistic.root, "--index", index, tmp_path / "a" / "b"
     )
     assert error_line(result) == (
-        f"imagenetfs: error: mount point {tmp_path / 'a' / 'b'}: {tmp_path / 'a'} does not exist"
+        f"imagenetfs: error: mount point {tmp_path / 'a' / 'b'}: {tmp_path / 'a'} does not "
+        "exist; create it, or give another MOUNTPOINT"
     )
     assert "indexing" not in result.stderr
     assert not index.exists()

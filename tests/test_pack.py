@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 from helpers import CLI, Mounter, fuse_unusable, wait_until
 
-from imagenetfs import generate
+from imagenetfs import generate, nodeid
 from imagenetfs.generate import Spec
 
 UNUSABLE = fuse_unusable(("mksquashfs", "unsquashfs", "fusermount3"), "the tests mount as root")
@@ -41,6 +42,7 @@ OUTPUT = {
     "imagenetfs.lmdb",
     ".imagenetfs-pack.json",
 }
+LOCK = ".imagenetfs-pack.lock"
 LONG_NAME = "n01440764_" + "é" * 60 + ".JPEG"  # > 100 bytes: a PAX header in the stream
 
 
@@ -312,10 +314,12 @@ def test_a_killed_pack_is_finished_by_the_rerun(work: Mounter, slow: Path) -> No
     proc.wait()
     assert wait_until(lambda: mksquashfs_gone(out), 10)  # its input closed: it gave up
     assert not (out / "train.squashfs").exists()
+    assert (out / LOCK).is_file()  # left by the killed pack: its holder is gone, on this node
     # what a pack killed at another moment leaves: a part file (its pid is gone)
-    (out / f".val.squashfs.part-{proc.pid}").write_bytes(b"half")
+    stale = f".val.squashfs.part-{nodeid.suffix(proc.pid)}"
+    (out / stale).write_bytes(b"half")
     result = rerun_is_right(work, slow, out)
-    assert f".val.squashfs.part-{proc.pid}" in result.stdout
+    assert stale in result.stdout
 
 
 def rerun_is_right(work: Mounter, source: Path, out: Path) -> subprocess.CompletedProcess[str]:
@@ -437,3 +441,119 @@ def test_mksquashfs_failing_is_one_line(work: Mounter, sources: dict[str, Path])
     assert "FATAL ERROR: Failed to write to output filesystem" in result.stderr
     assert time.monotonic() - started < 30
     assert parts(out) == [] and not (out / "train.squashfs").exists()
+
+
+# --- a shared OUTDIR: other nodes, the lock, an unfinished pack ------------------------------
+
+
+def dead_pid() -> int:
+    """A pid no process of this node has now."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_parts_of_another_node_survive(work: Mounter, sources: dict[str, Path]) -> None:
+    """A part file names the node that writes it (pid, boot id, host): a pack removes this
+    node's parts whose process is gone, and keeps those of another node -- or of this host
+    before a reboot, or of no known node -- which a pack there may still be writing."""
+    out = work.work / "shared-parts"
+    out.mkdir()
+    here = nodeid.here()
+    theirs = [
+        f".train.squashfs.part-{dead_pid()}-{'ab' * 16}-othernode",  # another node
+        f".val.squashfs.part-{dead_pid()}-{'cd' * 16}-{here.host}",  # this host, another boot
+        f".test.squashfs.part-{dead_pid()}",  # an older pack's name: no node in it
+    ]
+    ours = f".val.squashfs.part-{dead_pid()}-{here.boot}-{here.host}"
+    for name in (*theirs, ours):
+        (out / name).write_bytes(b"half")
+    result = work.cli("pack", sources["cluster"], out, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert not (out / ours).exists() and ours in result.stdout
+    for name in theirs:
+        assert (out / name).read_bytes() == b"half", name
+        assert name in result.stdout, result.stdout  # said: left, and why
+    assert "othernode" in result.stdout
+
+
+MKSQUASHFS_KILLS_PACK = """#!/bin/sh
+# the real mksquashfs, except for val.squashfs: then its parent, the pack, is SIGKILLed
+case "$*" in *.val.squashfs.part*) kill -KILL $PPID; exit 1;; esac
+exec {real} "$@"
+"""
+
+
+def test_an_unfinished_pack_is_not_served(work: Mounter, sources: dict[str, Path]) -> None:
+    """A pack killed after train.squashfs took its name leaves an OUTDIR that looks like a
+    train-only dataset: `mount` and `index` refuse it in one line naming the command that
+    finishes it, and once that has run it is served."""
+    src, out = sources["cluster"], work.work / "unfinished"
+    bin_dir = work.work / "bin-kills-pack"
+    bin_dir.mkdir()
+    fake = bin_dir / "mksquashfs"
+    fake.write_text(MKSQUASHFS_KILLS_PACK.format(real=shutil.which("mksquashfs")))
+    fake.chmod(0o755)
+    env = {**work.env(), "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    killed = subprocess.run(
+        [CLI, "pack", str(src), str(out)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (out / "train.squashfs").is_file() and not (out / "val.squashfs").exists()
+    mp = work.work / "mnt-unfinished"
+    mp.mkdir()
+    work.points.append(mp)  # (unmounted at the end, should a mount succeed)
+    finish = f"finish it with the same command: imagenetfs pack {src} {out}"
+    for args in (("mount", "--source", out, mp), ("index", "--source", out)):
+        result = work.cli(*args)
+        one_line_error(result, f"{out}: ")
+        assert finish in result.stderr, result.stderr
+    assert not os.path.ismount(mp)
+    result = work.cli("pack", src, out, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "train.squashfs: already packed, kept" in result.stdout
+    assert work.cli("index", "--source", out).returncode == 0
+    assert parts(out) == [] and not (out / LOCK).exists()
+
+
+HOLD_THE_LOCK = """
+import sys
+from pathlib import Path
+from imagenetfs import nodeid, pack
+nodeid.here = lambda: nodeid.Node("othernode", "ef" * 16)  # a pack running on another node
+with pack.locked(Path(sys.argv[1])):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_the_lock_of_another_node(work: Mounter, sources: dict[str, Path]) -> None:
+    """A pack refuses an OUTDIR locked by a pack of another node -- while it runs, and after
+    it died too (only its own node can tell that it is gone): one line naming the holder and
+    the lock file to remove once no pack runs there. Then the pack goes on."""
+    src, out = sources["cluster"], work.work / "locked-elsewhere"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(out)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        refused = f"another imagenetfs pack is writing {out} (pid {holder.pid} on othernode"
+        one_line_error(work.cli("pack", src, out), refused)
+        holder.kill()  # its lock file stays: this node cannot know that it is gone
+        holder.wait()
+        result = work.cli("pack", src, out)
+        one_line_error(result, refused)
+        assert f"remove {out / LOCK}" in result.stderr
+        assert {p.name for p in out.iterdir()} == {LOCK}
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    (out / LOCK).unlink()  # as the line says
+    result = work.cli("pack", src, out, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert {p.name for p in out.iterdir()} == OUTPUT
