@@ -99,7 +99,17 @@ def test_hostile_inputs_raise_resize_error() -> None:
     for name, data in cases.items():
         with pytest.raises(ResizeError):
             resize.resize(data, parse_spec("64x64"))
-        assert name
+            pytest.fail(f"{name}: resized")
+
+
+def test_the_pixel_bound_is_ours_and_exact() -> None:
+    """A whole, valid JPEG just over MAX_PIXELS (and under Pillow's own bomb limit, so only our
+    bound can refuse it) is refused before it is decoded; one of exactly 64 Mpx is resized."""
+    side = 8000  # the documented bound: 64,000,000 pixels
+    with pytest.raises(ResizeError, match=f"image of {side}x{side + 1} pixels is out of bounds"):
+        resize.resize(jpeg("L", (side, side + 1)), parse_spec("64x64"))
+    small = resize.resize(jpeg("L", (side, side)), parse_spec("64x64"))
+    assert small.startswith(b"\xff\xd8") and len(small) < 10_000
 
 
 # --- resized trees on a mount ---------------------------------------------------------------
