@@ -161,6 +161,7 @@ def mount(config: ServeConfig) -> int:
     # Nothing may touch the mount point between pyfuse3.init() and the FUSE_INIT answer: any
     # stat of it (even Path.resolve()) blocks until then.
     index = Index.open(config.index, source=config.source, names=config.images)
+    listed = Path(os.path.realpath(mountpoint))  # as the kernel will list it (--idle-timeout)
     fuse_ops = fs.Operations(read_threads=config.read_threads) if config.workers == 0 else None
     supervisor.block_signals()
     try:
@@ -177,7 +178,7 @@ def mount(config: ServeConfig) -> int:
         "started": time.time(),
         **config.settings(),
     }
-    daemon = supervisor.Daemon(config, index, fuse_ops, state, state_path)
+    daemon = supervisor.Daemon(config, index, fuse_ops, state, state_path, listed)
     return _serve(daemon) if config.foreground else _daemonize(daemon)
 
 
