@@ -11,7 +11,11 @@ one nursery holds
   switched here, then in each worker (SIGUSR1, see `staging.adopt`);
 - with `--idle-timeout T`, the idle watch: once the counters have not moved for T seconds,
   it looks in /proc, in a thread, for a process that uses the mount (holders.py: by the
-  mount's device, in every mount namespace) and unmounts when there is none;
+  mount's device, in every mount namespace) and unmounts when there is none. A program the
+  kernel serves from its caches alone sends no request and may hold nothing open between two
+  reads; so with an idle timeout the kernel keeps entries and attributes for a third of it
+  (`cache_timeout`), not a year, and such a program comes back with a LOOKUP or a GETATTR in
+  time;
 - the server. With `--workers 0`, `pyfuse3.main` over `fs.Operations`. Otherwise the
   supervisor of the worker processes: it answers FUSE_INIT itself (`wire.answer_init`), forks
   `config.workers` workers, each watched by a task awaiting its pidfd, and only then tells the
@@ -53,7 +57,7 @@ import lmdb
 import pyfuse3
 import trio
 
-from imagenetfs import fs, holders, metrics, registry, staging, wire
+from imagenetfs import fs, holders, metrics, ops, registry, staging, wire
 from imagenetfs.config import ServeConfig
 from imagenetfs.errors import ImagenetfsError
 from imagenetfs.index import Index
@@ -69,6 +73,13 @@ PUBLISH_INTERVAL = 2.0
 MAX_FAILURES = 3
 FAILURE_WINDOW = 10.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def cache_timeout(idle_timeout: float) -> int:
+    """Seconds the kernel may keep entries and attributes: a year (`ops.TIMEOUT`); with an
+    idle timeout, a third of it (at least 1 s), so that a reader served from the kernel's
+    caches sends a request within the idle timeout (see the module docstring)."""
+    return max(1, int(idle_timeout / 3)) if idle_timeout else ops.TIMEOUT
 
 
 def block_signals() -> None:
@@ -273,7 +284,7 @@ class Daemon:
         tree = Tree(self.index, self.config.resize, quality=self.config.resize_quality)
         return Core(
             tree, uid=os.getuid(), gid=os.getgid(), cache=cache, counters=counters,
-            blocking_reads=blocking_reads,
+            blocking_reads=blocking_reads, timeout=cache_timeout(self.config.idle_timeout),
         )  # fmt: skip
 
     # --- pyfuse3 alone ---------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 A user is a process with an open file, its working directory, its root or a mapping on the
 mount -- counted by the mount's device, so also through a symlink and from another mount
-namespace (a bind of the mount into a container). Each case runs with a 3 s timeout for three
-times that long; then the mount must go. And `holders.Scan` alone, against a live mount: each
-way of using it.
+namespace (a bind of the mount into a container) -- or a reader the kernel serves from its
+caches, which the shortened entry and attribute timeouts bring back with a request in time.
+Each case runs with a 3 s timeout for three times that long; then the mount must go. And
+`holders.Scan` alone, against a live mount: each way of using it.
 """
 
 from __future__ import annotations
@@ -192,4 +193,28 @@ def test_a_holder_in_another_mount_namespace_keeps_the_mount(mounter: Mounter, a
         assert not os.readlink(f"/proc/{holder.pid}/cwd").startswith(f"{mp}/")
         stays_mounted(mounted, HELD, holder)
         assert f"process {holder.pid} uses the mount: staying" in mounted.log
+    goes_away(mounted)
+
+
+@pytest.mark.timeout(120)
+def test_a_reader_served_from_the_page_cache_keeps_the_mount(mounter: Mounter, admin: Path) -> None:
+    """`cat` of one file in a loop: after the first, every open, read and close is the
+    kernel's alone (cached entry, attributes and pages; worker processes answer no OPEN),
+    and each `cat` is too brief to be seen in /proc. It counts as a user by the LOOKUPs the
+    kernel sends once the shortened entry timeouts run out. (With `--workers 0` every open is
+    a request anyway.)"""
+    mp = mounter.mkdir("mp")
+    mounted = mount_at(mounter, mp, admin)
+    path = a_file(mp)
+    expected = path.read_bytes()
+    loop = (
+        f"end=$(($(date +%s) + {HELD})); "
+        'while [ "$(date +%s)" -lt "$end" ]; do cat "$1" > "$2" || exit 1; done'
+    )
+    copy = mounter.work / "copy"
+    with running(["sh", "-c", loop, "sh", str(path), str(copy)]) as reader:
+        stays_mounted(mounted, HELD - 1, reader)
+        assert reader.wait(10) == 0
+    assert "staying" not in mounted.log  # (never quiet for 3 s: no look in /proc was needed)
+    assert copy.read_bytes() == expected
     goes_away(mounted)
