@@ -214,7 +214,10 @@ def test_a_reader_served_from_the_page_cache_keeps_the_mount(mounter: Mounter, a
     copy = mounter.work / "copy"
     with running(["sh", "-c", loop, "sh", str(path), str(copy)]) as reader:
         stays_mounted(mounted, HELD - 1, reader)
+        served = mounted.stats(after=time.time())["fs"]
         assert reader.wait(10) == 0
     assert "staying" not in mounted.log  # (never quiet for 3 s: no look in /proc was needed)
     assert copy.read_bytes() == expected
+    # what kept it: LOOKUPs and GETATTRs; the bytes were read once, then the pages stayed
+    assert served["bytes_read"] == len(expected), served
     goes_away(mounted)
