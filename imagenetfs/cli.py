@@ -564,8 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-timeout",
         metavar="DURATION",
         help="unmount by itself after DURATION (90s, 10m, 2h) without a request, unless a "
-        "process has a file or directory of the mount open (so a job that forgets to "
-        "unmount leaves nothing behind)",
+        "process uses the mount (an open file, its directory or a mapping there, also inside "
+        "a container), so a job that forgets to unmount leaves nothing behind; the kernel "
+        "then caches names for a third of DURATION, not a year",
     )
     mnt.add_argument(
         "--stage-rate",

@@ -168,6 +168,7 @@ def mount(config: ServeConfig) -> int:
     _preflight()
     state_path = registry.state_file(mountpoint)
     index = Index.open(config.index, source=config.source, names=config.images)
+    listed = Path(os.path.realpath(mountpoint))  # as the kernel will list it (--idle-timeout)
     fuse_ops = fs.Operations(read_threads=config.read_threads) if config.workers == 0 else None
     state = {
         "mountpoint": str(mountpoint),
@@ -192,7 +193,7 @@ def mount(config: ServeConfig) -> int:
         supervisor.unblock_signals()
         registry.remove(mountpoint)
         raise
-    daemon = supervisor.Daemon(config, index, fuse_ops, state, state_path)
+    daemon = supervisor.Daemon(config, index, fuse_ops, state, state_path, listed)
     return _serve(daemon) if config.foreground else _daemonize(daemon)
 
 

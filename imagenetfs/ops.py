@@ -8,8 +8,9 @@ packs replies -- so what a request answers is decided here, once:
   the index's stored listings), open (write flags: EROFS; a directory: EISDIR), read, statfs,
   access, getxattr/listxattr and ioctl;
 - one attribute record, `Attributes`, built in one place (`_attributes`) with one timeout
-  policy: a year, for an immutable tree -- except a resized file whose size is not known yet,
-  which a listing hands out uncached;
+  policy: a year, for an immutable tree (shorter when the mount has an idle timeout: the
+  core's `timeout`) -- except a resized file whose size is not known yet, which a listing
+  hands out uncached;
 - resized files: a view file's size is known once it has been resized or found in the resize
   cache. Until then, lookup, getattr, open and read resize it first; a listing resizes nothing.
   Two bounded memos keep what is known: sizes, and the bytes of the last few resized files;
@@ -287,8 +288,10 @@ class Core:
         cache: ResizeCache | None = None,
         counters: Counters | None = None,
         blocking_reads: bool = False,
+        timeout: int = TIMEOUT,
     ) -> None:
         self.tree = tree
+        self.timeout = timeout  # seconds the kernel may keep entries and attributes
         self.uid, self.gid = uid, gid
         self.cache = cache
         self.counters = counters or Counters()
@@ -355,10 +358,10 @@ class Core:
 
     def _attributes(self, node: Node, *, listed: bool = False) -> Attributes:
         """The one attribute builder: the mounting user's, read-only (the modes come from the
-        index), the size as served, cached by the kernel for `TIMEOUT` -- except a view file
+        index), the size as served, cached by the kernel for `timeout` -- except a view file
         whose resized size is not known yet: a listing (`listed`) shows its original size,
         uncached; anything else resizes it first (`Blocked`)."""
-        size, timeout = node.size, TIMEOUT
+        size, timeout = node.size, self.timeout
         spec = self.tree.spec_of(node) if self._views else None
         if spec is not None:
             known = self.known_size(node, spec)
@@ -401,7 +404,8 @@ class Core:
         self._counts[LOOKUPS] += 1
         ino, mode, nlink, size, mtime = found
         return _new_attributes(Attributes, (
-            ino, mode, nlink, self.uid, self.gid, size, (size + 511) // 512, mtime, TIMEOUT,
+            ino, mode, nlink, self.uid, self.gid, size, (size + 511) // 512, mtime,
+            self.timeout,
         ))  # fmt: skip
 
     def getattr(self, ino: int) -> Attributes:

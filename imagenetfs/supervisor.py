@@ -9,6 +9,13 @@ one nursery holds
   Prometheus text format (metrics.py), once more when serving has ended;
 - with `--stage`, the stager (staging.py) in a thread: each image copied and checked is
   switched here, then in each worker (SIGUSR1, see `staging.adopt`);
+- with `--idle-timeout T`, the idle watch: once the counters have not moved for T seconds,
+  it looks in /proc, in a thread, for a process that uses the mount (holders.py: by the
+  mount's device, in every mount namespace) and unmounts when there is none. A program the
+  kernel serves from its caches alone sends no request and may hold nothing open between two
+  reads; so with an idle timeout the kernel keeps entries and attributes for a third of it
+  (`cache_timeout`), not a year, and such a program comes back with a LOOKUP or a GETATTR in
+  time;
 - the server. With `--workers 0`, `pyfuse3.main` over `fs.Operations`. Otherwise the
   supervisor of the worker processes: it answers FUSE_INIT itself (`wire.answer_init`), forks
   `config.workers` workers, each watched by a task awaiting its pidfd, and only then tells the
@@ -50,7 +57,7 @@ import lmdb
 import pyfuse3
 import trio
 
-from imagenetfs import fs, metrics, registry, staging, wire
+from imagenetfs import fs, holders, metrics, ops, registry, staging, wire
 from imagenetfs.config import ServeConfig
 from imagenetfs.errors import ImagenetfsError
 from imagenetfs.index import Index
@@ -66,6 +73,13 @@ PUBLISH_INTERVAL = 2.0
 MAX_FAILURES = 3
 FAILURE_WINDOW = 10.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def cache_timeout(idle_timeout: float) -> int:
+    """Seconds the kernel may keep entries and attributes: a year (`ops.TIMEOUT`); with an
+    idle timeout, a third of it (at least 1 s), so that a reader served from the kernel's
+    caches sends a request within the idle timeout (see the module docstring)."""
+    return max(1, int(idle_timeout / 3)) if idle_timeout else ops.TIMEOUT
 
 
 def block_signals() -> None:
@@ -95,8 +109,11 @@ class Daemon:
         fuse_ops: fs.Operations | None,
         state: registry.State,
         state_path: Path,
+        listed: Path | None = None,
     ) -> None:
         self.config = config
+        #: The mount point as /proc/self/mountinfo lists it (resolved before mounting).
+        self.listed = listed or config.mountpoint
         self.index = index
         self.fuse_ops = fuse_ops  # what pyfuse3 was given, with --workers 0
         self.state = state
@@ -141,8 +158,15 @@ class Daemon:
                 block_signals()  # until the caller has unmounted
 
     async def _idle(self, timeout: float) -> None:
-        """Stop once no request came for `timeout` seconds and no process of this user holds
-        anything of the mount open (a program reading cached pages sends no request)."""
+        """Stop once no request came for `timeout` seconds and no process uses the mount
+        (see the module docstring)."""
+        device = await trio.to_thread.run_sync(holders.device_of, self.listed)
+        if device is None:
+            log.warning(
+                "%s is not in /proc/self/mountinfo: --idle-timeout cannot tell who uses the "
+                "mount, so it will not unmount by itself", self.listed,
+            )  # fmt: skip
+            return
         step = min(max(timeout / 4, 0.25), 30.0)
         last: Any = None
         quiet_since = time.monotonic()
@@ -152,13 +176,30 @@ class Daemon:
             if now != last:
                 last, quiet_since = now, time.monotonic()
             elif time.monotonic() - quiet_since >= timeout:
-                user = await trio.to_thread.run_sync(in_use, self.config.mountpoint)
+                # in a thread (thousands of processes), which a stop does not wait for
+                user = await trio.to_thread.run_sync(self._holder, device, abandon_on_cancel=True)
                 if user is None:
                     log.info("no request for %.0f s: unmounting", timeout)
                     self.stop()
                     return
                 log.info("idle for %.0f s, but process %d uses the mount: staying", timeout, user)
                 quiet_since = time.monotonic()
+
+    def _holder(self, device: str) -> int | None:
+        """A process that uses the mount (holders.py), or None; the look's cost goes to the
+        log. Without --allow-other only this user's processes can reach the mount."""
+        started = time.monotonic()
+        scan = holders.Scan(
+            device,
+            uid=None if self.config.allow_other else os.getuid(),
+            skip=frozenset((os.getpid(), *self._workers)),
+        )
+        user = scan.holder()
+        log.info(
+            "looked for users of the mount (device %s) in %d processes: %.3f s",
+            device, scan.processes, time.monotonic() - started,
+        )  # fmt: skip
+        return user
 
     async def _stage(self, stager: staging.Stager) -> None:
         def switched(number: int, path: Path) -> None:  # in the stager's thread
@@ -243,7 +284,7 @@ class Daemon:
         tree = Tree(self.index, self.config.resize, quality=self.config.resize_quality)
         return Core(
             tree, uid=os.getuid(), gid=os.getgid(), cache=cache, counters=counters,
-            blocking_reads=blocking_reads,
+            blocking_reads=blocking_reads, timeout=cache_timeout(self.config.idle_timeout),
         )  # fmt: skip
 
     # --- pyfuse3 alone ---------------------------------------------------------------------
@@ -370,28 +411,6 @@ def _stopped(_signum: int, _frame: object) -> NoReturn:
     block caches' last counts to the board -- a worker stopped while the mount goes must not
     take its last second of counts with it (they are copied once a second while serving)."""
     raise SystemExit(0)
-
-
-def in_use(mountpoint: Path) -> int | None:
-    """A process of this user with a file, directory, mapping or working directory inside
-    `mountpoint` (a pid), else None. Reads /proc only: nothing asks the mount itself."""
-    inside, uid = str(mountpoint), os.getuid()
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            if uid != 0 and entry.stat().st_uid != uid:
-                continue
-            links = [os.readlink(f"{entry.path}/{name}") for name in ("cwd", "root")]
-            fds = f"{entry.path}/fd"
-            links += [os.readlink(f"{fds}/{fd}") for fd in os.listdir(fds)]
-            with open(f"{entry.path}/maps") as maps:
-                links += [line.split(maxsplit=5)[-1].rstrip() for line in maps]
-        except OSError:  # gone, or not ours to read
-            continue
-        if any(link == inside or link.startswith(inside + "/") for link in links):
-            return int(entry.name)
-    return None
 
 
 def _die_with_parent(parent: int) -> None:
