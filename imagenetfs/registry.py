@@ -174,16 +174,8 @@ def children(pid: int) -> list[int]:
 
 
 def pid_alive(pid: int) -> bool:
-    """A running process (not a zombie); `pid` must be positive."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return process_start(pid) is not None
+    """A running process of this node (not a zombie); `pid` must be positive."""
+    return nodeid.running_here(pid, nodeid.here())
 
 
 def stamp() -> State:
@@ -199,11 +191,10 @@ def job_id() -> str | None:
 def is_alive(state: State) -> bool:
     """Its daemon runs: the state names a pid that runs, and (when recorded) started when the
     daemon did."""
-    pid = state.get("pid")
-    if not isinstance(pid, int) or not pid_alive(pid):
+    pid, started = state.get("pid"), state.get("pid_start")
+    if not isinstance(pid, int) or not (started is None or isinstance(started, int)):
         return False
-    started = state.get("pid_start")
-    return started is None or process_start(pid) == started
+    return nodeid.running_here(pid, nodeid.here(), started)
 
 
 def is_this_node(state: State) -> bool:

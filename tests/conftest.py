@@ -37,10 +37,12 @@ def mounter(tmp_path: Path) -> Iterator[Mounter]:
 
 
 @pytest.fixture(scope="module")
-def base() -> Iterator[Path]:
+def base(request: pytest.FixtureRequest) -> Iterator[Path]:
     """A world-searchable directory: other users need search permission on every parent of
-    their sources and mount points (pytest's tmp dirs are 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="imagenetfs-test-", dir="/tmp"))
+    their sources and mount points (pytest's tmp dirs are 0700). In /tmp, or where the test
+    module's `BASE_PARENT` says (a directory every node of test_slurm's cluster shares)."""
+    parent = getattr(request.module, "BASE_PARENT", "/tmp")
+    path = Path(tempfile.mkdtemp(prefix="imagenetfs-test-", dir=parent))
     path.chmod(0o755)
     yield path
     for mp in mount_points():

@@ -33,7 +33,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Users
-from helpers import CLI, Mounter, alive, force_unmount, is_mounted, mount_points, wait_until
+from helpers import CLI, Mounter, alive, is_mounted, wait_until
 
 from imagenetfs import mountinfo
 
@@ -53,6 +52,9 @@ DDP = Path(__file__).resolve().parent / "job_ddp.py"
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 CONF = Path("/etc/slurm/slurm.conf")
 NODES = ("n1", "n2")
+#: What every node shares (homes, the admin's images, job outputs: conftest's `base`) lies
+#: outside /tmp, which is each node's own.
+BASE_PARENT = "/var/tmp"
 CPUS = 4  # per node (more than this machine has: config_overrides; jobs here mostly wait on I/O)
 
 SLURM_CONF = (
@@ -230,19 +232,6 @@ def slurm() -> Iterator[Cluster]:
             hosts.unlink(missing_ok=True)
         elif hosts.read_bytes() != saved_hosts:
             hosts.write_bytes(saved_hosts)
-
-
-@pytest.fixture(scope="module")
-def base() -> Iterator[Path]:
-    """What every node shares (homes, the admin's images, job outputs): outside /tmp, which is
-    each node's own. World-searchable, as conftest's `base`."""
-    path = Path(tempfile.mkdtemp(prefix="imagenetfs-test-", dir="/var/tmp"))
-    path.chmod(0o755)
-    yield path
-    for mp in mount_points():
-        if mp.startswith(f"{path}/"):
-            force_unmount(Path(mp))
-    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
