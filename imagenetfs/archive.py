@@ -93,7 +93,9 @@ MAX_INFLATED = 256 << 20
 #: Inflated zip members kept (all threads together); the most recent one always stays.
 CACHE_BYTES = 64 << 20
 CACHE_MEMBERS = 16
-MAX_SYMLINK = 4096
+#: Symlink targets longer than this are refused as damage (as in squashfs.py); the index
+#: leaves out those longer than the kernel serves (`index.MAX_TARGET`), with a warning.
+MAX_SYMLINK = 65536
 #: Default bound of `read_member`.
 MAX_MEMBER_READ = 256 << 20
 
