@@ -13,7 +13,9 @@ import random
 import signal
 import subprocess
 import time
+import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ from helpers import (
     Mounter,
     alive,
     children,
+    evict,
     is_mounted,
     official_files,
     official_with_long_links,
@@ -179,3 +182,88 @@ def test_workers_that_keep_crashing_unmount(
     assert wait_until(lambda: not alive(mounted.pid), 20)
     assert not is_mounted(mounted.mp)
     assert "workers keep failing: unmounting" in mounted.log
+
+
+# --- memory: a crafted Kaggle zip ------------------------------------------------------------
+
+MiB = 1 << 20
+#: What a worker may peak at (VmHWM) serving the crafted zip below to two readers: its own
+#: ~30 MiB, one member at the limit (64 MiB), 2 MiB of inflating, and room to spare.
+#: Measured: 94 MiB; before deflated members were bounded (and the cache shared), two
+#: readers of the crafted members took the workers to 739 and 769 MiB.
+WORKER_RSS = 160 * MiB
+#: Deflated members of zeros added to train/n01440764/ (bytes inflated): three over the
+#: limit (the crafted zip that brought this up: 783 KB holding 200-256 MiB members), two of
+#: 16 MiB (the largest ImageNet JPEG is about that) and one at the limit.
+CRAFTED = {"big-1.JPEG": 200 * MiB, "big-2.JPEG": 230 * MiB, "big-3.JPEG": 256 * MiB,
+           "mid-1.JPEG": 16 * MiB, "mid-2.JPEG": 16 * MiB, "top.JPEG": 64 * MiB}  # fmt: skip
+
+
+def crafted_kaggle_zip(root: Path) -> Path:
+    spec = Spec(classes=2, train_per_class=3, val_per_class=2, test=2, tiny=True,
+                layout="kaggle", kaggle_zip=True, progress=False)  # fmt: skip
+    generate.generate(root, spec)
+    path = root / source.KAGGLE_ZIP
+    with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as z:
+        for name, size in CRAFTED.items():
+            with z.open(f"ILSVRC/Data/CLS-LOC/train/n01440764/{name}", "w") as f:
+                for _ in range(size // MiB):
+                    f.write(bytes(MiB))
+    return path
+
+
+def read_zeros(path: Path, size: int) -> None:
+    """Read `path` whole (its pages evicted first, so that the mount serves every READ)."""
+    evict(path)
+    got = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(MiB):
+            assert chunk == bytes(len(chunk)), f"{path}: a byte that is not zero near {got}"
+            got += len(chunk)
+    assert got == size, path
+
+
+def peak_rss(pid: int) -> int:
+    """VmHWM of process `pid`, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for {pid}")
+
+
+@pytest.mark.timeout(300)
+def test_a_crafted_kaggle_zip_keeps_workers_small(mounter: Mounter, tmp_path: Path) -> None:
+    """Deflated members over 64 MiB are left out at index time, one warning line each; two
+    readers reading the others, over and over, get exact bytes quickly, and no worker peaks
+    above `WORKER_RSS` (the mount's inflated-member cache is shared by its workers)."""
+    data = tmp_path / "data"
+    path = crafted_kaggle_zip(data)
+    assert path.stat().st_size < 2 * MiB
+    built = mounter.cli("index", "--quiet", "--source", data, "--index", data / "i.lmdb",
+                        timeout=300)  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    assert built.stderr.splitlines() == [
+        f"imagenetfs: {path}: 'ILSVRC/Data/CLS-LOC/train/n01440764/{name}' left out: "
+        f"deflated, {size} bytes inflated: more than 64 MiB (store it uncompressed: zip -0)"
+        for name, size in CRAFTED.items()
+        if size > 64 * MiB
+    ]
+    mounted = mounter.mount(mounter.mkdir("mnt"), data, "--workers", "2",
+                            index=data / "i.lmdb")  # fmt: skip
+    workers = children(mounted.pid)
+    folder = mounted.mp / "train" / "n01440764"
+    assert sorted(set(os.listdir(folder)) & set(CRAFTED)) == ["mid-1.JPEG", "mid-2.JPEG",
+                                                              "top.JPEG"]  # fmt: skip
+    started = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:  # two readers, each on its member, three times
+        for done in [
+            pool.submit(lambda n=n: [read_zeros(folder / n, CRAFTED[n]) for _ in range(3)])
+            for n in ("mid-1.JPEG", "mid-2.JPEG")
+        ]:
+            done.result()  # fmt: skip
+    took = time.monotonic() - started
+    read_zeros(folder / "top.JPEG", CRAFTED["top.JPEG"])  # one member at the limit
+    peaks = {pid: peak_rss(pid) for pid in children(mounted.pid)}
+    assert list(peaks) == workers, "no worker ended"
+    assert took < 30, f"two readers took {took:.1f} s for 6 x 16 MiB"
+    assert max(peaks.values()) < WORKER_RSS, {p: f"{v / MiB:.0f} MiB" for p, v in peaks.items()}
