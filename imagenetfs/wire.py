@@ -109,6 +109,7 @@ from imagenetfs.errors import (
     InvalidRequest,
     NotImplemented_,
     ReadOnly,
+    ReplyRefused,
 )
 from imagenetfs.index import DTYPE
 from imagenetfs.ops import BLOCK_SIZE, Blocked, Core, Counters, Listed
@@ -141,10 +142,6 @@ COLD_ENV = "IMAGENETFS_COLD_THREAD"
 COLD_WAITING = 4
 #: Threads per worker, each with a counter slot of its own: the worker's, its cold reads'.
 THREADS = 2
-
-
-class ReplyRefused(ImagenetfsError):
-    """The kernel would not take a reply (see the module docstring)."""
 
 
 def answer_refused(
