@@ -46,8 +46,9 @@ member once -- never beyond its declared size, a MiB of input and of output at a
 one buffer of that size -- checks its CRC-32, and keeps it in a small LRU shared by the
 threads, so the several 128 KiB reads of one file inflate it once, and a `nowait` read is
 served from the cache. Memory is bounded per mount: deflated members over `MAX_INFLATED`
-(64 MiB; the largest ImageNet JPEG is ~16 MB, the largest other file of Kaggle's zip ~45 MB)
-are left out at index time, each said in one warning line naming it; the serving processes
+(64 MiB; the largest ImageNet JPEG is ~16 MB; Kaggle's largest text files, which are not
+served, come to ~40 MB by their line counts: `ImageSets/CLS-LOC/train_cls.txt`) are left out
+at index time, each said in one warning line naming it; the serving processes
 of a mount share one budget, `CACHE_BYTES` (`share_caches`: divided among them); one member
 is inflated at a time per process, after the cache has made room for it; and the most recent
 member always stays (else every read of a member over the budget would inflate it again).
