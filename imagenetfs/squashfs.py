@@ -30,7 +30,7 @@ order, 8 readers: 4-9 hits in ~15,000 lookups with 16 blocks, 21-37 with 64, the
 times, and 64 blocks of 128 KiB per image cost the two workers ~22 MiB more PSS.
 Decompressed sizes are bounded (a data block by `block_size`, a metadata block by 8 KiB)
 before anything is allocated from a size field. So are whole tables, by what the superblock
-declares (`_MetadataBounds`): a few bytes on disk may inflate to 8 KiB each, so a 3 MB image
+declares (`_metadata_bounds`): a few bytes on disk may inflate to 8 KiB each, so a 3 MB image
 of tiny blocks would otherwise inflate to a gigabyte. The inode table may hold at most
 `INODE_BYTES` per inode plus the block lists the data region can account for, the directory
 table at most `ENTRY_BYTES` per inode (the longest entry with a header of its own), each with
@@ -481,18 +481,18 @@ class SquashImage:
                     candidates.append(first)
         return min(pos for pos in candidates if pos >= start)
 
-    def _metadata_bound(self, what: str) -> int:
-        """The most the inode or directory table of this image may inflate to (see the
+    def _metadata_bounds(self) -> tuple[int, int]:
+        """The most the inode and the directory table of this image may inflate to (see the
         module docstring)."""
         sb = self.superblock
-        if what == "inode table":  # (the data region: every stored block takes a byte of it)
-            data = max(sb.inode_table_start - _SUPERBLOCK.size, 0)
-            return sb.inode_count * INODE_BYTES + data // 2 + METADATA_SLACK
-        return sb.inode_count * ENTRY_BYTES + METADATA_SLACK
+        data = max(sb.inode_table_start - _SUPERBLOCK.size, 0)  # (each stored block: a byte)
+        inodes = sb.inode_count * INODE_BYTES + data // 2 + METADATA_SLACK
+        return inodes, sb.inode_count * ENTRY_BYTES + METADATA_SLACK
 
-    def _load_metadata_table(self, start: int, end: int, what: str) -> _MetadataTable:
+    def _load_metadata_table(self, start: int, end: int, what: str, bound: int) -> _MetadataTable:
+        """The metadata blocks in [start, end), inflated and joined; refused once they come
+        to more than `bound` bytes."""
         raw = self._pread(start, end - start, what)
-        bound = self._metadata_bound(what)
         blocks: list[bytes] = []
         starts: dict[int, int] = {}
         pos = length = 0
@@ -522,12 +522,14 @@ class SquashImage:
     def walk(self) -> Iterator[Entry]:
         """Every entry of the tree: the root, then each directory's children consecutively."""
         sb = self.superblock
+        inode_bound, directory_bound = self._metadata_bounds()
         inodes = self._load_metadata_table(
-            sb.inode_table_start, sb.directory_table_start, "inode table"
+            sb.inode_table_start, sb.directory_table_start, "inode table", inode_bound
         )
         directories = self._load_metadata_table(
-            sb.directory_table_start, self._table_end(sb.directory_table_start), "directory table"
-        )
+            sb.directory_table_start, self._table_end(sb.directory_table_start),
+            "directory table", directory_bound,
+        )  # fmt: skip
         return _Walker(self, inodes, directories).walk()
 
     # -- reading file data -----------------------------------------------------------------
