@@ -42,16 +42,22 @@ member's 30-byte local header gives where its data starts (through `_Window` too
 random read per member: the price of reads that are one `pread` each). Stored members read
 like tar members (`block_sizes` empty). Deflated members carry `block_sizes` =
 `struct.pack("<BQI", 8, compressed size, CRC-32)` (13 bytes): `read()` inflates the whole
-member once -- never beyond its declared size -- checks its CRC-32, and keeps it in a small LRU
-shared by the threads (`CACHE_BYTES`; the most recent member always stays, so memory is
-bounded by `CACHE_BYTES` + `MAX_INFLATED`, plus one member per thread inflating), so the
-several 128 KiB reads of one file inflate it once, and a `nowait` read is served from the
-cache.
+member once -- never beyond its declared size, a MiB of input and of output at a time, into
+one buffer of that size -- checks its CRC-32, and keeps it in a small LRU shared by the
+threads, so the several 128 KiB reads of one file inflate it once, and a `nowait` read is
+served from the cache. Memory is bounded per mount: deflated members over `MAX_INFLATED`
+(64 MiB; the largest ImageNet JPEG is ~16 MB; Kaggle's largest text files, which are not
+served, come to ~40 MB by their line counts: `ImageSets/CLS-LOC/train_cls.txt`) are left out
+at index time, each said in one warning line naming it; the serving processes
+of a mount share one budget, `CACHE_BYTES` (`share_caches`: divided among them); one member
+is inflated at a time per process, after the cache has made room for it; and the most recent
+member always stays (else every read of a member over the budget would inflate it again).
+So a process holds at most max(its share, `MAX_INFLATED`) of inflated members, plus 2 MiB.
 Symlinks (a Unix mode in the external attributes) stay symlinks, as `unzip` makes them; mtimes
 are the extended-timestamp field's, else the DOS time read as UTC (no time zone in a zip).
 Refused at index time: encryption, methods other than stored and deflate (bzip2, lzma, zstd...),
-split (multi-disk) archives, deflated members over `MAX_INFLATED` bytes, a central directory
-that is cut or damaged, local headers or data past the central directory, the name rules above.
+split (multi-disk) archives, a central directory that is cut or damaged, local headers or
+data past the central directory, the name rules above.
 Names are the stored bytes (no code page conversion).
 
 Reads: a member's bytes going bad after indexing (the file truncated: a short `pread`; a
@@ -69,6 +75,7 @@ from __future__ import annotations
 
 import calendar
 import functools
+import logging
 import os
 import stat
 import struct
@@ -83,17 +90,26 @@ from imagenetfs import squashfs
 from imagenetfs.errors import CorruptImageError, ImagenetfsError, NoSuchEntry
 from imagenetfs.squashfs import NO_NOWAIT, Entry, Extent, Run, WouldBlock
 
+log = logging.getLogger(__name__)
+
 BLOCK = 512
 #: What one read of headers takes when members are small (`_Window`).
 WINDOW = 64 << 10
 #: Pax headers and GNU long names/links larger than this are refused (PATH_MAX is 4096).
 MAX_METADATA = 1 << 20
-#: Deflated zip members whose inflated size is larger are refused at index time.
-MAX_INFLATED = 256 << 20
-#: Inflated zip members kept (all threads together); the most recent one always stays.
+#: Deflated zip members whose inflated size is larger are left out at index time.
+MAX_INFLATED = 64 << 20
+#: Inflated zip members kept by one mount (all its processes and threads together; see
+#: `share_caches`); the most recent one always stays.
 CACHE_BYTES = 64 << 20
 CACHE_MEMBERS = 16
-MAX_SYMLINK = 4096
+#: Bytes read, and bytes inflated, in one step of inflating a member.
+INFLATE_STEP = 1 << 20
+#: Members left out at index time said one line each; past that, one line says how many more.
+LEFT_OUT_SAID = 10
+#: Symlink targets longer than this are refused as damage (as in squashfs.py); the index
+#: leaves out those longer than the kernel serves (`index.MAX_TARGET`), with a warning.
+MAX_SYMLINK = 65536
 #: Default bound of `read_member`.
 MAX_MEMBER_READ = 256 << 20
 
@@ -732,6 +748,11 @@ class ZipImage(_ArchiveFile):
             self.close()
             raise
         self._cache = _InflatedCache(CACHE_BYTES, CACHE_MEMBERS)
+        self._inflating = threading.Lock()  # one member inflated at a time (see the top)
+
+    def share_cache(self, processes: int) -> None:
+        """Keep this process's share of `CACHE_BYTES`: one of `processes` serving a mount."""
+        self._cache.resize(CACHE_BYTES // max(processes, 1))
 
     def _central_directory(self) -> tuple[int, int, int, int]:
         """(offset, size, entries, shift) of the central directory; shift: bytes before the
@@ -860,6 +881,7 @@ class ZipImage(_ArchiveFile):
         yield tree.root()
         dirs, new, file_kind = tree.dirs, tuple.__new__, squashfs.FILE
         window = _Window(self._fd)
+        left_out = 0
         os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_RANDOM)
         try:
             for member in self._members():
@@ -876,6 +898,11 @@ class ZipImage(_ArchiveFile):
                     continue
                 if not path:
                     self._zip_corrupt(name, "a file without a name")
+                if member.method == _DEFLATE and member.size > MAX_INFLATED:
+                    left_out += 1
+                    if left_out <= LEFT_OUT_SAID:
+                        self._leave_out(member)
+                    continue
                 extent = self._extent(member, window)
                 if kind == stat.S_IFLNK:
                     target = self._whole(member, extent, MAX_SYMLINK, "symlink target")
@@ -895,6 +922,16 @@ class ZipImage(_ArchiveFile):
         finally:
             if self._fd >= 0:
                 os.posix_fadvise(self._fd, 0, 0, os.POSIX_FADV_NORMAL)
+        if left_out > LEFT_OUT_SAID:
+            log.warning("%s: %d more members left out", self.path, left_out - LEFT_OUT_SAID)
+
+    def _leave_out(self, member: _Member) -> None:
+        log.warning(
+            "%s: %r left out: deflated, %d bytes inflated: more than %d MiB (store it "
+            "uncompressed: zip -0)",
+            self.path, member.name.decode("utf-8", "backslashreplace"), member.size,
+            MAX_INFLATED >> 20,
+        )  # fmt: skip
 
     def _extent(self, member: _Member, window: _Window) -> Extent:
         """Where a member's data is (its local header read), refused if it cannot be served."""
@@ -948,40 +985,61 @@ class ZipImage(_ArchiveFile):
             return b""
         if not extent.block_sizes:
             return self._read_data(extent.blocks_start + offset, end - offset, nowait)
-        data = self._cache.get(extent.blocks_start)
+        key = extent.blocks_start
+        data = self._cache.get(key)
         if data is None:
             if nowait:
-                raise WouldBlock(extent.blocks_start)
-            data = self._inflate(extent)
-            self._cache.put(extent.blocks_start, data)
-        return data[offset:end]
+                raise WouldBlock(key)
+            with self._inflating:
+                data = self._cache.get(key, count=False)  # (inflated meanwhile?)
+                if data is None:
+                    self._cache.make_room(extent.size)
+                    data = self._inflate(extent)
+                    self._cache.put(key, data)
+        return bytes(memoryview(data)[offset:end])
 
     def locate(self, extent: Extent, offset: int, size: int) -> list[Run] | None:
         """Where the bytes `read` returns lie in the file (see `squashfs.SquashImage.locate`):
         a stored member's, as in a tar; None for a deflated one."""
         return None if extent.block_sizes else self._runs(extent, offset, size)
 
-    def _inflate(self, extent: Extent) -> bytes:
+    def _inflate(self, extent: Extent) -> bytearray:
+        """A deflated member's bytes, checked, in one buffer of its size: read and inflated
+        `INFLATE_STEP` bytes at a time (see the module docstring)."""
         try:
             method, compressed, crc = _DEFLATED.unpack(extent.block_sizes)
         except struct.error:
             method = -1
-        if method != _DEFLATE or extent.size > MAX_INFLATED:
-            self._corrupt(f"bad extent of the member at byte {extent.blocks_start} in the index")
-        raw = self._read_data(extent.blocks_start, compressed, False)
+        start, size = extent.blocks_start, extent.size
+        if method != _DEFLATE or size > MAX_INFLATED:
+            self._corrupt(f"bad extent of the member at byte {start} in the index")
+        out = bytearray(size)
+        view = memoryview(out)
         inflater = zlib.decompressobj(-15)
+        done = taken = 0  # bytes inflated; compressed bytes read
+        pending = b""  # compressed bytes read, not inflated yet
         try:
-            data = inflater.decompress(raw, max(extent.size, 1))
+            while not inflater.eof:
+                if not pending:
+                    if taken == compressed:
+                        break
+                    step = min(INFLATE_STEP, compressed - taken)
+                    pending = self._read_data(start + taken, step, False)
+                    taken += step
+                # at most a step, and one byte more than the member has: too long is damage
+                piece = inflater.decompress(pending, min(INFLATE_STEP, size - done + 1))
+                pending = inflater.unconsumed_tail
+                if done + len(piece) > size:
+                    break
+                view[done : done + len(piece)] = piece
+                done += len(piece)
         except zlib.error as exc:
-            self._corrupt(f"the member at byte {extent.blocks_start} does not inflate: {exc}")
-        if not inflater.eof or len(data) != extent.size:
-            self._corrupt(
-                f"the member at byte {extent.blocks_start} does not inflate to its "
-                f"{extent.size} bytes"
-            )
-        if zlib.crc32(data) != crc:
-            self._corrupt(f"the member at byte {extent.blocks_start} fails its CRC-32 check")
-        return data
+            self._corrupt(f"the member at byte {start} does not inflate: {exc}")
+        if not inflater.eof or done != size:
+            self._corrupt(f"the member at byte {start} does not inflate to its {size} bytes")
+        if zlib.crc32(view) != crc:
+            self._corrupt(f"the member at byte {start} fails its CRC-32 check")
+        return out
 
     def statistics(self) -> squashfs.ReaderStatistics:
         """Counters of the inflated-member cache."""
@@ -995,37 +1053,58 @@ class _InflatedCache:
     def __init__(self, capacity: int, members: int) -> None:
         self._capacity = capacity
         self._members = members
-        self._data: OrderedDict[int, bytes] = OrderedDict()
+        self._data: OrderedDict[int, bytearray] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._hits = self._misses = 0
 
-    def get(self, key: int) -> bytes | None:
+    def get(self, key: int, *, count: bool = True) -> bytearray | None:
         with self._lock:
             data = self._data.get(key)
-            if data is None:
-                self._misses += 1
-            else:
-                self._hits += 1
+            if data is not None:
                 self._data.move_to_end(key)
+            if count:
+                if data is None:
+                    self._misses += 1
+                else:
+                    self._hits += 1
             return data
 
-    def put(self, key: int, data: bytes) -> None:
+    def put(self, key: int, data: bytearray) -> None:
         with self._lock:
             old = self._data.pop(key, None)
             self._bytes += len(data) - (len(old) if old is not None else 0)
             self._data[key] = data
-            while len(self._data) > 1 and (
-                self._bytes > self._capacity or len(self._data) > self._members
-            ):
-                _, evicted = self._data.popitem(last=False)
-                self._bytes -= len(evicted)
+            self._evict(self._capacity, self._members, keep=1)
+
+    def make_room(self, size: int) -> None:
+        """Evict (the most recent member too) until a member of `size` bytes fits."""
+        with self._lock:
+            self._evict(self._capacity - size, self._members - 1, keep=0)
+
+    def resize(self, capacity: int) -> None:
+        with self._lock:
+            self._capacity = capacity
+            self._evict(capacity, self._members, keep=1)
+
+    def _evict(self, capacity: int, members: int, *, keep: int) -> None:
+        while len(self._data) > keep and (self._bytes > capacity or len(self._data) > members):
+            _, evicted = self._data.popitem(last=False)
+            self._bytes -= len(evicted)
 
     def statistics(self) -> squashfs.ReaderStatistics:
         with self._lock:
             return squashfs.ReaderStatistics(
                 self._hits, self._misses, len(self._data), self._members
             )
+
+
+def share_caches(images: Iterable[object], processes: int) -> None:
+    """Give each zip of `images` its share of `CACHE_BYTES` in one of the `processes` that
+    serve a mount (called in each of them): one budget per mount, not per process."""
+    for image in images:
+        if isinstance(image, ZipImage):
+            image.share_cache(processes)
 
 
 # --- for the source layer ---------------------------------------------------------------------

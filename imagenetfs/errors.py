@@ -39,6 +39,11 @@ class CorruptImageError(ImagenetfsError):
     """A SquashFS image that is not valid: the message names the image path and the problem."""
 
 
+class ReplyRefused(ImagenetfsError):
+    """A reply the kernel refuses, or would (a READLINK reply of 4,096 bytes or more): that
+    request fails with EIO, said once; the serving process goes on."""
+
+
 # --- answers ------------------------------------------------------------------------------
 
 

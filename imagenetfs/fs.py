@@ -7,6 +7,11 @@ Thin by design: each handler calls one `ops.Core` operation and converts -- attr
 resize of one file is run once at a time: later requests for it wait on a `trio.Event` and then
 ask the core again (see ops.py).
 
+A READLINK reply the kernel would refuse (a target of 4,096 bytes or more, from an index built
+before such symlinks were left out) is not sent: libfuse would say so twice and pyfuse3 once,
+uncounted; it fails with EIO, said once and counted by the core's rule (the workers answer a
+refused reply the same way, wire.py).
+
 No handle table: `open` answers the file's inode as its handle (`read` gets the handle, not the
 inode), so an open file costs nothing and `release` has nothing to drop. Listings are
 READDIRPLUS (pyfuse3 always asks for it), each entry with attributes. A READ is timed for the
@@ -24,6 +29,8 @@ from typing import Any
 import pyfuse3
 import trio
 
+from imagenetfs.errors import ReplyRefused
+from imagenetfs.index import MAX_TARGET
 from imagenetfs.ops import BLOCK_SIZE, Attributes, Blocked, Core
 
 
@@ -109,7 +116,13 @@ class Operations(pyfuse3.Operations):
 
     async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
         with self._errors("readlink", inode):
-            return self.core.readlink(inode)
+            target = self.core.readlink(inode)
+            if len(target) > MAX_TARGET:  # (an index built before such targets were left out)
+                raise ReplyRefused(
+                    f"the kernel would refuse a reply of {16 + len(target)} bytes (a target "
+                    f"of {len(target)}: it takes at most {MAX_TARGET})"
+                )
+            return target
 
     async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
         with self._errors("opendir", inode):

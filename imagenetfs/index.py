@@ -37,7 +37,11 @@ Databases in the one LMDB file (`subdir=False`):
 
 Every entry of the served tree is its own inode: a hard link in an image shows up as separate
 files with identical bytes (nlink 1), which is what a read-only tree of ImageNet needs and keeps
-the numbering dense. Device nodes, fifos and sockets are left out.
+the numbering dense. Device nodes, fifos and sockets are left out. So are symlinks whose
+target is longer than `MAX_TARGET` (4,095 bytes, what the kernel takes in a READLINK reply;
+a tar or a crafted image may hold more), each said in one warning line naming the image and
+the entry (the first `LEFT_OUT_SAID`, then how many more): one entry the kernel could never
+serve does not make the rest of a download unusable, and nothing is left out unsaid.
 
 Atomicity: a build writes `<index>.tmp-<pid>-<node>` (nodeid.py: two nodes building into one
 shared directory never write the same file), commits, syncs, and only then renames it over
@@ -67,6 +71,7 @@ import bisect
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import stat
 import struct
@@ -84,9 +89,16 @@ from imagenetfs import places, protocol, squashfs
 from imagenetfs.dirtree import Image, open_image
 from imagenetfs.errors import ImagenetfsError, InvalidRequest, NoSuchEntry, NotADirectory
 
+log = logging.getLogger(__name__)
+
 SCHEMA_VERSION = 5
 ROOT_INO = 1
 MAX_NAME = 255
+#: The longest symlink target served: the kernel refuses a READLINK reply of PATH_MAX (4,096)
+#: bytes or more (and fails the request with EIO).
+MAX_TARGET = 4095
+#: Entries left out at build time said one line each; past that, one line says how many more.
+LEFT_OUT_SAID = 10
 
 DIR, FILE, SYMLINK = 1, 2, 3
 _KIND_OF_TYPE = {squashfs.DIR: DIR, squashfs.FILE: FILE, squashfs.SYMLINK: SYMLINK}
@@ -230,6 +242,13 @@ class _TreeBuilder:
         self.default_mtime = default_mtime
         self.files = 0
         self.bytes = 0
+        self.left_out = 0  # entries that cannot be served (see the module docstring)
+
+    def leave_out(self, where: str, path: bytes, why: str) -> None:
+        self.left_out += 1
+        if self.left_out <= LEFT_OUT_SAID:
+            shown = path.decode("utf-8", "backslashreplace")
+            log.warning("%s: %r left out: %s", where, shown, why)
 
     def _parent(self, components: Sequence[bytes], where: str) -> _Dir:
         node = self.root
@@ -251,6 +270,11 @@ class _TreeBuilder:
         kind = _KIND_OF_TYPE.get(entry.kind)
         if kind is None:
             return  # device nodes, fifos, sockets: not part of a dataset tree
+        if kind == SYMLINK and len(entry.target or b"") > MAX_TARGET:
+            size = len(entry.target or b"")
+            why = f"a symlink to {size} bytes (the kernel serves targets of at most {MAX_TARGET})"
+            self.leave_out(where, entry.path, why)
+            return
         if not components:  # the root itself
             if kind == DIR:
                 self.root.mtime = entry.mtime
@@ -383,6 +407,8 @@ def build(
                 bar.update(n % 4096 + 1)
     if tree is None:
         raise IndexError_("no images to index")
+    if tree.left_out > LEFT_OUT_SAID:
+        log.warning("%d more entries left out", tree.left_out - LEFT_OUT_SAID)
     if virtual is not None:
         for components, data in virtual(list(tree.file_paths())).items():
             tree.add_blob(components, data)

@@ -57,7 +57,7 @@ import lmdb
 import pyfuse3
 import trio
 
-from imagenetfs import fs, holders, metrics, ops, registry, staging, wire
+from imagenetfs import archive, fs, holders, metrics, ops, registry, staging, wire
 from imagenetfs.config import ServeConfig
 from imagenetfs.errors import ImagenetfsError
 from imagenetfs.index import Index
@@ -281,6 +281,8 @@ class Daemon:
             if cache is None:
                 self.cache = None
         self.index.reopen()  # an LMDB environment of this process's own
+        # one budget of inflated zip members per mount, shared by its serving processes
+        archive.share_caches(self.index.images, self.config.workers)
         tree = Tree(self.index, self.config.resize, quality=self.config.resize_quality)
         return Core(
             tree, uid=os.getuid(), gid=os.getgid(), cache=cache, counters=counters,

@@ -67,6 +67,14 @@ cache or the core's state. On a filesystem that cannot say what it caches (no `R
 worker waits for its reads itself, as before. `IMAGENETFS_COLD_THREAD=0` turns the thread off
 (for A/B runs).
 
+Replies the kernel refuses. The kernel checks each reply against its request and refuses,
+with an error on the write (EINVAL), one it cannot take -- a READLINK reply of 4,096 bytes or
+more (`index.MAX_TARGET`: an index built before it was checked may hold such a target), or
+any reply a bug makes too long. That request then fails with EIO -- the kernel already failed
+it, or the worker answers EIO now (`answer_refused`) -- said in one line and counted by the
+core's rule, and the worker goes on: one bad entry never costs a worker, so never the mount
+(the supervisor unmounts after a crash loop). Only ENODEV (unmounted) ends a worker.
+
 The heap (`steady_heap`). Every READ allocates its data and its reply, 128 KiB each as the
 kernel usually asks: glibc's default thresholds (mmap from 128 KiB, trimming the heap's top
 past 128 KiB, both moving with use) may hand those pages back to the kernel after each READ
@@ -101,6 +109,7 @@ from imagenetfs.errors import (
     InvalidRequest,
     NotImplemented_,
     ReadOnly,
+    ReplyRefused,
 )
 from imagenetfs.index import DTYPE
 from imagenetfs.ops import BLOCK_SIZE, Blocked, Core, Counters, Listed
@@ -133,6 +142,29 @@ COLD_ENV = "IMAGENETFS_COLD_THREAD"
 COLD_WAITING = 4
 #: Threads per worker, each with a counter slot of its own: the worker's, its cold reads'.
 THREADS = 2
+
+
+def answer_refused(
+    fd: int,
+    core: Core,
+    what: str,
+    subject: object,
+    unique: int,
+    size: int,
+    exc: OSError,
+    counters: Counters | None = None,
+) -> None:
+    """Fail request `unique` (`what` on `subject`), whose reply of `size` bytes the kernel
+    refused with `exc`, with EIO: said and counted by the core's rule; a request the kernel
+    has failed already (ENOENT) or a mount gone (ENODEV) needs nothing more."""
+    refusal = ReplyRefused(f"the kernel refused a reply of {size} bytes ({exc.strerror})")
+    code = core.errno_for(refusal, what, subject, counters)
+    try:
+        os.write(fd, OUT_HEADER.pack(16, -code, unique))
+    except OSError as e:
+        if e.errno not in (errno.ENOENT, errno.ENODEV):
+            log.warning("an error reply was refused too (%s): request %d left to the kernel", e,
+                        unique)  # fmt: skip
 
 
 def answer_init(fd: int) -> None:
@@ -396,7 +428,7 @@ class ColdReads:
             except Exception:  # a bug: said, that READ fails, the worker keeps the next ones
                 self.broken = True
                 log.exception("a cold read of inode %d failed", job.ino)
-                self._reply(OUT_HEADER.pack(16, -errno.EIO, job.unique))
+                self._reply(OUT_HEADER.pack(16, -errno.EIO, job.unique), job)
             finally:
                 self._room.release()
 
@@ -425,7 +457,7 @@ class ColdReads:
             except (OSError, ImagenetfsError) as exc:
                 reply = self._failed(exc, job)
             counters.served(_clock() - job.started)
-        self._reply(reply)
+        self._reply(reply, job)
 
     def _failed(self, exc: Exception, job: _Job) -> bytes:
         """The reply to a READ that failed with `exc`: said and counted by the core's rule."""
@@ -433,12 +465,13 @@ class ColdReads:
             16, -self.core.errno_for(exc, "read", job.ino, self.counters), job.unique
         )
 
-    def _reply(self, reply: bytes) -> None:
+    def _reply(self, reply: bytes, job: _Job) -> None:
         try:
             os.write(self.device, reply)
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ENODEV):  # interrupted; unmounted
-                log.warning("a reply to a cold read was refused: %s", e)
+                answer_refused(self.device, self.core, "read", job.ino, job.unique, len(reply),
+                               e, self.counters)  # fmt: skip
 
 
 def _read_exactly(fd: int, pos: int, length: int) -> bytes:
@@ -521,8 +554,15 @@ class Worker:
                 try:
                     os.write(self.fd, reply)
                 except OSError as e:
-                    if e.errno != errno.ENOENT:  # the request was interrupted meanwhile: fine
-                        raise
+                    # ENOENT: the request was interrupted meanwhile; ENODEV: unmounted (the
+                    # next read says so); anything else: refused (see the module docstring)
+                    if e.errno not in (errno.ENOENT, errno.ENODEV):
+                        self._refused(view, len(reply), e)
+
+    def _refused(self, request: memoryview, size: int, exc: OSError) -> None:
+        _, opcode, unique, nodeid = IN_START.unpack_from(request)
+        what = fuse.NAMES.get(opcode, f"opcode {opcode}")
+        answer_refused(self.fd, self.core, what, nodeid, unique, size, exc)
 
     def handle(self, request: memoryview) -> bytes | None:
         """The reply to one request (header included), or None when none is due -- or when

@@ -14,6 +14,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -382,3 +383,55 @@ def small_source(base: Path) -> SmallSource:
     path = base / "index.lmdb"
     index.build(path, src.image_list, src.placer(), virtual=src.virtual_files, progress=False)
     return SmallSource(root, path, staging)
+
+
+# --- symlinks the kernel cannot serve ---------------------------------------------------------
+
+#: Symlink targets of 4,095 bytes (what the kernel serves at most) and of 4,096.
+LONGEST_TARGET, LONG_TARGET = "k" + "/t" * 2047, "l" + "/t" * 2047 + "t"
+
+
+def official_with_long_links(root: Path) -> Path:
+    """ImageNet's official tars in small (tiny JPEGs), the val tar ending with two symlink
+    members: `kept-link` to 4,095 bytes and `long-link` to 4,096 (pax `linkpath` records,
+    as GNU tar writes them). Returns the val tar."""
+    from imagenetfs import generate
+
+    spec = generate.Spec(classes=2, train_per_class=3, val_per_class=2, test=2, tiny=True,
+                         layout="official", progress=False)  # fmt: skip
+    generate.generate(root, spec)
+    tar = root / "ILSVRC2012_img_val.tar"
+    with tarfile.open(tar, "a", format=tarfile.PAX_FORMAT) as t:
+        for name, target in (("kept-link", LONGEST_TARGET), ("long-link", LONG_TARGET)):
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.mtime = tarfile.SYMTYPE, target, 1_333_000_000
+            t.addfile(info)
+    return tar
+
+
+def official_files(root: Path) -> dict[str, bytes]:
+    """Every file of an official-layout source as the mount serves it (val regrouped by
+    label), read with tarfile: train/<wnid>/<file> from the class tars, val/, test/."""
+    from imagenetfs import source
+
+    labels = source.open_source(root).val_labels
+    files: dict[str, bytes] = {}
+    for split, name in (("train", "ILSVRC2012_img_train.tar"), ("val", "ILSVRC2012_img_val.tar"),
+                        ("test", "ILSVRC2012_img_test_v10102019.tar")):  # fmt: skip
+        with tarfile.open(root / name) as outer:
+            for member in outer.getmembers():
+                if not member.isfile():
+                    continue
+                data = outer.extractfile(member).read()  # type: ignore[union-attr]
+                if split == "train":
+                    wnid = member.name.removesuffix(".tar")
+                    with tarfile.open(fileobj=io.BytesIO(data)) as inner:
+                        for m in inner.getmembers():
+                            body = inner.extractfile(m).read()  # type: ignore[union-attr]
+                            files[f"train/{wnid}/{m.name}"] = body
+                elif split == "val":
+                    wnid = labels[member.name.encode()].decode()
+                    files[f"val/{wnid}/{member.name}"] = data
+                else:  # (the test tar holds test/<file>)
+                    files[f"test/{member.name.removeprefix('test/')}"] = data
+    return files

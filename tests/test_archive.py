@@ -31,7 +31,7 @@ from imagenetfs.archive import TarImage, ZipImage
 from imagenetfs.errors import CorruptImageError, ImagenetfsError, NoSuchEntry, errno_of
 from imagenetfs.index import Index, IndexError_
 
-KiB = 1 << 10
+KiB, MiB = 1 << 10, 1 << 20
 BLOCK = archive.BLOCK
 LONG = "long-" + "x" * 120  # a component longer than a ustar name field
 Tree = dict[str, bytes]  # relative path -> bytes (files), b"->target" for symlinks
@@ -384,6 +384,46 @@ def test_deflated_members_inflate_once_and_serve_nowait_from_the_cache(tmp_path:
         assert stats.cache_misses == 2 and stats.cache_hits == len(pieces)  # inflated once
 
 
+def test_members_inflate_a_step_at_a_time_into_a_budget_shared_by_processes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member inflates `INFLATE_STEP` at a time, exact; the cache makes room before a
+    member is inflated (the most recent one too); `share_caches` divides `CACHE_BYTES`."""
+    monkeypatch.setattr(archive, "INFLATE_STEP", 4 * KiB)
+    monkeypatch.setattr(archive, "CACHE_BYTES", 5 * MiB)
+    path = tmp_path / "z.zip"
+    rng = random.Random(5)
+    members = {f"m{n}": rng.randbytes(1000) * (2 * MiB // 1000) for n in range(3)}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    with ZipImage(path) as image:
+        extents = {e.path.decode(): e.extent for e in image.walk() if e.extent is not None}
+        held: list[int] = []  # members cached when each inflation starts
+        inflate = image._inflate
+
+        def counted(extent: squashfs.Extent) -> bytearray:
+            held.append(image.statistics().cached_blocks)
+            return inflate(extent)
+
+        monkeypatch.setattr(image, "_inflate", counted)
+        archive.share_caches([image, object()], 2)  # 2.5 MiB each: one member of ~2 MiB
+        for name in ("m0", "m1", "m0", "m2"):
+            extent = extents[name]
+            assert extent is not None and extent.block_sizes
+            assert image.read(extent, 0, extent.size) == members[name], name
+        assert held == [0, 0, 0, 0], "room made before inflating: the last member out too"
+        assert image.statistics().cache_misses == 4
+        archive.share_caches([image], 1)  # 5 MiB: two members; a third evicts the oldest
+        for name in ("m0", "m1", "m0", "m2", "m0"):
+            extent = extents[name]
+            assert extent is not None
+            assert image.read(extent, extent.size - 7, 100) == members[name][-7:]
+        assert image.statistics().cached_blocks == 2
+        assert image.statistics().cache_misses == 4 + 3  # m0, m1 (m2 out), m2 (m1 out)
+        assert held[4:] == [1, 1, 1]
+
+
 def test_nowait_tar_reads(tmp_path: Path) -> None:
     outer = class_tars(tmp_path)
     with TarImage(outer) as image:
@@ -648,14 +688,24 @@ def test_zip_refusals(tmp_path: Path) -> None:
 
 
 def test_split_zip_and_members_too_big_to_inflate(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A deflated member over `MAX_INFLATED` is left out of the walk, one warning line each
+    (the first `LEFT_OUT_SAID`, then a count); a split zip is refused."""
     path = tmp_path / "z.zip"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
         z.writestr("small", b"s" * 1000)
-        z.writestr("big", b"b" * (2 << 20))
+        for n in range(12):
+            z.writestr(f"big{n:02d}", b"b" * (2 << 20))
     monkeypatch.setattr(archive, "MAX_INFLATED", 1 << 20)
-    refused(path, "member 'big': deflated, 2097152 bytes inflated: more than 1 MiB")
+    with ZipImage(path) as image:
+        assert [e.path for e in image.walk()] == [b"", b"small"]
+    said = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert said == [
+        *(f"{path}: 'big{n:02d}' left out: deflated, 2097152 bytes inflated: more than 1 MiB "
+          "(store it uncompressed: zip -0)" for n in range(archive.LEFT_OUT_SAID)),
+        f"{path}: 2 more members left out",
+    ]  # fmt: skip
     data = bytearray(path.read_bytes())
     end = data.rindex(b"PK\x05\x06")
     data[end + 4 : end + 6] = b"\x01\x00"  # the number of this disk

@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -251,4 +252,97 @@ def test_hostile_val_labels_are_refused(
     (root / "val_labels.txt").write_text("\n".join(lines) + "\n")
     refused = one_error_line(run("index", "--source", root, "--index", tmp_path / "i.lmdb"))
     assert "invalid name" in refused, refused
+    assert not (tmp_path / "i.lmdb").exists()
+
+
+# --- metadata that inflates past what the superblock allows ---------------------------------
+
+_ABSENT = 0xFFFFFFFFFFFFFFFF
+#: The lookup tables (fragment, export, id), whose lists of metadata block addresses move
+#: along when bytes are inserted before them: (superblock field of the start, of the count,
+#: bytes per entry), as indices into `_SUPERBLOCK`'s fields.
+_LOOKUP_TABLES = ((17, 4, 16), (18, 1, 8), (13, 8, 4))
+_STARTS = range(12, 19)  # bytes_used and the tables' starts, in the superblock's fields
+
+
+def padded(image: Path, table: str, blocks: int) -> int:
+    """Pad the inode or directory `table` of a gzip image with `blocks` metadata blocks that
+    each inflate to 8 KiB of zeros (33 bytes each on disk), after its real blocks: whatever
+    follows moves along, and every address of it in the superblock and the lookup tables'
+    lists is patched. The records stay where they were: the image walks as before. Returns
+    the image's size."""
+    data = bytearray(image.read_bytes())
+    fields = list(_SUPERBLOCK.unpack_from(data))
+    assert fields[14] == _ABSENT, "no xattr table in these images"
+    if table == "inode":
+        at = fields[16]  # the directory table's start
+    else:  # the directory table ends where the fragment table's first block starts
+        at = struct.unpack_from("<Q", data, fields[17])[0]
+        assert fields[16] < at < fields[17]
+    compressed = zlib.compress(bytes(8192), 9)
+    junk = (struct.pack("<H", len(compressed)) + compressed) * blocks
+    data[at:at] = junk
+    for n in _STARTS:
+        if fields[n] != _ABSENT and fields[n] >= at:
+            fields[n] += len(junk)
+    _SUPERBLOCK.pack_into(data, 0, *fields)
+    for start, count_field, entry in _LOOKUP_TABLES:
+        if fields[start] == _ABSENT:
+            continue
+        count = fields[count_field]
+        for i in range(-(-count * entry // 8192)):
+            pos = fields[start] + 8 * i
+            (address,) = struct.unpack_from("<Q", data, pos)
+            if address >= at:
+                struct.pack_into("<Q", data, pos, address + len(junk))
+    data += bytes(-len(data) % 4096)
+    image.write_bytes(data)
+    return len(data)
+
+
+def peak_rss(*args: object) -> tuple[subprocess.CompletedProcess[str], int]:
+    """`imagenetfs ARGS` run by a fresh Python whose only child it is, and that child's
+    peak RSS in bytes (getrusage of the children: the largest one's)."""
+    wrapper = (
+        "import resource, subprocess, sys\n"
+        "r = subprocess.run(sys.argv[1:], capture_output=True, text=True,"
+        " stdin=subprocess.DEVNULL)\n"
+        "sys.stderr.write(r.stderr)\n"
+        "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n"
+        "sys.exit(r.returncode)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", wrapper, CLI, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "XDG_CACHE_HOME": tempfile.gettempdir() + "/imagenetfs-fuzz-cache"},
+    )
+    return result, int(result.stdout.split()[-1]) * 1024
+
+
+#: What an index build of a crafted image may peak at: the CLI's own ~35 MiB, the image's
+#: on-disk tables (3.3 MB) and twice a table's bound (~20 MiB: the blocks, then joined).
+#: Measured: 37 MiB; before metadata inflation was bounded, the bombs below took it to
+#: 1.66 GB and were indexed.
+INDEX_BUILD_RSS = 128 << 20
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("table", ["inode", "directory"])
+def test_metadata_bomb_is_refused_in_bounded_memory(
+    tmp_path: Path, sources: dict[str, Path], table: str
+) -> None:
+    """A 3.3 MB image whose inode (or directory) table carries 100,000 extra metadata blocks,
+    each inflating to 8 KiB (820 MB in all): `imagenetfs index` refuses it in one line naming
+    the image and the table, and its peak RSS stays under `INDEX_BUILD_RSS`."""
+    root = tmp_path / "src"
+    shutil.copytree(sources["gzip"], root)
+    image = root / "train.squashfs"
+    size = padded(image, table, 100_000)
+    assert 3_200_000 < size < 3_500_000
+    result, rss = peak_rss("index", "--source", root, "--index", tmp_path / "i.lmdb")
+    refused = one_error_line(result)
+    assert str(image) in refused and f"{table} table" in refused, refused
+    assert rss < INDEX_BUILD_RSS, f"index build peaked at {rss >> 20} MiB"
     assert not (tmp_path / "i.lmdb").exists()

@@ -5,16 +5,19 @@ from __future__ import annotations
 import os
 import random
 import signal
+import stat
 import struct
 import subprocess
 import sys
 import time
+import zipfile
 import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
 import pytest
+from helpers import LONG_TARGET, LONGEST_TARGET, official_with_long_links
 
 from imagenetfs import generate, index, source, synsets
 from imagenetfs.errors import NoSuchEntry, NotADirectory
@@ -409,3 +412,76 @@ def check_listings(path: Path, top: Path, rng: random.Random) -> None:
         assert ix.listing(train.ino, len(expected), 4096) == b""
         with pytest.raises(NotADirectory):
             ix.listing(expected[0][0], 0, 4096)
+
+
+# --- symlinks the kernel cannot serve --------------------------------------------------------
+
+
+def squashfs_with_long_links(root: Path) -> Path:
+    """A cluster source whose train.squashfs holds `n01440764/kept-link` to 4,095 bytes and
+    `n01440764/long-link` to 4,096: built by mksquashfs with 4,095 (Linux allows no more),
+    then the length patched in its uncompressed (-noI) inode table -- the byte after the
+    target becomes its last."""
+    generate.generate(root, SPEC)
+    tree = root.parent / "tree" / "n01440764"
+    tree.mkdir(parents=True)
+    (tree / "n01440764_1.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not much of a JPEG")
+    os.symlink(LONGEST_TARGET, tree / "kept-link")
+    os.symlink("l" + LONGEST_TARGET[1:], tree / "long-link")
+    image = root / "train.squashfs"
+    subprocess.run(["mksquashfs", str(tree.parent), str(image), "-noI", "-noappend", "-quiet",
+                    "-no-progress"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    data = bytearray(image.read_bytes())
+    at = data.index(struct.pack("<I", 4095) + b"l/t/t/t/")
+    data[at : at + 4] = struct.pack("<I", 4096)
+    image.write_bytes(data)
+    return image
+
+
+def zip_with_long_links(root: Path) -> Path:
+    """Kaggle's zip in small, with `kept-link` (4,095 bytes) and `long-link` (4,096) added to
+    its val: symlinks as `zip -y` stores them (a Unix mode in the external attributes)."""
+    generate.generate(root, Spec(**{**SPEC.__dict__, "layout": "kaggle", "kaggle_zip": True}))
+    path = root / source.KAGGLE_ZIP
+    with zipfile.ZipFile(path, "a") as z:
+        for name, target in (("kept-link", LONGEST_TARGET), ("long-link", LONG_TARGET)):
+            info = zipfile.ZipInfo(f"ILSVRC/Data/CLS-LOC/val/{name}")
+            info.create_system, info.external_attr = 3, (stat.S_IFLNK | 0o777) << 16
+            z.writestr(info, target)
+    return path
+
+
+@pytest.mark.parametrize(
+    ("kind", "served", "member"),
+    [
+        ("tar", "val", "long-link"),
+        ("squashfs", "train/n01440764", "n01440764/long-link"),
+        ("zip", "val", "ILSVRC/Data/CLS-LOC/val/long-link"),
+    ],
+)
+def test_symlinks_longer_than_the_kernel_serves_are_left_out(
+    tmp_path: Path, kind: str, served: str, member: str
+) -> None:
+    """A symlink to 4,096 bytes (the kernel takes READLINK replies of at most 4,095): `index`
+    leaves it out with one warning line naming the image and the member, and builds the rest;
+    one to 4,095 bytes is served."""
+    root = tmp_path / "src"
+    make = {"tar": official_with_long_links, "squashfs": squashfs_with_long_links,
+            "zip": zip_with_long_links}[kind]  # fmt: skip
+    image = make(root)
+    path = tmp_path / "i.lmdb"
+    cmd = [sys.executable, "-m", "imagenetfs.cli", "index", "--quiet", "--source", str(root)]
+    result = subprocess.run([*cmd, "--index", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"imagenetfs: {image}: '{member}' left out: a symlink to 4096 bytes (the kernel "
+        "serves targets of at most 4095)"
+    ]
+    with Index.open(path) as ix:
+        parent = ix.lookup(index.ROOT_INO, served.split("/")[0].encode())
+        for name in served.split("/")[1:]:
+            parent = ix.lookup(parent.ino, name.encode())
+        kept = ix.lookup(parent.ino, b"kept-link")
+        assert kept.kind == index.SYMLINK and kept.target == LONGEST_TARGET.encode()
+        with pytest.raises(NoSuchEntry):
+            ix.lookup(parent.ino, b"long-link")

@@ -713,41 +713,60 @@ def test_image_replaced_while_mounted(
 def test_resize_cache_trouble_serves_without_caching(
     realistic: Data, mounter: Mounter, tmpfs: Callable[..., Path], tmp_path: Path, trouble: str
 ) -> None:
-    """A resize cache whose disk fills up (a 1 MiB tmpfs) or that cannot be written at all (a
-    read-only tmpfs): resized files still read, exact and stable; only caching stops."""
-    disk = tmpfs("cachefs", "size=1m")
-    cache = disk / "cache"
-    if trouble == "read-only":
-        cache.mkdir()
-        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True, timeout=30)
-    daemon = mount(mounter, realistic, tmp_path / "mp", "--resize", SPEC64, "--cache-dir", cache,
-        "--cache-size", "16M",
-    )  # fmt: skip
-    if trouble == "disk full":  # the cache is open: now take every free byte
-        assert (cache / "resize-cache.lmdb").exists()
+    """A resize cache whose disk fills up while serving (a small tmpfs), or a default cache
+    directory that cannot be written at all (a read-only tmpfs; an explicit `--cache-dir` there
+    is refused, test_bad_paths.py): resized files still read, exact and stable; only caching
+    stops -- and in the second case `mount` says so on the terminal."""
+    if trouble == "disk full":
+        disk = tmpfs("cachefs", "size=4m")
+        cache = disk / "cache"
+        runner = mounter
+        daemon = mount(mounter, realistic, tmp_path / "mp", "--resize", SPEC64,
+                       "--cache-dir", cache, "--cache-size", "16M")  # fmt: skip
+        assert (cache / "resize-cache.lmdb").exists()  # the cache is open: now take every byte
         with open(disk / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
             while True:
                 f.write(bytes(4096))
         assert shutil.disk_usage(disk).free < 8192
-    spec = parse_spec(SPEC64)
-    view = daemon.mp / "resized" / SPEC64
-    for rel, original in realistic.files.items():
-        expected = resize.resize(original, spec)
-        assert (view / rel).stat().st_size == len(expected), rel
-        assert (view / rel).read_bytes() == expected, rel
-        evict(view / rel)
-        assert (view / rel).read_bytes() == expected, rel
-    assert (daemon.mp / "train.txt").read_bytes(), "the rest of the tree serves too"
-    stats = daemon.stats(after=time.time())
-    assert alive(daemon.pid)
-    assert "Traceback" not in daemon.log, daemon.log[-3000:]
-    if trouble == "disk full":
-        assert stats["resize_cache"]["failures"] > 0, stats
-        assert stats["resize_cache"]["stores"] < len(realistic.files), stats
-    else:
-        assert "resize_cache" not in stats, "no cache at all"
-        assert "resizing without a cache" in daemon.log
-    assert mounter.cli("umount", daemon.mp).returncode == 0
+    else:  # the default cache directory, $XDG_CACHE_HOME/imagenetfs/resized, on a read-only disk
+        runner = Mounter(tmp_path / "ro")
+        runner.work.mkdir()
+        disk = tmpfs("ro/cache", "size=1m")
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True, timeout=30)
+        mp = runner.mkdir("mp")
+        said = runner.cli("mount", "--source", realistic.root, "--index", realistic.index,
+                          "--resize", SPEC64, mp, timeout=120)  # fmt: skip
+        runner.points.append(mp)
+        assert said.returncode == 0, said.stderr
+        warnings = [line for line in said.stderr.splitlines() if "without a cache" in line]
+        assert len(warnings) == 1 and str(disk) in warnings[0], said.stderr
+        state = runner.state(mp)
+        assert state is not None
+        runner.pids.add(int(state["pid"]))
+        daemon = Mounted(mp, int(state["pid"]), Path(state["state_file"]))
+    try:
+        spec = parse_spec(SPEC64)
+        view = daemon.mp / "resized" / SPEC64
+        for rel, original in realistic.files.items():
+            expected = resize.resize(original, spec)
+            assert (view / rel).stat().st_size == len(expected), rel
+            assert (view / rel).read_bytes() == expected, rel
+            evict(view / rel)
+            assert (view / rel).read_bytes() == expected, rel
+        assert (daemon.mp / "train.txt").read_bytes(), "the rest of the tree serves too"
+        stats = daemon.stats(after=time.time())
+        assert alive(daemon.pid)
+        assert "Traceback" not in daemon.log, daemon.log[-3000:]
+        if trouble == "disk full":
+            assert stats["resize_cache"]["failures"] > 0, stats
+            assert stats["resize_cache"]["stores"] < len(realistic.files), stats
+        else:
+            assert "resize_cache" not in stats, "no cache at all"
+            assert "resizing without a cache" in daemon.log
+        assert runner.cli("umount", daemon.mp).returncode == 0
+    finally:
+        if runner is not mounter:
+            runner.cleanup()
 
 
 READ_UNTIL_ERROR = """

@@ -246,6 +246,32 @@ def test_run_serves_a_descriptor_it_is_given(worker: wire.Worker, small: SmallSo
     assert [fuse.OUT_HEADER.unpack_from(r)[1:] for r in replies] == [(0, 1), (0, 3)]
 
 
+def test_a_refused_reply_fails_that_request_and_the_worker_goes_on(
+    worker: wire.Worker, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reply the other end will not take (here a socket whose buffer is smaller than a
+    64 KiB READ reply: EMSGSIZE; the kernel says EINVAL) is answered EIO instead, in one log
+    line, counted; the worker serves the next request."""
+    ino = ROOT_INO
+    for name in ("train", SMALL_WNIDS[0], "big.JPEG"):
+        ino, _ = entry_of(worker, ino, name)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        theirs.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # (doubled: 8 KiB)
+        worker.fd = theirs.fileno()
+        ours.send(request(fuse.READ, ino, read_in(0, 1 << 16), unique=1))
+        ours.send(request(fuse.GETATTR, ROOT_INO, bytes(16), unique=2))
+        ours.shutdown(socket.SHUT_WR)
+        worker.run()
+        replies = [ours.recv(1 << 20) for _ in range(2)]
+    assert [fuse.OUT_HEADER.unpack_from(r) for r in replies] == [
+        (16, -errno.EIO, 1), (16 + fuse.ATTR_OUT.size, 0, 2),
+    ]  # fmt: skip
+    said = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert said == [f"read({ino}): the kernel refused a reply of 65552 bytes (Message too long)"]
+    assert worker.core.counters.values[ops.ERRORS] == 1
+
+
 def test_answer_init() -> None:
     offered = (1 << 32) - 1
     for minor, ok in ((31, True), (40, True), (22, False)):
