@@ -439,6 +439,10 @@ def copies_in(stage: Path) -> dict[str, int]:
     return {p.name: p.stat().st_ino for p in private.glob("*.squashfs")}
 
 
+def train_state(mounter: Mounter, mp: Path) -> str:
+    return states(staging(mounter, mp))["train.squashfs"]
+
+
 def errors_of(report: dict[str, Any]) -> dict[str, str]:
     return {i["name"]: i["error"] for i in report["images"] if i["state"] == "failed"}
 
@@ -485,28 +489,34 @@ def test_a_copy_in_progress_counts_at_its_full_size(
 ) -> None:
     """A second mount staging into the same disk while the first copies: the first's copy
     counts at its full size from its start (reserved), so the second's copy of the same size
-    is refused before it starts, and neither runs out of space halfway."""
+    is refused before it starts, and neither runs out of space halfway. The first keeps its
+    records elsewhere (`$IMAGENETFS_STATE_DIR`): the second's housekeeping leaves its copy
+    under way for its lock alone."""
     other = tmp_path / "other"
     other_sample(other)
     train = (admin / "train.squashfs").stat().st_size
+    elsewhere = Mounter(mounter.mkdir("elsewhere"))  # (another registry)
     with small_disk(mounter, 8 << 20) as small:
         assert free(small) - train < (other / "train.squashfs").stat().st_size < free(small)
         one, two = mounter.mkdir("one"), mounter.mkdir("two")
         keep = ("--stage-keep-free", "0")
-        mounter.mount(one, admin, "--stage", small, "--stage-rate", "500K", *keep)
-        assert wait_until(lambda: copied(mounter, one) > 0, 30)
-        mounter.mount(two, other, "--stage", small, *keep)
-        assert wait_until(lambda: states(staging(mounter, two))["train.squashfs"] == "failed", 30)
-        assert states(staging(mounter, one))["train.squashfs"] == "copying"
-        refused = staging(mounter, two)["images"][0]
-        assert refused["bytes"] == 0 and "not enough space in" in refused["error"], refused
-        report = wait_staged(mounter, one)  # (its part was left alone by two's housekeeping)
-        assert states(report)["train.squashfs"] == "done", report
-        for mp in (one, two):
-            report = wait_staged(mounter, mp)
-            assert not any("No space left" in e for e in errors_of(report).values()), report
-        (tmp_path / "unsquashed").mkdir()
-        assert served(two) == unsquashed(other, tmp_path / "unsquashed")
+        try:
+            elsewhere.mount(one, admin, "--stage", small, "--stage-rate", "500K", *keep)
+            assert wait_until(lambda: copied(elsewhere, one) > 0, 30)
+            mounter.mount(two, other, "--stage", small, *keep)
+            assert wait_until(lambda: train_state(mounter, two) == "failed", 30)
+            assert train_state(elsewhere, one) == "copying"
+            refused = staging(mounter, two)["images"][0]
+            assert refused["bytes"] == 0 and "not enough space in" in refused["error"], refused
+            report = wait_staged(elsewhere, one)  # (two's housekeeping left its part alone)
+            assert states(report)["train.squashfs"] == "done", report
+            for m, mp in ((elsewhere, one), (mounter, two)):
+                report = wait_staged(m, mp)
+                assert not any("No space left" in e for e in errors_of(report).values()), report
+            (tmp_path / "unsquashed").mkdir()
+            assert served(two) == unsquashed(other, tmp_path / "unsquashed")
+        finally:
+            elsewhere.cleanup()
 
 
 @pytest.mark.timeout(180)
