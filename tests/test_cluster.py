@@ -572,6 +572,7 @@ def test_a_copy_another_live_mount_serves_is_kept(
     wait_staged(mounter, two)
     second = set(copies_in(stage)) - first
     assert len(first) == len(second) == 3
+    assert first <= set(copies_in(stage)), "a copy a live mount serves was removed"
     assert sorted(Path(p).name for p in state(mounter, one)["images"]) == sorted(first)
     assert served(one) == expected
     for mp in (one, two):
