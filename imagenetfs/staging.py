@@ -619,16 +619,19 @@ def drop(state: dict[str, Any]) -> str:
         if isinstance(p, str) and Path(p).parent.name == own and _NAME.match(Path(p).name)
     ]
     ending = state.get("pid") if isinstance(state.get("pid"), int) else None
-    there = {copy for p in {c.parent for c in copies} if p.is_dir() for copy in _copies(p)}
+    there: dict[str, set[str]] = {}
+    for directory in {path.parent for path in copies if path.parent.is_dir()}:
+        there.update(_copies(directory))
     removed, kept, freed = 0, 0, 0
     for path in copies:
         if path.name not in there:  # (never made: no room, say)
             continue
+        whole = path.name in there[path.name]  # (else a part, or a lock alone)
         outcome = _drop_one(path, ending)
         if outcome is None:
-            kept += 1
+            kept += whole
         else:
-            removed, freed = removed + 1, freed + outcome
+            removed, freed = removed + whole, freed + outcome
     message = ""
     if removed:
         message += f"; removed {removed} staged copies ({_size(freed)}) from {copies[0].parent}"

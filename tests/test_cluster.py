@@ -629,6 +629,33 @@ def test_umount_drop_stage_removes_this_mounts_copies_only(
     assert set(copies_in(stage)) == theirs
 
 
+def test_a_lazily_detached_mount_stages_nothing_more(
+    mounter: Mounter, admin: Path, expected: dict[str, bytes], stage: Path
+) -> None:
+    """`umount --lazy --drop-stage` while the first copy is under way and a file is open: the
+    daemon goes on serving that file, abandons its copy (within a second: `--drop-stage`
+    waits for its lock) and copies nothing more."""
+    mp = mounter.mkdir("mp")
+    mounted = mounter.mount(mp, admin, "--stage", stage, "--stage-rate", "500K")
+    assert wait_until(lambda: copied(mounter, mp) > 0, 30)
+    path = next(p for p in (mp / "train").rglob("*") if p.is_file())
+    private = stage / f"imagenetfs-{os.getuid()}"
+    held = os.open(path, os.O_RDONLY)
+    try:
+        result = mounter.cli("umount", "--lazy", "--drop-stage", mp)
+        assert result.returncode == 0 and not is_mounted(mp), result.stderr
+        assert "; no staged copies to remove" in result.stdout, result.stdout
+        assert not list(private.iterdir())
+        time.sleep(2.5)  # (more than the stager's look for its mount point, twice)
+        assert not list(private.iterdir()) and alive(mounted.pid)
+        os.posix_fadvise(held, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert os.pread(held, 1 << 24, 0) == expected[path.name]
+    finally:
+        os.close(held)
+    assert wait_until(lambda: not alive(mounted.pid), 15)
+    assert f"staging stopped: {mp} is no longer mounted" in mounted.log, mounted.log
+
+
 @pytest.mark.timeout(180)
 def test_the_job_script_removes_what_it_staged_unless_told_to_keep_it(
     mounter: Mounter, admin: Path, stage: Path
