@@ -320,7 +320,8 @@ class Stager:
                 if problem is None:
                     progress.state, progress.bytes = "reused", progress.size
                     log.info("staging %s: reusing %s", progress.name, path)
-                    os.utime(path)  # (used now: see UNUSED_FOR)
+                    with contextlib.suppress(OSError):
+                        os.utime(path)  # (used now: see UNUSED_FOR)
                     switched(number, path)
                     return
                 log.warning("staging %s: %s is no good (%s): copying again",

@@ -30,6 +30,8 @@ from conftest import SPLITS, Users, unsquashed
 from helpers import CLI, Mounted, Mounter, alive, children, is_mounted, wait_until
 
 from imagenetfs import generate
+from imagenetfs import staging as staging_module
+from imagenetfs.errors import UsageError
 from imagenetfs.index import user_index_path
 
 JOB = Path(__file__).resolve().parent.parent / "scripts" / "slurm" / "imagenet.sbatch"
@@ -481,6 +483,19 @@ def test_a_copy_starts_only_if_the_margin_stays_free(
     bad = mounter.cli("mount", "--stage-keep-free", "lots", "--stage", small, mp)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
     assert "--stage-keep-free 'lots': give a size" in bad.stderr
+
+
+def test_stage_keep_free_takes_a_size_or_a_share() -> None:
+    assert str(staging_module.DEFAULT_KEEP_FREE) == (
+        "10.7 GB or 5% of the filesystem, whichever is more"
+    )
+    assert staging_module.parse_keep_free("20G") == staging_module.KeepFree(20 << 30, 0.0)
+    assert staging_module.parse_keep_free("1.5gib").size == 3 << 29
+    assert staging_module.parse_keep_free("0") == staging_module.KeepFree(0, 0.0)
+    assert staging_module.parse_keep_free("10%") == staging_module.KeepFree(0, 0.1)
+    for bad in ("95%", "-1G", "lots", "", "inf", "%"):
+        with pytest.raises(UsageError, match="--stage-keep-free"):
+            staging_module.parse_keep_free(bad)
 
 
 @pytest.mark.timeout(180)
