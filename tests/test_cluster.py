@@ -207,8 +207,6 @@ USER_INDEX = """
 import json, sys
 from pathlib import Path
 from imagenetfs.index import user_index_path
-
-JOB = Path(__file__).resolve().parent.parent / "scripts" / "slurm" / "imagenet.sbatch"
 print(json.dumps(str(user_index_path(Path(json.loads(sys.argv[1]))))))
 """
 
