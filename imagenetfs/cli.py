@@ -203,6 +203,8 @@ def cmd_mount(args: argparse.Namespace) -> int:
     # bad options and mount points are refused before any sample generation or index build
     workers = config.workers_setting(args.workers)
     stage_rate = staging.parse_rate(args.stage_rate) if args.stage_rate else 0
+    keep_free = args.stage_keep_free
+    args.stage_keep_free = staging.parse_keep_free(keep_free) if keep_free else None
     if args.metrics is not None:
         args.metrics = metrics.check_target(args.metrics)
     if args.idle_timeout is not None:
@@ -255,6 +257,7 @@ def _mount(
         cache_size=args.cache_size,
         stage_dir=stage_dir,
         stage_rate=stage_rate,
+        stage_keep_free=args.stage_keep_free or staging.DEFAULT_KEEP_FREE,
         metrics=args.metrics,
         idle_timeout=args.idle_timeout or 0.0,
     )
@@ -276,7 +279,9 @@ def _warn_without_cache(directory: Path, size: int) -> None:
 
 
 def cmd_umount(args: argparse.Namespace) -> int:
-    print(mount.umount(args.mountpoint, lazy=args.lazy, force=args.force))
+    print(
+        mount.umount(args.mountpoint, lazy=args.lazy, force=args.force, drop_stage=args.drop_stage)
+    )
     return 0
 
 
@@ -574,6 +579,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="cap the copying's reads at RATE bytes/s (K, M, G suffixes: 200M); default: none",
     )
     mnt.add_argument(
+        "--stage-keep-free",
+        metavar="SIZE",
+        help="start a copy only if SIZE stays free on DIR's filesystem after it (K, M, G, T; or "
+        "a share of the filesystem: 10%%); an image that does not fit stays served from where "
+        "it is. Default: 10G or 5%% of the filesystem, whichever is more",
+    )
+    mnt.add_argument(
         "--metrics",
         type=Path,
         metavar="FILE",
@@ -594,6 +606,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="unmount even if other `imagenetfs mount` commands joined the mount (tasks of a "
         "job) and have not unmounted yet",
+    )
+    um.add_argument(
+        "--drop-stage",
+        action="store_true",
+        help="when this unmounts the mount (its last user), also remove the copies it staged "
+        "(--stage), except those another mount of yours on this node serves or stages: for a "
+        "job's end when DIR outlives the job. Without it they stay, for the next mount to reuse",
     )
     um.set_defaults(func=cmd_umount)
 

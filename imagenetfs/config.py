@@ -10,6 +10,7 @@ from typing import Any
 
 from imagenetfs.errors import UsageError
 from imagenetfs.resize import DEFAULT_QUALITY, ResizeSpec
+from imagenetfs.staging import DEFAULT_KEEP_FREE, KeepFree
 
 MAX_WORKERS = 64
 DEFAULT_CACHE_SIZE = 10 << 30
@@ -70,6 +71,7 @@ class ServeConfig:
     cache_size: int = DEFAULT_CACHE_SIZE
     stage_dir: Path | None = None  # copy the images there and serve the copies (staging.py)
     stage_rate: int = 0  # bytes/s the copying may read; 0: as fast as it goes
+    stage_keep_free: KeepFree = DEFAULT_KEEP_FREE  # what must stay free after a copy
     metrics: Path | None = None  # write the counters there, Prometheus text (metrics.py)
     idle_timeout: float = 0.0  # unmount after this many seconds without a request; 0: never
 
@@ -90,6 +92,7 @@ class ServeConfig:
             "cache_size": self.cache_size,
             "stage_dir": None if self.stage_dir is None else str(self.stage_dir),
             "stage_rate": self.stage_rate,
+            "stage_keep_free": str(self.stage_keep_free),
             "metrics": None if self.metrics is None else str(self.metrics),
             "idle_timeout": self.idle_timeout,
         }

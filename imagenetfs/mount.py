@@ -51,7 +51,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
-from imagenetfs import fs, mountinfo, registry, supervisor, wire
+from imagenetfs import fs, mountinfo, registry, staging, supervisor, wire
 from imagenetfs.config import ServeConfig
 from imagenetfs.errors import ImagenetfsError, UsageError
 from imagenetfs.index import Index
@@ -397,15 +397,21 @@ def join(mountpoint: Path, state: registry.State, source: Path, index: Path | No
 # --- unmounting ---------------------------------------------------------------------------
 
 
-def umount(mountpoint: Path, lazy: bool = False, force: bool = False) -> str:
+def umount(
+    mountpoint: Path, lazy: bool = False, force: bool = False, drop_stage: bool = False
+) -> str:
     """Count one user of the mount less; unmount it (live or stale) when none is left, or with
     `force`; returns a message. Decided from the mount table and the registry, so it never
     waits on a daemon that does not answer: `lazy` and `force` detach at once, `force` also
-    ends the daemon; a plain unmount waits (a bounded time) for the daemon to exit."""
+    ends the daemon; a plain unmount waits (a bounded time) for the daemon to exit.
+    `drop_stage`: once it is unmounted, remove the copies it staged (staging.drop)."""
     mountpoint = mountinfo.canonical(mountpoint)
     with claimed(mountpoint) as lock:
+        state = registry.find_state(mountpoint) if drop_stage else None
         try:
             message = _umount(mountpoint, lazy, force)
+            if state is not None and mountinfo.at(mountpoint) is None:  # gone, not joined
+                message += staging.drop(state)
         finally:  # no record left: nothing for the lock to guard
             lock.discard = not registry.state_file(mountpoint).exists()
     registry.sweep()

@@ -28,17 +28,48 @@ Design
   started later inherits the switched image.
 - A full disk, a failed read or a copy that does not match leaves that image served from where
   it is, with one line in the log and in `imagenetfs status`.
+
+Room. A copy starts only if, after it, `KeepFree` stays free on its filesystem: 10 GiB or 5 %
+of the filesystem, whichever is more (`--stage-keep-free`), counted in the blocks an
+unprivileged user may still take (`f_bavail`, after the root-reserved ones). The job that
+stages keeps that much for its checkpoints, logs and caches. Each copy reserves its full size
+when it starts (`fallocate(2)` on its `.part` file): the space is taken at once, so every
+later check -- another mount's, another user's, `df` -- sees a copy in progress at its final
+size, not at what it has written so far; ENOSPC there is "not enough space", like the check
+before it. Not `posix_fallocate(3)`: on a filesystem without `fallocate` (ext2/ext3 files,
+some FUSE and network filesystems) glibc emulates it by writing a byte per block -- 8,192
+writes for 8 MiB on ext2 here, tens of millions for ImageNet -- so there the copy falls back to
+checking the free space before it starts (copies in progress then count only as far as they
+have been written), said once in the log.
+
+Housekeeping. The staging directory is the user's, on a node disk that outlives jobs. A
+staging mount, before it copies, removes from it what no index in use needs (`Stager.tidy`):
+copies of an image name it stages under another key (superseded: the image changed, or
+another version of the dataset under the same names), copies of other names not used for
+`UNUSED_FOR` (7 days: a mount touches a copy when it starts and when it stops serving it),
+and what killed copiers left (a `.part` whose lock is free, a lone lock file). `umount
+--drop-stage` removes the copies of the mount it unmounts (`drop`). Neither removes a copy
+that a live mount of the user on this node serves or will stage (its record in the node's
+registry lists them: the images it serves, the copies it stages), nor one whose lock another
+process holds (being copied or checked; a mount holds the lock until its record says it
+serves the copy). Deleting a copy that some process still has open would be safe -- POSIX
+keeps an unlinked file's blocks until its last descriptor closes, so that daemon goes on
+reading the same bytes, and the space comes back when it closes them -- and that is what
+`umount --lazy --drop-stage` relies on. A mount whose record is elsewhere (another
+`$IMAGENETFS_STATE_DIR`) is not seen. A mount whose own mount point went (`umount --lazy`)
+stages nothing more: the copy under way is abandoned.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
-import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import stat
 import threading
 import time
@@ -47,7 +78,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from imagenetfs import places
+from imagenetfs import mountinfo, places, registry
 from imagenetfs.dirtree import DirImage, open_image
 from imagenetfs.errors import ImagenetfsError, UsageError
 from imagenetfs.index import Index
@@ -59,7 +90,40 @@ log = logging.getLogger(__name__)
 CHUNK = 8 << 20
 #: How often a mount waiting for another's copy of an image tries the lock again, s.
 LOCK_POLL = 0.2
+#: How often a copy under way looks whether its mount is still there, s.
+DETACH_POLL = 1.0
+#: A copy that no live mount uses and none has used for this long goes, s.
+UNUSED_FOR = 7 * 86400.0
+#: How long `drop` waits for a copy's lock (a detached daemon abandoning its copy), s.
+DROP_WAIT = 3.0
 _UNITS = {"": 1, "K": 10**3, "M": 10**6, "G": 10**9}
+#: A name in the staging directory: `<key>-<image name>`, its lock, or a copy being written.
+_NAME = re.compile(r"^[0-9a-f]{12}-(?P<image>.+?)(?P<suffix>\.lock|\.part-[0-9]+)?$")
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+@dataclass(frozen=True)
+class KeepFree:
+    """The free-space margin: what must stay free on the staging filesystem after a copy --
+    `size` bytes or `share` of the filesystem, whichever is more."""
+
+    size: int = 10 << 30
+    share: float = 0.05
+
+    def of(self, fs: os.statvfs_result) -> int:
+        return max(self.size, int(self.share * fs.f_blocks * fs.f_frsize))
+
+    def __str__(self) -> str:
+        parts = [f"{_size(self.size)}"] if self.size or not self.share else []
+        parts += [f"{self.share:.0%} of the filesystem"] if self.share else []
+        return " or ".join(parts) + (", whichever is more" if len(parts) == 2 else "")
+
+
+#: 10 GiB or 5 % of the filesystem, whichever is more: room for a job's checkpoints and logs
+#: on a small node disk, and on a large one what ext4 reserves for root by default.
+DEFAULT_KEEP_FREE = KeepFree()
 
 
 def default_dir() -> Path:
@@ -82,6 +146,29 @@ def check_dir(directory: Path) -> Path:
     if not os.access(directory, os.W_OK | os.X_OK):
         raise UsageError(f"--stage {directory}: not writable")
     return directory
+
+
+def parse_keep_free(text: str) -> KeepFree:
+    """`--stage-keep-free`: a size (K, M, G, T: powers of 1024, as --cache-size) or a share
+    of the filesystem (`10%`)."""
+    value = text.strip().upper()
+    try:
+        if value.endswith("%"):
+            share = float(value[:-1]) / 100
+            if 0 <= share <= 0.9:
+                return KeepFree(0, share)
+        else:
+            value = value.removesuffix("B").removesuffix("I")
+            unit = value[-1:] if value[-1:] in "KMGT" else ""
+            number = float(value[: len(value) - len(unit)])
+            if number >= 0:
+                return KeepFree(int(number * 1024 ** " KMGT".index(unit or " ")), 0.0)
+    except (ValueError, OverflowError):
+        pass
+    raise UsageError(
+        f"--stage-keep-free {text!r}: give a size (20G, 500M, 0) or a share of the "
+        "filesystem (10%, at most 90%)"
+    )
 
 
 def parse_rate(text: str) -> int:
@@ -116,11 +203,21 @@ class Progress:
 class Stager:
     """Copies the images of an open `Index` into a staging directory and switches them."""
 
-    def __init__(self, directory: Path, index: Index, rate: int = 0) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        index: Index,
+        rate: int = 0,
+        keep_free: KeepFree = DEFAULT_KEEP_FREE,
+        mountpoint: Path | None = None,
+    ) -> None:
         self.base = directory
         self.dir = directory / f"imagenetfs-{os.getuid()}"
         self.index = index
         self.rate = rate
+        self.keep_free = keep_free
+        self.mountpoint = mountpoint  # (its mount gone, staging stops)
+        self._reserves: bool | None = None  # whether the filesystem takes fallocate
         self.images = [
             Progress(record["name"], int(record.get("file_size", 0)))
             for record in index.image_records
@@ -143,7 +240,13 @@ class Stager:
         return self._paths[number]
 
     def stop(self) -> None:
+        """End staging (the mount is going away); the copies it served count as used now."""
         self._stop.set()
+        for number, image in enumerate(self.index.images):
+            path = self._paths[number]
+            if path is not None and not isinstance(image, DirImage) and image.path == str(path):
+                with contextlib.suppress(OSError):
+                    os.utime(path)
 
     # --- the copying thread ------------------------------------------------------------------
 
@@ -158,6 +261,10 @@ class Stager:
                 self._fail(progress, f"staging directory {self.dir}: {e.strerror or e}")
             self._finished = time.monotonic()
             return
+        try:
+            self.tidy()
+        except OSError as e:  # (housekeeping never stands in the way of staging)
+            log.warning("staging: could not tidy %s: %s", self.dir, e)
         for number, progress in enumerate(self.images):
             path = self._paths[number]
             if path is None:
@@ -165,17 +272,26 @@ class Stager:
                 progress.error = "an unpacked tree is served where it is"
                 continue
             try:
-                self._stage(number, progress, path)
+                self._stage(number, progress, path, switched)
             except Stopped:
+                if self._detached():
+                    log.info("staging stopped: %s is no longer mounted", self.mountpoint)
                 return
             except OSError as e:
                 self._fail(progress, e.strerror or str(e))
             except ImagenetfsError as e:
                 self._fail(progress, str(e))
-            else:
-                switched(number, path)
         self._finished = time.monotonic()
         log.info("staging done: %s", self.summary())
+
+    def _detached(self) -> bool:
+        """Our mount point holds nothing any more (`umount --lazy`): stage nothing more."""
+        if self.mountpoint is None:
+            return False
+        try:
+            return mountinfo.at(self.mountpoint) is None
+        except OSError:
+            return False
 
     def _fail(self, progress: Progress, problem: str) -> None:
         progress.state, progress.error = "failed", problem
@@ -191,13 +307,22 @@ class Stager:
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
             raise OSError(errno.EPERM, "not a directory of this user's that only they can write")
 
-    def _stage(self, number: int, progress: Progress, path: Path) -> None:
+    def _stage(
+        self, number: int, progress: Progress, path: Path, switched: Callable[[int, Path], None]
+    ) -> None:
+        """Reuse or copy image `number`, then switch to the copy -- all under its lock, so that
+        no one removes the copy before our record says we serve it."""
+        if self._detached():
+            raise Stopped
         with self._locked(path, progress):
             if path.exists():
                 problem = self._check(path, number)
                 if problem is None:
                     progress.state, progress.bytes = "reused", progress.size
                     log.info("staging %s: reusing %s", progress.name, path)
+                    with contextlib.suppress(OSError):
+                        os.utime(path)  # (used now: see UNUSED_FOR)
+                    switched(number, path)
                     return
                 log.warning("staging %s: %s is no good (%s): copying again",
                             progress.name, path, problem)  # fmt: skip
@@ -205,26 +330,22 @@ class Stager:
             for stale in path.parent.glob(f"{path.name}.part-*"):  # from a killed copier
                 stale.unlink(missing_ok=True)
             self._copy(number, progress, path)
+            switched(number, path)
 
     @contextlib.contextmanager
     def _locked(self, path: Path, progress: Progress) -> Any:
-        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            while True:
-                try:
-                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as e:
-                    if e.errno not in (errno.EAGAIN, errno.EACCES):
-                        raise
-                    progress.state = "waiting"
-                    progress.error = "another mount is copying it"
-                    if self._stop.wait(LOCK_POLL):
-                        raise Stopped from None
-            progress.error = None
-            yield
-        finally:
-            os.close(fd)  # (releases the lock)
+        """Hold `path`'s lock file (waiting, and serving meanwhile, while another mount
+        copies it)."""
+        while True:
+            with registry.locked(Path(f"{path}.lock"), blocking=False) as lock:
+                if lock.acquired:
+                    progress.error = None
+                    yield
+                    return
+            progress.state = "waiting"
+            progress.error = "another mount is copying it"
+            if self._stop.wait(LOCK_POLL):
+                raise Stopped from None
 
     def _check(self, path: Path, number: int) -> str | None:
         """None if `path` is a whole copy of image `number` as indexed, else what is wrong."""
@@ -237,15 +358,40 @@ class Stager:
         changed = [k for k, v in now.items() if record.get(k) != v]
         return f"{', '.join(changed)} differ" if changed else None
 
-    def _copy(self, number: int, progress: Progress, path: Path) -> None:
-        size = progress.size
-        free = os.statvfs(path.parent)
-        if free.f_bavail * free.f_frsize < size:
+    def _room(self, size: int, *, reserved: bool) -> None:
+        """Refuse the copy unless the margin stays free after it (`reserved`: its `size` is
+        already taken from what is free)."""
+        fs = os.statvfs(self.dir)
+        free, margin = fs.f_bavail * fs.f_frsize, self.keep_free.of(fs)
+        if free - (0 if reserved else size) < margin:
             raise OSError(
                 errno.ENOSPC,
-                f"not enough space in {self.base}: {_size(size)} needed, "
-                f"{_size(free.f_bavail * free.f_frsize)} free",
+                f"not enough space in {self.base}: {_size(size)} for the copy and "
+                f"{_size(margin)} kept free (--stage-keep-free), "
+                f"{_size(free + (size if reserved else 0))} free",
             )
+
+    def _reserve(self, fd: int, size: int) -> None:
+        """Take the copy's whole size now (then check the margin again: other copies may
+        have taken theirs meanwhile); without fallocate, the check before the copy stands."""
+        try:
+            reserved = reserve(fd, size)
+        except OSError as e:
+            if e.errno != errno.ENOSPC:
+                raise
+            self._room(size, reserved=False)  # (says how much there is)
+            raise
+        if not reserved and self._reserves is None:
+            log.warning("staging: %s cannot reserve space (no fallocate): the free space "
+                        "is checked before each copy, without copies in progress",
+                        self.base)  # fmt: skip
+        self._reserves = reserved
+        if reserved:
+            self._room(size, reserved=True)
+
+    def _copy(self, number: int, progress: Progress, path: Path) -> None:
+        size = progress.size
+        self._room(size, reserved=False)
         image = self.index.images[number]
         assert not isinstance(image, DirImage)  # (an unpacked tree has no staged path)
         part = Path(f"{path}.part-{os.getpid()}")
@@ -254,12 +400,18 @@ class Stager:
         log.info("staging %s: copying %s to %s", progress.name, _size(size), path)
         chunk = min(CHUNK, max(self.rate // 10, 1 << 16)) if self.rate else CHUNK
         started = self._copy_started = time.monotonic()
+        looked = started  # when we last looked for our mount point
         try:
             os.posix_fadvise(source, 0, 0, os.POSIX_FADV_SEQUENTIAL)
             with open(part, "xb") as out:
+                self._reserve(out.fileno(), size)
                 while progress.bytes < size:
                     if self._stop.is_set():
                         raise Stopped
+                    if time.monotonic() - looked > DETACH_POLL:
+                        looked = time.monotonic()
+                        if self._detached():
+                            raise Stopped
                     n = _send(
                         out.fileno(), source, progress.bytes, min(chunk, size - progress.bytes)
                     )
@@ -288,6 +440,37 @@ class Stager:
         log.info("staging %s: copied in %.1f s (%.0f MB/s)", progress.name, elapsed,
                  size / 1e6 / max(elapsed, 1e-9))  # fmt: skip
 
+    # --- housekeeping ------------------------------------------------------------------------
+
+    def tidy(self) -> None:
+        """Remove from our staging directory what no mount needs: copies of the image names we
+        stage under another key, copies of other names unused for `UNUSED_FOR`, what killed
+        copiers left -- never what a live mount serves or will stage, nor what is locked."""
+        ours = {path.name for path in self._paths if path is not None}
+        names = {os.path.basename(r["name"]) for r in self.index.image_records}
+        now = time.time()
+        removed, freed = [], 0
+        for copy, files in sorted(_copies(self.dir).items()):
+            if copy in ours:  # (ours to reuse; a killed copier's part: `_stage` removes it)
+                continue
+            path = self.dir / copy
+            if copy in files:  # a whole copy
+                image = _NAME.match(copy)
+                superseded = image is not None and image["image"] in names
+                with contextlib.suppress(FileNotFoundError):
+                    if not superseded and now - path.stat().st_mtime < UNUSED_FOR:
+                        continue
+            with registry.locked(Path(f"{path}.lock"), blocking=False) as lock:
+                if not lock.acquired or _in_use(path):
+                    continue
+                freed += _remove(path)
+                lock.discard = True
+            if copy in files:
+                removed.append(copy)
+        if removed:
+            log.info("staging: removed %d copies no mount uses (%s) from %s: %s", len(removed),
+                     _size(freed), self.dir, ", ".join(removed))  # fmt: skip
+
     # --- what status shows ---------------------------------------------------------------
 
     @property
@@ -306,6 +489,8 @@ class Stager:
             if self._started
             else 0.0,
             "images": [asdict(p) for p in self.images],
+            # where this mount stages (the others' housekeeping leaves these alone)
+            "copies": [str(path) for path in self._paths if path is not None],
         }
 
     def _copying_seconds(self) -> float:
@@ -353,6 +538,125 @@ def _send(out: int, source: int, offset: int, count: int) -> int:
     if sent == 0:
         raise OSError(errno.EIO, f"the image ended at {offset} bytes, before its size")
     return sent
+
+
+def reserve(fd: int, size: int) -> bool:
+    """Allocate `size` bytes to `fd`'s file now (`fallocate(2)`, mode 0): True; False when its
+    filesystem cannot (EOPNOTSUPP). Raises OSError (ENOSPC: no room)."""
+    while size > 0 and _libc.fallocate(fd, 0, 0, size) != 0:
+        err = ctypes.get_errno()
+        if err in (errno.EOPNOTSUPP, errno.ENOSYS):
+            return False
+        if err != errno.EINTR:
+            raise OSError(err, os.strerror(err))
+    return True
+
+
+# --- housekeeping: what a staging directory holds, and what goes ------------------------------
+
+
+def _copies(directory: Path) -> dict[str, set[str]]:
+    """The copies in a staging directory: `<key>-<image name>` -> the names there of it (the
+    copy itself, its lock, parts being written)."""
+    found: dict[str, set[str]] = {}
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            match = _NAME.match(entry.name)
+            if match is not None and entry.is_file(follow_symlinks=False):
+                copy = entry.name.removesuffix(match["suffix"] or "")
+                found.setdefault(copy, set()).add(entry.name)
+    return found
+
+
+def _in_use(path: Path, ending: int | None = None) -> bool:
+    """A live mount of this user on this node serves the copy at `path`, or stages to it (its
+    record says so); the daemon `ending` (pid) aside. Paths are compared as files (a DIR
+    given through a symlink is the same DIR), stat-ing only paths named like `path`."""
+    try:
+        wanted = os.stat(path)
+    except FileNotFoundError:
+        wanted = None
+    for state in registry.read_states():
+        if state.get("pid") == ending or not registry.is_alive(state):
+            continue
+        report = state.get("staging")
+        report = report if isinstance(report, dict) else {}
+        for used in [*state.get("images", []), *report.get("copies", [])]:
+            if not isinstance(used, str) or os.path.basename(used) != path.name:
+                continue
+            if used == str(path):
+                return True
+            with contextlib.suppress(OSError):
+                st = os.stat(used)
+                if wanted is not None and (st.st_dev, st.st_ino) == (wanted.st_dev, wanted.st_ino):
+                    return True
+    return False
+
+
+def _remove(path: Path) -> int:
+    """Remove the copy at `path` and its parts (not its lock file: its holder does); returns
+    the bytes freed."""
+    freed = 0
+    parts = [name for name in os.listdir(path.parent) if name.startswith(f"{path.name}.part-")]
+    for name in [path.name, *parts]:
+        with contextlib.suppress(FileNotFoundError):
+            freed += (path.parent / name).stat().st_blocks * 512
+            (path.parent / name).unlink()
+    return freed
+
+
+def drop(state: dict[str, Any]) -> str:
+    """After `umount --drop-stage` unmounted the mount `state` records: remove the copies it
+    staged (its record's `copies`), except those another live mount serves or stages, or
+    whose lock stays held (being checked or copied). Returns what was done, for umount's
+    message."""
+    report = state.get("staging")
+    if not isinstance(report, dict):
+        return "; it staged nothing"
+    own = f"imagenetfs-{os.getuid()}"  # (only ever a file of ours, named as a copy)
+    copies = [
+        Path(p)
+        for p in report.get("copies", [])
+        if isinstance(p, str) and Path(p).parent.name == own and _NAME.match(Path(p).name)
+    ]
+    ending = state.get("pid") if isinstance(state.get("pid"), int) else None
+    there: dict[str, set[str]] = {}
+    for directory in {path.parent for path in copies if path.parent.is_dir()}:
+        there.update(_copies(directory))
+    removed, kept, freed = 0, 0, 0
+    for path in copies:
+        if path.name not in there:  # (never made: no room, say)
+            continue
+        whole = path.name in there[path.name]  # (else a part, or a lock alone)
+        outcome = _drop_one(path, ending)
+        if outcome is None:
+            kept += whole
+        else:
+            removed, freed = removed + whole, freed + outcome
+    message = ""
+    if removed:
+        message += f"; removed {removed} staged copies ({_size(freed)}) from {copies[0].parent}"
+    if kept:
+        message += f"; kept {kept} that another mount of yours uses"
+    return message or "; no staged copies to remove"
+
+
+def _drop_one(path: Path, ending: int | None) -> int | None:
+    """Remove one copy for `drop`: the bytes freed, or None when it is kept. A lock held by
+    another process is waited for a moment (a daemon detached by `umount --lazy` abandons its
+    copy under way within `DETACH_POLL`)."""
+    deadline = time.monotonic() + DROP_WAIT
+    while not _in_use(path, ending):
+        with registry.locked(Path(f"{path}.lock"), blocking=False) as lock:
+            if lock.acquired:
+                if _in_use(path, ending):
+                    return None
+                lock.discard = True
+                return _remove(path)
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(LOCK_POLL / 2)
+    return None
 
 
 def sync_dir(directory: Path) -> None:

@@ -128,7 +128,14 @@ class Daemon:
         self._metrics_problem: str | None = None  # why --metrics FILE was not written, if so
         self.stager = None
         if config.stage_dir is not None:
-            self.stager = staging.Stager(config.stage_dir, index, config.stage_rate)
+            self.stager = staging.Stager(
+                config.stage_dir,
+                index,
+                config.stage_rate,
+                config.stage_keep_free,
+                config.mountpoint,
+            )
+            self.state["staging"] = self.stager.report()  # (its copies: in the first record)
 
     async def main(self) -> None:
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:

@@ -11,6 +11,7 @@ Bytes are checked against `unsquashfs` of the images.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -25,11 +26,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SPLITS, Users
-from helpers import Mounted, Mounter, alive, children, is_mounted, wait_until
+from conftest import SPLITS, Users, unsquashed
+from helpers import CLI, Mounted, Mounter, alive, children, is_mounted, wait_until
 
 from imagenetfs import generate
+from imagenetfs import staging as staging_module
+from imagenetfs.errors import UsageError
 from imagenetfs.index import user_index_path
+
+JOB = Path(__file__).resolve().parent.parent / "scripts" / "slurm" / "imagenet.sbatch"
 
 
 def served(mp: Path) -> dict[str, bytes]:
@@ -330,17 +335,47 @@ def test_a_staged_copy_is_reused_and_two_mounts_copy_each_image_once(
     assert served(one) == expected
 
 
+@contextlib.contextmanager
+def small_disk(mounter: Mounter, size: int, fstype: str = "tmpfs") -> Iterator[Path]:
+    """A filesystem of `size` bytes, mounted for the test: tmpfs (which takes `fallocate`), or
+    ext2 in a loop file (the ext4 driver refuses `fallocate` on files without extents: a
+    filesystem without it). Unmounted, with the test's mounts, at the end."""
+    point = mounter.mkdir(f"{fstype}-{size}")
+    if fstype == "tmpfs":
+        command = ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)]
+    else:
+        image = point.with_suffix(".img")
+        with open(image, "wb") as f:
+            f.truncate(size)
+        subprocess.run(["mkfs.ext2", "-q", "-F", "-m", "0", str(image)], check=True)
+        command = ["mount", "-o", "loop", str(image), str(point)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount {fstype} here: {result.stderr.strip()}")
+    try:
+        yield point
+    finally:
+        mounter.cleanup()
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def free(directory: Path) -> int:
+    """Bytes an unprivileged user may still write in `directory`'s filesystem."""
+    fs = os.statvfs(directory)
+    return fs.f_bavail * fs.f_frsize
+
+
 @pytest.mark.timeout(180)
 def test_a_full_disk_keeps_the_mount_serving(
-    mounter: Mounter, admin: Path, expected: dict[str, bytes], tmp_path: Path
+    mounter: Mounter, admin: Path, expected: dict[str, bytes]
 ) -> None:
-    small = mounter.mkdir("small")
+    """Met during a copy: possible only where a copy cannot reserve its size (no fallocate:
+    ext2 here), where the free space is checked before each copy and once in the log said so."""
     size = (admin / "train.squashfs").stat().st_size
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size + (1 << 20)}", "tmpfs", small],
-                   check=True)  # fmt: skip
-    try:
+    with small_disk(mounter, size + (2 << 20), "ext2") as small:
         mp = mounter.mkdir("mp")
-        mounted = mounter.mount(mp, admin, "--stage", small, "--stage-rate", "1M")
+        keep = ("--stage-keep-free", "0")
+        mounted = mounter.mount(mp, admin, "--stage", small, "--stage-rate", "1M", *keep)
         # while train is being copied, something else fills the disk
         assert wait_until(lambda: copied(mounter, mp) > 0, 30)
         with open(small / "filler", "wb") as f, Readers(mp, expected) as readers:
@@ -357,28 +392,21 @@ def test_a_full_disk_keeps_the_mount_serving(
         assert served(mp) == expected
         assert "staging train.squashfs failed: No space left on device" in mounted.log
         assert "train.squashfs failed: No space left" in mounter.cli("status", mp).stdout
-    finally:
-        mounter.cleanup()
-        subprocess.run(["umount", "-l", str(small)], check=False)
+        assert mounted.log.count("cannot reserve space (no fallocate)") == 1, mounted.log
 
 
 def test_too_little_space_is_found_before_copying(
     mounter: Mounter, admin: Path, expected: dict[str, bytes]
 ) -> None:
-    small = mounter.mkdir("small")
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", small], check=True)
-    try:
+    with small_disk(mounter, 1 << 20) as small:
         mp = mounter.mkdir("mp")
-        mounter.mount(mp, admin, "--stage", small)
+        mounter.mount(mp, admin, "--stage", small, "--stage-keep-free", "0")
         report = wait_staged(mounter, mp)
         assert states(report) == {
             "train.squashfs": "failed", "val.squashfs": "failed", "test.squashfs": "done"
         }  # fmt: skip
         assert "not enough space in" in report["images"][0]["error"]
         assert served(mp) == expected
-    finally:
-        mounter.cleanup()
-        subprocess.run(["umount", "-l", str(small)], check=False)
 
 
 @pytest.mark.timeout(180)
@@ -400,6 +428,267 @@ def test_sigkill_while_staging_leaves_nothing_a_later_mount_trusts(
     assert states(report) == {f"{s}.squashfs": "done" for s in SPLITS}
     assert not list(private.glob("*.part-*"))
     assert served(mp) == expected
+
+
+# --- room on the node's disk, and housekeeping -----------------------------------------------
+
+
+def copies_in(stage: Path) -> dict[str, int]:
+    """The whole copies in this user's staging directory: name -> inode."""
+    private = stage / f"imagenetfs-{os.getuid()}"
+    return {p.name: p.stat().st_ino for p in private.glob("*.squashfs")}
+
+
+def train_state(mounter: Mounter, mp: Path) -> str:
+    return states(staging(mounter, mp))["train.squashfs"]
+
+
+def errors_of(report: dict[str, Any]) -> dict[str, str]:
+    return {i["name"]: i["error"] for i in report["images"] if i["state"] == "failed"}
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("fstype", ["tmpfs", "ext2"])
+def test_a_copy_starts_only_if_the_margin_stays_free(
+    mounter: Mounter, admin: Path, expected: dict[str, bytes], fstype: str
+) -> None:
+    """10 GiB or 5 % (the default) stays free after every copy, with fallocate (tmpfs) and
+    without (ext2: the check before the copy); `--stage-keep-free` moves it."""
+    sizes = {p.name: p.stat().st_size for p in admin.glob("*.squashfs")}
+    with small_disk(mounter, 16 << 20, fstype) as small:
+        mp = mounter.mkdir("mp")
+        mounter.mount(mp, admin, "--stage", small)
+        report = wait_staged(mounter, mp)
+        assert set(states(report).values()) == {"failed"}, report
+        margin = "10.7 GB kept free (--stage-keep-free)"
+        for error in errors_of(report).values():
+            assert error.startswith(f"not enough space in {small}: "), error
+            assert margin in error, error
+        assert "train.squashfs failed: not enough space" in mounter.cli("status", mp).stdout
+        assert served(mp) == expected
+        assert mounter.cli("umount", mp).returncode == 0
+        # a margin that leaves room for train and test, not for val as well
+        keep = free(small) - sizes["train.squashfs"] - sizes["val.squashfs"] // 2
+        assert keep > sizes["test.squashfs"] + sizes["train.squashfs"] // 4
+        mounted = mounter.mount(mp, admin, "--stage", small, "--stage-keep-free", f"{keep}")
+        report = wait_staged(mounter, mp)
+        assert states(report) == {
+            "train.squashfs": "done", "val.squashfs": "failed", "test.squashfs": "done"
+        }, report  # fmt: skip
+        assert free(small) >= keep
+        assert served(mp) == expected
+        assert "staging val.squashfs failed: not enough space" in mounted.log
+    bad = mounter.cli("mount", "--stage-keep-free", "lots", "--stage", small, mp)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "--stage-keep-free 'lots': give a size" in bad.stderr
+
+
+def test_stage_keep_free_takes_a_size_or_a_share() -> None:
+    assert str(staging_module.DEFAULT_KEEP_FREE) == (
+        "10.7 GB or 5% of the filesystem, whichever is more"
+    )
+    assert staging_module.parse_keep_free("20G") == staging_module.KeepFree(20 << 30, 0.0)
+    assert staging_module.parse_keep_free("1.5gib").size == 3 << 29
+    assert staging_module.parse_keep_free("0") == staging_module.KeepFree(0, 0.0)
+    assert staging_module.parse_keep_free("10%") == staging_module.KeepFree(0, 0.1)
+    for bad in ("95%", "-1G", "lots", "", "inf", "%"):
+        with pytest.raises(UsageError, match="--stage-keep-free"):
+            staging_module.parse_keep_free(bad)
+
+
+@pytest.mark.timeout(180)
+def test_a_copy_in_progress_counts_at_its_full_size(
+    mounter: Mounter, admin: Path, tmp_path: Path
+) -> None:
+    """A second mount staging into the same disk while the first copies: the first's copy
+    counts at its full size from its start (reserved), so the second's copy of the same size
+    is refused before it starts, and neither runs out of space halfway. The first keeps its
+    records elsewhere (`$IMAGENETFS_STATE_DIR`): the second's housekeeping leaves its copy
+    under way for its lock alone."""
+    other = tmp_path / "other"
+    other_sample(other)
+    train = (admin / "train.squashfs").stat().st_size
+    elsewhere = Mounter(mounter.mkdir("elsewhere"))  # (another registry)
+    with small_disk(mounter, 8 << 20) as small:
+        assert free(small) - train < (other / "train.squashfs").stat().st_size < free(small)
+        one, two = mounter.mkdir("one"), mounter.mkdir("two")
+        keep = ("--stage-keep-free", "0")
+        try:
+            elsewhere.mount(one, admin, "--stage", small, "--stage-rate", "500K", *keep)
+            assert wait_until(lambda: copied(elsewhere, one) > 0, 30)
+            mounter.mount(two, other, "--stage", small, *keep)
+            assert wait_until(lambda: train_state(mounter, two) == "failed", 30)
+            assert train_state(elsewhere, one) == "copying"
+            refused = staging(mounter, two)["images"][0]
+            assert refused["bytes"] == 0 and "not enough space in" in refused["error"], refused
+            report = wait_staged(elsewhere, one)  # (two's housekeeping left its part alone)
+            assert states(report)["train.squashfs"] == "done", report
+            for m, mp in ((elsewhere, one), (mounter, two)):
+                report = wait_staged(m, mp)
+                assert not any("No space left" in e for e in errors_of(report).values()), report
+            (tmp_path / "unsquashed").mkdir()
+            assert served(two) == unsquashed(other, tmp_path / "unsquashed")
+        finally:
+            elsewhere.cleanup()
+
+
+@pytest.mark.timeout(180)
+def test_superseded_and_long_unused_copies_go_at_the_next_staging_mount(
+    mounter: Mounter, admin: Path, stage: Path, tmp_path: Path
+) -> None:
+    """Copies no index in use needs: those of an image name staged under another key (the
+    images changed), those of other names unused for 7 days, and a killed copier's part."""
+    mp = mounter.mkdir("mp")
+    mounter.mount(mp, admin, "--stage", stage)
+    wait_staged(mounter, mp)
+    assert mounter.cli("umount", mp).returncode == 0
+    before = copies_in(stage)
+    private = stage / f"imagenetfs-{os.getuid()}"
+    train = next(private.glob("*-train.squashfs"))
+    week = time.time() - 7 * 86400
+    unused = private / "0123456789ab-other.squashfs"
+    recent = private / "ba9876543210-recent.squashfs"
+    for path, when in ((unused, week - 3600), (recent, week + 3600)):
+        shutil.copyfile(train, path)
+        os.utime(path, (when, when))
+    killed = private / "cccccccccccc-old.squashfs.part-4242"
+    killed.write_bytes(b"\0" * 4096)
+    foreign = private / "notes.txt"  # (not named as a copy: never touched)
+    foreign.write_text("mine\n")
+    # the images changed: same names, other bytes
+    other = tmp_path / "other"
+    other_sample(other)
+    mounted = mounter.mount(mp, other, "--stage", stage)
+    report = wait_staged(mounter, mp)
+    assert set(states(report).values()) == {"done"}, report
+    after = copies_in(stage)
+    assert not set(before) & set(after), (before, after)
+    assert sorted(after) == sorted([recent.name, *(Path(p).name for p in report["copies"])])
+    assert not unused.exists() and not killed.exists() and foreign.exists()
+    assert not [p for p in private.glob("*.lock") if p.name.removesuffix(".lock") in before]
+    assert "removed 4 copies no mount uses" in mounted.log, mounted.log
+
+
+@pytest.mark.timeout(180)
+def test_a_copy_another_live_mount_serves_is_kept(
+    mounter: Mounter, admin: Path, expected: dict[str, bytes], stage: Path, tmp_path: Path
+) -> None:
+    """Its record lists what a live mount serves: another mount's housekeeping leaves it, even
+    superseded; once that mount is gone, the next staging mount removes it."""
+    other = tmp_path / "other"
+    other_sample(other)
+    one, two = mounter.mkdir("one"), mounter.mkdir("two")
+    mounter.mount(one, admin, "--stage", stage)
+    wait_staged(mounter, one)
+    first = set(copies_in(stage))
+    mounter.mount(two, other, "--stage", stage)
+    wait_staged(mounter, two)
+    second = set(copies_in(stage)) - first
+    assert len(first) == len(second) == 3
+    assert first <= set(copies_in(stage)), "a copy a live mount serves was removed"
+    assert sorted(Path(p).name for p in state(mounter, one)["images"]) == sorted(first)
+    assert served(one) == expected
+    for mp in (one, two):
+        assert mounter.cli("umount", mp).returncode == 0
+    mounter.mount(two, other, "--stage", stage)
+    assert set(states(wait_staged(mounter, two)).values()) == {"reused"}
+    assert set(copies_in(stage)) == second
+
+
+@pytest.mark.timeout(180)
+def test_umount_drop_stage_removes_this_mounts_copies_only(
+    mounter: Mounter, admin: Path, expected: dict[str, bytes], stage: Path, tmp_path: Path
+) -> None:
+    """`umount --drop-stage`: when it unmounts (the last user), the copies the mount staged
+    go, but those another live mount uses; `--lazy` too, while a file is open (the daemon
+    reads the removed copy until it ends)."""
+    other = tmp_path / "other"
+    other_sample(other)
+    one, two, three = mounter.mkdir("one"), mounter.mkdir("two"), mounter.mkdir("three")
+    for mp, source in ((one, admin), (two, admin), (three, other)):
+        mounter.mount(mp, source, "--stage", stage)
+        wait_staged(mounter, mp)
+        if mp == one:
+            ours = set(copies_in(stage))
+    theirs = set(copies_in(stage)) - ours
+    assert len(ours) == len(theirs) == 3
+    result = mounter.cli("umount", "--drop-stage", one)
+    assert result.returncode == 0 and not is_mounted(one), result.stderr
+    assert "kept 3 that another mount of yours uses" in result.stdout, result.stdout
+    assert set(copies_in(stage)) == ours | theirs
+    assert mounter.cli("mount", "--source", admin, "--stage", stage, two).returncode == 0
+    result = mounter.cli("umount", "--drop-stage", two)  # one user of two: stays mounted
+    assert "still used by 1 more" in result.stdout and is_mounted(two), result.stdout
+    assert set(copies_in(stage)) == ours | theirs
+    mounted = Mounted(two, state(mounter, two)["pid"], Path(state(mounter, two)["state_file"]))
+    name = next(iter(expected))
+    held = os.open(next((two / "train").rglob(name)), os.O_RDONLY)
+    try:
+        result = mounter.cli("umount", "--lazy", "--drop-stage", two)
+        assert result.returncode == 0 and not is_mounted(two), result.stderr
+        assert "removed 3 staged copies" in result.stdout, result.stdout
+        assert set(copies_in(stage)) == theirs
+        private = stage / f"imagenetfs-{os.getuid()}"
+        assert sorted(p.name for p in private.iterdir()) == sorted(
+            [*theirs, *(f"{t}.lock" for t in theirs)]
+        )
+        os.posix_fadvise(held, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert os.pread(held, 1 << 24, 0) == expected[name]  # from the removed copy
+        assert alive(mounted.pid)
+    finally:
+        os.close(held)
+    assert wait_until(lambda: not alive(mounted.pid), 15)
+    assert mounter.cli("umount", three).returncode == 0
+    assert set(copies_in(stage)) == theirs
+
+
+def test_a_lazily_detached_mount_stages_nothing_more(
+    mounter: Mounter, admin: Path, expected: dict[str, bytes], stage: Path
+) -> None:
+    """`umount --lazy --drop-stage` while the first copy is under way and a file is open: the
+    daemon goes on serving that file, abandons its copy (within a second: `--drop-stage`
+    waits for its lock) and copies nothing more."""
+    mp = mounter.mkdir("mp")
+    mounted = mounter.mount(mp, admin, "--stage", stage, "--stage-rate", "500K")
+    assert wait_until(lambda: copied(mounter, mp) > 0, 30)
+    path = next(p for p in (mp / "train").rglob("*") if p.is_file())
+    private = stage / f"imagenetfs-{os.getuid()}"
+    held = os.open(path, os.O_RDONLY)
+    try:
+        result = mounter.cli("umount", "--lazy", "--drop-stage", mp)
+        assert result.returncode == 0 and not is_mounted(mp), result.stderr
+        assert "; no staged copies to remove" in result.stdout, result.stdout
+        assert not list(private.iterdir())
+        time.sleep(2.5)  # (more than the stager's look for its mount point, twice)
+        assert not list(private.iterdir()) and alive(mounted.pid)
+        os.posix_fadvise(held, 0, 0, os.POSIX_FADV_DONTNEED)
+        assert os.pread(held, 1 << 24, 0) == expected[path.name]
+    finally:
+        os.close(held)
+    assert wait_until(lambda: not alive(mounted.pid), 15)
+    assert f"staging stopped: {mp} is no longer mounted" in mounted.log, mounted.log
+
+
+@pytest.mark.timeout(180)
+def test_the_job_script_removes_what_it_staged_unless_told_to_keep_it(
+    mounter: Mounter, admin: Path, stage: Path
+) -> None:
+    """scripts/slurm/imagenet.sbatch run by hand (outside Slurm: the task part alone), staging
+    into $TMPDIR: with IMAGENETFS_KEEP_STAGE=1 the copies stay for the node's next job, by
+    default its unmount removes them."""
+    mp = mounter.work / "inet"
+    mounter.points.append(mp)
+    wait = 'until "$IMAGENETFS" status "$IMAGENET" | grep -q "(done)"; do sleep 0.2; done'
+    env = {k: v for k, v in mounter.env().items() if not k.startswith("SLURM")}
+    env.update(IMAGENETFS=CLI, IMAGENETFS_SOURCE=str(admin), IMAGENET=str(mp), TMPDIR=str(stage))
+    for keep, left in (("1", 3), ("", 0)):
+        result = subprocess.run(
+            ["bash", str(JOB), "sh", "-c", wait], env={**env, "IMAGENETFS_KEEP_STAGE": keep},
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        assert not is_mounted(mp) and not mp.exists(), result.stderr
+        assert len(copies_in(stage)) == left, result.stderr
 
 
 def test_stage_without_dir_uses_the_jobs_scratch(

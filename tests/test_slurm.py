@@ -156,7 +156,8 @@ class Cluster:
 
 def _start_node(name: str) -> None:
     script = (
-        "mount -t tmpfs -o size=1g,mode=1777 tmpfs /tmp && "
+        # 16g: a bound, not memory taken; staging keeps 10 GiB free after a copy by default
+        "mount -t tmpfs -o size=16g,mode=1777 tmpfs /tmp && "
         f"mkdir -p /tmp/slurmd/{name} && exec slurmd -N {name}"
     )
     result = run("unshare", "-m", "--propagation", "private", "sh", "-c", script)
