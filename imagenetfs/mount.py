@@ -480,6 +480,11 @@ def _detach(mountpoint: Path, lazy: bool) -> None:
         message = result.stderr.strip().removeprefix("fusermount3: ")
         if "busy" in message.lower():
             raise MountError(f"{mountpoint} is busy (a process uses it); close it or use --lazy")
+        if "/etc/mtab" in message:  # (a minimal root or container; installed systems have it)
+            raise MountError(
+                f"cannot unmount {mountpoint}: fusermount3 needs /etc/mtab, which this machine "
+                "lacks (an admin: ln -s ../proc/self/mounts /etc/mtab)"
+            )
         raise MountError(f"cannot unmount {mountpoint}: {message}")
 
 

@@ -69,6 +69,13 @@ as_root "$venv/bin/python" -m pip install -q --disable-pip-version-check --upgra
 # Editable, so the checkout's code is what runs (tests and CLI alike).
 as_root "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$repo[test]"
 
+# fusermount3 reads /etc/mtab to let a user unmount what they mounted; installed systems have it
+# (a link to the kernel's table), minimal roots and some containers do not
+if [ ! -e /etc/mtab ] && [ ! -L /etc/mtab ]; then
+    say "linking /etc/mtab to /proc/self/mounts (fusermount3 needs it for unprivileged unmounts)"
+    as_root ln -s ../proc/self/mounts /etc/mtab
+fi
+
 as_root mkdir -p "$bindir"
 as_root ln -sfn "$venv/bin/imagenetfs" "$bindir/imagenetfs"
 say "done: $(command -v imagenetfs || echo "$bindir/imagenetfs") -> $venv/bin/imagenetfs"

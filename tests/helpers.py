@@ -137,6 +137,22 @@ def nowait_unsupported(directory: Path) -> str | None:
     return None
 
 
+def private_mount_namespace() -> list[str]:
+    """`unshare` of a mount namespace whose new mounts reach no other, as the start of an argv.
+    `--propagation private` remounts / private, which a chroot refuses (its / is no mount point:
+    a run of the suite in a fresh Debian root); there every mount must be private already --
+    and is checked to be -- so the namespace's copies of them are too."""
+    table = [
+        line.split(" - ")[0].split()
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+    ]
+    if any(fields[4] == "/" for fields in table):
+        return ["unshare", "--mount", "--propagation", "private"]
+    shared = [fields[4] for fields in table if any(f.startswith("shared:") for f in fields[6:])]
+    assert not shared, f"a chroot whose mounts propagate ({shared}): no private namespace here"
+    return ["unshare", "--mount", "--propagation", "unchanged"]
+
+
 def force_unmount(mp: Path) -> None:
     subprocess.run(["fusermount3", "-u", "-z", "-q", str(mp)], capture_output=True, timeout=30)
     if is_mounted(mp):

@@ -20,7 +20,15 @@ from pathlib import Path
 from subprocess import PIPE
 
 import pytest
-from helpers import Mounted, Mounter, alive, fuse_unusable, is_mounted, wait_until
+from helpers import (
+    Mounted,
+    Mounter,
+    alive,
+    fuse_unusable,
+    is_mounted,
+    private_mount_namespace,
+    wait_until,
+)
 
 from imagenetfs import holders
 
@@ -186,7 +194,7 @@ def test_a_holder_in_another_mount_namespace_keeps_the_mount(mounter: Mounter, a
     mounted = mount_at(mounter, mp, admin)
     inside = a_file(mp).relative_to(mp)
     script = 'mount --bind "$1" "$2" && cd "$2/train" && exec sleep 60 < "$2/$3"'
-    command = ["unshare", "-m", "--propagation", "private", "sh", "-c", script, "sh"]
+    command = [*private_mount_namespace(), "sh", "-c", script, "sh"]
     with running([*command, str(mp), str(elsewhere), str(inside)]) as holder:
         assert wait_until(lambda: comm_is(holder.pid, "sleep"), 10)
         # its directory is not under the mount point as this namespace sees paths

@@ -379,3 +379,33 @@ def test_pid_start_tells_a_reused_pid_apart() -> None:
     assert not registry.is_alive({**me, "pid_start": me["pid_start"] - 1})
     assert not registry.is_alive({"pid": "1"}) and not registry.is_alive({})
     assert pwd.getpwuid(os.getuid())  # (the suite runs as a real user)
+
+
+@pytest.mark.timeout(120)
+def test_in_a_job_the_resize_cache_defaults_to_the_nodes_scratch(
+    mounter: Mounter, admin: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not the home directory that every node shares (and that has a small quota): the job's
+    scratch, $SLURM_TMPDIR, else $TMPDIR inside a job; outside a job, the user's cache."""
+    scratch, tmpdir = tmp_path / "slurm-tmpdir", tmp_path / "tmpdir"
+    scratch.mkdir()
+    tmpdir.mkdir()
+    for name in ("SLURM_TMPDIR", "SLURM_JOB_ID", "TMPDIR"):
+        monkeypatch.delenv(name, raising=False)
+    cases = [
+        ({"SLURM_JOB_ID": "7", "SLURM_TMPDIR": str(scratch), "TMPDIR": str(tmpdir)}, scratch),
+        ({"SLURM_JOB_ID": "7", "TMPDIR": str(tmpdir)}, tmpdir),
+        ({"TMPDIR": str(tmpdir)}, mounter.work / "cache" / "imagenetfs"),  # not a job
+    ]
+    for n, (env, where) in enumerate(cases):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        mp = mounter.mkdir(f"mp{n}")
+        mounter.mount(mp, admin, "--resize", "64")
+        state = mounter.state(mp)
+        assert state is not None
+        expected = where / ("resized" if where.name == "imagenetfs" else "imagenetfs-cache")
+        assert state["cache_dir"] == str(expected), (env, state["cache_dir"])
+        assert mounter.cli("umount", mp).returncode == 0
+        for name in env:
+            monkeypatch.delenv(name)

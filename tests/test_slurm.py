@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Users
-from helpers import CLI, Mounter, alive, is_mounted, wait_until
+from helpers import CLI, Mounter, alive, is_mounted, private_mount_namespace, wait_until
 
 from imagenetfs import mountinfo
 
@@ -160,7 +160,7 @@ def _start_node(name: str) -> None:
         "mount -t tmpfs -o size=16g,mode=1777 tmpfs /tmp && "
         f"mkdir -p /tmp/slurmd/{name} && exec slurmd -N {name}"
     )
-    result = run("unshare", "-m", "--propagation", "private", "sh", "-c", script)
+    result = run(*private_mount_namespace(), "sh", "-c", script)
     assert result.returncode == 0, f"slurmd -N {name}: {result.stderr}"
 
 
