@@ -207,10 +207,15 @@ def is_this_node(state: State) -> bool:
 
 def write_state(path: Path, state: State) -> None:
     """Write `state` to `path` atomically; on failure nothing is left and the error names the
-    state directory."""
+    file."""
+    _write(path, json.dumps(state, indent=1))
+
+
+def _write(path: Path, text: str) -> None:
+    """A temporary file renamed over `path`; nothing left behind on failure."""
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(state, indent=1))
+        tmp.write_text(text)
         os.replace(tmp, path)
     except OSError as e:
         with contextlib.suppress(OSError):
@@ -257,15 +262,7 @@ def users(mountpoint: Path) -> list[str]:
 
 
 def set_users(mountpoint: Path, users: list[str]) -> None:
-    path = users_file(mountpoint)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    try:
-        tmp.write_text("".join(f"{user}\n" for user in users))
-        os.replace(tmp, path)
-    except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OSError(e.errno, f"cannot write mount state: {e.strerror}", str(path)) from None
+    _write(users_file(mountpoint), "".join(f"{user}\n" for user in users))
 
 
 def remove(mountpoint: Path, *, log: bool = False) -> None:
