@@ -134,7 +134,12 @@ class Node:
 
     def run(self, *cmd: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """Run `cmd` on this node (in its mount namespace)."""
-        return run("nsenter", "-t", str(self.pid), "-m", "--", *cmd, timeout=timeout)
+        return run(*self.enter(), *cmd, timeout=timeout)
+
+    def enter(self) -> list[str]:
+        """The start of an argv that runs in this node: its mount namespace, and its root
+        directory too (entering a mount namespace leaves a chroot: the suite in a fresh root)."""
+        return ["nsenter", "-t", str(self.pid), "--mount", "--root", "--wd", "--"]
 
     def records(self, uid: int) -> list[dict[str, object]]:
         """The mount records of `uid` in this node's registry."""
@@ -615,8 +620,7 @@ def share(node: Node, user: Mounter, admin: Path, mp: Path) -> Shared:
     exe = stormfs(user.work.parent)
     stats = user.work / f"storm-{node.name}-{time.monotonic_ns()}.json"
     argv = [str(exe), "-f", "-d", "0", "-q", "64", "-t", "10", "-s", str(stats), str(admin)]
-    nsenter = ["nsenter", "-t", str(node.pid), "-m", "--"]
-    proc = subprocess.Popen([*nsenter, *user.command([*argv, str(mp)])])
+    proc = subprocess.Popen([*node.enter(), *user.command([*argv, str(mp)])])
     assert wait_until(lambda: _fuse_at(node, mp), 30)
     return Shared(node, proc, stats)
 
