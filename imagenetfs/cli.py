@@ -597,15 +597,27 @@ def build_parser() -> argparse.ArgumentParser:
     um = commands.add_parser(
         "umount",
         help="unmount (also clears a stale mount left by a killed daemon)",
-        description="Unmount MOUNTPOINT and wait until its daemon has exited.",
+        description=(
+            "Unmount MOUNTPOINT (a live mount, or a stale one left by a killed daemon) and wait "
+            "until its daemon has exited. Decided from the kernel's mount table and this node's "
+            "mount records (/tmp/imagenetfs-UID/mounts), never by touching the mount: a daemon "
+            "that stopped answering makes none of these wait. When other tasks joined the "
+            "mount, counts one user less and leaves it mounted until the last."
+        ),
     )
     um.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT")
-    um.add_argument("-z", "--lazy", action="store_true", help="detach even if busy")
+    um.add_argument(
+        "-z",
+        "--lazy",
+        action="store_true",
+        help="detach at once even if busy; the daemon ends when the last open file closes",
+    )
     um.add_argument(
         "--force",
         action="store_true",
         help="unmount even if other `imagenetfs mount` commands joined the mount (tasks of a "
-        "job) and have not unmounted yet",
+        "job) and have not unmounted yet, detaching at once and ending the daemon (SIGTERM, "
+        "SIGKILL after 10 s) -- also one that is stopped or hung",
     )
     um.add_argument(
         "--drop-stage",
@@ -690,7 +702,11 @@ def build_parser() -> argparse.ArgumentParser:
     st = commands.add_parser(
         "status",
         help="list imagenetfs mounts: source, pid, counters",
-        description="Show this user's imagenetfs mounts (or one): source, index, pid, counters.",
+        description=(
+            "Show this user's imagenetfs mounts on this node (or one): serving, stale (its "
+            "daemon died), or with no record here; source, index, pid, counters. Records of "
+            "mounts whose daemon ended without unmounting are reported once and removed."
+        ),
     )
     st.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", nargs="?")
     st.add_argument(
