@@ -5,8 +5,8 @@
 1. checks the mount point (created if missing, when its parent exists): a stale imagenetfs
    mount of this user -- mounted (the mount table says), but its daemon gone (the registry
    says) -- is cleared with `fusermount3 -uz`; anything else mounted there, a non-directory or
-   a non-empty directory is refused with one clear line; so is a registry directory
-   (registry.py) that cannot be used;
+   a non-empty directory is refused with one clear line (the command has already refused a
+   registry directory, registry.py, that cannot be used);
 2. opens the index (checked against the images) and records the mount in the registry, then
    blocks SIGTERM, SIGINT and SIGHUP: from here on a signal waits until the daemon can act on
    it -- by unmounting;
@@ -154,7 +154,6 @@ def _preflight() -> None:
         raise MountError("/dev/fuse is not readable and writable for this user")
     if os.getuid() != 0 and shutil.which("fusermount3") is None:
         raise MountError(NO_FUSERMOUNT)
-    registry.ensure_dir()
 
 
 # --- mounting -----------------------------------------------------------------------------
@@ -168,7 +167,6 @@ def mount(config: ServeConfig) -> int:
     _preflight()
     state_path = registry.state_file(mountpoint)
     index = Index.open(config.index, source=config.source, names=config.images)
-    listed = Path(os.path.realpath(mountpoint))  # as the kernel will list it (--idle-timeout)
     fuse_ops = fs.Operations(read_threads=config.read_threads) if config.workers == 0 else None
     state = {
         "mountpoint": str(mountpoint),
@@ -193,7 +191,7 @@ def mount(config: ServeConfig) -> int:
         supervisor.unblock_signals()
         registry.remove(mountpoint)
         raise
-    daemon = supervisor.Daemon(config, index, fuse_ops, state, state_path, listed)
+    daemon = supervisor.Daemon(config, index, fuse_ops, state, state_path)
     return _serve(daemon) if config.foreground else _daemonize(daemon)
 
 
@@ -361,8 +359,8 @@ def _tail(path: Path) -> str:
 @contextlib.contextmanager
 def claimed(mountpoint: Path) -> Iterator[registry.Lock]:
     """Hold the mount point's lock: one `mount`/`umount` command of this user at a time
-    decides what to do there (the lock goes with the process, also when it is killed)."""
-    registry.ensure_dir()
+    decides what to do there (the lock goes with the process, also when it is killed). The
+    caller has checked the registry's directory (`registry.ensure_dir`)."""
     with registry.locked(registry.lock_file(mountpoint)) as lock:
         yield lock
 
@@ -406,6 +404,7 @@ def umount(
     ends the daemon; a plain unmount waits (a bounded time) for the daemon to exit.
     `drop_stage`: once it is unmounted, remove the copies it staged (staging.drop)."""
     mountpoint = mountinfo.canonical(mountpoint)
+    registry.ensure_dir()
     with claimed(mountpoint) as lock:
         state = registry.find_state(mountpoint) if drop_stage else None
         try:

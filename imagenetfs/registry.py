@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -143,8 +144,10 @@ def lock_file(mountpoint: Path) -> Path:
 # --- the node and its processes -------------------------------------------------------------
 
 
+@functools.cache
 def node() -> dict[str, str]:
-    """This node's identity: its hostname and this boot's id."""
+    """This node's identity: its hostname and this boot's id (asked once: every record read
+    is compared with it)."""
     boot = ""
     with contextlib.suppress(OSError):
         boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -181,7 +184,7 @@ def pid_alive(pid: int) -> bool:
 def stamp() -> State:
     """What a state records about the process writing it: its pid, when it started, where."""
     pid = os.getpid()
-    return {"pid": pid, "pid_start": process_start(pid), "node": node(), "job": job_id()}
+    return {"pid": pid, "pid_start": process_start(pid), "node": dict(node()), "job": job_id()}
 
 
 def job_id() -> str | None:

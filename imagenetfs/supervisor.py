@@ -109,11 +109,8 @@ class Daemon:
         fuse_ops: fs.Operations | None,
         state: registry.State,
         state_path: Path,
-        listed: Path | None = None,
     ) -> None:
         self.config = config
-        #: The mount point as /proc/self/mountinfo lists it (resolved before mounting).
-        self.listed = listed or config.mountpoint
         self.index = index
         self.fuse_ops = fuse_ops  # what pyfuse3 was given, with --workers 0
         self.state = state
@@ -167,11 +164,12 @@ class Daemon:
     async def _idle(self, timeout: float) -> None:
         """Stop once no request came for `timeout` seconds and no process uses the mount
         (see the module docstring)."""
-        device = await trio.to_thread.run_sync(holders.device_of, self.listed)
+        # (the mount point is canonical, as /proc/self/mountinfo lists it: cli, mountinfo.py)
+        device = await trio.to_thread.run_sync(holders.device_of, self.config.mountpoint)
         if device is None:
             log.warning(
                 "%s is not in /proc/self/mountinfo: --idle-timeout cannot tell who uses the "
-                "mount, so it will not unmount by itself", self.listed,
+                "mount, so it will not unmount by itself", self.config.mountpoint,
             )  # fmt: skip
             return
         step = min(max(timeout / 4, 0.25), 30.0)

@@ -572,14 +572,14 @@ def test_torch_distributed_training_across_two_nodes(
 
 
 def stormfs(work: Path) -> Path:
-    """The counting passthrough of scripts/storm/ (the shared filesystem), built once."""
-    exe = work / "stormfs"
-    if not exe.exists():
-        flags = run("pkg-config", "--cflags", "--libs", "fuse3").stdout.split()
-        source = REPO / "scripts" / "storm" / "stormfs.c"
-        built = run("gcc", "-O2", "-o", exe, source, *flags, "-lpthread", timeout=120)
-        assert built.returncode == 0, built.stderr
-    return exe
+    """The counting passthrough of scripts/storm/ (the shared filesystem), built as the
+    benchmark builds it, into `work`/bin."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from benchlib import storm
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    return storm.build(work)
 
 
 @dataclass
