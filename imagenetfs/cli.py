@@ -356,6 +356,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from imagenetfs import doctor
+
+    wanted = doctor.Wanted(
+        source=args.source,
+        index=args.index,
+        allow_other=args.allow_other,
+        mountpoint=args.mountpoint,
+    )
+    checks = doctor.run(wanted)
+    if args.json:
+        print(json.dumps(doctor.as_json(checks), indent=1))
+    else:
+        for check in checks:
+            print(check.line())
+    return 0 if all(check.status != doctor.FAIL for check in checks) else 1
+
+
 def _duration(seconds: float) -> str:
     if seconds < 1e-3:
         return f"{seconds * 1e6:.0f} µs"
@@ -715,6 +733,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="one JSON document: a list of mounts, or the one mount given (see the README)",
     )
     st.set_defaults(func=cmd_status)
+
+    dr = commands.add_parser(
+        "doctor",
+        help="check what a mount needs, and a mount's health",
+        description=(
+            "Check, one line each, what a mount needs on this node -- /dev/fuse, fusermount3, "
+            "--allow-other, the kernel's FUSE, the source and its index, where state, logs and "
+            "caches go and their free space, room to stage inside a job -- and mount a "
+            "throw-away filesystem to prove it. With a MOUNTPOINT, also that mount's health. "
+            "Each problem comes with its fix. Exit 1 if a mount would not work."
+        ),
+        epilog="example: imagenetfs doctor --source /data/imagenet /tmp/inet",
+    )
+    dr.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", nargs="?")
+    dr.add_argument("--source", type=Path, help=idx_source_help)
+    dr.add_argument("--index", type=Path, help=idx_index_help)
+    dr.add_argument(
+        "--allow-other", action="store_true", help="also check that --allow-other is allowed"
+    )
+    dr.add_argument("--json", action="store_true", help="one JSON document: ok, and the checks")
+    dr.set_defaults(func=cmd_doctor)
     return parser
 
 
