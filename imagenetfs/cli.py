@@ -12,11 +12,13 @@ import contextlib
 import json
 import logging
 import os
+import select
 import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import lmdb
 
@@ -42,8 +44,16 @@ from imagenetfs.errors import ImagenetfsError
 log = logging.getLogger("imagenetfs")
 
 DESCRIPTION = """\
-Serve ImageNet (ILSVRC2012) from SquashFS images as the directory tree that training code
-expects: train/<wnid>/..., val/<wnid>/..., test/..., meta.bin and file lists.
+Serve ImageNet (ILSVRC2012) as the directory tree that training code expects --
+train/<wnid>/..., val/<wnid>/..., test/..., meta.bin and file lists -- read-only, without
+root, from what a cluster or a download gives: a cluster's SquashFS images (train.squashfs,
+val.squashfs, test.squashfs), the official ILSVRC2012 tars, Kaggle's zip or its ILSVRC.squashfs,
+or an unpacked train/ val/ test/ tree.
+"""
+
+EPILOG = """\
+start: imagenetfs mount /tmp/inet (the built-in sample when no ImageNet is found);
+imagenetfs doctor says what is missing. Each command's --help has an example.
 """
 
 
@@ -343,6 +353,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if fs:
             counters = "  ".join(f"{k} {v:,}" for k, v in fs.items())
             print(f"  {counters}")
+            updated = state.get("updated")
+            if isinstance(updated, int | float):  # (published every 2 s: say how old they are)
+                print(f"  counters as of {max(0.0, time.time() - updated):.0f} s ago")
         latency = metrics.latency(state.get("stats", {}))
         if latency and latency["count"]:
             p50, p99 = (_duration(latency[f"{p}_seconds"]) for p in ("p50", "p99"))
@@ -462,18 +475,21 @@ def add_resize_options(parser: argparse.ArgumentParser, *, defaults: bool = True
     parser.add_argument(
         "--resize-quality",
         type=int,
+        metavar="Q",
         default=resize.DEFAULT_QUALITY if defaults else None,
         help=f"JPEG quality of resized files (default {resize.DEFAULT_QUALITY})",
     )
     parser.add_argument(
         "--cache-dir",
         type=Path,
-        help="persistent cache of resized images (default: $TMPDIR/imagenetfs-cache in a "
-        "Slurm job, else ~/.cache/imagenetfs/resized)",
+        metavar="DIR",
+        help="persistent cache of resized images (default: imagenetfs-cache in the Slurm job's "
+        "$SLURM_TMPDIR, else its $TMPDIR; outside a job ~/.cache/imagenetfs/resized)",
     )
     parser.add_argument(
         "--cache-size",
         type=cache_size,
+        metavar="SIZE",
         default=config.DEFAULT_CACHE_SIZE if defaults else None,
         help="bound of the resize cache; the oldest entries go first (default 10G)",
     )
@@ -493,16 +509,25 @@ def cache_size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imagenetfs", description=DESCRIPTION)
-    parser.add_argument("--version", action="version", version=f"imagenetfs {__version__}")
-    parser.add_argument(
-        "--debug", action="store_true", help="log debug messages and show tracebacks on errors"
-    )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+DEBUG_HELP = "log debug messages and show tracebacks on errors"
 
-    sample = commands.add_parser(
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagenetfs", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"imagenetfs {__version__}")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    # --debug also after the command (`imagenetfs mount --debug ...`): a parent parser whose
+    # default is "not given", so that it never overrides one given before the command
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, example: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return subparsers.add_parser(name, parents=[common], epilog=f"example: {example}", **kwargs)
+
+    sample = command(
         "sample",
+        "imagenetfs sample /tmp/sample && imagenetfs mount --source /tmp/sample /tmp/inet",
         help="write the built-in sample dataset",
         description=(
             "Write the built-in sample: a small ImageNet-shaped dataset in the cluster layout "
@@ -515,29 +540,33 @@ def build_parser() -> argparse.ArgumentParser:
     sample.set_defaults(func=cmd_sample)
 
     idx_source_help = (
-        "directory holding the images (default: $IMAGENETFS_SOURCE, else /data/imagenet)"
+        "directory holding the ImageNet to serve: SquashFS images, the official tars, Kaggle's "
+        "zip or an unpacked tree (default: $IMAGENETFS_SOURCE, else /data/imagenet)"
     )
     idx_index_help = (
         "index file (default: $IMAGENETFS_INDEX, else <source>/imagenetfs.lmdb if present, "
         "else a per-user cache file)"
     )
-    idx = commands.add_parser(
+    idx = command(
         "index",
+        "imagenetfs index --source /data/imagenet --index /data/imagenet/imagenetfs.lmdb",
         help="build or verify the LMDB index of a source",
         description=(
-            "Build the index of a source's SquashFS images (every name, attribute and file "
-            "extent, so that a mount never touches the images' metadata again), or, when it "
-            "exists, check that it still matches the images."
+            "Build the index of a source -- a cluster's SquashFS images, the official ILSVRC2012 "
+            "tars, Kaggle's zip or ILSVRC.squashfs, or an unpacked tree: every name, attribute "
+            "and file extent, so that a mount never touches the images' metadata again -- or, "
+            "when it exists, check that it still matches the images."
         ),
     )
-    idx.add_argument("--source", type=Path, help=idx_source_help)
-    idx.add_argument("--index", type=Path, help=idx_index_help)
+    idx.add_argument("--source", type=Path, metavar="DIR", help=idx_source_help)
+    idx.add_argument("--index", type=Path, metavar="FILE", help=idx_index_help)
     idx.add_argument("--rebuild", action="store_true", help="build even if an index exists")
     idx.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     idx.set_defaults(func=cmd_index)
 
-    mnt = commands.add_parser(
+    mnt = command(
         "mount",
+        "imagenetfs mount --source /data/imagenet --stage /tmp/inet",
         usage="imagenetfs mount [options] MOUNTPOINT",
         help="mount the ImageNet tree (read-only, for this user)",
         description=(
@@ -551,8 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     mnt.add_argument(
         "mountpoint", type=Path, nargs="?", metavar="MOUNTPOINT", help="an empty directory"
     )
-    mnt.add_argument("--source", type=Path, help=idx_source_help)
-    mnt.add_argument("--index", type=Path, help=idx_index_help)
+    mnt.add_argument("--source", type=Path, metavar="DIR", help=idx_source_help)
+    mnt.add_argument("--index", type=Path, metavar="FILE", help=idx_index_help)
     mnt.add_argument(
         "-f", "--foreground", action="store_true", help="stay in the foreground (log to stderr)"
     )
@@ -612,8 +641,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     mnt.set_defaults(func=cmd_mount)
 
-    um = commands.add_parser(
+    um = command(
         "umount",
+        "imagenetfs umount /tmp/inet",
         help="unmount (also clears a stale mount left by a killed daemon)",
         description=(
             "Unmount MOUNTPOINT (a live mount, or a stale one left by a killed daemon) and wait "
@@ -646,8 +676,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     um.set_defaults(func=cmd_umount)
 
-    wm = commands.add_parser(
+    wm = command(
         "warm",
+        "imagenetfs warm --source /data/imagenet --resize 256 -j 8",
         help="fill the resize cache ahead of a job, on all cores",
         description=(
             "Resize every image of the given splits into the persistent resize cache, so that "
@@ -658,20 +689,29 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     wm.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", nargs="?")
-    wm.add_argument("--source", type=Path, help=idx_source_help)
-    wm.add_argument("--index", type=Path, help=idx_index_help)
+    wm.add_argument("--source", type=Path, metavar="DIR", help=idx_source_help)
+    wm.add_argument("--index", type=Path, metavar="FILE", help=idx_index_help)
     wm.add_argument(
-        "--split", action="append", choices=["train", "val", "test"], help="(default: all)"
+        "--split",
+        action="append",
+        choices=["train", "val", "test"],
+        help="a split to warm; repeatable (default: all)",
     )
     wm.add_argument(
-        "-j", "--jobs", type=int, default=os.cpu_count() or 1, help="processes (default: cores)"
+        "-j",
+        "--jobs",
+        type=int,
+        metavar="N",
+        default=os.cpu_count() or 1,
+        help="processes (default: cores)",
     )
     wm.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_resize_options(wm, defaults=False)
     wm.set_defaults(func=cmd_warm)
 
-    pk = commands.add_parser(
+    pk = command(
         "pack",
+        "imagenetfs pack ~/Downloads/ilsvrc2012 /scratch/imagenet",
         help="write any source in the cluster layout: images, lists, labels, index",
         description=(
             "Write SOURCE (any layout imagenetfs serves) into OUTDIR as a cluster keeps "
@@ -701,6 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument(
         "--index",
         type=Path,
+        metavar="FILE",
         help="SOURCE's index (default: as mount finds it -- $IMAGENETFS_INDEX, else "
         "SOURCE/imagenetfs.lmdb if present, else a per-user cache file; built if missing)",
     )
@@ -717,8 +758,9 @@ def build_parser() -> argparse.ArgumentParser:
     pk.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     pk.set_defaults(func=cmd_pack)
 
-    st = commands.add_parser(
+    st = command(
         "status",
+        "imagenetfs status --json /tmp/inet",
         help="list imagenetfs mounts: source, pid, counters",
         description=(
             "Show this user's imagenetfs mounts on this node (or one): serving, stale (its "
@@ -734,8 +776,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.set_defaults(func=cmd_status)
 
-    dr = commands.add_parser(
+    dr = command(
         "doctor",
+        "imagenetfs doctor --source /data/imagenet /tmp/inet",
         help="check what a mount needs, and a mount's health",
         description=(
             "Check, one line each, what a mount needs on this node -- /dev/fuse, fusermount3, "
@@ -744,11 +787,10 @@ def build_parser() -> argparse.ArgumentParser:
             "throw-away filesystem to prove it. With a MOUNTPOINT, also that mount's health. "
             "Each problem comes with its fix. Exit 1 if a mount would not work."
         ),
-        epilog="example: imagenetfs doctor --source /data/imagenet /tmp/inet",
     )
     dr.add_argument("mountpoint", type=Path, metavar="MOUNTPOINT", nargs="?")
-    dr.add_argument("--source", type=Path, help=idx_source_help)
-    dr.add_argument("--index", type=Path, help=idx_index_help)
+    dr.add_argument("--source", type=Path, metavar="DIR", help=idx_source_help)
+    dr.add_argument("--index", type=Path, metavar="FILE", help=idx_index_help)
     dr.add_argument(
         "--allow-other", action="store_true", help="also check that --allow-other is allowed"
     )
@@ -760,13 +802,17 @@ def build_parser() -> argparse.ArgumentParser:
 def run_tool(func: Callable[[], int], debug: bool = False) -> int:
     """Run a command body: user errors become one line on stderr and exit code 1."""
     try:
-        return func()
+        code = func()
+        sys.stdout.flush()
+        return code
     except ImagenetfsError as e:
         if debug:
             log.exception("error")
         print(f"imagenetfs: error: {e}", file=sys.stderr)
         return 1
     except (OSError, lmdb.Error) as e:  # permission denied, disk full, not a directory...
+        if isinstance(e, BrokenPipeError) and _stdout_closed():
+            return 0
         # (the paths a command is given are checked first, each naming its option: this is for
         # what happens later, a disk filling up meanwhile say)
         if debug:
@@ -787,8 +833,30 @@ def run_tool(func: Callable[[], int], debug: bool = False) -> int:
         return 130
 
 
+def _stdout_closed() -> bool:
+    """Whoever read our output has gone (`imagenetfs status | head -3`): poll reports an
+    error on a pipe whose reading end is closed. Not an error of ours, and said nowhere;
+    anything else (a pipe to mksquashfs that broke, say) still is."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLERR)
+        closed = any(events & select.POLLERR for _, events in poller.poll(0))
+    except (OSError, ValueError):
+        return False
+    if closed:  # (and no "Exception ignored" when Python flushes stdout at exit)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    return closed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except BrokenPipeError:  # (--help into `| head`)
+        if _stdout_closed():
+            return 0
+        raise
     logging.basicConfig(
         level=logging.DEBUG if args.debug else logging.INFO,
         format="imagenetfs: %(message)s",
