@@ -3,6 +3,7 @@
 # and the `imagenetfs` command linked into ~/.local/bin.
 #
 #   bash scripts/install-user.sh       # from a clone of this repository; re-run to upgrade
+#   bash scripts/install-user.sh --uninstall    # remove it (caches and indexes are kept)
 #
 # Needs system packages that an admin installs once (the script checks and, if one is missing,
 # prints one line naming it with the command to run, and exits 1 having created nothing):
@@ -28,6 +29,38 @@ bindir=${bindir%/}
 
 say() { printf 'install-user: %s\n' "$*" >&2; }
 die() { printf 'install-user: error: %s\n' "$*" >&2; exit 1; }
+
+case "${1:-}" in
+    "") ;;
+    --uninstall)
+        # What the install wrote: $prefix (every version) and the command's link; not the
+        # caches (indexes, the sample, resized images), which are data: named, to remove by hand.
+        link=$bindir/imagenetfs
+        for v in "$prefix"/venv-*; do
+            if [ -d "$v" ] && grep -qsF -- "$v/" /proc/[0-9]*/maps 2>/dev/null; then
+                die "a running process (a mount?) uses $v: unmount first (imagenetfs status lists your mounts)"
+            fi
+        done
+        removed=()
+        if [ -L "$link" ]; then
+            case $(readlink "$link") in
+                "$prefix"/*) rm -f "$link"; removed+=("$link") ;;
+                *) say "left $link: it points elsewhere ($(readlink "$link"))" ;;
+            esac
+        fi
+        if [ -d "$prefix" ]; then
+            rm -rf "$prefix"/venv-* "$prefix/venv" "$prefix/.lock"
+            rmdir "$prefix" 2>/dev/null || say "left $prefix: it holds files the install did not write"
+            removed+=("$prefix")
+        fi
+        [ ${#removed[@]} -gt 0 ] || die "no imagenetfs installed in $prefix"
+        cache=${XDG_CACHE_HOME:-$HOME/.cache}/imagenetfs
+        say "removed ${removed[*]}"
+        [ ! -d "$cache" ] || say "kept $cache ($(du -sh "$cache" 2>/dev/null | cut -f1); indexes, the sample, resized images): rm -r $cache frees it"
+        exit 0
+        ;;
+    *) die "unknown argument $1 (usage: bash scripts/install-user.sh [--uninstall])" ;;
+esac
 
 if [ ! -f "$repo/pyproject.toml" ] || [ ! -d "$repo/imagenetfs" ]; then
     die "$repo is not an imagenetfs checkout (no pyproject.toml or imagenetfs/)"

@@ -3,6 +3,7 @@
 #
 #   scripts/setup.sh            # system packages + the package in /opt/imagenetfs/venv,
 #                               # `imagenetfs` linked into /usr/local/bin
+#   scripts/setup.sh --uninstall  # remove that venv and link (system packages stay)
 #
 # Runs as root, or as a normal user with sudo (only apt and the install prefix need it).
 # Environment: IMAGENETFS_PREFIX (default /opt/imagenetfs), IMAGENETFS_BIN (default
@@ -23,6 +24,28 @@ elif command -v sudo >/dev/null 2>&1; then
 else
     die "not root and no sudo: to install for yourself without root, run: bash $repo/scripts/install-user.sh"
 fi
+
+case "${1:-}" in
+    "") ;;
+    --uninstall)
+        # The venv and the command's link; the system packages stay (other software may use
+        # them: `apt-get remove fuse3 ...` is the admin's call), and so do users' caches.
+        venv="$prefix/venv"
+        [ -d "$venv" ] || die "no imagenetfs installed in $prefix"
+        if grep -qsF -- "$venv/" /proc/[0-9]*/maps 2>/dev/null; then
+            die "a running process (a mount?) uses $venv: unmount first (imagenetfs status, as each user)"
+        fi
+        link="$bindir/imagenetfs"
+        if [ -L "$link" ] && [ "$(readlink "$link")" = "$venv/bin/imagenetfs" ]; then
+            as_root rm -f "$link"
+        fi
+        as_root rm -rf "$venv"
+        as_root rmdir "$prefix" 2>/dev/null || true
+        say "removed $venv and $link; kept the system packages and each user's ~/.cache/imagenetfs"
+        exit 0
+        ;;
+    *) die "unknown argument $1 (usage: scripts/setup.sh [--uninstall])" ;;
+esac
 
 # --- system packages ---------------------------------------------------------------------
 # fuse3: fusermount3 for unprivileged mounts; libfuse3-dev + pkg-config + gcc + python3-dev:
