@@ -772,7 +772,7 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument(
         "--json",
         action="store_true",
-        help="one JSON document: a list of mounts, or the one mount given (see the README)",
+        help="one JSON document: a list of mounts, or the one mount given (docs/metrics.md)",
     )
     st.set_defaults(func=cmd_status)
 

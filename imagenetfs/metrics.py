@@ -75,7 +75,7 @@ def latency(stats: dict[str, Any]) -> dict[str, Any] | None:
 def summary(
     state: dict[str, Any], *, alive: bool, serving: bool, now: float | None = None
 ) -> dict[str, Any]:
-    """One mount as `imagenetfs status --json` shows it (see the README)."""
+    """One mount as `imagenetfs status --json` shows it (docs/metrics.md)."""
     now = time.time() if now is None else now
     stats: dict[str, Any] = state.get("stats") or {}
     fs: dict[str, int] = stats.get("fs") or {}

@@ -748,8 +748,8 @@ def test_idle_timeout_unmounts_an_unused_mount_only(mounter: Mounter, admin: Pat
     assert bad.returncode == 1 and "--idle-timeout 'soon': give a duration" in bad.stderr
 
 
-def test_the_readme_shows_the_job_script_the_tests_run() -> None:
-    readme = (REPO / "README.md").read_text()
-    start = readme.index("<summary>scripts/slurm/imagenet.sbatch</summary>")
-    block = readme[start:].split("```bash\n", 1)[1].split("```", 1)[0]
+def test_the_cluster_page_shows_the_job_script_the_tests_run() -> None:
+    page = (REPO / "docs" / "cluster.md").read_text()
+    start = page.index("<summary>scripts/slurm/imagenet.sbatch</summary>")
+    block = page[start:].split("```bash\n", 1)[1].split("```", 1)[0]
     assert block == JOB.read_text()
