@@ -361,14 +361,17 @@ def test_user_install_mounts_and_writes_only_home(root: Path) -> None:
     assert not (home / "imagenetfs/build").exists()
     assert not list((home / "imagenetfs").glob("*.egg-info"))
 
-    # Nothing written outside the home and /tmp; in /tmp, only the mount point.
+    # Nothing written outside the home and /tmp; in /tmp, only the mount point and the user's
+    # mount records (/tmp/imagenetfs-<uid>/mounts: README, "Where imagenetfs writes").
     found = in_root(
         root,
         f"find / -xdev \\( -path /home/{name} -o -path /tmp \\) -prune"
         " -o \\( -newer /stamp -o -cnewer /stamp \\) -print",
     ).stdout.split()
     assert found == [], found
-    assert os.listdir(root / "tmp") == [f"{name}-inet"]
+    uid, _ = home_owner(root, name)
+    assert sorted(os.listdir(root / "tmp")) == sorted([f"{name}-inet", f"imagenetfs-{uid}"])
+    assert os.listdir(root / "tmp" / f"imagenetfs-{uid}") == ["mounts"]
     assert str(root / "tmp" / f"{name}-inet") in mounts_under(root)
 
     # Re-running upgrades: a new venv; the one the mount's daemon uses stays until the next.
@@ -395,6 +398,26 @@ def test_user_install_mounts_and_writes_only_home(root: Path) -> None:
     third = as_user(root, name, "cd imagenetfs && bash scripts/install-user.sh")
     assert third.returncode == 0, third.stderr
     assert len(list((home / ".local/share/imagenetfs").glob("venv-*"))) == 1
+
+    # --uninstall refuses while a mount uses the install; then removes the prefix and the
+    # link, keeps the caches (the sample, its index) and names them; a second one says so.
+    remount = as_user(root, name, "~/.local/bin/imagenetfs mount /tmp/$USER-inet")
+    assert remount.returncode == 0, remount.stderr
+    uninstall = "cd imagenetfs && bash scripts/install-user.sh --uninstall"
+    refused = as_user(root, name, uninstall)
+    assert refused.returncode == 1, refused.stderr
+    assert "unmount first" in refused.stderr and link.is_symlink()
+    assert as_user(root, name, "~/.local/bin/imagenetfs umount /tmp/$USER-inet").returncode == 0
+    deadline = time.monotonic() + 30
+    while daemons(root) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    removed = as_user(root, name, uninstall)
+    assert removed.returncode == 0, removed.stderr
+    assert not link.is_symlink() and not (home / ".local/share/imagenetfs").exists()
+    assert (home / ".cache/imagenetfs/sample").is_dir()
+    assert f"kept /home/{name}/.cache/imagenetfs" in removed.stderr, removed.stderr
+    twice = as_user(root, name, uninstall)
+    assert twice.returncode == 1 and "no imagenetfs installed" in twice.stderr, twice.stderr
 
 
 def assert_failed_leaving_nothing(
