@@ -11,7 +11,8 @@ tested need not be committed) and runs the README's commands with a clean enviro
 stdin:
 
 - test_user_install_mounts_and_writes_only_home: install, mount (the built-in sample), `ls`;
-  the symlink in ~/.local/bin, the PATH hint, nothing written outside the home and /tmp;
+  the symlink in ~/.local/bin, the PATH hint, nothing written outside the home and /tmp (there
+  only the mount point and the mount records);
   `imagenetfs umount`; re-running it upgrades (the version in use by a mount is kept).
 - test_missing_packages_fail_in_one_line_leaving_nothing: setup.sh, with no sudo, points to
   install-user.sh in one line; with libfuse3-dev removed, then
@@ -363,14 +364,17 @@ def test_user_install_mounts_and_writes_only_home(root: Path) -> None:
     assert not (home / "imagenetfs/build").exists()
     assert not list((home / "imagenetfs").glob("*.egg-info"))
 
-    # Nothing written outside the home and /tmp; in /tmp, only the mount point.
+    # Nothing written outside the home and /tmp; in /tmp, only the mount point and the user's
+    # mount records (/tmp/imagenetfs-<uid>/mounts: README, "Where imagenetfs writes").
     found = in_root(
         root,
         f"find / -xdev \\( -path /home/{name} -o -path /tmp \\) -prune"
         " -o \\( -newer /stamp -o -cnewer /stamp \\) -print",
     ).stdout.split()
     assert found == [], found
-    assert os.listdir(root / "tmp") == [f"{name}-inet"]
+    uid, _ = home_owner(root, name)
+    assert sorted(os.listdir(root / "tmp")) == sorted([f"{name}-inet", f"imagenetfs-{uid}"])
+    assert os.listdir(root / "tmp" / f"imagenetfs-{uid}") == ["mounts"]
     assert str(root / "tmp" / f"{name}-inet") in mounts_under(root)
 
     # Re-running upgrades: a new venv; the one the mount's daemon uses stays until the next.
