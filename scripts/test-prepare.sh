@@ -6,13 +6,16 @@
 #     slurm-client and munge (the two-node Slurm, tests/test_slurm.py), debootstrap (the fresh
 #     Debian root of tests/test_install.py). Checked with dpkg; `apt-get update` only when apt
 #     has no candidate for one of them or an install fails on stale lists.
+#   - A free loop device (tests/test_pack.py mounts packed images with the kernel): the loop
+#     module loaded if none is free, where the kernel allows it.
 #   - The test environment: torch and torchvision (tests/test_rootfiles.py, tests/legacy/
 #     test_torch.py, the torch.distributed job of tests/test_slurm.py) with the project's
 #     dependencies and test extras, built once per machine into $IMAGENETFS_TEST_CACHE
 #     (default /var/cache/imagenetfs-test)/torch-KEY, KEY a hash of the interpreter, these pins
 #     and pyproject.toml's dependencies and test extras: a change to any of them builds a new one
 #     (older ones unused for two days are removed). Built under a lock and marked complete last:
-#     a half-built one (an interrupted run) is removed and built again. About 5.6 GB on x86_64.
+#     a half-built one (an interrupted run) is removed and built again. About 6 GB on x86_64,
+#     75-80 s here (pip takes torch from the mirror in its configuration).
 #   - $IMAGENETFS_PREFIX/test-venv (default /opt/imagenetfs/test-venv): a small venv made anew on
 #     each run that sees the cached environment (a .pth) and holds this checkout, editable, with
 #     its `imagenetfs` command. pytest runs in it (scripts/test.sh), so the daemons, programs and
@@ -20,7 +23,7 @@
 #
 #   scripts/test-prepare.sh        # as root; scripts/test.sh runs it
 #
-# Idempotent: a few seconds when everything is there (the test venv's editable install).
+# Idempotent: about 15 s when everything is there (the test venv's editable install).
 set -euo pipefail
 umask 022  # the test users run the test venv and read the cached environment
 
@@ -56,6 +59,14 @@ if [ ${#missing[@]} -gt 0 ]; then
         apt-get update -qq
         apt_install
     fi
+fi
+
+# --- a loop device: the kernel's own mount of packed images (tests/test_pack.py) ----------
+# Best effort: where the kernel has no loop driver to load (some containers), those tests skip,
+# saying so.
+if ! losetup --find >/dev/null 2>&1; then
+    command -v modprobe >/dev/null 2>&1 && modprobe loop 2>/dev/null || true
+    losetup --find >/dev/null 2>&1 || say "no free loop device here, and none could be added"
 fi
 
 # --- the cached torch environment ----------------------------------------------------------
