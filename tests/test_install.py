@@ -20,9 +20,9 @@ stdin:
   apt-get/dnf command, exit 1, nothing created; a pip failure and a SIGTERM during pip leave
   nothing behind either.
 
-Needs root, debootstrap (scripts/test-prepare.sh installs it), Debian's mirror and PyPI: about
-5 minutes, plus about 4 the first time (building the cached root, ~570 MB). Part of the test
-command's run (scripts/test.sh), CI's included.
+Needs root, debootstrap (scripts/test-prepare.sh installs it), Debian's mirror and PyPI: 1.5 to
+2 minutes here (pip's downloads and pyfuse3's compile), plus about 45 s the first time (building
+the cached root, ~570 MB). Part of the test command's run (scripts/test.sh), CI's included.
 """
 
 from __future__ import annotations
