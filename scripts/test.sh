@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
-# The whole test suite: install/refresh everything (scripts/setup.sh), lint, type-check, pytest.
+# The whole test suite: install/refresh everything (scripts/setup.sh), prepare what the tests
+# need besides (scripts/test-prepare.sh: Debian's zip, unzip, Slurm and debootstrap; the test
+# venv with torch and torchvision, cached once per machine), lint, type-check, pytest in the
+# test venv. No test installs anything; under this command one that finds its tool missing
+# fails (IMAGENETFS_TEST_PREPARED=1, tests/prepared.py).
 #
 #   scripts/test.sh [PYTEST ARGS...]      e.g. scripts/test.sh -k squashfs -x
 #
@@ -15,7 +19,8 @@ cd "$repo"
 if [ "$(id -u)" -ne 0 ]; then
     command -v sudo >/dev/null 2>&1 || { echo "test: needs root (or sudo)" >&2; exit 1; }
     exec sudo PYTHONDONTWRITEBYTECODE=1 IMAGENETFS_TEST_NO_CACHE=1 \
-        ${IMAGENETFS_PREFIX:+IMAGENETFS_PREFIX="$IMAGENETFS_PREFIX"} bash "$0" "$@"
+        ${IMAGENETFS_PREFIX:+IMAGENETFS_PREFIX="$IMAGENETFS_PREFIX"} \
+        ${IMAGENETFS_TEST_CACHE:+IMAGENETFS_TEST_CACHE="$IMAGENETFS_TEST_CACHE"} bash "$0" "$@"
 fi
 cache_opts=()
 if [ -n "${IMAGENETFS_TEST_NO_CACHE:-}" ]; then
@@ -26,7 +31,7 @@ fi
 
 bash scripts/setup.sh
 venv=${IMAGENETFS_PREFIX:-/opt/imagenetfs}/venv
-py="$venv/bin/python"
+py=${IMAGENETFS_PREFIX:-/opt/imagenetfs}/test-venv/bin/python
 
 echo "test: ruff check, ruff format --check, mypy" >&2
 ruff_opts=()
@@ -35,5 +40,6 @@ ruff_opts=()
 "$venv/bin/ruff" format "${ruff_opts[@]}" --check imagenetfs tests scripts
 "$venv/bin/mypy" ${IMAGENETFS_TEST_NO_CACHE:+--cache-dir=/dev/null} imagenetfs
 
-echo "test: pytest" >&2
-"$py" -m pytest "${cache_opts[@]}" -m "not slow" "$@"
+bash scripts/test-prepare.sh
+echo "test: pytest (in $(dirname "$(dirname "$py")"))" >&2
+IMAGENETFS_TEST_PREPARED=1 "$py" -m pytest "${cache_opts[@]}" -m "not slow" "$@"

@@ -25,6 +25,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from prepared import unprepared
 
 from imagenetfs import archive, dirtree, index, squashfs
 from imagenetfs.archive import TarImage, ZipImage
@@ -37,20 +38,12 @@ LONG = "long-" + "x" * 120  # a component longer than a ustar name field
 Tree = dict[str, bytes]  # relative path -> bytes (files), b"->target" for symlinks
 
 
-def install(*packages: str) -> None:
-    """apt-get install, once; the tests that need a tool skip if this cannot get it."""
-    command = ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages]
-    if subprocess.run(command, capture_output=True, timeout=600).returncode != 0:
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
-        subprocess.run(command, capture_output=True, timeout=600)
-
-
 @pytest.fixture(scope="module")
 def zip_tools() -> None:
-    if shutil.which("zip") is None or shutil.which("unzip") is None:
-        install("zip", "unzip")
-    if shutil.which("zip") is None or shutil.which("unzip") is None:
-        pytest.skip("needs zip and unzip (apt-get install zip unzip failed)")
+    """`zip` and `unzip` (Debian's zip and unzip), which the test command installs."""
+    absent = [tool for tool in ("zip", "unzip") if shutil.which(tool) is None]
+    if absent:
+        unprepared(f"no {' and '.join(absent)} here (Debian's zip, unzip)")
 
 
 def source_tree(root: Path, *, ustar: bool = False) -> Path:

@@ -7,12 +7,14 @@ import io
 import mmap
 import os
 import pickle
+import sys
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import ROOT_FILES, Mounter
+from prepared import unprepared
 
 from imagenetfs import generate, rootfiles, synsets
 from imagenetfs.generate import Spec
@@ -122,11 +124,10 @@ def test_lists_match_the_tree(mounted: Path) -> None:
     assert val_wnids == [w for _, w in flat]
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("torch") is None,
-    reason="torch is not installed (README, Quick start: how to add it and run this test)",
-)
 def test_torch_loads_meta_bin(mounted: Path) -> None:
+    """`meta.bin` on the mount loads with torch.load(weights_only=True), as torchvision does."""
+    if importlib.util.find_spec("torch") is None:
+        unprepared(f"no torch in this environment ({sys.executable})")
     import torch
 
     wnid_to_classes, val_wnids = torch.load(mounted / "meta.bin", weights_only=True)

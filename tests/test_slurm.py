@@ -5,18 +5,19 @@ the two things that make sharing and forgetting safe without Slurm: `mount` join
 that serves, `--idle-timeout`.
 
 The `slurm` fixture runs a two-node Slurm 22.05 on this machine (../shared/notes/
-slurm-facts.md, "Several nodes on one machine"): it installs the Debian packages if missing,
-writes a config whose Epilog is `scripts/slurm/epilog`, starts munged and slurmctld, and one
-slurmd per node, each in a mount namespace of its own with a private tmpfs on /tmp (the node's
-local disk; its spool is there too, so one node cannot read another's job files), and stops
-them afterwards (restoring any config it replaced). Everything else -- the test users' homes,
-the admin's images (`base`, here under /var/tmp), /run -- every node shares, as on a cluster.
-Jobs are submitted by the unprivileged test users with `sbatch`, waited for with `scontrol show
-job`, and checked by their output files, exit codes, and each node's own mount table, /tmp and
-processes. The job script
-is `scripts/slurm/imagenet.sbatch`, unchanged; the training command is `tests/job_reader.py`,
-which reads every file as ImageFolder would (or its rank's share) and checks its bytes against
-a manifest of `unsquashfs` output, or `tests/job_ddp.py` (torch.distributed) where torch is.
+slurm-facts.md, "Several nodes on one machine"), from Debian's packages (scripts/test-prepare.sh
+installs them): it writes a config whose Epilog is `scripts/slurm/epilog`, starts munged and
+slurmctld, and one slurmd per node, each in a mount namespace of its own with a private tmpfs on
+/tmp (the node's local disk; its spool is there too, so one node cannot read another's job
+files), and stops them afterwards (restoring any config it replaced). Everything else -- the
+test users' homes, the admin's images (`base`, here under /var/tmp), /run -- every node shares,
+as on a cluster. Jobs are submitted by the unprivileged test users with `sbatch`, waited for
+with `scontrol show job`, and checked by their output files, exit codes, and each node's own
+mount table, /tmp and processes. The job script is `scripts/slurm/imagenet.sbatch`, unchanged;
+the training command is `tests/job_reader.py`, which reads every file as ImageFolder would (or
+its rank's share) and checks its bytes against a manifest of `unsquashfs` output, or
+`tests/job_ddp.py` (torch.distributed over torchvision's ImageNet, from the test venv that
+scripts/test.sh runs pytest in).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from pathlib import Path
 import pytest
 from conftest import Users
 from helpers import CLI, Mounter, alive, is_mounted, private_mount_namespace, wait_until
+from prepared import unprepared
 
 from imagenetfs import mountinfo
 
@@ -178,15 +180,9 @@ def _nodes_idle() -> bool:
 @pytest.fixture(scope="session")
 def slurm() -> Iterator[Cluster]:
     """A two-node Slurm, up for the session."""
-    if any(shutil.which(tool) is None for tool in ("slurmctld", "slurmd", "sbatch", "munged")):
-        result = run(
-            "apt-get", "install", "-y", "-qq", "--no-install-recommends", *PACKAGES, timeout=600
-        )
-        if result.returncode != 0:  # e.g. no apt index yet on a fresh machine
-            run("apt-get", "update", "-qq", timeout=600)
-            result = run("apt-get", "install", "-y", "-qq", "--no-install-recommends",
-                         *PACKAGES, timeout=600)  # fmt: skip
-        assert result.returncode == 0, f"cannot install Slurm: {result.stderr}"
+    absent = [t for t in ("slurmctld", "slurmd", "sbatch", "munged") if shutil.which(t) is None]
+    if absent:
+        unprepared(f"no {', '.join(absent)} here (Debian's {' '.join(PACKAGES)})")
     _stop_daemons()
     hosts = Path("/etc/hosts")
     saved_hosts = hosts.read_bytes() if hosts.exists() else None
@@ -552,22 +548,23 @@ def test_a_data_parallel_job_reads_its_shares_across_nodes(
     assert_nothing_left(slurm, users.uid, job)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("torch") is None,
-    reason="torch is not installed (README, Compatibility: the torchvision environment)",
-)
 @pytest.mark.timeout(600)
 def test_torch_distributed_training_across_two_nodes(
     slurm: Cluster, users: Users, user: Mounter, admin: Path
 ) -> None:
     """torch.distributed (gloo) with DistributedSampler over torchvision.datasets.ImageNet on
     each node's mount, one process per task, a few steps of a tiny model."""
+    absent = [m for m in ("torch", "torchvision") if importlib.util.find_spec(m) is None]
+    if absent:
+        unprepared(f"no {' or '.join(absent)} in this environment ({sys.executable})")
     env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(20000 + os.getpid() % 10000)}
     job = submit(user, admin, sys.executable, DDP, "--steps", "3", sbatch=TWO_NODES, env=env)
     assert job.wait(500) == 0, job.log
     done = task_lines(job, "ddp ok:")
     assert {node: len(lines) for node, lines in done.items()} == {"n1": 2, "n2": 2}, job.log
-    print("\n".join(line for lines in done.values() for line in lines))
+    lines = [line for lines in done.values() for line in lines]
+    assert all(line.endswith("(torchvision.datasets.ImageNet)") for line in lines), job.log
+    print("\n".join(lines))
     assert_nothing_left(slurm, users.uid, job)
 
 

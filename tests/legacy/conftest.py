@@ -43,8 +43,8 @@ TIMEOUT = 120
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "torchvision: needs an environment where torchvision imports (see tests/legacy); "
-        "skipped elsewhere",
+        "torchvision: needs an environment where torchvision imports (the test venv of "
+        "scripts/test.sh)",
     )
 
 

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from prepared import unprepared
 
 from .conftest import (
     CLASSES,
@@ -87,10 +88,7 @@ def test_opencv_imread(trees: Trees) -> None:
     try:
         import cv2  # noqa: F401
     except Exception as exc:  # ImportError, or a wheel that needs missing system libraries
-        pytest.skip(
-            f"cv2 is not importable ({exc}): pip install opencv-python-headless to run the "
-            "OpenCV reader"
-        )
+        unprepared(f"cv2 does not import ({exc}; opencv-python-headless, a test extra)")
     mount, unpacked = both(trees, "cv2_read")
     assert mount == unpacked
     lines = mount.splitlines()
@@ -114,7 +112,7 @@ def test_imagefolder_makes_no_per_file_stat(trees: Trees, tmp_path: Path) -> Non
     syscalls on the mount as on a local disk: one open per file, a stat per class, no
     per-file stat."""
     if shutil.which("strace") is None:
-        pytest.skip("strace not found")
+        unprepared("no strace here (Debian's strace, which scripts/setup.sh installs)")
     if run(["strace", "-o", "/dev/null", "true"], check=False).returncode != 0:
         pytest.skip("strace cannot trace here (ptrace not permitted)")
     calls = []

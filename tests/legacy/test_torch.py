@@ -1,7 +1,8 @@
-"""PyTorch on the mount: `torch.load(meta.bin, weights_only=True)` (skipped without torch) and
-torchvision's ImageNet dataset with a multi-process DataLoader (marked `torchvision`, skipped
-where torchvision does not import: PyPI's torchvision does not import beside torch 2.13, so it
-runs in its own environment; see the README).
+"""PyTorch on the mount: `torch.load(meta.bin, weights_only=True)` and torchvision's ImageNet
+dataset with a multi-process DataLoader (marked `torchvision`). Both need the test venv of
+scripts/test.sh, where torch and torchvision import together (PyPI's torchvision does not
+import beside the CPU-only torch 2.13.0 wheel); without them they fail under the test command
+and skip elsewhere (tests/prepared.py).
 
 Both run as unmodified programs (`programs/`) on the mount and on the unpacked tree and must
 print the same; the expectations (class names, val labels) come from the tree and the
@@ -16,6 +17,7 @@ import subprocess
 import sys
 
 import pytest
+from prepared import unprepared
 
 from .conftest import CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, Trees, program
 
@@ -25,8 +27,10 @@ TENCH = ("n01440764", ["tench", "Tinca tinca"])
 
 
 def test_torch_load_meta_bin(trees: Trees) -> None:
+    """torch.load(meta.bin, weights_only=True) gives the same on the mount as on the unpacked
+    tree: the classes of the tree's wnids and the val labels of the generator."""
     if importlib.util.find_spec("torch") is None:
-        pytest.skip("torch is not installed (pip install torch==2.13.0, see the README)")
+        unprepared(f"no torch in this environment ({sys.executable})")
     mount, unpacked = (program("torch_meta", root) for root in trees.both)
     assert mount == unpacked
     meta = json.loads(mount)
@@ -59,7 +63,7 @@ def test_torchvision_imagenet_and_dataloader(
     """From the cluster's SquashFS images, and from the official tars (nothing extracted)."""
     problem = _torchvision_problem()
     if problem is not None:
-        pytest.skip(problem)
+        unprepared(problem)
     trees: Trees = request.getfixturevalue("trees" if served_from == "images" else "tar_trees")
     mount, unpacked = (program("torchvision_imagenet", root) for root in trees.both)
     assert mount == unpacked
