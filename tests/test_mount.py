@@ -55,6 +55,7 @@ from helpers import (
     fuse_unusable,
     is_mounted,
     mount_points,
+    one_error_line,
     wait_until,
 )
 
@@ -94,18 +95,6 @@ def mount_line(mp: Path) -> str | None:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """The one error line of a refused command: exit 1, no traceback, nothing else said
-    except `imagenetfs:` notices (e.g. "indexing ...")."""
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if line.startswith("imagenetfs: error: ")]
-    assert len(errors) == 1, result.stderr
-    assert all(line.startswith("imagenetfs: ") for line in lines), result.stderr
-    return errors[0]
 
 
 # --- the datasets -------------------------------------------------------------------------
@@ -721,7 +710,7 @@ def test_refusal_is_one_line(
     args = _prepare(case, tmp_path, mounter, realistic)
     before = mount_points()
     result = mounter.cli(*args)
-    line = error_line(result)
+    line = one_error_line(result)
     assert REFUSALS[case] in line, line
     assert result.stdout == ""
     assert mount_points() == before, "a refusal mounts nothing"
@@ -745,7 +734,7 @@ def test_bad_mount_point_is_refused_before_indexing(
     result = mounter.cli(
         "mount", "--source", realistic.root, "--index", index, tmp_path / "a" / "b"
     )
-    assert error_line(result) == (
+    assert one_error_line(result) == (
         f"imagenetfs: error: mount point {tmp_path / 'a' / 'b'}: {tmp_path / 'a'} does not "
         "exist; create it, or give another MOUNTPOINT"
     )
@@ -878,7 +867,7 @@ def test_allow_other_lets_another_user_read(
     mp = user.mkdir("mp-shared")
     fuse_conf(False)
     refused = user.cli("mount", "--allow-other", "--source", realistic.root, mp)
-    assert "user_allow_other" in error_line(refused)
+    assert "user_allow_other" in one_error_line(refused)
     assert not is_mounted(mp)
 
     fuse_conf(True)

@@ -63,6 +63,7 @@ from helpers import (
     fuse_unusable,
     is_mounted,
     mount_points,
+    one_error_line,
     wait_until,
 )
 from PIL import Image
@@ -121,15 +122,6 @@ def cli(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]
         stdin=subprocess.DEVNULL,
         env=env,
     )
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """A refusal: exit 1, no traceback, one `imagenetfs: error:` line."""
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("imagenetfs: error: ")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
 
 
 def read_errno(path: Path) -> int | bytes:
