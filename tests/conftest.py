@@ -24,7 +24,7 @@ from helpers import (
     Mounter,
     force_unmount,
     mount_points,
-    reference,
+    reference_tree,
     search_bits_needed,
     suite_dirs,
     wait_until,
@@ -151,4 +151,4 @@ def admin(base: Path) -> Path:
 @pytest.fixture(scope="module")
 def expected(admin: Path, base: Path) -> dict[str, bytes]:
     """The admin's images as `unsquashfs` extracts them: served path -> bytes."""
-    return reference(admin, base / "reference").files
+    return reference_tree(admin, base / "reference").files

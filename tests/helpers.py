@@ -589,34 +589,6 @@ def official_with_long_links(root: Path) -> Path:
     return tar
 
 
-def official_files(root: Path) -> dict[str, bytes]:
-    """Every file of an official-layout source as the mount serves it (val regrouped by
-    label), read with tarfile: train/<wnid>/<file> from the class tars, val/, test/."""
-    from imagenetfs import source
-
-    labels = source.open_source(root).val_labels
-    files: dict[str, bytes] = {}
-    for split, name in (("train", "ILSVRC2012_img_train.tar"), ("val", "ILSVRC2012_img_val.tar"),
-                        ("test", "ILSVRC2012_img_test_v10102019.tar")):  # fmt: skip
-        with tarfile.open(root / name) as outer:
-            for member in outer.getmembers():
-                if not member.isfile():
-                    continue
-                data = outer.extractfile(member).read()  # type: ignore[union-attr]
-                if split == "train":
-                    wnid = member.name.removesuffix(".tar")
-                    with tarfile.open(fileobj=io.BytesIO(data)) as inner:
-                        for m in inner.getmembers():
-                            body = inner.extractfile(m).read()  # type: ignore[union-attr]
-                            files[f"train/{wnid}/{m.name}"] = body
-                elif split == "val":
-                    wnid = labels[member.name.encode()].decode()
-                    files[f"val/{wnid}/{member.name}"] = data
-                else:  # (the test tar holds test/<file>)
-                    files[f"test/{member.name.removeprefix('test/')}"] = data
-    return files
-
-
 # --- the one extracted reference ---------------------------------------------------------------
 
 SPLITS = ("train", "val", "test")
@@ -632,7 +604,7 @@ def extract_archive(archive: Path, dest: Path, exclude: Sequence[str] = ()) -> P
     if archive.name.endswith(".squashfs"):
         command = ["unsquashfs", "-q", "-n", "-d", str(dest), str(archive)]
     elif archive.name.endswith((".tar", ".tar.gz")):
-        dest.mkdir()
+        dest.mkdir(exist_ok=True)
         command = ["tar", "-xf", str(archive), "-C", str(dest)]
         command += [f"--exclude={name}" for name in exclude]
     elif archive.name.endswith(".zip"):
@@ -661,7 +633,7 @@ class Reference:
     mtimes: dict[str, int]
 
 
-def reference(source: Path, dest: Path, exclude: Sequence[str] = ()) -> Reference:
+def reference_tree(source: Path, dest: Path, exclude: Sequence[str] = ()) -> Reference:
     """The tree a mount of the ImageNet `source` serves (its image files), built at `dest` by
     real tools and never by imagenetfs: `unsquashfs` of each image, `tar` of the official tars
     (then of each class tar), `unzip` of Kaggle's zip, `cp -a` of an unpacked tree; the flat
@@ -744,7 +716,7 @@ def reference(source: Path, dest: Path, exclude: Sequence[str] = ()) -> Referenc
 
 
 def val_labels_of(where: Path, work: Path) -> dict[str, str]:
-    """Val file name -> wnid, from the label file at `where` (see `reference`)."""
+    """Val file name -> wnid, from the label file at `where` (see `reference_tree`)."""
     if (where / "val_labels.txt").is_file():
         return dict(ln.split() for ln in (where / "val_labels.txt").read_text().splitlines())
     if (where / "LOC_val_solution.csv").is_file():

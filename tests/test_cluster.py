@@ -35,7 +35,7 @@ from helpers import (
     children,
     is_mounted,
     one_error_line,
-    reference,
+    reference_tree,
     wait_until,
 )
 
@@ -533,7 +533,7 @@ def test_a_copy_in_progress_counts_at_its_full_size(
             for m, mp in ((elsewhere, one), (mounter, two)):
                 report = wait_staged(m, mp)
                 assert not any("No space left" in e for e in errors_of(report).values()), report
-            assert served(two) == reference(other, tmp_path / "reference").files
+            assert served(two) == reference_tree(other, tmp_path / "reference").files
         finally:
             elsewhere.cleanup()
 

@@ -16,7 +16,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from helpers import one_error_line
+from helpers import extract_archive, one_error_line
 from PIL import Image
 
 from imagenetfs import generate, source, synsets
@@ -40,12 +40,6 @@ def unsquashfs_list(image: Path) -> list[str]:
         if len(fields) == 6 and fields[0].startswith("-"):
             files.append(fields[5].lstrip("/"))
     return sorted(files)
-
-
-def extract(image: Path, dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(dest), str(image)], check=True)
-    return dest
 
 
 def digest_tree(root: Path) -> dict[str, str]:
@@ -197,7 +191,7 @@ def test_cluster_images_decode(cluster: Path, tmp_path: Path) -> None:
     """Pillow opens every file; the oddities are what ImageNet has."""
     modes: collections.Counter[tuple[str | None, str]] = collections.Counter()
     for split in ("train", "val", "test"):
-        root = extract(cluster / f"{split}.squashfs", tmp_path / split)
+        root = extract_archive(cluster / f"{split}.squashfs", tmp_path / split)
         for path in root.rglob("*.JPEG"):
             with Image.open(path) as img:
                 img.load()
@@ -213,8 +207,8 @@ def test_same_seed_same_images(cluster: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
     generate.generate(again, SMALL)
     for split in ("train", "val", "test"):
-        a = extract(cluster / f"{split}.squashfs", tmp_path / "a" / split)
-        b = extract(again / f"{split}.squashfs", tmp_path / "b" / split)
+        a = extract_archive(cluster / f"{split}.squashfs", tmp_path / "a" / split)
+        b = extract_archive(again / f"{split}.squashfs", tmp_path / "b" / split)
         assert digest_tree(a) == digest_tree(b)
         # mksquashfs builds reproducibly, so whole images are identical too
         assert (cluster / f"{split}.squashfs").read_bytes() == (
@@ -222,8 +216,8 @@ def test_same_seed_same_images(cluster: Path, tmp_path: Path) -> None:
         ).read_bytes()
     other = tmp_path / "other"
     generate.generate(other, Spec(**{**SMALL.__dict__, "seed": 7, "test": 1}))
-    a = extract(cluster / "test.squashfs", tmp_path / "c")
-    b = extract(other / "test.squashfs", tmp_path / "d")
+    a = extract_archive(cluster / "test.squashfs", tmp_path / "c")
+    b = extract_archive(other / "test.squashfs", tmp_path / "d")
     name = "ILSVRC2012_test_00000001.JPEG"
     assert (a / name).read_bytes() != (b / name).read_bytes()
 
@@ -280,10 +274,10 @@ def test_kaggle_layout(tmp_path: Path, packed: str) -> None:
     out = tmp_path / "k"
     if packed == "squashfs":
         assert not (out / "ILSVRC").exists()
-        root = extract(out / "ILSVRC.squashfs", tmp_path / "x")
+        root = extract_archive(out / "ILSVRC.squashfs", tmp_path / "x")
     elif packed == "zip":  # everything inside, as Kaggle ships it; the zip is one others read
         assert sorted(p.name for p in out.iterdir()) == [source.KAGGLE_ZIP]
-        subprocess.run(["python3", "-m", "zipfile", "-e", out / source.KAGGLE_ZIP, out], check=True)
+        extract_archive(out / source.KAGGLE_ZIP, out)
         root = out / "ILSVRC"
     else:
         root = out / "ILSVRC"

@@ -56,6 +56,7 @@ from helpers import (
     is_mounted,
     mount_points,
     one_error_line,
+    reference_tree,
     wait_until,
 )
 
@@ -120,33 +121,9 @@ class Dataset:
 def build_dataset(base: Path, name: str, spec: Spec) -> Dataset:
     root = base / name
     generate.generate(root, spec)
-    labels = dict(line.split() for line in (root / "val_labels.txt").read_text().splitlines())
-    files: dict[str, bytes] = {}
-    dirs: set[str] = set()
-    mtimes: dict[str, int] = {}
-    for split in SPLITS:
-        out = base / f"{name}-extracted" / split
-        out.parent.mkdir(exist_ok=True)
-        cmd = ["unsquashfs", "-q", "-n", "-d", str(out), str(root / f"{split}.squashfs")]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-        dirs.add(split)
-        mtimes[split] = int(out.stat().st_mtime)
-        for dirpath, dirnames, filenames in os.walk(out):
-            inner = os.path.relpath(dirpath, out)
-            prefix = split if inner == "." else f"{split}/{inner}"
-            for d in dirnames:
-                dirs.add(f"{prefix}/{d}")
-                mtimes[f"{prefix}/{d}"] = int(os.lstat(os.path.join(dirpath, d)).st_mtime)
-            for f in filenames:
-                path = os.path.join(dirpath, f)
-                st = os.lstat(path)
-                assert stat.S_ISREG(st.st_mode), path
-                rel = f"{prefix}/{f}"
-                if prefix == "val":  # flat val in the image: regrouped by label
-                    dirs.add(f"val/{labels[f]}")
-                    rel = f"val/{labels[f]}/{f}"
-                files[rel] = Path(path).read_bytes()
-                mtimes[rel] = int(st.st_mtime)
+    extracted = reference_tree(root, base / f"{name}-extracted")
+    assert not extracted.links, "the generated images hold files and directories only"
+    files, dirs, mtimes = dict(extracted.files), set(extracted.dirs), dict(extracted.mtimes)
     files |= expected_root_files(files)
     index = base / f"{name}.lmdb"
     subprocess.run(

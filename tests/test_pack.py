@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import CLI, Mounter, fuse_unusable, one_error_line, wait_until
+from helpers import CLI, Mounter, extract_archive, fuse_unusable, one_error_line, wait_until
 
 from imagenetfs import generate, nodeid
 from imagenetfs.generate import Spec
@@ -46,15 +46,11 @@ LOCK = ".imagenetfs-pack.lock"
 LONG_NAME = "n01440764_" + "é" * 60 + ".JPEG"  # > 100 bytes: a PAX header in the stream
 
 
-def unsquash(image: Path, dest: Path) -> None:
-    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(dest), str(image)], check=True)
-
-
 def make_unpacked(cluster: Path, root: Path) -> Path:
     """The tiny cluster images unpacked into train/ val/ test/, with the odd cases added."""
     root.mkdir()
     for split in SPLITS:
-        unsquash(cluster / f"{split}.squashfs", root / split)
+        extract_archive(cluster / f"{split}.squashfs", root / split)
     shutil.copy(cluster / "val_labels.txt", root)
     wnid = sorted(p.name for p in (root / "train").iterdir())[0]
     klass = root / "train" / wnid
