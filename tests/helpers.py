@@ -263,7 +263,8 @@ class Mounter:
     points: list[Path] = field(default_factory=list)
     pids: set[int] = field(default_factory=set)
     #: Keep the mount registry in `work` (IMAGENETFS_STATE_DIR), not in the node's
-    #: /tmp/imagenetfs-UID/mounts that every test of this user would share.
+    #: /tmp/imagenetfs-UID/mounts that every test of this user would share. False only where
+    #: that default is what is tested (test_registry.py, which clears it before and after).
     own_state: bool = True
 
     @property

@@ -304,7 +304,9 @@ def test_a_killed_pack_is_finished_by_the_rerun(work: Mounter, slow: Path) -> No
     out = work.work / "killed"
     proc = start_pack(work, slow, out)
     assert wait_until(lambda: bool(list(out.glob(".train.squashfs.part-*"))), 60)
-    one_error_line(work.cli("pack", slow, out), f"another imagenetfs pack is writing {out}")
+    one_error_line(
+        work.cli("pack", slow, out), f"another imagenetfs pack is writing {out}", stdout=None
+    )
     assert proc.poll() is None, "the first pack ended before the second was refused"
     proc.kill()
     proc.wait()
@@ -362,6 +364,10 @@ print(json.dumps(out))
 # --- refusals and failures --------------------------------------------------------------------
 
 
+# (A pack that has begun -- its source read, `source: ...` said on stdout -- and then stops:
+# `stdout=None` below. A refusal before that says nothing on stdout.)
+
+
 def test_refusals(work: Mounter, sources: dict[str, Path], packed: dict[str, Path]) -> None:
     kaggle, cluster = sources["kaggle"], sources["cluster"]
     one_error_line(work.cli("pack", kaggle, kaggle), "is the source itself")
@@ -374,13 +380,15 @@ def test_refusals(work: Mounter, sources: dict[str, Path], packed: dict[str, Pat
     assert not (work.work / "o").exists()
     # packed from another source: refused, then replaced with --force
     result = work.cli("pack", kaggle, packed["cluster"])
-    one_error_line(result, "holds train.squashfs, val.squashfs, test.squashfs of another source")
+    one_error_line(
+        result, "holds train.squashfs, val.squashfs, test.squashfs of another source", stdout=None
+    )
     assert "--force" in result.stderr
     # images no pack made (the generator's): refused too
     theirs = work.work / "theirs"
     theirs.mkdir()
     shutil.copy(cluster / "val.squashfs", theirs)
-    one_error_line(work.cli("pack", kaggle, theirs), "holds val.squashfs of another source")
+    one_error_line(work.cli("pack", kaggle, theirs), "holds val.squashfs of another", stdout=None)
     result = work.cli("pack", kaggle, theirs, "--force", "--splits", "val")
     assert result.returncode == 0, result.stderr
     manifest = json.loads((theirs / ".imagenetfs-pack.json").read_text())
@@ -393,7 +401,7 @@ def test_no_space_is_one_line(work: Mounter, sources: dict[str, Path]) -> None:
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(small)], check=True)
     try:
         result = work.cli("pack", sources["cluster"], small / "out")
-        one_error_line(result, "not enough space for train.squashfs")
+        one_error_line(result, "not enough space for train.squashfs", stdout=None)
         assert parts(small / "out") == []
     finally:
         subprocess.run(["umount", str(small)], check=True)
@@ -423,7 +431,9 @@ def test_mksquashfs_failing_is_one_line(work: Mounter, sources: dict[str, Path])
         env=env,
         timeout=60,
     )
-    one_error_line(result, "mksquashfs failed for train.squashfs: Write failed because No space")
+    one_error_line(
+        result, "mksquashfs failed for train.squashfs: Write failed because No space", stdout=None
+    )
     assert "FATAL ERROR: Failed to write to output filesystem" in result.stderr
     assert time.monotonic() - started < 30
     assert parts(out) == [] and not (out / "train.squashfs").exists()
@@ -528,11 +538,11 @@ def test_the_lock_of_another_node(work: Mounter, sources: dict[str, Path]) -> No
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "held\n"
         refused = f"another imagenetfs pack is writing {out} (pid {holder.pid} on othernode"
-        one_error_line(work.cli("pack", src, out), refused)
+        one_error_line(work.cli("pack", src, out), refused, stdout=None)
         holder.kill()  # its lock file stays: this node cannot know that it is gone
         holder.wait()
         result = work.cli("pack", src, out)
-        one_error_line(result, refused)
+        one_error_line(result, refused, stdout=None)
         assert f"remove {out / LOCK}" in result.stderr
         assert {p.name for p in out.iterdir()} == {LOCK}
     finally:
