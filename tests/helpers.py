@@ -728,7 +728,7 @@ def val_labels_of(where: Path, work: Path) -> dict[str, str]:
     if (where / f"{DEVKIT}.tar.gz").is_file():
         devkit = extract_archive(where / f"{DEVKIT}.tar.gz", work / "devkit") / DEVKIT
     if devkit.is_dir():
-        from scipy.io import loadmat
+        from scipy.io import loadmat  # type: ignore[import-untyped]
 
         synsets = loadmat(str(devkit / "data" / "meta.mat"), squeeze_me=True)["synsets"]
         wnid_of = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}

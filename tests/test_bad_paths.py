@@ -5,8 +5,9 @@ As an unprivileged user (the `users` fixture), every command and path option of
 cannot write (or read), a path that does not exist, a file where a directory is wanted (or a
 directory where a file is), and a full disk -- a 64 KiB tmpfs mounted here and filled up. Each
 run must end within `BOUND` seconds (its whole process group is killed at that time: a warm
-whose pool restarts its workers forever would be), exit 1 and print, as its last and only
-error line, `imagenetfs: error: ...` naming the path and what to do -- no traceback.
+whose pool restarts its workers forever would be), exit 1 and print one line on stderr and
+nothing else, `imagenetfs: error: ...` naming the path and what to do -- no traceback
+(`helpers.one_error_line`).
 """
 
 from __future__ import annotations
