@@ -11,12 +11,24 @@ import stat
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import CLI, Mounter, force_unmount, mount_points, search_bits_needed
+from helpers import (
+    CLI,
+    RUN_MARK,
+    Leftovers,
+    Mounter,
+    force_unmount,
+    mount_points,
+    reference_tree,
+    search_bits_needed,
+    suite_dirs,
+    wait_until,
+)
 
 import imagenetfs
 from imagenetfs import generate
@@ -24,6 +36,23 @@ from imagenetfs import generate
 PY = sys.executable
 USER, OTHER = "imagenetfs-test", "imagenetfs-other"
 SPLITS = ("train", "val", "test")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """After the last test: no imagenetfs process the suite started still runs (a command, a
+    daemon, a worker), no FUSE mount remains in the suite's directories, no record of one of
+    its mounts is in a default registry (a test must mount with a state directory of its own:
+    `Mounter`) -- else the run fails here, naming each; they are then undone all the same."""
+    os.environ[RUN_MARK] = f"{os.getpid()}-{time.time_ns()}"
+    mark, dirs = f"{RUN_MARK}={os.environ[RUN_MARK]}", suite_dirs(tmp_path_factory.getbasetemp())
+    before = Leftovers.now(dirs, mark)
+    yield
+    # (a daemon whose mount went away ends within moments: ENODEV on its next read)
+    wait_until(lambda: not Leftovers.now(dirs, mark).since(before), 15, interval=0.2)
+    left = Leftovers.now(dirs, mark).since(before)
+    left.clear()
+    assert not left, f"the suite left behind:\n{left}"
 
 
 @pytest.fixture
@@ -103,22 +132,6 @@ def user(users: Users) -> Iterator[Mounter]:
     users.user.cleanup()
 
 
-def unsquashed(root: Path, work: Path) -> dict[str, bytes]:
-    """File name -> bytes of every file in the source's images (names are unique in ImageNet)."""
-    out: dict[str, bytes] = {}
-    for split in SPLITS:
-        target = work / f"unsquashed-{split}"
-        if not target.exists():
-            subprocess.run(
-                ["unsquashfs", "-q", "-n", "-d", str(target), str(root / f"{split}.squashfs")],
-                check=True, stdout=subprocess.DEVNULL, timeout=120,
-            )  # fmt: skip
-        for path in target.rglob("*"):
-            if path.is_file():
-                out[path.name] = path.read_bytes()
-    return out
-
-
 @pytest.fixture(scope="module")
 def admin(base: Path) -> Path:
     """The admin's data: the sample's images, listings and labels, and the index beside them,
@@ -137,4 +150,5 @@ def admin(base: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def expected(admin: Path, base: Path) -> dict[str, bytes]:
-    return unsquashed(admin, base)
+    """The admin's images as `unsquashfs` extracts them: served path -> bytes."""
+    return reference_tree(admin, base / "reference").files

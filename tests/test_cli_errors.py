@@ -2,7 +2,9 @@
 
 Each case runs the real `imagenetfs` CLI in a subprocess. Cases that need the machine to lack
 something (no /dev/fuse, no fusermount3) create that situation for real: a private mount
-namespace with an empty /dev, or a PATH without fusermount3 for an unprivileged user.
+namespace with an empty /dev, or a PATH without fusermount3 for an unprivileged user. Every
+command runs through `Mounter`, with a state directory of its own (never the node's registry),
+and what a test mounts is undone after it.
 """
 
 from __future__ import annotations
@@ -14,35 +16,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import searchable_by_others
+from helpers import CLI, Mounter, one_error_line, searchable_by_others
 
 from imagenetfs import generate
 from imagenetfs.generate import Spec
 
-CLI = [sys.executable, "-m", "imagenetfs.cli"]
 SPEC = Spec(classes=2, train_per_class=2, val_per_class=1, test=1, tiny=True)
-
-
-def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*CLI, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], expected: str) -> None:
-    """Exit 1; the error is the last line and the only one (progress notes may precede it)."""
-    assert result.returncode == 1, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    errors = [line for line in lines if "error" in line.lower()]
-    assert errors == lines[-1:], result.stderr
-    assert lines[-1].startswith("imagenetfs: error: "), lines[-1]
-    assert expected in lines[-1], lines[-1]
-    assert "Traceback" not in result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -59,110 +38,113 @@ def mountpoint(tmp_path: Path) -> Path:
     return mp
 
 
-def test_missing_source(tmp_path: Path, mountpoint: Path) -> None:
+def test_missing_source(mounter: Mounter, tmp_path: Path, mountpoint: Path) -> None:
     missing = tmp_path / "nowhere"
     for command in (["mount", str(mountpoint)], ["index"]):
-        result = run(*command, "--source", str(missing))
-        assert_one_line_error(result, f"source {missing} does not exist")
-    env = {**os.environ, "IMAGENETFS_SOURCE": str(missing)}
-    assert_one_line_error(run("mount", str(mountpoint), env=env), f"source {missing}")
+        result = mounter.cli(*command, "--source", str(missing))
+        one_error_line(result, f"source {missing} does not exist")
+    env = {"IMAGENETFS_SOURCE": str(missing)}
+    one_error_line(mounter.cli("mount", str(mountpoint), env=env), f"source {missing}")
 
 
-def test_source_without_images(tmp_path: Path, mountpoint: Path) -> None:
+def test_source_without_images(mounter: Mounter, tmp_path: Path, mountpoint: Path) -> None:
     empty = tmp_path / "empty"
     empty.mkdir()
-    result = run("mount", "--source", str(empty), str(mountpoint))
-    assert_one_line_error(result, "no ImageNet found (looked for train/val/test.squashfs")
+    result = mounter.cli("mount", "--source", str(empty), str(mountpoint))
+    one_error_line(result, "no ImageNet found (looked for train/val/test.squashfs")
 
 
-def test_not_a_squashfs_image(tmp_path: Path, mountpoint: Path) -> None:
+def test_not_a_squashfs_image(mounter: Mounter, tmp_path: Path, mountpoint: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
     (src / "train.squashfs").write_bytes(b"this is a tarball, not an image" * 100)
-    result = run("mount", "--source", str(src), "--index", str(tmp_path / "i"), str(mountpoint))
-    assert_one_line_error(result, f"{src / 'train.squashfs'}: not a SquashFS image")
+    result = mounter.cli(
+        "mount", "--source", str(src), "--index", str(tmp_path / "i"), str(mountpoint)
+    )
+    # (after the notice that it indexes the source first, the index being missing)
+    one_error_line(result, f"{src / 'train.squashfs'}: not a SquashFS image", notes=True)
     assert not os.path.ismount(mountpoint)
 
 
-def test_corrupt_image(tmp_path: Path, data: Path, mountpoint: Path) -> None:
+def test_corrupt_image(mounter: Mounter, tmp_path: Path, data: Path, mountpoint: Path) -> None:
     src = tmp_path / "src"
     shutil.copytree(data, src)
     image = src / "train.squashfs"
     blob = bytearray(image.read_bytes())
     del blob[len(blob) // 2 :]  # truncated: tables point past the end
     image.write_bytes(bytes(blob))
-    result = run("mount", "--source", str(src), "--index", str(tmp_path / "i"), str(mountpoint))
-    assert_one_line_error(result, str(image))
+    result = mounter.cli(
+        "mount", "--source", str(src), "--index", str(tmp_path / "i"), str(mountpoint)
+    )
+    one_error_line(result, str(image), notes=True)  # (after "indexing ...")
     assert not os.path.ismount(mountpoint)
 
 
-def test_bad_mount_points(tmp_path: Path, data: Path) -> None:
+def test_bad_mount_points(mounter: Mounter, tmp_path: Path, data: Path) -> None:
     index = str(tmp_path / "i.lmdb")
     base = ["mount", "--source", str(data), "--index", index]
     afile = tmp_path / "file"
     afile.write_text("x")
-    assert_one_line_error(run(*base, str(afile)), f"mount point {afile} is not a directory")
+    one_error_line(mounter.cli(*base, str(afile)), f"mount point {afile} is not a directory")
     full = tmp_path / "full"
     full.mkdir()
     (full / "something").write_text("x")
-    assert_one_line_error(run(*base, str(full)), f"mount point {full} is not empty")
+    one_error_line(mounter.cli(*base, str(full)), f"mount point {full} is not empty")
     orphan = tmp_path / "no" / "such" / "dir"
-    assert_one_line_error(run(*base, str(orphan)), "does not exist")
+    one_error_line(mounter.cli(*base, str(orphan)), "does not exist")
 
     busy = tmp_path / "busy"
     busy.mkdir()
+    mounter.mount(busy, data, index=tmp_path / "i.lmdb")
+    # the same source again joins that mount (tests/test_slurm.py); another is refused
+    other = ["mount", "--source", str(tmp_path / "other"), str(busy)]
+    one_error_line(mounter.cli(*other), f"{busy} is busy: imagenetfs serves {data} there")
+    tmpfs = tmp_path / "tmpfs"  # and so is anything else mounted there
+    tmpfs.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(tmpfs)], check=True)
     try:
-        assert run(*base, str(busy)).returncode == 0
-        # the same source again joins that mount (tests/test_slurm.py); another is refused
-        other = ["mount", "--source", str(tmp_path / "other"), str(busy)]
-        assert_one_line_error(run(*other), f"{busy} is busy: imagenetfs serves {data} there")
-        tmpfs = tmp_path / "tmpfs"  # and so is anything else mounted there
-        tmpfs.mkdir()
-        subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(tmpfs)], check=True)
-        try:
-            assert_one_line_error(run(*base, str(tmpfs)), f"mount point {tmpfs} is busy")
-        finally:
-            subprocess.run(["umount", "-l", str(tmpfs)], check=False)
+        one_error_line(mounter.cli(*base, str(tmpfs)), f"mount point {tmpfs} is busy")
     finally:
-        subprocess.run(["fusermount3", "-u", "-z", str(busy)], check=False)
+        subprocess.run(["umount", "-l", str(tmpfs)], check=False)
 
 
-def test_umount_not_mounted(mountpoint: Path) -> None:
-    assert_one_line_error(run("umount", str(mountpoint)), f"{mountpoint} is not mounted")
+def test_umount_not_mounted(mounter: Mounter, mountpoint: Path) -> None:
+    one_error_line(mounter.cli("umount", str(mountpoint)), f"{mountpoint} is not mounted")
 
 
-def test_bad_index(tmp_path: Path, data: Path, mountpoint: Path) -> None:
+def test_bad_index(mounter: Mounter, tmp_path: Path, data: Path, mountpoint: Path) -> None:
     bogus = tmp_path / "bogus.lmdb"
     bogus.write_bytes(b"\0" * 10000)
-    result = run("mount", "--source", str(data), "--index", str(bogus), str(mountpoint))
-    assert_one_line_error(result, f"{bogus}")
+    result = mounter.cli("mount", "--source", str(data), "--index", str(bogus), str(mountpoint))
+    one_error_line(result, f"{bogus}")
 
 
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs unshare (util-linux)")
-def test_no_dev_fuse(tmp_path: Path, data: Path, mountpoint: Path) -> None:
+def test_no_dev_fuse(mounter: Mounter, tmp_path: Path, data: Path, mountpoint: Path) -> None:
     """In a mount namespace of its own whose /dev is an empty tmpfs, there is no /dev/fuse.
 
     Only /dev is made private there (`unshare --propagation private` would remount / private,
     which a chroot, whose / is no mount point, refuses); without that the tmpfs could reach the
     machine's own /dev, so the test skips when /dev cannot be made private."""
     index = tmp_path / "i.lmdb"
-    assert run("index", "--source", str(data), "--index", str(index)).returncode == 0
+    assert mounter.cli("index", "--source", str(data), "--index", str(index)).returncode == 0
     script = (
         "mount --make-rprivate /dev || exit 77; mount -t tmpfs none /dev && "
-        f"exec {' '.join(CLI)} mount --source {data} --index {index} {mountpoint}"
+        f"exec {CLI} mount --source {data} --index {index} {mountpoint}"
     )
     result = subprocess.run(
         ["unshare", "--mount", "--propagation", "unchanged", "sh", "-c", script],
         capture_output=True,
         text=True,
         timeout=120,
+        env=mounter.env(),
     )
     if result.returncode == 77:
         pytest.skip(f"/dev cannot be made private here: {result.stderr.strip()}")
-    assert_one_line_error(result, "/dev/fuse is missing")
+    one_error_line(result, "/dev/fuse is missing")
 
 
-def test_no_fusermount3_for_a_user(tmp_path: Path, data: Path) -> None:
+def test_no_fusermount3_for_a_user(mounter: Mounter, tmp_path: Path, data: Path) -> None:
     """An unprivileged user whose PATH has no fusermount3 gets told to install fuse3."""
     user = "nobody"
     base = Path("/tmp") / f"imagenetfs-nofusermount-{os.getpid()}"
@@ -173,14 +155,17 @@ def test_no_fusermount3_for_a_user(tmp_path: Path, data: Path) -> None:
         src.chmod(0o755)
         mp.mkdir()
         shutil.chown(mp, user)
+        state = base / "state"  # (its own registry, not the node's /tmp/imagenetfs-UID)
+        state.mkdir(mode=0o700)
+        shutil.chown(state, user)
         index = base / "i.lmdb"
-        assert run("index", "--source", str(src), "--index", str(index)).returncode == 0
+        assert mounter.cli("index", "--source", str(src), "--index", str(index)).returncode == 0
         os.chmod(index, 0o644)
         fuse_mode = os.stat("/dev/fuse").st_mode
         os.chmod("/dev/fuse", 0o666)
         code = Path(__file__).resolve().parent.parent
         try:
-            with searchable_by_others([code, Path(sys.executable).resolve()]):
+            with searchable_by_others([code, Path(sys.executable).resolve(), Path(CLI)]):
                 result = subprocess.run(
                     [
                         "runuser",
@@ -190,7 +175,8 @@ def test_no_fusermount3_for_a_user(tmp_path: Path, data: Path) -> None:
                         "env",
                         "PATH=/nonexistent",
                         "HOME=/tmp",
-                        *CLI,
+                        f"IMAGENETFS_STATE_DIR={state}",
+                        CLI,
                         "mount",
                         "--source",
                         str(src),
@@ -204,14 +190,14 @@ def test_no_fusermount3_for_a_user(tmp_path: Path, data: Path) -> None:
                 )
         finally:
             os.chmod("/dev/fuse", fuse_mode & 0o7777)
-        assert_one_line_error(result, "fusermount3 not found: install fuse3")
+        one_error_line(result, "fusermount3 not found: install fuse3")
     finally:
         shutil.rmtree(base)
 
 
-def test_bad_workers_setting(tmp_path: Path, mountpoint: Path) -> None:
+def test_bad_workers_setting(mounter: Mounter, tmp_path: Path, mountpoint: Path) -> None:
     """A bad IMAGENETFS_WORKERS is refused at once, before the source is even looked at."""
     for bad in ("lots", "-1", "65"):
-        env = {**os.environ, "IMAGENETFS_WORKERS": bad, "IMAGENETFS_SOURCE": str(tmp_path / "x")}
-        assert_one_line_error(run("mount", str(mountpoint), env=env), "IMAGENETFS_WORKERS")
-    assert_one_line_error(run("mount", "--workers", "99", str(mountpoint)), "--workers")
+        env = {"IMAGENETFS_WORKERS": bad, "IMAGENETFS_SOURCE": str(tmp_path / "x")}
+        one_error_line(mounter.cli("mount", str(mountpoint), env=env), "IMAGENETFS_WORKERS")
+    one_error_line(mounter.cli("mount", "--workers", "99", str(mountpoint)), "--workers")

@@ -33,11 +33,10 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import fuse_unusable, mount_points
+from helpers import Mounter, fuse_unusable, mount_points, one_error_line
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -162,12 +161,12 @@ def fuse_usable() -> str | None:
 
 
 @pytest.fixture
-def mountpoint(tmp_path: Path) -> Iterator[Path]:
-    mp = tmp_path / "mp"
-    mp.mkdir()
-    yield mp
-    if str(mp) in mount_points():  # a refusal that mounted after all must not outlive us
-        subprocess.run(["fusermount3", "-u", "-z", "-q", str(mp)], timeout=30)
+def mountpoint(mounter: Mounter) -> Path:
+    """A mount point the harness undoes after the test (a refusal that mounted after all must
+    not outlive it)."""
+    mp = mounter.mkdir("mp")
+    mounter.points.append(mp)
+    return mp
 
 
 def run(*args: object) -> subprocess.CompletedProcess[str]:
@@ -179,15 +178,6 @@ def run(*args: object) -> subprocess.CompletedProcess[str]:
         stdin=subprocess.DEVNULL,
         env={**os.environ, "XDG_CACHE_HOME": tempfile.gettempdir() + "/imagenetfs-fuzz-cache"},
     )
-
-
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("imagenetfs: error: ")]
-    assert len(errors) == 1 and all(ln.startswith("imagenetfs: ") for ln in lines), lines
-    return errors[0]
 
 
 def crafted_source(tmp_path: Path, old: bytes, bad: bytes) -> Path:
@@ -221,18 +211,20 @@ def crafted_source(tmp_path: Path, old: bytes, bad: bytes) -> Path:
     [(b"aa", b".."), (b"b", b"."), (b"ab", b"a/"), (b"ab", b"a\0"), (b"abc", b"../")],
 )
 def test_crafted_names_are_refused_end_to_end(
-    tmp_path: Path, mountpoint: Path, old: bytes, bad: bytes
+    tmp_path: Path, mounter: Mounter, mountpoint: Path, old: bytes, bad: bytes
 ) -> None:
     """Names that could escape the tree (`..`, `.`, `/`, NUL) in an image: `imagenetfs
     index` and `imagenetfs mount` refuse the image with one line naming it; nothing is
     mounted and no index is left behind."""
     root = crafted_source(tmp_path, old, bad)
     image = root / "train.squashfs"
-    refused = one_error_line(run("index", "--source", root, "--index", tmp_path / "i.lmdb"))
+    built = run("index", "--source", root, "--index", tmp_path / "i.lmdb")
+    refused = one_error_line(built, stdout=None)  # (index names the source on stdout first)
     assert str(image) in refused and "invalid name" in refused, refused
     assert not (tmp_path / "i.lmdb").exists()
     refused = one_error_line(
-        run("mount", "--source", root, "--index", tmp_path / "j.lmdb", mountpoint)
+        mounter.cli("mount", "--source", root, "--index", tmp_path / "j.lmdb", mountpoint),
+        notes=True,  # (after "indexing ...": the index is built first)
     )
     assert str(image) in refused and "invalid name" in refused, refused
     assert str(mountpoint) not in mount_points() and os.listdir(mountpoint) == []
@@ -250,7 +242,8 @@ def test_hostile_val_labels_are_refused(
     lines = (root / "val_labels.txt").read_text().splitlines()
     lines[0] = f"{lines[0].split()[0]} {label}"
     (root / "val_labels.txt").write_text("\n".join(lines) + "\n")
-    refused = one_error_line(run("index", "--source", root, "--index", tmp_path / "i.lmdb"))
+    built = run("index", "--source", root, "--index", tmp_path / "i.lmdb")
+    refused = one_error_line(built, stdout=None)  # (index names the source on stdout first)
     assert "invalid name" in refused, refused
     assert not (tmp_path / "i.lmdb").exists()
 
@@ -342,7 +335,7 @@ def test_metadata_bomb_is_refused_in_bounded_memory(
     size = padded(image, table, 100_000)
     assert 3_200_000 < size < 3_500_000
     result, rss = peak_rss("index", "--source", root, "--index", tmp_path / "i.lmdb")
-    refused = one_error_line(result)
+    refused = one_error_line(result, stdout=None)  # (index names the source on stdout first)
     assert str(image) in refused and f"{table} table" in refused, refused
     assert rss < INDEX_BUILD_RSS, f"index build peaked at {rss >> 20} MiB"
     assert not (tmp_path / "i.lmdb").exists()

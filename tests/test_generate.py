@@ -16,6 +16,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from helpers import extract_archive, one_error_line
 from PIL import Image
 
 from imagenetfs import generate, source, synsets
@@ -39,12 +40,6 @@ def unsquashfs_list(image: Path) -> list[str]:
         if len(fields) == 6 and fields[0].startswith("-"):
             files.append(fields[5].lstrip("/"))
     return sorted(files)
-
-
-def extract(image: Path, dest: Path) -> Path:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(dest), str(image)], check=True)
-    return dest
 
 
 def digest_tree(root: Path) -> dict[str, str]:
@@ -196,7 +191,7 @@ def test_cluster_images_decode(cluster: Path, tmp_path: Path) -> None:
     """Pillow opens every file; the oddities are what ImageNet has."""
     modes: collections.Counter[tuple[str | None, str]] = collections.Counter()
     for split in ("train", "val", "test"):
-        root = extract(cluster / f"{split}.squashfs", tmp_path / split)
+        root = extract_archive(cluster / f"{split}.squashfs", tmp_path / split)
         for path in root.rglob("*.JPEG"):
             with Image.open(path) as img:
                 img.load()
@@ -212,8 +207,8 @@ def test_same_seed_same_images(cluster: Path, tmp_path: Path) -> None:
     again = tmp_path / "again"
     generate.generate(again, SMALL)
     for split in ("train", "val", "test"):
-        a = extract(cluster / f"{split}.squashfs", tmp_path / "a" / split)
-        b = extract(again / f"{split}.squashfs", tmp_path / "b" / split)
+        a = extract_archive(cluster / f"{split}.squashfs", tmp_path / "a" / split)
+        b = extract_archive(again / f"{split}.squashfs", tmp_path / "b" / split)
         assert digest_tree(a) == digest_tree(b)
         # mksquashfs builds reproducibly, so whole images are identical too
         assert (cluster / f"{split}.squashfs").read_bytes() == (
@@ -221,8 +216,8 @@ def test_same_seed_same_images(cluster: Path, tmp_path: Path) -> None:
         ).read_bytes()
     other = tmp_path / "other"
     generate.generate(other, Spec(**{**SMALL.__dict__, "seed": 7, "test": 1}))
-    a = extract(cluster / "test.squashfs", tmp_path / "c")
-    b = extract(other / "test.squashfs", tmp_path / "d")
+    a = extract_archive(cluster / "test.squashfs", tmp_path / "c")
+    b = extract_archive(other / "test.squashfs", tmp_path / "d")
     name = "ILSVRC2012_test_00000001.JPEG"
     assert (a / name).read_bytes() != (b / name).read_bytes()
 
@@ -279,10 +274,10 @@ def test_kaggle_layout(tmp_path: Path, packed: str) -> None:
     out = tmp_path / "k"
     if packed == "squashfs":
         assert not (out / "ILSVRC").exists()
-        root = extract(out / "ILSVRC.squashfs", tmp_path / "x")
+        root = extract_archive(out / "ILSVRC.squashfs", tmp_path / "x")
     elif packed == "zip":  # everything inside, as Kaggle ships it; the zip is one others read
         assert sorted(p.name for p in out.iterdir()) == [source.KAGGLE_ZIP]
-        subprocess.run(["python3", "-m", "zipfile", "-e", out / source.KAGGLE_ZIP, out], check=True)
+        extract_archive(out / source.KAGGLE_ZIP, out)
         root = out / "ILSVRC"
     else:
         root = out / "ILSVRC"
@@ -368,16 +363,14 @@ def test_cli_sample(tmp_path: Path) -> None:
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     result = run_cli("sample", str(tmp_path / "file"))
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
+    assert one_error_line(result) == (
         f"imagenetfs: error: DIR {tmp_path / 'file'}: not a directory; give DIR another path"
-    ]
+    )
     script = Path(__file__).parent.parent / "scripts" / "make_fake_imagenet.py"
     result = subprocess.run(
         [sys.executable, str(script), str(tmp_path / "x"), "--classes", "0"],
         capture_output=True,
         text=True,
     )
-    assert result.returncode == 1
-    assert result.stderr.strip() == "imagenetfs: error: --classes must be 1..1000, not 0"
+    assert one_error_line(result) == "imagenetfs: error: --classes must be 1..1000, not 0"
     assert run_cli("--help").returncode == 0

@@ -43,18 +43,9 @@ pytestmark = pytest.mark.skipif(
 
 def mount_at(mounter: Mounter, given: Path, source: Path, *extra: object) -> Mounted:
     """Mount at `given` (a path that may pass through symlinks) with the idle timeout; the
-    Mounted carries the point as the kernel lists it (resolved)."""
-    listed = Path(os.path.realpath(given))
-    mounter.points.append(listed)
-    result = mounter.cli(
-        "mount", "--source", source, "--idle-timeout", f"{TIMEOUT}s", *extra, given
-    )
-    assert result.returncode == 0, result.stderr
-    assert is_mounted(listed)
-    state = mounter.state(listed)  # (recorded as resolved: one record however it is named)
-    assert state is not None, f"no state file for {given}"
-    mounter.pids.add(int(state["pid"]))
-    return Mounted(listed, int(state["pid"]), Path(state["state_file"]))
+    Mounted carries the point as the kernel lists it (resolved), whose record `Mounter` finds
+    (recorded as resolved: one record however it is named)."""
+    return mounter.mount(given, source, "--idle-timeout", f"{TIMEOUT}s", *extra)
 
 
 def a_file(mp: Path) -> Path:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import Mounter
+from helpers import Mounter, extract_archive, reference_tree
 
 from imagenetfs import generate, index, source
 from imagenetfs.generate import Spec
@@ -43,11 +43,6 @@ def tree_of(root: Path, tmp: Path) -> dict[str, bytes]:
     return found
 
 
-def unsquash(image: Path, dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(dest), str(image)], check=True)
-
-
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = tmp_path_factory.mktemp("layouts")
@@ -65,7 +60,7 @@ def made(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     # the cluster's "Direct" form: the same images unpacked into train/ val/ test/
     direct = base / "unpacked"
     for split in ("train", "val", "test"):
-        unsquash(out["cluster"] / f"{split}.squashfs", direct / split)
+        extract_archive(out["cluster"] / f"{split}.squashfs", direct / split)
     shutil.copy(out["cluster"] / "val_labels.txt", direct)
     out["unpacked"] = direct
     return out
@@ -82,8 +77,12 @@ def with_labels(made: dict[str, Path], tmp: Path, name: str, add: Callable[[Path
 
 
 def test_all_layouts_serve_the_same_tree(made: dict[str, Path], tmp_path: Path) -> None:
+    """Every layout's index holds the cluster images' tree, whose image files are what
+    `unsquashfs` extracts from them (val regrouped by their val_labels.txt)."""
     reference = tree_of(made["cluster"], tmp_path)
-    assert len([p for p in reference if p.startswith(("train/", "val/", "test/"))]) == 20 + 12 + 3
+    images = {p: data for p, data in reference.items() if "/" in p}
+    assert images == reference_tree(made["cluster"], tmp_path / "x").files
+    assert len(images) == 20 + 12 + 3
     assert "val/n01440764/" in "".join(reference)
     official = made["official"]
 
@@ -153,47 +152,15 @@ def test_unpacked_tree_mounts(made: dict[str, Path], mounter: Mounter, tmp_path:
         assert served.stat().st_size == original.stat().st_size
 
 
-def extracted(made: dict[str, Path], name: str, dest: Path) -> dict[str, Path]:
-    """What `tar x` (the train tar, then each class tar in it) or `unzip` give for a download,
-    by the path the mount serves each file at (val regrouped by the generator's labels)."""
-    dest.mkdir()
-    root = made[name]
-    if name == "official":
-        for tar in sorted(root.glob("ILSVRC2012_img_*.tar")):
-            split = tar.name.split("_")[2].removesuffix(".tar")
-            (dest / split).mkdir()
-            subprocess.run(["tar", "-xf", tar, "-C", dest / split], check=True)
-        for inner in sorted((dest / "train").glob("*.tar")):
-            (dest / "train" / inner.stem).mkdir()
-            subprocess.run(["tar", "-xf", inner, "-C", dest / "train" / inner.stem], check=True)
-            inner.unlink()
-        for nested in (dest / "test" / "test").iterdir():
-            nested.rename(dest / "test" / nested.name)
-        data = dest
-    else:
-        subprocess.run(
-            [sys.executable, "-m", "zipfile", "-e", root / source.KAGGLE_ZIP, dest], check=True
-        )
-        data = dest / "ILSVRC" / "Data" / "CLS-LOC"
-    labels = dict(
-        line.split() for line in (made["cluster"] / "val_labels.txt").read_text().splitlines()
-    )
-    files = {}
-    for path in sorted(p for p in data.rglob("*") if p.is_file()):
-        rel = path.relative_to(data)
-        if rel.parts[0] == "val":
-            rel = Path("val", labels[rel.name], rel.name)
-        files[str(rel)] = path
-    return files
-
-
 @pytest.mark.parametrize("name", ["official", "kaggle-zip"])
 def test_downloads_mount_with_the_bytes_tar_and_unzip_give(
     made: dict[str, Path], mounter: Mounter, tmp_path: Path, name: str
 ) -> None:
     """Through FUSE, served from the tars / the zip (nothing extracted): every file equals what
-    `tar x` / unzip give, at the path the cluster layout's images give it."""
-    files = extracted(made, name, tmp_path / "x")
+    `tar x` / unzip give (val regrouped by the devkit's / LOC_val_solution.csv's labels), at
+    the path the cluster layout's images give it (`unsquashfs` of those)."""
+    files = reference_tree(made[name], tmp_path / "x").files
+    assert files == reference_tree(made["cluster"], tmp_path / "cluster").files
     assert len(files) == 20 + 12 + 3
     mp = mounter.mount(tmp_path / "mnt", made[name], index=tmp_path / "i").mp
     served = sorted(
@@ -204,8 +171,8 @@ def test_downloads_mount_with_the_bytes_tar_and_unzip_give(
     )
     assert served == sorted(files)
     for rel, original in files.items():
-        assert (mp / rel).read_bytes() == original.read_bytes(), rel
-        assert (mp / rel).stat().st_size == original.stat().st_size
+        assert (mp / rel).read_bytes() == original, rel
+        assert (mp / rel).stat().st_size == len(original)
     reference = mounter.mount(tmp_path / "ref", made["cluster"], index=tmp_path / "r").mp
     for root_file in ("meta.bin", "train_files.txt", "val_files.txt", "LOC_synset_mapping.txt"):
         assert (mp / root_file).read_bytes() == (reference / root_file).read_bytes(), root_file

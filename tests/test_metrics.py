@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Mounted, Mounter, fuse_unusable, small_source, wait_until
+from helpers import Mounted, Mounter, fuse_unusable, one_error_line, small_source, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 
 from imagenetfs import metrics, ops, squashfs, wire
@@ -377,12 +377,11 @@ def test_a_metrics_directory_that_does_not_exist(mounter: Mounter, data: Path) -
         "mount", "--source", data, "--index", data / "i.lmdb",
         "--metrics", mounter.work / "nowhere" / "x.prom", mp,
     )  # fmt: skip
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
+    assert one_error_line(result) == (
         f"imagenetfs: error: --metrics {mounter.work}/nowhere/x.prom: directory "
         f"{mounter.work}/nowhere does not exist; create it, or give --metrics a file in another "
         "directory"
-    ]
+    )
     assert not os.path.ismount(mp)
 
 

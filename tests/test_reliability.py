@@ -63,6 +63,8 @@ from helpers import (
     fuse_unusable,
     is_mounted,
     mount_points,
+    one_error_line,
+    reference_tree,
     wait_until,
 )
 from PIL import Image
@@ -123,15 +125,6 @@ def cli(*args: object, timeout: float = 120) -> subprocess.CompletedProcess[str]
     )
 
 
-def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
-    """A refusal: exit 1, no traceback, one `imagenetfs: error:` line."""
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr, result.stderr
-    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("imagenetfs: error: ")]
-    assert len(errors) == 1, result.stderr
-    return errors[0]
-
-
 def read_errno(path: Path) -> int | bytes:
     """The file's bytes, or the errno its read (or open) failed with."""
     try:
@@ -155,25 +148,6 @@ class Data:
         return sorted(self.files)
 
 
-def extract(root: Path, work: Path) -> dict[str, bytes]:
-    """The image files of the served tree, by unsquashfs (val regrouped by val_labels.txt)."""
-    labels = dict(ln.split() for ln in (root / "val_labels.txt").read_text().splitlines())
-    files: dict[str, bytes] = {}
-    work.mkdir(parents=True, exist_ok=True)
-    for split in SPLITS:
-        out = work / split
-        shutil.rmtree(out, ignore_errors=True)
-        cmd = ["unsquashfs", "-q", "-n", "-d", str(out), str(root / f"{split}.squashfs")]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-        for path in sorted(out.rglob("*")):
-            if path.is_file():
-                rel = path.relative_to(out).as_posix()
-                if split == "val" and "/" not in rel:
-                    rel = f"{labels[rel]}/{rel}"
-                files[f"{split}/{rel}"] = path.read_bytes()
-    return files
-
-
 def listings(files: dict[str, bytes], resized: bool) -> dict[str, list[str]]:
     dirs: dict[str, set[str]] = {"": {*SPLITS, *ROOT_FILES, *(["resized"] if resized else [])}}
     for rel in files:
@@ -189,7 +163,7 @@ def make_data(base: Path, name: str, spec: Spec) -> Data:
     index = base / f"{name}.lmdb"
     built = cli("index", "--source", root, "--index", index, "-q")
     assert built.returncode == 0, built.stderr
-    files = extract(root, base / f"{name}-extracted")
+    files = reference_tree(root, base / f"{name}-extracted").files
     return Data(root, index, files, listings(files, resized=False))
 
 
@@ -675,7 +649,7 @@ def test_image_replaced_while_mounted(
     other = base / "replacement"
     if not other.exists():
         generate.generate(other, Spec(**{**REALISTIC.__dict__, "seed": 7}))
-    new_files = extract(other, tmp_path / "new-extracted")
+    new_files = reference_tree(other, tmp_path / "new-extracted").files
     new_train = {r: b for r, b in new_files.items() if r.startswith("train/")}
     old_train = [r for r in data.images if r.startswith("train/")]
     assert any(data.files.get(r) != b for r, b in new_train.items()), "a different image"

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import ROOT_FILES, Mounter, fuse_unusable
+from helpers import ROOT_FILES, Mounter, fuse_unusable, reference_tree
 
 from imagenetfs import generate
 
@@ -136,13 +136,7 @@ def tars_mount(base: Path) -> Iterator[Path]:
 
 @pytest.fixture(scope="package")
 def unpacked(base: Path, source: Path, mount: Path) -> Path:
-    root = base / "unpacked"
-    root.mkdir()
-    for split in SPLITS:
-        run(["unsquashfs", "-q", "-n", "-d", root / split, source / f"{split}.squashfs"])
-    for name, wnid in _val_labels(source).items():
-        (root / "val" / wnid).mkdir(exist_ok=True)
-        os.rename(root / "val" / name, root / "val" / wnid / name)
+    root = reference_tree(source, base / "unpacked").root  # unsquashfs, val regrouped
     for name in ROOT_FILES:
         shutil.copy2(mount / name, root / name)
     return root
