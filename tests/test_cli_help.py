@@ -13,7 +13,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import CLI, Mounter
+from helpers import CLI, Mounter, one_error_line
 
 from imagenetfs import cli
 
@@ -57,16 +57,15 @@ def test_descriptions_name_every_kind_of_source() -> None:
             assert kind in text, (kind, text)
 
 
-def test_debug_after_the_command_shows_the_traceback(tmp_path: Path) -> None:
+def test_debug_after_the_command_shows_the_traceback(mounter: Mounter, tmp_path: Path) -> None:
     """`imagenetfs umount --debug X` as `imagenetfs --debug umount X`: the error line, and
     the traceback that --debug adds; without --debug, the line alone."""
-    for args in (["umount", "--debug", str(tmp_path)], ["--debug", "umount", str(tmp_path)]):
-        result = subprocess.run([CLI, *args], capture_output=True, text=True, timeout=60)
+    for args in (["umount", "--debug", tmp_path], ["--debug", "umount", tmp_path]):
+        result = mounter.cli(*args)
         assert result.returncode == 1
         assert "Traceback" in result.stderr, args
         assert result.stderr.strip().splitlines()[-1].startswith("imagenetfs: error: ")
-    plain = subprocess.run([CLI, "umount", str(tmp_path)], capture_output=True, text=True)
-    assert plain.returncode == 1 and "Traceback" not in plain.stderr
+    one_error_line(mounter.cli("umount", tmp_path), "is not mounted")
 
 
 @pytest.mark.parametrize("args", [["--help"], ["mount", "--help"], ["status"]])
