@@ -182,6 +182,15 @@ def directory_node(ino: int, parent: int, name: bytes, mtime: int, subdirs: int)
     return Node(ino, DIR, parent, subdirs, mtime, name, _DIR_TAIL.pack(0, 0, subdirs))
 
 
+#: The "image number" of the files a view makes on read (shards.py): in no image, no blob.
+VIEW_IMAGE = 0xFFFE
+
+
+def virtual_file_node(ino: int, parent: int, name: bytes, size: int, mtime: int) -> Node:
+    """A file that is not in the index (the shard view's): attributes only."""
+    return Node(ino, FILE, parent, size, mtime, name, _FILE_TAIL.pack(VIEW_IMAGE, 0, 0, 0, 0))
+
+
 def _decode(ino: int, value: bytes) -> Node:
     kind, parent, size, mtime, name_len = _HEAD.unpack_from(value)
     end = _HEAD.size + name_len
@@ -785,6 +794,11 @@ class Index:
         if image == BLOB_IMAGE:
             return self._read_blob(node, offset, size)
         return self._images[image].read(extent, offset, size, nowait=nowait)
+
+    def image_sizes(self) -> dict[int, tuple[int, int]] | None:
+        """File inode -> (width, height) of every image whose size the index holds (built with
+        `--image-sizes`); None when it holds none."""
+        return None
 
     def locate(self, node: Node, offset: int, size: int) -> list[squashfs.Run] | None:
         """Where the bytes `read` returns lie in the image files (`SquashImage.locate`); None
