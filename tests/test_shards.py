@@ -1,0 +1,359 @@
+"""The shard view (`mount --shards`): WebDataset tar shards made on the fly, on real mounts.
+
+One small source (real JPEGs, a truncated one, a 65 MiB one, a text file and a symlink beside
+them) mounted with `--shards --shard-samples 3` in both serving modes and twice with workers,
+and once with another seed. The oracle for every member is the tree the same mount serves and
+the files the images were made from; the oracles for the format are Python's `tarfile` (which
+writes ustar headers too), GNU tar, and the index files' own definitions (DALI's `wds2idx`
+reads member data offsets, wids's index names each shard with its size and sample count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import mmap
+import os
+import random
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import Mounted, Mounter, SmallSource, small_source
+
+from imagenetfs import generate, index, source
+from imagenetfs.generate import Spec
+from imagenetfs.index import Index
+from imagenetfs.shards import MTIME, RECORD, header
+from imagenetfs.views import ShardSettings, Tree
+
+PER_SHARD = 3
+SPLITS = {"train": "train", "validation": "val"}
+IMAGE = (".jpeg", ".jpg", ".png")
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> SmallSource:
+    return small_source(tmp_path_factory.mktemp("small"))
+
+
+@pytest.fixture(scope="module")
+def mounts(
+    small: SmallSource, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Mounted]]:
+    """workers, workers-again (a second mount), pyfuse3 (`--workers 0`), seed1, plain."""
+    harness = Mounter(tmp_path_factory.mktemp("mounts"))
+    shards = ["--shards", "--shard-samples", PER_SHARD]
+    try:
+        out = {}
+        for name, extra in {
+            "workers": [*shards, "--workers", 2],
+            "workers-again": [*shards, "--workers", 2],
+            "pyfuse3": [*shards, "--workers", 0],
+            "seed1": [*shards, "--shard-seed", 1, "--workers", 2],
+            "plain": ["--workers", 2],
+        }.items():
+            mp = harness.mkdir(name)
+            out[name] = harness.mount(mp, small.root, *extra, index=small.index)
+        yield out
+    finally:
+        harness.cleanup()
+
+
+def view(mounted: Mounted, seed_dir: str = "wds") -> Path:
+    return mounted.mp / "shards" / seed_dir
+
+
+def shard_paths(directory: Path, split: str) -> list[Path]:
+    return sorted(directory.glob(f"imagenet1k-{split}-*.tar"))
+
+
+def expected_split(small: SmallSource, split: str) -> dict[str, bytes]:
+    """key -> bytes of the files that make the split's samples: images (by name) directly in
+    a class directory, no symlinks (`SmallSource.served` has the val files regrouped)."""
+    out = {}
+    for rel, data in small.served().items():
+        parts = rel.split("/")
+        if parts[0] == SPLITS[split] and len(parts) == 3 and parts[2].lower().endswith(IMAGE):
+            out[parts[2].rsplit(".", 1)[0]] = data
+    return out
+
+
+def labels_of(mp: Path) -> dict[str, int]:
+    """wnid -> label, as the mount's LOC_synset_mapping.txt numbers them (line i: label i)."""
+    lines = (mp / "LOC_synset_mapping.txt").read_text().splitlines()
+    return {line.split()[0]: i for i, line in enumerate(lines)}
+
+
+def members(path: Path) -> list[tarfile.TarInfo]:
+    with tarfile.open(path) as tar:
+        return tar.getmembers()
+
+
+def test_members_are_the_tree_files_each_sample_once(
+    small: SmallSource, mounts: dict[str, Mounted]
+) -> None:
+    """Every member of every shard, read with `tarfile` from each mount, is what the module
+    promises: `<key>.cls/.jpg/.json` in that order, plain ustar (no pax or GNU records), mode
+    0444, uid/gid 0, the one mtime; the .jpg the tree's file byte for byte, the .cls its
+    label, the .json its label and name; and the samples of all shards are the split's image
+    files, each once. Shard sizes are whole 10,240-byte records ending in zeros."""
+    for mode in ("workers", "pyfuse3"):
+        mp = mounts[mode].mp
+        labels = labels_of(mp)
+        for split, directory in SPLITS.items():
+            expected = expected_split(small, split)
+            seen: list[str] = []
+            paths = shard_paths(view(mounts[mode]), split)
+            assert len(paths) == -(-len(expected) // PER_SHARD)
+            for path in paths:
+                raw = path.read_bytes()
+                assert len(raw) == path.stat().st_size and len(raw) % RECORD == 0
+                found = members(path)
+                assert len(found) % 3 == 0
+                for cls, jpg, js in zip(found[::3], found[1::3], found[2::3], strict=True):
+                    key = cls.name.removesuffix(".cls")
+                    assert [cls.name, jpg.name, js.name] == [f"{key}.cls", f"{key}.jpg",
+                                                             f"{key}.json"]  # fmt: skip
+                    for m in (cls, jpg, js):
+                        assert m.type == tarfile.REGTYPE and m.mode == 0o444, m.name
+                        assert (m.uid, m.gid, m.uname, m.gname) == (0, 0, "", ""), m.name
+                        assert m.mtime == MTIME and m.pax_headers == {}, m.name
+                        block = raw[m.offset : m.offset + 512]
+                        assert block[257:265] == b"ustar\x0000", m.name  # ustar, not GNU
+                    meta = json.loads(raw[js.offset_data : js.offset_data + js.size])
+                    wnid = next(w for w in labels if labels[w] == meta["label"])
+                    tree_file = mp / directory / wnid / meta["filename"]
+                    data = raw[jpg.offset_data : jpg.offset_data + jpg.size]
+                    assert data == tree_file.read_bytes() == expected[key], key
+                    assert raw[cls.offset_data : cls.offset_data + cls.size] == (
+                        str(labels[wnid]).encode()
+                    )
+                    assert meta["filename"].rsplit(".", 1)[0] == key
+                    seen.append(key)
+                end = found[-1].offset_data + found[-1].size
+                assert raw[-(-end // 512) * 512 :] == bytes(len(raw) - (-(-end // 512) * 512))
+                assert len(raw) - end >= 1024  # two zero blocks at least
+            assert sorted(seen) == sorted(expected), split  # the split, each sample once
+
+
+def test_gnu_tar_lists_and_extracts_every_shard(
+    small: SmallSource, mounts: dict[str, Mounted], tmp_path: Path
+) -> None:
+    """GNU tar lists each whole shard (`tar tvf`, quietly: no warning about headers or the
+    end) in the order of the samples, and `tar xf` extracts files equal to the tree's."""
+    for split in SPLITS:
+        expected = expected_split(small, split)
+        for path in shard_paths(view(mounts["workers"]), split):
+            listed = subprocess.run(
+                ["tar", "tvf", str(path)], capture_output=True, text=True, check=True
+            )
+            assert listed.stderr == ""
+            names = [line.split()[-1] for line in listed.stdout.splitlines()]
+            assert all(line.startswith("-r--r--r-- 0/0 ") for line in listed.stdout.splitlines())
+            keys = [n.rsplit(".", 1)[0] for n in names]
+            assert names == [f"{k}.{e}" for k in keys[::3] for e in ("cls", "jpg", "json")]
+            out = tmp_path / path.name
+            out.mkdir()
+            subprocess.run(["tar", "xf", str(path), "-C", str(out)], check=True)
+            for key in keys[::3]:
+                assert (out / f"{key}.jpg").read_bytes() == expected[key]
+                meta = json.loads((out / f"{key}.json").read_bytes())
+                assert (out / f"{key}.cls").read_bytes() == str(meta["label"]).encode()
+
+
+def test_reads_at_any_offset_and_length(mounts: dict[str, Mounted]) -> None:
+    """`pread` and `mmap` at random offsets and lengths (across member boundaries, past the
+    end) answer slices of the whole shard, in both serving modes."""
+    rng = random.Random(7)
+    for mode in ("workers", "pyfuse3"):
+        for path in sorted(view(mounts[mode]).glob("*.tar")):
+            whole = path.read_bytes()
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
+                    for _ in range(60):
+                        offset = rng.randrange(len(whole) + 600)
+                        length = rng.choice([1, 100, 511, 512, 513, 4096, 70_000, 300_000])
+                        piece = whole[offset : offset + length]
+                        assert os.pread(fd, length, offset) == piece, (path, offset, length)
+                        assert mapped[offset : offset + length] == piece, (path, offset, length)
+            finally:
+                os.close(fd)
+
+
+def digests(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+def test_same_bytes_from_two_mounts_and_both_modes(
+    small: SmallSource, mounts: dict[str, Mounted]
+) -> None:
+    """Every file of the view has the same bytes from two mounts with workers, from pyfuse3
+    alone, and as the operation core makes them without FUSE."""
+    first = digests(view(mounts["workers"]))
+    assert first == digests(view(mounts["workers-again"]))
+    assert first == digests(view(mounts["pyfuse3"]))
+    with Index.open(small.index) as ix:
+        tree = Tree(ix, shards=ShardSettings(0, PER_SHARD))
+        wds = tree.lookup(tree.lookup(index.ROOT_INO, b"shards").ino, b"wds")
+        made = {
+            n.name.decode(): hashlib.sha256(tree.read(n, 0, n.size)).hexdigest()
+            for n in tree.readdir(wds.ino)
+        }
+    assert made == first
+
+
+def test_sizes_are_known_without_reading(small: SmallSource, mounter: Mounter) -> None:
+    """`stat` of every file of a fresh mount's view answers the size its bytes have, and
+    reads nothing to know it: the daemon counts no READ until the files are read."""
+    mp = mounter.mkdir("fresh")
+    mounted = mounter.mount(mp, small.root, "--shards", "--shard-samples", PER_SHARD,
+                            index=small.index)  # fmt: skip
+    sizes = {p.name: p.stat().st_size for p in view(mounted).iterdir()}
+    assert mounted.stats(after=0)["fs"]["reads"] == 0
+    assert sizes == {p.name: len(p.read_bytes()) for p in view(mounted).iterdir()}
+
+
+def test_train_is_shuffled_by_seed_val_in_name_order(
+    small: SmallSource, mounts: dict[str, Mounted]
+) -> None:
+    """Train: the same order from every mount of one seed, another order (of the same
+    samples) under another seed's directory; the remainder goes to the first shards. Val:
+    file-name order. Without --shards the root has no `shards`."""
+
+    def order(directory: Path, split: str) -> list[list[str]]:
+        return [[m.name for m in members(p)][::3] for p in shard_paths(directory, split)]
+
+    seed0 = order(view(mounts["workers"]), "train")
+    seed1 = order(view(mounts["seed1"], "wds-seed1"), "train")
+    assert os.listdir(mounts["seed1"].mp / "shards") == ["wds-seed1"]
+    flat0, flat1 = [k for s in seed0 for k in s], [k for s in seed1 for k in s]
+    assert flat0 != flat1 and sorted(flat0) == sorted(flat1)
+    assert flat0 != sorted(flat0)  # shuffled
+    lengths = [len(s) for s in seed0]
+    assert lengths == sorted(lengths, reverse=True) and lengths[0] - lengths[-1] <= 1
+    val = [k for s in order(view(mounts["workers"]), "validation") for k in s]
+    assert val == sorted(val)
+    assert "shards" not in os.listdir(mounts["plain"].mp)
+    assert "shards" in os.listdir(mounts["workers"].mp)
+
+
+# --- the index files ----------------------------------------------------------------------
+
+
+def test_info_json_is_timms_and_agrees_with_the_shards(mounts: dict[str, Mounted]) -> None:
+    """`_info.json` has timm's schema (splits `train` and `validation`, each with its
+    `filenames`, `shard_lengths` and `num_samples`) and its counts are the shards'."""
+    directory = view(mounts["workers"])
+    info = json.loads((directory / "_info.json").read_bytes())
+    assert set(info["splits"]) == set(SPLITS)
+    for split, entry in info["splits"].items():
+        assert entry["name"] == split
+        paths = shard_paths(directory, split)
+        assert entry["filenames"] == [p.name for p in paths]
+        assert entry["shard_lengths"] == [len(members(p)) // 3 for p in paths]
+        assert entry["num_samples"] == sum(entry["shard_lengths"])
+
+
+def test_wids_index_agrees_with_the_shards(mounts: dict[str, Mounted]) -> None:
+    """Each split's wids shard index (`wids-shard-index-v1`) names each shard relative to
+    itself, with its size and sample count."""
+    directory = view(mounts["workers"])
+    for split in SPLITS:
+        body = json.loads((directory / f"imagenet1k-{split}-wids.json").read_bytes())
+        assert body["__kind__"] == "wids-shard-index-v1" and body["wids_version"] == 1
+        paths = shard_paths(directory, split)
+        assert [s["url"] for s in body["shardlist"]] == [p.name for p in paths]
+        for entry, path in zip(body["shardlist"], paths, strict=True):
+            assert entry["filesize"] == path.stat().st_size
+            assert entry["nsamples"] == len(members(path)) // 3
+
+
+def dali_index(path: Path) -> bytes:
+    """DALI's `wds2idx` index of a tar, made as it makes it (its `tarfile` way): per sample
+    (members grouped by the name before the first dot), `<ext> <data offset> <size> <name>`
+    a member; a first line `v1.2 <samples>`."""
+    samples: list[list[str]] = []
+    last = None
+    with tarfile.open(path) as tar:
+        for m in tar:
+            base, ext = m.name.split(".", 1)
+            if base != last:
+                samples.append([])
+                last = base
+            samples[-1].append(f"{ext} {m.offset_data} {m.size} {m.name}")
+    return "".join([f"v1.2 {len(samples)}\n"] + [" ".join(s) + "\n" for s in samples]).encode()
+
+
+def test_dali_index_beside_each_shard(mounts: dict[str, Mounted]) -> None:
+    """Beside each shard, `<shard>.idx` is the index DALI's `wds2idx` makes of it; its data
+    offsets are where GNU tar says each member's data begin (`tar tR`: the header's block)."""
+    for path in sorted(view(mounts["workers"]).glob("*.tar")):
+        idx = path.with_suffix(".idx").read_bytes()
+        assert idx == dali_index(path)
+        listed = subprocess.run(["tar", "tRf", str(path)], capture_output=True, text=True,
+                                check=True).stdout.splitlines()  # fmt: skip
+        blocks = {ln.split(": ", 1)[1]: int(ln.split()[1].rstrip(":")) for ln in listed[:-1]}
+        for line in idx.decode().splitlines()[1:]:
+            fields = line.split()
+            for ext, offset, size, name in zip(*[iter(fields)] * 4, strict=True):
+                assert int(offset) == (blocks[name] + 1) * 512, (name, ext, size)
+
+
+def test_header_is_what_tarfile_writes() -> None:
+    """A member header is byte for byte what Python's `tarfile` writes in its ustar format
+    for the same name, size, mode, owner and mtime."""
+    for name, size in [(b"a.cls", 1), (b"n01440764_10026.jpg", 110_000), (b"k" * 95, 8**11 - 1)]:
+        info = tarfile.TarInfo(name.decode())
+        info.size, info.mode, info.mtime = size, 0o444, MTIME
+        info.uname = info.gname = ""
+        assert header(name, size) == info.tobuf(tarfile.USTAR_FORMAT), name
+
+
+# --- every source layout ------------------------------------------------------------------
+
+LAYOUTS = Spec(classes=3, train_per_class=4, val_per_class=2, test=2, tiny=True)
+
+
+def shard_bytes(root: Path, tmp: Path) -> dict[str, bytes]:
+    """Every file of the view (seed 0, 2 samples a shard) over an index of `root`."""
+    src = source.open_source(root)
+    path = tmp / f"{root.name}.lmdb"
+    index.build(path, src.image_list, src.placer(), virtual=src.virtual_files, progress=False)
+    with Index.open(path) as ix:
+        tree = Tree(ix, shards=ShardSettings(0, 2))
+        wds = tree.lookup(tree.lookup(index.ROOT_INO, b"shards").ino, b"wds")
+        return {n.name.decode(): tree.read(n, 0, n.size) for n in tree.readdir(wds.ino)}
+
+
+def test_every_source_layout_serves_the_same_shards(tmp_path: Path) -> None:
+    """Cluster images, Kaggle's zip and ILSVRC/ (image and unpacked), the official tars and
+    an unpacked tree of one generated dataset give the same shards, byte for byte."""
+    made = {}
+    for name, spec in {
+        "cluster": LAYOUTS,
+        "kaggle-zip": Spec(**{**LAYOUTS.__dict__, "layout": "kaggle", "kaggle_zip": True}),
+        "kaggle-image": Spec(**{**LAYOUTS.__dict__, "layout": "kaggle", "kaggle_squashfs": True}),
+        "kaggle-unpacked": Spec(**{**LAYOUTS.__dict__, "layout": "kaggle"}),
+        "official": Spec(**{**LAYOUTS.__dict__, "layout": "official"}),
+    }.items():
+        generate.generate(tmp_path / name, spec)
+        made[name] = tmp_path / name
+    direct = tmp_path / "unpacked"
+    direct.mkdir()
+    for split in ("train", "val", "test"):
+        subprocess.run(["unsquashfs", "-q", "-n", "-d", str(direct / split),
+                        str(made["cluster"] / f"{split}.squashfs")], check=True)  # fmt: skip
+    (direct / "val_labels.txt").write_bytes((made["cluster"] / "val_labels.txt").read_bytes())
+    made["unpacked"] = direct
+    reference = shard_bytes(made["cluster"], tmp_path)
+    train = [n for n in reference if n.startswith("imagenet1k-train-") and n.endswith(".tar")]
+    assert len(train) == 6  # 12 samples, 2 a shard
+    with tarfile.open(fileobj=io.BytesIO(reference[train[0]])) as tar:
+        assert len(tar.getmembers()) == 6
+    for name, root in made.items():
+        assert shard_bytes(root, tmp_path) == reference, name
