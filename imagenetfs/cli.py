@@ -76,9 +76,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     print(f"source: {src.describe()}")
     if not build:
         with index.Index.open(path, source=root, names=src.image_names) as ix:
-            stats = ix.stats
-        print(f"index {path}: up to date ({stats.entries:,} entries, {stats.files:,} files)")
-        return 0
+            stats, sized = ix.stats, ix.image_sizes is not None
+        if sized or not args.image_sizes:
+            print(f"index {path}: up to date ({stats.entries:,} entries, {stats.files:,} files)")
+            return 0
     started = time.monotonic()
     stats = index.build(
         path,
@@ -87,6 +88,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         source=str(root),
         virtual=src.virtual_files,
         progress=not args.quiet,
+        image_sizes=args.image_sizes,
     )
     print(
         f"index {path}: built in {time.monotonic() - started:.1f} s "
@@ -570,6 +572,13 @@ def build_parser() -> argparse.ArgumentParser:
     idx.add_argument("--index", type=Path, metavar="FILE", help=idx_index_help)
     idx.add_argument("--rebuild", action="store_true", help="build even if an index exists")
     idx.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    idx.add_argument(
+        "--image-sizes",
+        action="store_true",
+        help="also read each image's header and record its width and height (the shard "
+        "view's .json shows them); reads the start of every file, so it takes longer. "
+        "Rebuilds an index that has none",
+    )
     idx.set_defaults(func=cmd_index)
 
     mnt = command(

@@ -389,7 +389,6 @@ class WdsView:
         self._layout: Layout | None = None
         self._lock = threading.Lock()
         self._tables: OrderedDict[tuple[int, int], Table] = OrderedDict()
-        self._sizes: dict[int, tuple[int, int]] | None = None
 
     # --- the layout ------------------------------------------------------------------------
 
@@ -399,13 +398,12 @@ class WdsView:
         if layout is None:
             with self._lock:
                 if self._layout is None:
-                    self._sizes = self.index.image_sizes()
                     self._layout = Layout(self.index, self.seed, self.per_shard, self._size_of)
                 layout = self._layout
         return layout
 
     def _size_of(self, ino: int) -> tuple[int, int] | None:
-        return None if self._sizes is None else self._sizes.get(ino)
+        return self.index.image_size(ino)
 
     def table(self, s: int, n: int) -> Table:
         """Shard `n` of split `s`, member by member (kept for the last `TABLES` shards)."""

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 from helpers import Mounted, Mounter, SmallSource, small_source
+from PIL import Image
 
 from imagenetfs import generate, index, source
 from imagenetfs.generate import Spec
@@ -133,6 +134,7 @@ def test_members_are_the_tree_files_each_sample_once(
                         str(labels[wnid]).encode()
                     )
                     assert meta["filename"].rsplit(".", 1)[0] == key
+                    assert set(meta) == {"label", "filename"}  # no size pass: no width/height
                     seen.append(key)
                 end = found[-1].offset_data + found[-1].size
                 assert raw[-(-end // 512) * 512 :] == bytes(len(raw) - (-(-end // 512) * 512))
@@ -357,3 +359,142 @@ def test_every_source_layout_serves_the_same_shards(tmp_path: Path) -> None:
         assert len(tar.getmembers()) == 6
     for name, root in made.items():
         assert shard_bytes(root, tmp_path) == reference, name
+
+
+# --- the loaders' own readers -------------------------------------------------------------
+
+
+def test_webdataset_library_iterates_the_view(
+    small: SmallSource, mounts: dict[str, Mounted]
+) -> None:
+    """The `webdataset` library's own pipeline, given the shards by brace pattern as a user
+    writes them, yields each sample of the split once, its `.jpg` the tree's file and its
+    `.cls` the `.json`'s label."""
+    webdataset = pytest.importorskip("webdataset", reason="pip install -e '.[test]'")
+    directory = view(mounts["workers"])
+    for split in SPLITS:
+        last = shard_paths(directory, split)[-1].name.rsplit("-", 1)[1].removesuffix(".tar")
+        pattern = f"{directory}/imagenet1k-{split}-{{{'0' * len(last)}..{last}}}.tar"
+        samples = list(webdataset.WebDataset(pattern, shardshuffle=False))
+        expected = expected_split(small, split)
+        assert sorted(s["__key__"] for s in samples) == sorted(expected)
+        for sample in samples:
+            assert sample["jpg"] == expected[sample["__key__"]]
+            assert int(sample["cls"]) == json.loads(sample["json"])["label"]
+
+
+def test_wids_reads_samples_by_number(small: SmallSource, mounts: dict[str, Mounted]) -> None:
+    """wids, given the split's shard index, reads every sample by its number from the shards
+    where they are (mmap, no copy): the split, each sample once, the tree's bytes."""
+    pytest.importorskip("torch", reason="wids imports torch: runs in the torch test env")
+    wids = pytest.importorskip("wids", reason="wids is not installed in this env")
+    directory = view(mounts["workers"])
+    for split in SPLITS:
+        dataset = wids.ShardListDataset(
+            str(directory / f"imagenet1k-{split}-wids.json"), localname=lambda url: url
+        )
+        expected = expected_split(small, split)
+        assert len(dataset) == len(expected)
+        keys = []
+        for i in range(len(dataset)):
+            sample = dataset[i]
+            keys.append(sample["__key__"])
+            assert sample[".jpg"].read() == expected[sample["__key__"]]
+        assert sorted(keys) == sorted(expected)
+
+
+def test_timm_reader_iterates_the_view(small: SmallSource, mounts: dict[str, Mounted]) -> None:
+    """timm's WebDataset reader (`create_dataset("wds/...", root=<the view>)`) finds the
+    splits in `_info.json` and yields every val sample in shard order with its label, and a
+    training epoch of the train split as many samples as `_info.json` says."""
+    pytest.importorskip("torch", reason="timm needs torch: runs in the torch test env")
+    timm_data = pytest.importorskip("timm.data", reason="timm is not installed in this env")
+    directory = view(mounts["workers"])
+    labels = labels_of(mounts["workers"].mp)
+    val = timm_data.create_dataset(
+        "wds/imagenet", root=str(directory), split="validation", is_training=False
+    )
+    got = [(image.size, int(target)) for image, target in val]
+    by_name = {rel.rsplit("/", 1)[1]: rel for rel in small.served() if rel.startswith("val/")}
+    want = []
+    for path in shard_paths(directory, "validation"):
+        for m in members(path)[1::3]:
+            rel = by_name[m.name.removesuffix(".jpg") + ".JPEG"]
+            with Image.open(io.BytesIO(small.served()[rel])) as image:
+                want.append((image.size, labels[rel.split("/")[1]]))
+    assert got == want
+    train = timm_data.create_dataset(
+        "wds/imagenet", root=str(directory), split="train", is_training=True, batch_size=1
+    )
+    info = json.loads((directory / "_info.json").read_bytes())
+    assert len(train) == info["splits"]["train"]["num_samples"]
+    assert len(list(train)) == len(train)
+
+
+# --- the optional image-size pass ---------------------------------------------------------
+
+
+def test_image_sizes_pass_puts_width_and_height_in_json(
+    small: SmallSource, mounter: Mounter, tmp_path: Path
+) -> None:
+    """`imagenetfs index --image-sizes` records each image's width and height, and the
+    view's `.json` members show them: Pillow's size of the tree's file; a file Pillow cannot
+    read (65 MiB of zeros named .JPEG) has none."""
+    sized = tmp_path / "sized.lmdb"
+    built = mounter.cli("index", "--source", small.root, "--index", sized, "--image-sizes", "-q")
+    assert built.returncode == 0, built.stderr
+    mp = mounter.mkdir("sized")
+    mounted = mounter.mount(mp, small.root, "--shards", "--shard-samples", PER_SHARD,
+                            index=sized)  # fmt: skip
+    checked = 0
+    for path in sorted(view(mounted).glob("*.tar")):
+        raw = path.read_bytes()
+        found = members(path)
+        for jpg, js in zip(found[1::3], found[2::3], strict=True):
+            meta = json.loads(raw[js.offset_data : js.offset_data + js.size])
+            try:
+                with Image.open(
+                    io.BytesIO(raw[jpg.offset_data : jpg.offset_data + jpg.size])
+                ) as im:
+                    size = im.size
+            except OSError:
+                assert "width" not in meta and "height" not in meta, meta
+                continue
+            assert (meta["width"], meta["height"]) == size, meta
+            checked += 1
+    assert checked == 11  # 7 train images Pillow reads (the truncated one's header is whole), 4 val
+
+
+def test_default_build_reads_no_image_bytes(tmp_path: Path) -> None:
+    """The default index build reads no file's bytes (so the size pass costs it nothing):
+    over an unpacked tree of 6 MiB of images it reads less than 512 KiB in all; the size pass
+    reads at least the start of each."""
+    root = tmp_path / "src"
+    for i in range(3):
+        d = root / "train" / f"n0000000{i}"
+        d.mkdir(parents=True)
+        head = jpeg_bytes((64 + i, 48))
+        (d / f"n0000000{i}_1.JPEG").write_bytes(head + os.urandom(2 << 20))
+    src = source.open_source(root)
+
+    def rchar() -> int:
+        with open("/proc/self/io") as f:
+            return int(next(ln for ln in f if ln.startswith("rchar")).split()[1])
+
+    read = {}
+    for sizes in (False, True):
+        before = rchar()
+        path = tmp_path / f"index-{sizes}.lmdb"
+        index.build(path, src.image_list, src.placer(), virtual=src.virtual_files,
+                    progress=False, image_sizes=sizes)  # fmt: skip
+        read[sizes] = rchar() - before
+        with Index.open(path) as ix:
+            assert (ix.image_sizes is not None) == sizes
+    assert read[False] < 512 << 10, read
+    assert read[True] - read[False] >= 3 * (64 << 10), read
+
+
+def jpeg_bytes(size: tuple[int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, (10, 20, 30)).save(out, "JPEG")
+    return out.getvalue()
