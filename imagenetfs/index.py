@@ -749,6 +749,14 @@ class Index:
             end = _HEAD.size + int.from_bytes(value[_NAME_AT : _HEAD.size], "little")
             yield child, value[0], value[_HEAD.size : end]
 
+    def files(self, ino: int) -> Iterator[tuple[int, int, bytes]]:
+        """(ino, size, name) of the regular files among the children of `ino`: `readdir`
+        without a `Node` per entry (the shard view walks every file with it)."""
+        for child, value in self._children(ino, 0):
+            if value[0] == FILE:
+                _, _, size, _, name_len = _HEAD.unpack_from(value)
+                yield child, size, value[_HEAD.size : _HEAD.size + name_len]
+
     def listing(self, ino: int, first: int, size: int) -> bytes:
         """READDIR records of the children of `ino` from position `first` on, as many as fit
         in `size` bytes; b"" past the last child."""

@@ -18,6 +18,7 @@ import os
 import random
 import subprocess
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from PIL import Image
 from imagenetfs import generate, index, source
 from imagenetfs.generate import Spec
 from imagenetfs.index import Index
-from imagenetfs.shards import MTIME, RECORD, header
+from imagenetfs.shards import MTIME, RECORD, header, json_length, sample_json
 from imagenetfs.views import ShardSettings, Tree
 
 PER_SHARD = 3
@@ -211,13 +212,16 @@ def test_same_bytes_from_two_mounts_and_both_modes(
 
 def test_sizes_are_known_without_reading(small: SmallSource, mounter: Mounter) -> None:
     """`stat` of every file of a fresh mount's view answers the size its bytes have, and
-    reads nothing to know it: the daemon counts no READ until the files are read."""
+    reads nothing to know it: no READ request, and no block of an image decompressed (the
+    images are gzip: any read of file data inflates blocks) -- until the files are read."""
     mp = mounter.mkdir("fresh")
     mounted = mounter.mount(mp, small.root, "--shards", "--shard-samples", PER_SHARD,
-                            index=small.index)  # fmt: skip
+                            "--workers", 0, index=small.index)  # fmt: skip
     sizes = {p.name: p.stat().st_size for p in view(mounted).iterdir()}
-    assert mounted.stats(after=0)["fs"]["reads"] == 0
+    stats = mounted.stats(after=time.time())
+    assert stats["fs"]["reads"] == 0 and stats["block_cache"]["misses"] == 0, stats
     assert sizes == {p.name: len(p.read_bytes()) for p in view(mounted).iterdir()}
+    assert mounted.stats(after=time.time())["block_cache"]["misses"] > 0
 
 
 def test_train_is_shuffled_by_seed_val_in_name_order(
@@ -316,6 +320,18 @@ def test_header_is_what_tarfile_writes() -> None:
         assert header(name, size) == info.tobuf(tarfile.USTAR_FORMAT), name
 
 
+def test_json_length_is_the_members() -> None:
+    """The layout's arithmetic length of a `.json` member (which sizes every shard before a
+    byte is made) is the length of the member made, for plain, quoted, escaped and non-ASCII
+    names, with and without a size."""
+    names = [b"n01440764_10026.JPEG", b'a"b.jpg', b"back\\slash.png", b"tab\t.jpg",
+             "caf\u00e9.JPEG".encode(), b"\xff\xfe.jpg", b"x" * 90 + b".png"]  # fmt: skip
+    for name in names:
+        for label in (0, 7, 999):
+            for size in (None, (500, 375), (12345, 1)):
+                assert json_length(label, name, size) == len(sample_json(label, name, size))
+
+
 # --- every source layout ------------------------------------------------------------------
 
 LAYOUTS = Spec(classes=3, train_per_class=4, val_per_class=2, test=2, tiny=True)
@@ -383,15 +399,22 @@ def test_webdataset_library_iterates_the_view(
             assert int(sample["cls"]) == json.loads(sample["json"])["label"]
 
 
-def test_wids_reads_samples_by_number(small: SmallSource, mounts: dict[str, Mounted]) -> None:
+def test_wids_reads_samples_by_number(
+    small: SmallSource, mounts: dict[str, Mounted], tmp_path: Path
+) -> None:
     """wids, given the split's shard index, reads every sample by its number from the shards
-    where they are (mmap, no copy): the split, each sample once, the tree's bytes."""
+    in place (through symlinks in a directory of its own: wids writes a lock file beside each
+    shard's local name, and would copy a shard whose local name is not itself): the split,
+    each sample once, the tree's bytes."""
     pytest.importorskip("torch", reason="wids imports torch: runs in the torch test env")
     wids = pytest.importorskip("wids", reason="wids is not installed in this env")
     directory = view(mounts["workers"])
+    for path in directory.glob("*.tar"):
+        (tmp_path / path.name).symlink_to(path)
     for split in SPLITS:
         dataset = wids.ShardListDataset(
-            str(directory / f"imagenet1k-{split}-wids.json"), localname=lambda url: url
+            str(directory / f"imagenet1k-{split}-wids.json"),
+            localname=lambda url: str(tmp_path / os.path.basename(url)),
         )
         expected = expected_split(small, split)
         assert len(dataset) == len(expected)
@@ -401,6 +424,7 @@ def test_wids_reads_samples_by_number(small: SmallSource, mounts: dict[str, Moun
             keys.append(sample["__key__"])
             assert sample[".jpg"].read() == expected[sample["__key__"]]
         assert sorted(keys) == sorted(expected)
+    assert all(p.is_symlink() for p in tmp_path.glob("*.tar"))  # nothing was copied
 
 
 def test_timm_reader_iterates_the_view(small: SmallSource, mounts: dict[str, Mounted]) -> None:
