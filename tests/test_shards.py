@@ -415,6 +415,7 @@ def test_wids_reads_samples_by_number(
         dataset = wids.ShardListDataset(
             str(directory / f"imagenet1k-{split}-wids.json"),
             localname=lambda url: str(tmp_path / os.path.basename(url)),
+            transformations=[],  # the members' bytes, not decoded
         )
         expected = expected_split(small, split)
         assert len(dataset) == len(expected)
