@@ -41,7 +41,7 @@ import _venv  # noqa: F401  (re-executes with the imagenetfs environment if need
 from imagenetfs import generate
 
 CLI = str(Path(sys.executable).with_name("imagenetfs"))
-REQUESTS = ("lookups", "getattrs", "readdirs", "opens", "reads")
+REQUESTS = ("lookup", "getattr", "readdir", "open", "read")
 
 
 def evict(path: Path) -> None:
@@ -84,8 +84,7 @@ def requests(mp: Path) -> int:
     state = json.loads(out.stdout)
     if isinstance(state, list):
         state = next(s for s in state if s.get("mountpoint") == str(mp))
-    fs = state["stats"]["fs"]
-    return sum(int(fs[k]) for k in REQUESTS)
+    return sum(int(state["requests"][k]) for k in REQUESTS)
 
 
 def mount(source: Path, mp: Path, per_shard: int) -> None:

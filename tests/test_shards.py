@@ -168,13 +168,46 @@ def test_gnu_tar_lists_and_extracts_every_shard(
                 assert (out / f"{key}.cls").read_bytes() == str(meta["label"]).encode()
 
 
-def test_reads_at_any_offset_and_length(mounts: dict[str, Mounted]) -> None:
-    """`pread` and `mmap` at random offsets and lengths (across member boundaries, past the
-    end) answer slices of the whole shard, in both serving modes."""
+def expected_shard(path: Path, small: SmallSource, labels: dict[str, int]) -> bytes:
+    """What the shard at `path` must be, made independently: Python's `tarfile` writing, in
+    its ustar format with the view's mode, owner and mtime, the members the view lists, in its
+    order, with the tree's files as `.jpg`, the labels of LOC_synset_mapping.txt as `.cls` and
+    `{"label": ..., "filename": ...}` as `.json` (tarfile ends with two zero blocks and pads
+    to 10,240 bytes, as GNU tar does)."""
+    files = {}
+    for rel, data in small.served().items():
+        parts = rel.split("/")
+        if len(parts) == 3 and parts[0] in SPLITS.values():
+            files[parts[2].rsplit(".", 1)[0]] = (parts[1], parts[2], data)
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for m in members(path):
+            key, ext = m.name.split(".", 1)
+            wnid, name, data = files[key]
+            body = {
+                "cls": str(labels[wnid]).encode(),
+                "jpg": data,
+                "json": json.dumps({"label": labels[wnid], "filename": name}).encode(),
+            }[ext]
+            info = tarfile.TarInfo(m.name)
+            info.size, info.mode, info.mtime = len(body), 0o444, MTIME
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(body))
+    return out.getvalue()
+
+
+def test_reads_at_any_offset_and_length(small: SmallSource, mounts: dict[str, Mounted]) -> None:
+    """Each whole shard is byte for byte what `tarfile` writes for its members
+    (`expected_shard`), and reads at random offsets and lengths (across member boundaries,
+    past the end) answer its slices: `pread` with O_DIRECT (so each goes to the daemon at that
+    offset, not through the page cache) and `mmap`, in both serving modes."""
     rng = random.Random(7)
     for mode in ("workers", "pyfuse3"):
+        labels = labels_of(mounts[mode].mp)
         for path in sorted(view(mounts[mode]).glob("*.tar")):
-            whole = path.read_bytes()
+            whole = expected_shard(path, small, labels)
+            assert path.read_bytes() == whole, path
+            direct = os.open(path, os.O_RDONLY | os.O_DIRECT)
             fd = os.open(path, os.O_RDONLY)
             try:
                 with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as mapped:
@@ -182,9 +215,11 @@ def test_reads_at_any_offset_and_length(mounts: dict[str, Mounted]) -> None:
                         offset = rng.randrange(len(whole) + 600)
                         length = rng.choice([1, 100, 511, 512, 513, 4096, 70_000, 300_000])
                         piece = whole[offset : offset + length]
-                        assert os.pread(fd, length, offset) == piece, (path, offset, length)
+                        got = os.pread(direct, length, offset)
+                        assert got == piece, (path, offset, length)
                         assert mapped[offset : offset + length] == piece, (path, offset, length)
             finally:
+                os.close(direct)
                 os.close(fd)
 
 
@@ -332,18 +367,39 @@ def test_json_length_is_the_members() -> None:
                 assert json_length(label, name, size) == len(sample_json(label, name, size))
 
 
+def test_end_is_two_zero_blocks_then_the_record(tmp_path: Path) -> None:
+    """A shard ends with exactly two zero blocks and the zeros up to the next multiple of
+    10,240 -- also when its members end one block short of a record, on it, or two blocks
+    short (where "round the members up to a record" would leave fewer than two zero blocks).
+    Sizes made so: a sample is 3 headers, 512 of `.cls`, 512 of `.json` and its image padded."""
+    root = tmp_path / "src"
+    ends = {}
+    for i, image in enumerate((7168, 7680, 6656)):  # members end at 9,728, 10,240, 9,216
+        d = root / "train" / f"n0000000{i}"
+        d.mkdir(parents=True)
+        (d / f"n0000000{i}_1.JPEG").write_bytes(jpeg_bytes((8, 8)).ljust(image, b"\0"))
+        ends[i] = 5 * 512 + image
+    made = shard_bytes(root, tmp_path, per_shard=1)
+    for i, end in ends.items():
+        shard = made[f"imagenet1k-train-{i}.tar"]
+        assert len(shard) == -(-(end + 1024) // RECORD) * RECORD, (i, end, len(shard))
+        assert shard[end:] == bytes(len(shard) - end)
+        with tarfile.open(fileobj=io.BytesIO(shard)) as tar:
+            assert tar.getmembers()[-1].offset_data + 512 == end
+
+
 # --- every source layout ------------------------------------------------------------------
 
 LAYOUTS = Spec(classes=3, train_per_class=4, val_per_class=2, test=2, tiny=True)
 
 
-def shard_bytes(root: Path, tmp: Path) -> dict[str, bytes]:
-    """Every file of the view (seed 0, 2 samples a shard) over an index of `root`."""
+def shard_bytes(root: Path, tmp: Path, per_shard: int = 2) -> dict[str, bytes]:
+    """Every file of the view (seed 0, `per_shard` samples a shard) over an index of `root`."""
     src = source.open_source(root)
     path = tmp / f"{root.name}.lmdb"
     index.build(path, src.image_list, src.placer(), virtual=src.virtual_files, progress=False)
     with Index.open(path) as ix:
-        tree = Tree(ix, shards=ShardSettings(0, 2))
+        tree = Tree(ix, shards=ShardSettings(0, per_shard))
         wds = tree.lookup(tree.lookup(index.ROOT_INO, b"shards").ino, b"wds")
         return {n.name.decode(): tree.read(n, 0, n.size) for n in tree.readdir(wds.ino)}
 
