@@ -373,19 +373,21 @@ def test_end_is_two_zero_blocks_then_the_record(tmp_path: Path) -> None:
     short (where "round the members up to a record" would leave fewer than two zero blocks).
     Sizes made so: a sample is 3 headers, 512 of `.cls`, 512 of `.json` and its image padded."""
     root = tmp_path / "src"
-    ends = {}
     for i, image in enumerate((7168, 7680, 6656)):  # members end at 9,728, 10,240, 9,216
         d = root / "train" / f"n0000000{i}"
         d.mkdir(parents=True)
         (d / f"n0000000{i}_1.JPEG").write_bytes(jpeg_bytes((8, 8)).ljust(image, b"\0"))
-        ends[i] = 5 * 512 + image
     made = shard_bytes(root, tmp_path, per_shard=1)
-    for i, end in ends.items():
-        shard = made[f"imagenet1k-train-{i}.tar"]
-        assert len(shard) == -(-(end + 1024) // RECORD) * RECORD, (i, end, len(shard))
-        assert shard[end:] == bytes(len(shard) - end)
+    ends = []
+    for n in range(3):
+        shard = made[f"imagenet1k-train-{n}.tar"]
         with tarfile.open(fileobj=io.BytesIO(shard)) as tar:
-            assert tar.getmembers()[-1].offset_data + 512 == end
+            last = tar.getmembers()[-1]
+        end = last.offset_data + -(-last.size // 512) * 512
+        ends.append(end)
+        assert len(shard) == -(-(end + 1024) // RECORD) * RECORD, (n, end, len(shard))
+        assert shard[end:] == bytes(len(shard) - end)
+    assert sorted(ends) == [9216, 9728, 10240]  # the cases meant
 
 
 # --- every source layout ------------------------------------------------------------------
