@@ -14,7 +14,8 @@ and warm (the same again on that mount), medians of `--repeat`:
 - local: the same with the shards copied to local disk as real files (`cp` of the view);
 - tree: every train file read whole through the same mount, in the shards' sample order, the
   files dealt to the readers in turn; and its requests to the daemon per sample (lookups,
-  getattrs, opens, reads, listings: `imagenetfs status --json`) against the view's.
+  getattrs, opens, reads, listings: `imagenetfs status --json`) against the view's;
+- tree-contiguous: the same in path order (the images' own order): what the shuffle costs.
 
 Rows: samples/s of each, the ratios view/local (goal >= 0.9) and view/tree, and the requests
 per sample of tree/view (goal >= 10x fewer for the view). Results in `<work>/results.json`.
@@ -136,6 +137,7 @@ def main() -> int:
                 ("view", read_shards, shards),
                 ("local", read_shards, copies),
                 ("tree", read_files, files),
+                ("tree-contiguous", read_files, sorted(files)),
             ):
                 for image in images:
                     evict(image)
@@ -148,7 +150,7 @@ def main() -> int:
                         before = requests(mp)
                         seconds, samples = timed(work, parts)
                         rows.setdefault(f"{name} {temperature}", []).append(samples / seconds)
-                        if name != "local" and temperature == "cold":
+                        if name in ("view", "tree") and temperature == "cold":
                             time.sleep(2.5)  # the counters are published every 2 s
                             per_sample[name] = (requests(mp) - before) / samples
                 finally:
@@ -161,7 +163,7 @@ def main() -> int:
     print(f"{len(files):,} train samples in {len(shards)} shards, {args.readers} readers, "
           f"medians of {repeat}")  # fmt: skip
     print("| workload | cold samples/s | warm samples/s |\n|---|---|---|")
-    for name in ("view", "local", "tree"):
+    for name in ("view", "local", "tree", "tree-contiguous"):
         print(f"| {name} | {medians[f'{name} cold']:,.0f} | {medians[f'{name} warm']:,.0f} |")
     for t in ("cold", "warm"):
         print(f"view/local {t}: {medians[f'view {t}'] / medians[f'local {t}']:.2f}x; "

@@ -514,6 +514,25 @@ def test_timm_reader_iterates_the_view(small: SmallSource, mounts: dict[str, Mou
     assert len(list(train)) == len(train)
 
 
+def test_built_in_sample_gets_the_view(mounter: Mounter) -> None:
+    """A mount of the built-in sample (no source) with --shards serves the view at the
+    default shard size: `_info.json` counts the image files of its train and val, and the
+    first train shard's images are the tree's files."""
+    mp = mounter.mkdir("sample")
+    mounted = mounter.mount(mp, None, "--shards")
+    info = json.loads((view(mounted) / "_info.json").read_bytes())
+    for split, directory in SPLITS.items():
+        files = {p.stem: p for p in (mp / directory).glob("*/*") if p.suffix == ".JPEG"}
+        entry = info["splits"][split]
+        assert entry["num_samples"] == len(files) == sum(entry["shard_lengths"]) > 0
+        assert len(entry["filenames"]) == -(-len(files) // (1252 if split == "train" else 782))
+        path = view(mounted) / entry["filenames"][0]
+        raw = path.read_bytes()
+        for m in members(path)[1::3]:
+            data = raw[m.offset_data : m.offset_data + m.size]
+            assert data == files[m.name.removesuffix(".jpg")].read_bytes(), m.name
+
+
 # --- the optional image-size pass ---------------------------------------------------------
 
 
