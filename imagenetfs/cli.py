@@ -40,6 +40,7 @@ from imagenetfs import (
     warm,
 )
 from imagenetfs.errors import ImagenetfsError
+from imagenetfs.views import ShardSettings
 
 log = logging.getLogger("imagenetfs")
 
@@ -75,9 +76,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     print(f"source: {src.describe()}")
     if not build:
         with index.Index.open(path, source=root, names=src.image_names) as ix:
-            stats = ix.stats
-        print(f"index {path}: up to date ({stats.entries:,} entries, {stats.files:,} files)")
-        return 0
+            stats, sized = ix.stats, ix.image_sizes is not None
+        if sized or not args.image_sizes:
+            print(f"index {path}: up to date ({stats.entries:,} entries, {stats.files:,} files)")
+            return 0
     started = time.monotonic()
     stats = index.build(
         path,
@@ -86,6 +88,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         source=str(root),
         virtual=src.virtual_files,
         progress=not args.quiet,
+        image_sizes=args.image_sizes,
     )
     print(
         f"index {path}: built in {time.monotonic() - started:.1f} s "
@@ -219,6 +222,12 @@ def cmd_mount(args: argparse.Namespace) -> int:
         args.metrics = metrics.check_target(args.metrics)
     if args.idle_timeout is not None:
         args.idle_timeout = config.parse_duration(args.idle_timeout, "--idle-timeout")
+    if (args.shard_seed or args.shard_samples is not None) and not args.shards:
+        raise errors.UsageError("--shard-seed and --shard-samples go with --shards")
+    if args.shard_samples is not None and args.shard_samples < 1:
+        raise errors.UsageError(f"--shard-samples {args.shard_samples}: give 1 or more")
+    if not -(1 << 63) <= args.shard_seed < 1 << 63:
+        raise errors.UsageError(f"--shard-seed {args.shard_seed}: give a 64-bit integer")
     stage_dir = None
     if args.stage:
         paths.existing_dir(Path(args.stage), "--stage", writable=True)
@@ -270,6 +279,7 @@ def _mount(
         stage_keep_free=args.stage_keep_free or staging.DEFAULT_KEEP_FREE,
         metrics=args.metrics,
         idle_timeout=args.idle_timeout or 0.0,
+        shards=ShardSettings(args.shard_seed, args.shard_samples) if args.shards else None,
     )
     return mount.mount(settings)
 
@@ -562,6 +572,13 @@ def build_parser() -> argparse.ArgumentParser:
     idx.add_argument("--index", type=Path, metavar="FILE", help=idx_index_help)
     idx.add_argument("--rebuild", action="store_true", help="build even if an index exists")
     idx.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    idx.add_argument(
+        "--image-sizes",
+        action="store_true",
+        help="also read each image's header and record its width and height (the shard "
+        "view's .json shows them); reads the start of every file, so it takes longer. "
+        "Rebuilds an index that has none",
+    )
     idx.set_defaults(func=cmd_index)
 
     mnt = command(
@@ -602,6 +619,28 @@ def build_parser() -> argparse.ArgumentParser:
     add_resize_options(mnt)
     mnt.add_argument(
         "--no-cache", action="store_true", help="keep no persistent cache of resized images"
+    )
+    mnt.add_argument(
+        "--shards",
+        action="store_true",
+        help="also serve shards/wds/: the train and val splits as WebDataset tar shards "
+        "(timm's imagenet1k-wds names, _info.json, wids and DALI indexes), made on the fly",
+    )
+    mnt.add_argument(
+        "--shard-seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --shards: shuffle train with seed N, served as shards/wds-seedN/ "
+        "(default: 0, shards/wds/)",
+    )
+    mnt.add_argument(
+        "--shard-samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --shards: N samples per shard (default: as full ImageNet's 1,024 train and "
+        "64 val shards hold, 1,252 and 782)",
     )
     mnt.add_argument(
         "--stage",

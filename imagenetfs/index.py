@@ -182,6 +182,15 @@ def directory_node(ino: int, parent: int, name: bytes, mtime: int, subdirs: int)
     return Node(ino, DIR, parent, subdirs, mtime, name, _DIR_TAIL.pack(0, 0, subdirs))
 
 
+#: The "image number" of the files a view makes on read (shards.py): in no image, no blob.
+VIEW_IMAGE = 0xFFFE
+
+
+def virtual_file_node(ino: int, parent: int, name: bytes, size: int, mtime: int) -> Node:
+    """A file that is not in the index (the shard view's): attributes only."""
+    return Node(ino, FILE, parent, size, mtime, name, _FILE_TAIL.pack(VIEW_IMAGE, 0, 0, 0, 0))
+
+
 def _decode(ino: int, value: bytes) -> Node:
     kind, parent, size, mtime, name_len = _HEAD.unpack_from(value)
     end = _HEAD.size + name_len
@@ -374,10 +383,13 @@ def build(
     source: str | None = None,
     virtual: VirtualFiles | None = None,
     progress: bool = True,
+    image_sizes: bool = False,
 ) -> IndexStats:
     """Walk `images`, place their entries with `place`, add the `virtual` files computed from
     the placed ones, and write the index atomically. The images are recorded by their path
-    relative to `source` (default: their common directory)."""
+    relative to `source` (default: their common directory). With `image_sizes`, also read
+    the header of every file named like an image and record its width and height (see
+    `Index.image_size`): the one pass that reads files' bytes."""
     images = [Path(os.path.abspath(p)) for p in images]
     if not images:
         raise IndexError_("no images to index")
@@ -388,6 +400,7 @@ def build(
     placer = place or place_by_image_name(images)
     fingerprints = []
     tree: _TreeBuilder | None = None
+    sizes: dict[tuple[bytes, ...], tuple[int, int]] | None = {} if image_sizes else None
     from tqdm import tqdm  # only when building: keeps mounting light
 
     with tqdm(
@@ -402,6 +415,8 @@ def build(
                     components = placer(i, entry)
                     if components is not None:
                         tree.add(components, i, entry, str(image_path))
+                        if sizes is not None:
+                            _record_size(sizes, components, image, entry)
                     if n % 4096 == 4095:
                         bar.update(4096)
                 bar.update(n % 4096 + 1)
@@ -413,11 +428,39 @@ def build(
         for components, data in virtual(list(tree.file_paths())).items():
             tree.add_blob(components, data)
     records = [{"name": n, **fp} for n, fp in zip(names, fingerprints, strict=True)]
-    return _write(index_path, tree, records, root)
+    return _write(index_path, tree, records, root, sizes)
+
+
+#: Names the size pass reads (compared lower-case).
+IMAGE_NAMES = (b".jpeg", b".jpg", b".png")
+#: Key prefix of the recorded image sizes in `blobs` (no file has inode 0).
+_SIZE_KEY = _INO.pack(0)
+_DIMS = struct.Struct("<II")
+
+
+def _record_size(
+    sizes: dict[tuple[bytes, ...], tuple[int, int]],
+    components: Sequence[bytes],
+    image: Image,
+    entry: squashfs.Entry,
+) -> None:
+    if entry.kind != squashfs.FILE or not components[-1].lower().endswith(IMAGE_NAMES):
+        return
+    from imagenetfs.imagesize import dimensions
+
+    extent = entry.extent
+    assert extent is not None
+    found = dimensions(lambda offset, size: image.read(extent, offset, size), extent.size)
+    if found is not None:
+        sizes[tuple(components)] = found
 
 
 def _write(
-    index_path: Path, tree: _TreeBuilder, records: list[dict[str, Any]], source: str
+    index_path: Path,
+    tree: _TreeBuilder,
+    records: list[dict[str, Any]],
+    source: str,
+    sizes: dict[tuple[bytes, ...], tuple[int, int]] | None = None,
 ) -> IndexStats:
     tmp = places.temporary_name(index_path)
     try:
@@ -438,8 +481,15 @@ def _write(
         with env.begin(write=True) as txn:
             node_cursor, name_cursor = txn.cursor(nodes), txn.cursor(names)
             listings: list[tuple[bytes, bytes]] = []  # (key, chunk): 73 MB for full ImageNet
+            dirs: dict[int, tuple[bytes, ...]] = {}  # the paths of directories (size pass)
             for ino, parent, name, value, extra in tree.records():
                 node_cursor.put(_INO.pack(ino), value, append=True)
+                if sizes is not None:
+                    path = (*dirs[parent], name) if ino != ROOT_INO else ()
+                    if isinstance(extra, list):
+                        dirs[ino] = path
+                    elif path in sizes:
+                        txn.put(_SIZE_KEY + _INO.pack(ino), _DIMS.pack(*sizes[path]), db=blobs)
                 if isinstance(extra, bytes):
                     for n, start in enumerate(range(0, len(extra), BLOB_CHUNK)):
                         chunk = zlib.compress(extra[start : start + BLOB_CHUNK], 6)
@@ -460,6 +510,8 @@ def _write(
             txn.put(b"stats", json.dumps(asdict(stats)).encode(), db=meta)
             txn.put(b"source", json.dumps(source).encode(), db=meta)
             txn.put(b"lists", json.dumps("raw").encode(), db=meta)
+            if sizes is not None:
+                txn.put(b"image_sizes", json.dumps(len(sizes)).encode(), db=meta)
         env.sync(True)
     except BaseException as e:
         env.close()
@@ -522,6 +574,8 @@ class Index:
         self.image_records: list[dict[str, Any]] = meta["images"]
         self.stats = IndexStats(**meta["stats"])
         self._deflated_lists = meta["lists"] != "raw"  # (built before listings were raw)
+        #: how many image sizes the index holds (`build(image_sizes=True)`); None: no pass
+        self.image_sizes: int | None = meta["image_sizes"]
         self.source = self.built_from  # where the images are served from (`open_images`)
         self._images: list[Image] = []
 
@@ -695,6 +749,14 @@ class Index:
             end = _HEAD.size + int.from_bytes(value[_NAME_AT : _HEAD.size], "little")
             yield child, value[0], value[_HEAD.size : end]
 
+    def files(self, ino: int) -> Iterator[tuple[int, int, bytes]]:
+        """(ino, size, name) of the regular files among the children of `ino`: `readdir`
+        without a `Node` per entry (the shard view walks every file with it)."""
+        for child, value in self._children(ino, 0):
+            if value[0] == FILE:
+                _, _, size, _, name_len = _HEAD.unpack_from(value)
+                yield child, size, value[_HEAD.size : _HEAD.size + name_len]
+
     def listing(self, ino: int, first: int, size: int) -> bytes:
         """READDIR records of the children of `ino` from position `first` on, as many as fit
         in `size` bytes; b"" past the last child."""
@@ -786,6 +848,17 @@ class Index:
             return self._read_blob(node, offset, size)
         return self._images[image].read(extent, offset, size, nowait=nowait)
 
+    def image_size(self, ino: int) -> tuple[int, int] | None:
+        """(width, height) of file `ino` as the size pass recorded it (`index --image-sizes`);
+        None when it did not (no pass, or not an image it could read)."""
+        if self.image_sizes is None:
+            return None
+        value = self._txn().get(_SIZE_KEY + _INO.pack(ino), db=self._blobs)
+        if value is None or len(value) != _DIMS.size:
+            return None
+        width, height = _DIMS.unpack(value)
+        return width, height
+
     def locate(self, node: Node, offset: int, size: int) -> list[squashfs.Run] | None:
         """Where the bytes `read` returns lie in the image files (`SquashImage.locate`); None
         for a virtual file and whatever its image cannot say."""
@@ -816,7 +889,7 @@ def _read_meta(env: lmdb.Environment, path: Path) -> dict[str, Any]:
             )
         meta: dict[str, Any] = {
             key: json.loads(txn.get(key.encode()) or b"null")
-            for key in ("images", "stats", "source", "lists")
+            for key in ("images", "stats", "source", "lists", "image_sizes")
         }
     return meta
 

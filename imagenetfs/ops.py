@@ -75,6 +75,7 @@ from imagenetfs.errors import (
 )
 from imagenetfs.index import DIR, FILE, MAX_NAME, ROOT_INO, SYMLINK, Node
 from imagenetfs.resize import ResizeCache, ResizeSpec
+from imagenetfs.shards import SHARDS
 from imagenetfs.squashfs import Run, SquashImage, WouldBlock
 from imagenetfs.views import RESIZED, VIEW_SHIFT, Tree
 
@@ -109,6 +110,7 @@ class Attributes(NamedTuple):
 #: every lookup and getattr.
 _new_attributes = tuple.__new__
 _DOTS = frozenset((b".", b".."))
+_ROOT_VIEWS = frozenset((RESIZED, SHARDS))
 
 
 class Listed(NamedTuple):
@@ -395,8 +397,8 @@ class Core:
     def stored_lookup(self, parent: int, name: bytes) -> Attributes | None:
         """`lookup`'s answer read straight off the index record -- no `Node`, no view
         arithmetic -- where that is the whole answer: a child of a base-tree directory, not a
-        dot, not `resized`. None where `lookup` must answer (and then counts it)."""
-        if parent >> VIEW_SHIFT or name in _DOTS or (parent == ROOT_INO and name == RESIZED):
+        dot, not `resized` or `shards`. None where `lookup` must answer (and then counts it)."""
+        if parent >> VIEW_SHIFT or name in _DOTS or (parent == ROOT_INO and name in _ROOT_VIEWS):
             return None
         found = self.tree.index.entry(parent, name)
         if found is None:

@@ -288,7 +288,12 @@ class Daemon:
         self.index.reopen()  # an LMDB environment of this process's own
         # one budget of inflated zip members per mount, shared by its serving processes
         archive.share_caches(self.index.images, self.config.workers)
-        tree = Tree(self.index, self.config.resize, quality=self.config.resize_quality)
+        tree = Tree(
+            self.index,
+            self.config.resize,
+            quality=self.config.resize_quality,
+            shards=self.config.shards,
+        )
         return Core(
             tree, uid=os.getuid(), gid=os.getgid(), cache=cache, counters=counters,
             blocking_reads=blocking_reads, timeout=cache_timeout(self.config.idle_timeout),

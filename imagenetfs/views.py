@@ -1,4 +1,5 @@
-"""The served tree: the index's, plus `resized/<spec>/`, one view per `--resize` spec.
+"""The served tree: the index's, plus `resized/<spec>/`, one view per `--resize` spec, and
+`shards/` with `--shards` (shards.py).
 
 A view is a full copy of the root, numbered by shifting the index's inode numbers into a
 per-view range (view v holds `(v << VIEW_SHIFT) | base inode`; `resized/` itself is
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from imagenetfs.errors import NoSuchEntry
 from imagenetfs.index import BLOB_IMAGE, DIR, FILE, ROOT_INO, Index, Node, directory_node
@@ -28,6 +29,7 @@ from imagenetfs.resize import (
     cache_key,
     resize,
 )
+from imagenetfs.shards import SHARDS, SHARDS_VIEW, WdsView
 from imagenetfs.squashfs import Run
 
 RESIZED = b"resized"
@@ -40,6 +42,15 @@ _BASE_MASK = (1 << VIEW_SHIFT) - 1
 IMAGE_SUFFIXES = (b".jpeg", b".jpg", b".png")
 
 
+@dataclass(frozen=True)
+class ShardSettings:
+    """What `--shards` serves: the train shuffle's seed, samples per shard (None: full
+    ImageNet's; see shards.py)."""
+
+    seed: int = 0
+    per_shard: int | None = None
+
+
 class Tree:
     """The whole served tree: the index's, plus one view per spec.
 
@@ -48,11 +59,21 @@ class Tree:
     """
 
     def __init__(
-        self, index: Index, specs: Sequence[ResizeSpec] = (), *, quality: int = DEFAULT_QUALITY
+        self,
+        index: Index,
+        specs: Sequence[ResizeSpec] = (),
+        *,
+        quality: int = DEFAULT_QUALITY,
+        shards: ShardSettings | None = None,
     ) -> None:
         self.index = index
         self.specs = tuple(specs)
         self.quality = quality
+        self.shards = (
+            None
+            if shards is None
+            else WdsView(index, seed=shards.seed, per_shard=shards.per_shard, view_shift=VIEW_SHIFT)
+        )
         self._root_count = index.getattr(ROOT_INO).children()[1]
         self._fingerprints = [json.dumps(r, sort_keys=True) for r in index.image_records]
 
@@ -76,11 +97,20 @@ class Tree:
         root = self.index.getattr(ROOT_INO)
         return directory_node(RESIZED_INO, ROOT_INO, RESIZED, root.mtime, len(self.specs))
 
+    def _extras(self) -> list[Node]:
+        """The root's directories after the index's: `resized`, `shards` (when served)."""
+        extras = [self._resized_dir()] if self.specs else []
+        if self.shards is not None:
+            extras.append(self.shards.root_node())
+        return extras
+
     # queries
     def getattr(self, ino: int) -> Node:
         if ino == RESIZED_INO and self.specs:
             return self._resized_dir()
         view, base = self.split(ino)
+        if view == SHARDS_VIEW and self.shards is not None:
+            return self.shards.getattr(ino)
         if view > len(self.specs):
             raise NoSuchEntry(ino)
         return self._in_view(view, self.index.getattr(base))
@@ -94,23 +124,34 @@ class Tree:
         view, base = self.split(parent)
         if view == 0 and base == ROOT_INO and name == RESIZED and self.specs:
             return self._resized_dir()
+        if self.shards is not None:
+            if view == SHARDS_VIEW:
+                return self.shards.lookup(parent, name)
+            if view == 0 and base == ROOT_INO and name == SHARDS:
+                return self.shards.root_node()
         if view > len(self.specs):
             raise NoSuchEntry(parent)
         return self._in_view(view, self.index.lookup(base, name))
 
     def readdir(self, ino: int, offset: int = 0) -> Iterator[Node]:
-        """Children from position `offset`; the base root lists `resized` last."""
+        """Children from position `offset`; the base root lists `resized`, then `shards`,
+        last."""
         if ino == RESIZED_INO and self.specs:
             for view in range(offset + 1, len(self.specs) + 1):
                 yield self.getattr((view << VIEW_SHIFT) | ROOT_INO)
             return
         view, base = self.split(ino)
+        if view == SHARDS_VIEW and self.shards is not None:
+            yield from self.shards.readdir(ino, offset)
+            return
         if view > len(self.specs):
             raise NoSuchEntry(ino)
         for node in self.index.readdir(base, offset):
             yield self._in_view(view, node)
-        if view == 0 and base == ROOT_INO and self.specs and offset <= self._root_count:
-            yield self._resized_dir()
+        if view == 0 and base == ROOT_INO:
+            for k, extra in enumerate(self._extras()):
+                if offset <= self._root_count + k:
+                    yield extra
 
     def entries(self, ino: int, offset: int = 0) -> Iterator[tuple[int, int, bytes]]:
         """(ino, kind, name) of the children from position `offset` on, without a `Node` each."""
@@ -119,30 +160,41 @@ class Tree:
                 yield (view << VIEW_SHIFT) | ROOT_INO, DIR, self.specs[view - 1].name.encode()
             return
         view, base = self.split(ino)
+        if view == SHARDS_VIEW and self.shards is not None:
+            yield from self.shards.entries(ino, offset)
+            return
         if view > len(self.specs):
             raise NoSuchEntry(ino)
         shift = view << VIEW_SHIFT
         for child, kind, name in self.index.entries(base, offset):
             yield shift | child, kind, name
-        if view == 0 and base == ROOT_INO and self.specs and offset <= self._root_count:
-            yield RESIZED_INO, DIR, RESIZED
+        if view == 0 and base == ROOT_INO:
+            for k, extra in enumerate(self._extras()):
+                if offset <= self._root_count + k:
+                    yield extra.ino, DIR, extra.name
 
     def listing(self, ino: int, first: int, size: int) -> bytes | None:
         """The index's stored READDIR records (`Index.listing`) where they are right:
-        base-tree directories except a root that lists `resized`; None elsewhere."""
-        if ino >> VIEW_SHIFT or ino == RESIZED_INO or (ino == ROOT_INO and self.specs):
+        base-tree directories except a root that lists `resized` or `shards`; None elsewhere."""
+        if ino >> VIEW_SHIFT or (ino == ROOT_INO and (self.specs or self.shards is not None)):
             return None
         return self.index.listing(ino, first, size)
 
     def read(self, node: Node, offset: int, size: int, *, nowait: bool = False) -> bytes:
-        """Bytes of a file as stored (not resized), whichever view `node` is in."""
+        """Bytes of a file as stored (not resized), whichever view `node` is in; a shard
+        view's file as it makes it."""
+        if self.shards is not None and self.shards.owns(node.ino):
+            return self.shards.read(node, offset, size, nowait=nowait)
         base = replace(node, ino=node.ino & _BASE_MASK)
         return self.index.read(base, offset, size, nowait=nowait)
 
     def locate(self, node: Node, offset: int, size: int) -> list[Run] | None:
         """Where the bytes `read` returns lie in the image files (`Index.locate`); None where
         they are not stored as they are read. (The view's inode bits do not matter: only a
-        virtual file is read by inode, and it is never located.)"""
+        virtual file is read by inode, and it is never located; a shard view's file is made
+        on read: None.)"""
+        if self.shards is not None and self.shards.owns(node.ino):
+            return None
         return self.index.locate(node, offset, size)
 
     # resized files
@@ -150,7 +202,7 @@ class Tree:
         """The spec a file is resized to; None for everything served as stored: the base tree,
         directories, virtual files, and files of a view that do not look like images."""
         view = node.ino >> VIEW_SHIFT
-        if view == 0 or node.kind != FILE or node.image == BLOB_IMAGE:
+        if view == 0 or view > len(self.specs) or node.kind != FILE or node.image == BLOB_IMAGE:
             return None
         if not node.name.lower().endswith(IMAGE_SUFFIXES):
             return None

@@ -1,0 +1,605 @@
+"""The shard view: `shards/wds/`, ImageNet as WebDataset tar shards made on the fly.
+
+Streaming loaders (webdataset, wids, timm, DALI's `fn.readers.webdataset`) read large tar
+files of samples rather than a million small files. Every byte of such a shard is known from
+the index before one is read -- the tar headers from the names and sizes, the file data from
+the images -- so the view serves the shards without writing them:
+
+    shards/wds/_info.json                          timm's dataset info (splits, shard lengths)
+    shards/wds/imagenet1k-train-{0000..1023}.tar   the train split, globally shuffled
+    shards/wds/imagenet1k-train-{0000..1023}.idx   DALI's index of each shard (`v1.2`)
+    shards/wds/imagenet1k-train-wids.json          wids's shard index of the split
+    shards/wds/imagenet1k-validation-{00..63}.tar  the val split, in file-name order
+    ...
+
+Samples. One per image file of `train/<wnid>/` and `val/<wnid>/` (a name ending in .JPEG,
+.jpg or .png, any case; other files, symlinks, unlabelled val files and the test split have no
+sample). A sample is three members, in this order: `<key>.cls` (the 0-based class index, in
+sorted-wnid order as `train.txt` numbers them, ASCII digits), `<key>.jpg` (the file's bytes,
+untouched: the few CMYK or PNG files of ImageNet are served as they are stored) and
+`<key>.json` (`{"label": ..., "filename": ..., "width": ..., "height": ...}`, width and height
+only where `imagenetfs index --image-sizes` recorded them). The key is the file name without
+its extension, any other dot made `_` (webdataset cuts keys at the first dot); a file whose key
+is longer than 95 bytes (a member name must fit ustar's 100 bytes) or whose size does not fit
+ustar's 8 GiB has no sample -- ImageNet has none.
+
+Order. Train samples are in a global shuffle that depends on the seed and each file's path
+only: ordered by the 64-bit BLAKE2b digest of the path under `train/`, keyed by the seed
+(`--shard-seed`, default 0; another seed serves `shards/wds-seed<N>/`), ties by path -- the
+same order on every machine and Python, whatever else the split holds. Val samples are in
+file-name order. Each split is cut into contiguous runs: `ceil(samples / S)` shards, S = 1,252
+samples for train and 782 for val (what full ImageNet's 1,024 and 64 shards hold; `--shard-
+samples` sets S for both), the remainder one more sample each to the first shards. Shard
+numbers have as many digits as the last one (full ImageNet: 4 for train, 2 for val).
+
+Bytes. Plain ustar: one 512-byte header per member (mode 0444, uid and gid 0, no user or group
+names, mtime `MTIME`, no pax or GNU records), the data padded with zeros to 512, two zero
+blocks at the end, the whole padded to a multiple of 10,240 (GNU tar's record): the same bytes
+from every mount of every source layout. A shard's size is known from the layout (below)
+without reading a byte; a READ at any offset builds the headers it touches and reads the file
+bytes it touches from the images (copied: the worker's splice path sends image runs only).
+
+Layout. The first request into the seed's directory computes, per serving process, the order
+of both splits (one walk of their class directories in the index, in Python; the sizes and
+offsets in numpy) and each shard's sizes; it keeps the inode numbers of the samples in order
+(4 bytes each: ~5 MB for full ImageNet) and the sizes. Measured on 105,000 files: 0.37 s and
+a transient peak of 12 MB -- so some 5 s and 150 MB for full ImageNet, in each serving
+process at its first request there. A shard's table -- its samples' names, sizes, offsets --
+is computed when it is first read, from the index (a `getattr` per sample: ~20 ms for 1,252),
+and the last `TABLES` are kept.
+
+Inodes: the view's range `(SHARDS_VIEW << VIEW_SHIFT) | n` (views.py): n = 1 is `shards/`,
+2 the seed's directory, 3 + k its k-th child in name order.
+"""
+
+from __future__ import annotations
+
+import array
+import bisect
+import hashlib
+import json
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from imagenetfs.errors import CorruptImageError, NoSuchEntry, NotADirectory
+from imagenetfs.index import DIR, FILE, ROOT_INO, Index, Node, directory_node, virtual_file_node
+
+SHARDS = b"shards"
+#: The view number of `shards/` (views.py: view v holds (v << VIEW_SHIFT) | n).
+SHARDS_VIEW = 0xFFFE
+#: The one mtime of every member and file of the view: 2012-01-01 00:00 UTC.
+MTIME = 1325376000
+#: Samples per shard: full ImageNet's 1,281,167 train samples in 1,024 shards, 50,000 val in 64.
+TRAIN_SAMPLES = 1252
+VAL_SAMPLES = 782
+#: The split names of timm's imagenet-1k-wds, and where each comes from in the tree.
+SPLITS = (("train", b"train", TRAIN_SAMPLES), ("validation", b"val", VAL_SAMPLES))
+PREFIX = "imagenet1k"
+IMAGE_SUFFIXES = (b".jpeg", b".jpg", b".png")
+BLOCK = 512
+RECORD = 10240
+#: Longest key: a member name (`<key>.json`) must fit the 100 bytes of a ustar name.
+MAX_KEY = 100 - len(".json")
+#: Largest member: 11 octal digits.
+MAX_SIZE = 8**11 - 1
+#: Shard tables kept per serving process.
+TABLES = 32
+
+_SHARDS_DIR, _SEED_DIR, _FIRST_CHILD = 1, 2, 3
+_ZEROS = bytes(RECORD)
+
+
+def padded(size: int) -> int:
+    """`size` rounded up to whole 512-byte blocks."""
+    return -(-size // BLOCK) * BLOCK
+
+
+def header(name: bytes, size: int) -> bytes:
+    """The ustar header of a regular file `name` of `size` bytes, as the module says; the same
+    bytes as Python's `tarfile.TarInfo.tobuf(tarfile.USTAR_FORMAT)` writes for it."""
+    buf = bytearray(BLOCK)
+    buf[0 : len(name)] = name
+    buf[100:108] = b"0000444\0"
+    buf[108:116] = buf[116:124] = b"0000000\0"
+    buf[124:136] = b"%011o\0" % size
+    buf[136:148] = b"%011o\0" % MTIME
+    buf[148:156] = b"        "
+    buf[156:157] = b"0"
+    buf[257:265] = b"ustar\x0000"
+    buf[148:156] = b"%06o\0 " % sum(buf)
+    return bytes(buf)
+
+
+def sample_key(name: bytes) -> bytes | None:
+    """The key of a file named `name`, or None when it has no sample (see the module)."""
+    if not name.lower().endswith(IMAGE_SUFFIXES):
+        return None
+    key = name[: name.rindex(b".")].replace(b".", b"_")
+    if not key or len(key) > MAX_KEY:
+        return None
+    return key
+
+
+def sample_json(label: int, name: bytes, size: tuple[int, int] | None) -> bytes:
+    """The `.json` member of a sample."""
+    fields: dict[str, object] = {"label": label, "filename": name.decode("utf-8", "replace")}
+    if size is not None:
+        fields["width"], fields["height"] = size
+    return json.dumps(fields).encode()
+
+
+@dataclass(frozen=True)
+class Member:
+    name: bytes  # <key>.<ext>
+    offset: int  # of its header in the shard; its data follow at offset + 512
+    size: int
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample of a shard: where it starts, its members, and the node of its image."""
+
+    offset: int
+    end: int  # the next sample's offset
+    key: bytes
+    cls: bytes
+    node: Node
+    json: bytes
+
+    def members(self) -> tuple[Member, Member, Member]:
+        cls = Member(self.key + b".cls", self.offset, len(self.cls))
+        jpg = Member(self.key + b".jpg", cls.offset + BLOCK + padded(cls.size), self.node.size)
+        js = Member(self.key + b".json", jpg.offset + BLOCK + padded(jpg.size), len(self.json))
+        return cls, jpg, js
+
+    def index_line(self) -> str:
+        """The sample's line of DALI's index: `<ext> <data offset> <size> <name>` a member."""
+        return " ".join(
+            f"{m.name[len(self.key) + 1 :].decode()} {m.offset + BLOCK} {m.size} "
+            f"{m.name.decode('utf-8', 'surrogateescape')}"
+            for m in self.members()
+        )
+
+
+def sample_size(cls: int, size: int, js: int) -> int:
+    return 3 * BLOCK + padded(cls) + padded(size) + padded(js)
+
+
+@dataclass(frozen=True)
+class Table:
+    """One shard, member by member."""
+
+    samples: list[Sample]
+    starts: list[int]  # each sample's offset
+    size: int  # the whole shard's
+
+    def index_text(self) -> bytes:
+        lines = [f"v1.2 {len(self.samples)}"] + [s.index_line() for s in self.samples]
+        return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+
+@dataclass(frozen=True)
+class Split:
+    """One split of the view, in order and cut into shards."""
+
+    name: str  # train, validation
+    digits: int
+    inos: array.array[int]  # the samples' inodes, in order
+    first: list[int]  # the first sample of each shard; one more entry: the sample count
+    sizes: list[int]  # each shard's size in bytes
+    index_sizes: list[int]  # each shard's DALI index's size
+
+    @property
+    def shards(self) -> int:
+        return len(self.sizes)
+
+    def shard_name(self, n: int, ext: str = "tar") -> str:
+        return f"{PREFIX}-{self.name}-{n:0{self.digits}d}.{ext}"
+
+    def lengths(self) -> list[int]:
+        return [b - a for a, b in zip(self.first, self.first[1:], strict=False)]
+
+
+@dataclass(frozen=True)
+class _Child:
+    name: bytes
+    split: int  # index in the layout's splits; -1 for _info.json
+    shard: int  # -1 for the split's wids index
+    kind: str  # tar, idx, wids, info
+
+
+class Layout:
+    """Both splits' order and shard sizes, and the seed directory's children."""
+
+    def __init__(
+        self,
+        index: Index,
+        seed: int,
+        per_shard: int | None,
+        image_size: Callable[[int], tuple[int, int] | None],
+    ) -> None:
+        self.labels = _labels(index)
+        self.splits: list[Split] = []
+        for name, directory, default in SPLITS:
+            split = _split(
+                index, name, directory, self.labels, seed, per_shard or default, image_size
+            )
+            if split is not None:
+                self.splits.append(split)
+        children = [_Child(b"_info.json", -1, -1, "info")]
+        for s, split in enumerate(self.splits):
+            children.append(_Child(f"{PREFIX}-{split.name}-wids.json".encode(), s, -1, "wids"))
+            for n in range(split.shards):
+                for ext in ("tar", "idx"):
+                    children.append(_Child(split.shard_name(n, ext).encode(), s, n, ext))
+        children.sort(key=lambda c: c.name)
+        self.children = children
+        self.position = {c.name: k for k, c in enumerate(children)}
+        self.info = self._info()
+        self.wids = [self._wids(split) for split in self.splits]
+
+    def _info(self) -> bytes:
+        splits = {
+            split.name: {
+                "name": split.name,
+                "filenames": [split.shard_name(n) for n in range(split.shards)],
+                "shard_lengths": split.lengths(),
+                "num_samples": split.first[-1],
+            }
+            for split in self.splits
+        }
+        return (json.dumps({"name": "imagenet-1k", "splits": splits}, indent=2) + "\n").encode()
+
+    @staticmethod
+    def _wids(split: Split) -> bytes:
+        shardlist = [
+            {"url": split.shard_name(n), "nsamples": length, "filesize": split.sizes[n]}
+            for n, length in enumerate(split.lengths())
+        ]
+        body = {
+            "__kind__": "wids-shard-index-v1",
+            "wids_version": 1,
+            "name": f"{PREFIX}-{split.name}",
+            "shardlist": shardlist,
+        }
+        return (json.dumps(body, indent=2) + "\n").encode()
+
+
+def _labels(index: Index) -> dict[int, int]:
+    """Class directory inode -> label: sorted wnids of train/ (else val/), as rootfiles.py
+    numbers `train.txt`; the other split's directories of the same wnids get the same."""
+    wnids: dict[bytes, int] = {}
+    for directory in (b"train", b"val"):
+        try:
+            split = index.lookup(ROOT_INO, directory)
+        except (NoSuchEntry, NotADirectory):
+            continue
+        if split.kind == DIR and not wnids:
+            names = sorted(name for _, kind, name in index.entries(split.ino) if kind == DIR)
+            wnids = {name: label for label, name in enumerate(names)}
+    labels: dict[int, int] = {}
+    for directory in (b"train", b"val"):
+        try:
+            split = index.lookup(ROOT_INO, directory)
+        except (NoSuchEntry, NotADirectory):
+            continue
+        if split.kind == DIR:
+            for ino, kind, name in index.entries(split.ino):
+                if kind == DIR and name in wnids:
+                    labels[ino] = wnids[name]
+    return labels
+
+
+def _split(
+    index: Index,
+    name: str,
+    directory: bytes,
+    labels: dict[int, int],
+    seed: int,
+    per_shard: int,
+    image_size: Callable[[int], tuple[int, int] | None],
+) -> Split | None:
+    """One split's order and shard sizes: a walk of its class directories in the index (one
+    pass in Python, ~1 µs a file beyond the index's own), the rest in numpy."""
+    import numpy as np  # (only once shards are asked for)
+
+    try:
+        top = index.lookup(ROOT_INO, directory)
+    except (NoSuchEntry, NotADirectory):
+        return None
+    if top.kind != DIR:
+        return None
+    inos, sizes, keys, labels_of, jsons = (array.array(t) for t in ("I", "Q", "H", "I", "I"))
+    names: list[bytes] = []  # (val only: ordered by name)
+    digests = array.array("Q")  # (train only: the shuffle's sort keys)
+    seed_key = seed.to_bytes(8, "little", signed=True)
+    train = directory == b"train"
+    for wnid in index.readdir(top.ino):
+        label = labels.get(wnid.ino)
+        if wnid.kind != DIR or label is None:
+            continue
+        prefix = wnid.name + b"/"
+        for ino, size, file_name in index.files(wnid.ino):
+            if size > MAX_SIZE:
+                continue
+            key = sample_key(file_name)
+            if key is None:
+                continue
+            inos.append(ino)
+            sizes.append(size)
+            keys.append(len(key))
+            labels_of.append(label)
+            jsons.append(json_length(label, file_name, image_size(ino)))
+            if train:
+                digest = hashlib.blake2b(prefix + file_name, digest_size=8, key=seed_key)
+                digests.append(int.from_bytes(digest.digest(), "big"))
+            else:
+                names.append(file_name)
+    count = len(inos)
+    if train:  # by digest; ties (never seen) by path: the walk's order
+        order = np.argsort(np.frombuffer(digests, dtype=np.uint64), kind="stable")
+    else:
+        order = np.array(sorted(range(count), key=names.__getitem__), dtype=np.int64)
+    del names, digests
+    shards = -(-count // per_shard)
+    first = [0]
+    if shards:
+        base, extra = divmod(count, shards)
+        for n in range(shards):
+            first.append(first[-1] + base + (n < extra))
+    if not count:
+        return Split(name, 1, array.array("I"), first, [], [])
+    file_size = np.frombuffer(sizes, dtype=np.uint64).astype(np.int64)[order]
+    labelled = np.frombuffer(labels_of, dtype=np.uint32).astype(np.int64)[order]
+    cls_len = _ndigits(np, labelled)
+    json_len = np.frombuffer(jsons, dtype=np.uint32).astype(np.int64)[order]
+    key_len = np.frombuffer(keys, dtype=np.uint16).astype(np.int64)[order]
+    sample = 3 * BLOCK + _padded(cls_len) + _padded(file_size) + _padded(json_len)
+    starts = np.array(first[:-1], dtype=np.int64)
+    # each sample's offset in its shard: the running sum, less the shard's start
+    total = np.cumsum(sample) - sample
+    offset = total - np.repeat(total[starts], np.diff(first))
+    line = (_LINE + 3 * key_len + _ndigits(np, cls_len) + _ndigits(np, file_size)
+            + _ndigits(np, json_len) + _ndigits(np, offset + BLOCK)
+            + _ndigits(np, offset + 2 * BLOCK + _padded(cls_len))
+            + _ndigits(np, offset + sample - _padded(json_len)))  # fmt: skip
+    data = np.add.reduceat(sample, starts)
+    lines = np.add.reduceat(line, starts)
+    shard_sizes = [-(-(int(d) + 2 * BLOCK) // RECORD) * RECORD for d in data]
+    index_sizes = [len(f"v1.2 {first[n + 1] - first[n]}\n") + int(lines[n]) for n in range(shards)]
+    ordered = array.array("I", np.frombuffer(inos, dtype=np.uint32)[order].tobytes())
+    return Split(name, len(str(shards - 1)), ordered, first, shard_sizes, index_sizes)
+
+
+#: The characters of a DALI index line other than the key (3x) and the six numbers.
+_LINE = len("cls   .cls jpg   .jpg json   .json\n")
+_POWERS = [10**k for k in range(1, 19)]  # (int64 holds up to 9.2e18)
+
+
+def _ndigits(np: Any, values: Any) -> Any:
+    """Decimal digits of each of `values` (non-negative int64)."""
+    return np.searchsorted(np.array(_POWERS, dtype=np.int64), values, side="right") + 1
+
+
+def _padded(values: Any) -> Any:
+    return (values + BLOCK - 1) // BLOCK * BLOCK
+
+
+_PLAIN = re.compile(rb"[ !#-\[\]-~]*")
+
+
+def json_length(label: int, name: bytes, size: tuple[int, int] | None) -> int:
+    """`len(sample_json(label, name, size))`, without making it for a plain ASCII name."""
+    if not _PLAIN.fullmatch(name):
+        return len(sample_json(label, name, size))
+    length = len('{"label": , "filename": ""}') + len(str(label)) + len(name)
+    if size is not None:
+        length += len(', "width": , "height": ') + len(str(size[0])) + len(str(size[1]))
+    return length
+
+
+class WdsView:
+    """`shards/` and the one seed directory in it, over `index` (see the module docstring)."""
+
+    def __init__(
+        self,
+        index: Index,
+        *,
+        seed: int = 0,
+        per_shard: int | None = None,
+        view_shift: int,
+    ) -> None:
+        self.index = index
+        self.seed = seed
+        self.per_shard = per_shard
+        self.dir_name = b"wds" if seed == 0 else f"wds-seed{seed}".encode()
+        self._shift = view_shift
+        self._base = SHARDS_VIEW << view_shift
+        self.root_ino = self._base | _SHARDS_DIR
+        self._layout: Layout | None = None
+        self._lock = threading.Lock()
+        self._tables: OrderedDict[tuple[int, int], Table] = OrderedDict()
+
+    # --- the layout ------------------------------------------------------------------------
+
+    @property
+    def layout(self) -> Layout:
+        layout = self._layout
+        if layout is None:
+            with self._lock:
+                if self._layout is None:
+                    self._layout = Layout(self.index, self.seed, self.per_shard, self._size_of)
+                layout = self._layout
+        return layout
+
+    def _size_of(self, ino: int) -> tuple[int, int] | None:
+        return self.index.image_size(ino)
+
+    def table(self, s: int, n: int) -> Table:
+        """Shard `n` of split `s`, member by member (kept for the last `TABLES` shards)."""
+        found = self._tables.get((s, n))
+        if found is not None:
+            return found
+        layout = self.layout
+        split = layout.splits[s]
+        samples, starts, offset = [], [], 0
+        for ino in split.inos[split.first[n] : split.first[n + 1]]:
+            node = self.index.getattr(ino)
+            key = sample_key(node.name)
+            assert key is not None
+            label = layout.labels[node.parent]
+            js = sample_json(label, node.name, self._size_of(ino))
+            cls = str(label).encode()
+            end = offset + sample_size(len(cls), node.size, len(js))
+            samples.append(Sample(offset, end, key, cls, node, js))
+            starts.append(offset)
+            offset = end
+        table = Table(samples, starts, split.sizes[n])
+        with self._lock:
+            self._tables[(s, n)] = table
+            while len(self._tables) > TABLES:
+                self._tables.popitem(last=False)
+        return table
+
+    # --- the tree --------------------------------------------------------------------------
+
+    def owns(self, ino: int) -> bool:
+        return ino >> self._shift == SHARDS_VIEW
+
+    def root_node(self) -> Node:
+        return directory_node(self.root_ino, ROOT_INO, SHARDS, MTIME, 1)
+
+    def _seed_dir(self) -> Node:
+        return directory_node(self._base | _SEED_DIR, self.root_ino, self.dir_name, MTIME, 0)
+
+    def getattr(self, ino: int) -> Node:
+        n = ino - self._base
+        if n == _SHARDS_DIR:
+            return self.root_node()
+        if n == _SEED_DIR:
+            return self._seed_dir()
+        layout = self.layout
+        k = n - _FIRST_CHILD
+        if not 0 <= k < len(layout.children):
+            raise NoSuchEntry(ino)
+        child = layout.children[k]
+        return virtual_file_node(ino, self._base | _SEED_DIR, child.name, self._size(child), MTIME)
+
+    def _size(self, child: _Child) -> int:
+        layout = self.layout
+        if child.kind == "info":
+            return len(layout.info)
+        if child.kind == "wids":
+            return len(layout.wids[child.split])
+        split = layout.splits[child.split]
+        if child.kind == "tar":
+            return split.sizes[child.shard]
+        return split.index_sizes[child.shard]
+
+    def lookup(self, parent: int, name: bytes) -> Node:
+        n = parent - self._base
+        if n == _SHARDS_DIR:
+            if name == self.dir_name:
+                return self._seed_dir()
+            raise NoSuchEntry(name)
+        if n == _SEED_DIR:
+            k = self.layout.position.get(name)
+            if k is None:
+                raise NoSuchEntry(name)
+            return self.getattr(self._base | (_FIRST_CHILD + k))
+        self.getattr(parent)  # (ENOENT for no such inode)
+        raise NotADirectory(parent)
+
+    def entries(self, ino: int, offset: int = 0) -> Iterator[tuple[int, int, bytes]]:
+        n = ino - self._base
+        if n == _SHARDS_DIR:
+            if offset < 1:
+                yield self._base | _SEED_DIR, DIR, self.dir_name
+            return
+        if n == _SEED_DIR:
+            for k, child in enumerate(self.layout.children[max(offset, 0) :], max(offset, 0)):
+                yield self._base | (_FIRST_CHILD + k), FILE, child.name
+            return
+        self.getattr(ino)
+        raise NotADirectory(ino)
+
+    def readdir(self, ino: int, offset: int = 0) -> Iterator[Node]:
+        for child, _, _ in self.entries(ino, offset):
+            yield self.getattr(child)
+
+    # --- bytes -----------------------------------------------------------------------------
+
+    def read(self, node: Node, offset: int, size: int, *, nowait: bool = False) -> bytes:
+        """Bytes of a file of the view; with `nowait`, `squashfs.WouldBlock` rather than wait
+        for image bytes that are not in the page cache."""
+        k = node.ino - self._base - _FIRST_CHILD
+        layout = self.layout
+        child = layout.children[k]
+        end = min(offset + size, node.size)
+        if offset >= end:
+            return b""
+        if child.kind == "tar":
+            return self._read_shard(self.table(child.split, child.shard), offset, end, nowait)
+        if child.kind == "info":
+            data = layout.info
+        elif child.kind == "wids":
+            data = layout.wids[child.split]
+        else:
+            data = self.table(child.split, child.shard).index_text()
+        return data[offset:end]
+
+    def _read_shard(self, table: Table, offset: int, end: int, nowait: bool) -> bytes:
+        parts: list[bytes] = []
+        i = max(bisect.bisect_right(table.starts, offset) - 1, 0)
+        pos = offset
+        while pos < end and i < len(table.samples):
+            sample = table.samples[i]
+            if pos >= sample.end:
+                i += 1
+                continue
+            for start, length, piece in _pieces(sample):
+                if pos >= end:
+                    break
+                if pos >= start + length:
+                    continue
+                a, b = pos - start, min(end, start + length) - start
+                if isinstance(piece, bytes):
+                    parts.append(piece[a:b])
+                else:
+                    data = self.index.read(piece, a, b - a, nowait=nowait)
+                    if len(data) != b - a:
+                        raise CorruptImageError(
+                            f"{piece.name!r}: {len(data)} bytes at {a} where {b - a} were "
+                            "indexed (its image was cut short?)"
+                        )
+                    parts.append(data)
+                pos = start + b
+            i += 1
+        while pos < end:  # the end: zeros
+            chunk = min(end - pos, RECORD)
+            parts.append(_ZEROS[:chunk])
+            pos += chunk
+        return b"".join(parts)
+
+
+def _pieces(sample: Sample) -> Iterator[tuple[int, int, bytes | Node]]:
+    """(offset in the shard, length, bytes or the image's node) of a sample's bytes."""
+    cls, jpg, js = sample.members()
+    yield (
+        cls.offset,
+        BLOCK + padded(cls.size),
+        (header(cls.name, cls.size) + sample.cls.ljust(padded(cls.size), b"\0")),
+    )
+    yield jpg.offset, BLOCK, header(jpg.name, jpg.size)
+    yield jpg.offset + BLOCK, jpg.size, sample.node
+    pad = padded(jpg.size) - jpg.size
+    yield jpg.offset + BLOCK + jpg.size, pad, bytes(pad)
+    yield (
+        js.offset,
+        BLOCK + padded(js.size),
+        (header(js.name, js.size) + sample.json.ljust(padded(js.size), b"\0")),
+    )
