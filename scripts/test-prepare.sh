@@ -76,6 +76,9 @@ case "$(uname -m)" in
     aarch64) torch_pins=(torch==2.9.1 torchvision==0.24.1) ;;
     *) torch_pins=(torch==2.14.1 torchvision==0.29.1) ;;
 esac
+# Readers of the shard view that need torch (tests/test_shards.py): timm's WebDataset reader
+# and wids (webdataset's random-access reader, a package of its own).
+torch_pins+=(timm==1.0.31 wids==0.1.11)
 requirements=$("$python" - "$repo/pyproject.toml" "${torch_pins[@]}" <<'EOF'
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:

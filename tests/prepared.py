@@ -11,7 +11,10 @@ test installs anything.
 
 from __future__ import annotations
 
+import importlib
 import os
+import sys
+from types import ModuleType
 from typing import NoReturn
 
 import pytest
@@ -25,3 +28,12 @@ def unprepared(what: str) -> NoReturn:
     if PREPARED:
         pytest.fail(f"{what}, though the test command prepared the tests' needs: see its output")
     pytest.skip(f"{what}: the test command, `bash scripts/test.sh`, prepares it")
+
+
+def prepared_module(name: str) -> ModuleType:
+    """The module `name`, which the test command's environment holds (torch, torchvision,
+    timm, wids: scripts/test-prepare.sh); `unprepared` when it does not import here."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        unprepared(f"{name} does not import in this environment ({sys.executable}: {e})")

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from helpers import Mounted, Mounter, SmallSource, small_source
 from PIL import Image
+from prepared import prepared_module
 
 from imagenetfs import generate, index, source
 from imagenetfs.generate import Spec
@@ -464,8 +465,7 @@ def test_wids_reads_samples_by_number(
     in place (through symlinks in a directory of its own: wids writes a lock file beside each
     shard's local name, and would copy a shard whose local name is not itself): the split,
     each sample once, the tree's bytes."""
-    pytest.importorskip("torch", reason="wids imports torch: runs in the torch test env")
-    wids = pytest.importorskip("wids", reason="wids is not installed in this env")
+    wids = prepared_module("wids")
     directory = view(mounts["workers"])
     for path in directory.glob("*.tar"):
         (tmp_path / path.name).symlink_to(path)
@@ -490,8 +490,7 @@ def test_timm_reader_iterates_the_view(small: SmallSource, mounts: dict[str, Mou
     """timm's WebDataset reader (`create_dataset("wds/...", root=<the view>)`) finds the
     splits in `_info.json` and yields every val sample in shard order with its label, and a
     training epoch of the train split as many samples as `_info.json` says."""
-    pytest.importorskip("torch", reason="timm needs torch: runs in the torch test env")
-    timm_data = pytest.importorskip("timm.data", reason="timm is not installed in this env")
+    timm_data = prepared_module("timm.data")
     directory = view(mounts["workers"])
     labels = labels_of(mounts["workers"].mp)
     val = timm_data.create_dataset(
