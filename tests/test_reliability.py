@@ -1018,10 +1018,14 @@ def access(path: Path, mode: int) -> None:
         raise OSError(code, os.strerror(code))
 
 
-def probes(mp: Path) -> dict[str, Callable[[], object]]:
-    """What each `probe` key of the doc's table does (as root, on a file and its directory)."""
-    files = sorted(p for p in (mp / "train").rglob("*") if p.is_file())
-    f, d = files[0], files[0].parent
+def probes(mp: Path, f: Path) -> dict[str, Callable[[], object]]:
+    """What each `probe` key of the doc's table does (as root, on a file `f` and its
+    directory), returning what the call gives (`expected_values` says what some must be)."""
+    d = f.parent
+
+    def mapped(fd: int) -> bytes:
+        with mmap.mmap(fd, 0, prot=mmap.PROT_READ) as m:
+            return m[:]
 
     def on_fd(call: Callable[[int], object], flags: int = os.O_RDONLY) -> Callable[[], object]:
         def run() -> object:
@@ -1036,8 +1040,8 @@ def probes(mp: Path) -> dict[str, Callable[[], object]]:
     return {
         "lookup-missing": lambda: os.stat(d / "missing.JPEG"),
         "lookup-under-file": lambda: os.stat(f / "x"),
-        "getattr": lambda: os.stat(f),
-        "readdir": lambda: os.listdir(d),
+        "getattr": lambda: (stat.S_IMODE(os.stat(f).st_mode), os.stat(f).st_size),
+        "readdir": lambda: sorted(os.listdir(d)),
         "readdir-file": lambda: os.listdir(f),
         "open-rdonly": on_fd(lambda fd: None),
         "open-wronly": lambda: os.open(f, os.O_WRONLY),
@@ -1049,9 +1053,9 @@ def probes(mp: Path) -> dict[str, Callable[[], object]]:
         "read-past-end": on_fd(lambda fd: os.pread(fd, 100, 1 << 40)),
         "read-dir": lambda: os.read(os.open(d, os.O_RDONLY), 10),
         "write-fd": on_fd(lambda fd: os.write(fd, b"x")),
-        "mmap": on_fd(lambda fd: mmap.mmap(fd, 0, prot=mmap.PROT_READ).close()),
+        "mmap": on_fd(mapped),
         "readlink-file": lambda: os.readlink(f),
-        "statfs": lambda: os.statvfs(mp),
+        "statfs": lambda: statfs(mp),
         "access-r": lambda: access(f, os.R_OK),
         "access-w": lambda: access(f, os.W_OK),
         "access-x": lambda: access(f, os.X_OK),
@@ -1080,6 +1084,29 @@ def probes(mp: Path) -> dict[str, Callable[[], object]]:
     }
 
 
+def statfs(path: Path) -> tuple[int, int, int, int, bool]:
+    """What statvfs says besides the size: entries, free blocks and inodes, read-only."""
+    vfs = os.statvfs(path)
+    return vfs.f_files, vfs.f_bfree, vfs.f_bavail, vfs.f_ffree, bool(vfs.f_flag & os.ST_RDONLY)
+
+
+def expected_values(data: Data, rel: str) -> dict[str, object]:
+    """What the probes that succeed must give for file `rel`, from the unsquashfs extraction:
+    its bytes (a read past the end: none), its size and mode, its directory's names."""
+    want = data.files[rel]
+    return {
+        "getattr": (0o444, len(want)),
+        "readdir": data.dirs[rel.rpartition("/")[0]],
+        "open-direct": want[:4096],
+        "read": want[:100],
+        "read-past-end": b"",
+        "mmap": want,
+        "statfs": (1 + sum(len(names) for names in data.dirs.values()), 0, 0, 0, True),
+        "listxattr": [],
+        "seek-hole": len(want),
+    }
+
+
 def doc_table() -> dict[str, str]:
     """`probe` -> expected outcome ("ok" or an errno name) from the doc's operation table:
     rows whose first cell is a backquoted probe key and whose last cell starts with the
@@ -1092,12 +1119,12 @@ def doc_table() -> dict[str, str]:
     return rows
 
 
-def outcome(call: Callable[[], object]) -> str:
+def outcome(call: Callable[[], object]) -> tuple[str, object]:
+    """("ok", what the call gave), or (its errno's name, None)."""
     try:
-        call()
+        return "ok", call()
     except OSError as e:
-        return errno.errorcode[e.errno or 0]
-    return "ok"
+        return errno.errorcode[e.errno or 0], None
 
 
 @pytest.mark.timeout(60)
@@ -1106,13 +1133,18 @@ def test_semantics_table_matches_a_live_mount(
     realistic: Data, mounter: Mounter, tmp_path: Path, workers: int | None
 ) -> None:
     """Every row of the doc's table, on a mount served by worker processes (the default) and
-    on one served by pyfuse3 alone: the same outcome in both."""
+    on one served by pyfuse3 alone: the same outcome in both, and where it is "ok", what the
+    call gave is right: the bytes unsquashfs extracts (nothing past the end), the size, the
+    names, the statfs counts."""
     table = doc_table()
     extra = () if workers is None else ("--workers", workers)
     daemon = mount(mounter, realistic, tmp_path / "mp", *extra)
-    live = {name: outcome(call) for name, call in probes(daemon.mp).items()}
+    rel = min(p for p in realistic.files if p.startswith("train/"))
+    live = {name: outcome(call) for name, call in probes(daemon.mp, daemon.mp / rel).items()}
     assert set(table) == set(live), "every probe documented, every documented probe run"
-    assert {k: live[k] for k in table} == table
+    assert {k: live[k][0] for k in table} == table
+    expected = expected_values(realistic, rel)
+    assert {k: live[k][1] for k in expected} == expected
     assert alive(daemon.pid)
 
 
