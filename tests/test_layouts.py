@@ -8,6 +8,7 @@ split directories, and val labels from val_labels.txt, LOC_val_solution.csv, the
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -25,11 +26,12 @@ from imagenetfs.index import Index
 SPEC = Spec(classes=4, train_per_class=5, val_per_class=3, test=3, tiny=True)
 
 
-def tree_of(root: Path, tmp: Path) -> dict[str, bytes]:
+def tree_of(root: Path, tmp: Path) -> dict[str, tuple[bytes, int, int]]:
+    """Every file of the tree the source's index serves: (bytes, size, mtime)."""
     src = source.open_source(root)
     path = tmp / f"{root.name}.lmdb"
     index.build(path, src.image_list, src.placer(), virtual=src.virtual_files, progress=False)
-    found: dict[str, bytes] = {}
+    found: dict[str, tuple[bytes, int, int]] = {}
     with Index.open(path) as ix:
         stack = [(index.ROOT_INO, "")]
         while stack:
@@ -39,7 +41,7 @@ def tree_of(root: Path, tmp: Path) -> dict[str, bytes]:
                 if node.kind == index.DIR:
                     stack.append((node.ino, rel + "/"))
                 else:
-                    found[rel] = ix.read(node, 0, node.size + 1)
+                    found[rel] = (ix.read(node, 0, node.size + 1), node.size, node.mtime)
     return found
 
 
@@ -81,8 +83,41 @@ def with_labels(made: dict[str, Path], tmp: Path, name: str, add: Callable[[Path
     return root
 
 
+def extraction(made: dict[str, Path], name: str, dest: Path) -> dict[str, Path]:
+    """The files of layout `name` as its own tool extracts them (unsquashfs for an image,
+    the files themselves for an unpacked tree, `tar x` / `unzip` for a download), by the path
+    the mount serves each at: names, sizes and mtimes that are not imagenetfs's."""
+    root = made[name]
+    if name in ("official", "kaggle-zip"):
+        return extracted(made, name, dest)
+    if name in ("cluster", "nested"):
+        for split in ("train", "val", "test"):
+            unsquash(root / f"{split}.squashfs", dest / split)
+            if (dest / split / split).is_dir():  # nested: the split's directory in the image
+                (dest / split / split).rename(dest / f"{split}-nested")
+                (dest / split).rmdir()
+                (dest / f"{split}-nested").rename(dest / split)
+        return served_paths(made, dest)
+    if name == "kaggle-image":
+        unsquash(root / "ILSVRC.squashfs", dest)
+        return served_paths(made, dest / "Data" / "CLS-LOC")
+    if name == "kaggle-unpacked":
+        return served_paths(made, root / "ILSVRC" / "Data" / "CLS-LOC")
+    assert name == "unpacked"
+    return served_paths(made, root)
+
+
 def test_all_layouts_serve_the_same_tree(made: dict[str, Path], tmp_path: Path) -> None:
-    reference = tree_of(made["cluster"], tmp_path)
+    """Every layout and label source serves the same names and bytes; each file's size and
+    mtime are those its layout's own tool extracts (unsquashfs, tar, unzip, the files)."""
+    trees = {name: tree_of(made[name], tmp_path) for name in made}
+    for name, tree in trees.items():
+        files = extraction(made, name, tmp_path / f"extracted-{name}")
+        assert len(files) == 20 + 12 + 3, name
+        for rel, original in files.items():
+            st = original.stat()
+            assert tree[rel] == (original.read_bytes(), st.st_size, int(st.st_mtime)), (name, rel)
+    reference = {rel: data for rel, (data, _, _) in trees["cluster"].items()}
     assert len([p for p in reference if p.startswith(("train/", "val/", "test/"))]) == 20 + 12 + 3
     assert "val/n01440764/" in "".join(reference)
     official = made["official"]
@@ -110,7 +145,8 @@ def test_all_layouts_serve_the_same_tree(made: dict[str, Path], tmp_path: Path) 
         "real-labels": with_labels(made, tmp_path, "real-labels", lambda root: None),
     }
     for name, root in sources.items():
-        assert tree_of(root, tmp_path) == reference, name
+        tree = trees.get(name) or tree_of(root, tmp_path)
+        assert {rel: data for rel, (data, _, _) in tree.items()} == reference, name
 
 
 def test_layouts_are_explained(made: dict[str, Path]) -> None:
@@ -170,17 +206,26 @@ def extracted(made: dict[str, Path], name: str, dest: Path) -> dict[str, Path]:
         for nested in (dest / "test" / "test").iterdir():
             nested.rename(dest / "test" / nested.name)
         data = dest
-    else:
+    else:  # (a zip has no time zone: its DOS times are read as UTC, as imagenetfs does)
         subprocess.run(
-            [sys.executable, "-m", "zipfile", "-e", root / source.KAGGLE_ZIP, dest], check=True
-        )
+            ["unzip", "-q", root / source.KAGGLE_ZIP, "-d", dest],
+            check=True, env={**os.environ, "TZ": "UTC"},
+        )  # fmt: skip
         data = dest / "ILSVRC" / "Data" / "CLS-LOC"
+    return served_paths(made, data)
+
+
+def served_paths(made: dict[str, Path], data: Path) -> dict[str, Path]:
+    """The files of `data`'s train/, val/ and test/ by the path the mount serves each at
+    (a flat val regrouped by the generator's labels)."""
     labels = dict(
         line.split() for line in (made["cluster"] / "val_labels.txt").read_text().splitlines()
     )
     files = {}
     for path in sorted(p for p in data.rglob("*") if p.is_file()):
         rel = path.relative_to(data)
+        if rel.parts[0] not in ("train", "val", "test"):
+            continue
         if rel.parts[0] == "val":
             rel = Path("val", labels[rel.name], rel.name)
         files[str(rel)] = path
@@ -205,7 +250,8 @@ def test_downloads_mount_with_the_bytes_tar_and_unzip_give(
     assert served == sorted(files)
     for rel, original in files.items():
         assert (mp / rel).read_bytes() == original.read_bytes(), rel
-        assert (mp / rel).stat().st_size == original.stat().st_size
+        st = (mp / rel).stat()
+        assert (st.st_size, st.st_mtime) == (original.stat().st_size, original.stat().st_mtime)
     reference = mounter.mount(tmp_path / "ref", made["cluster"], index=tmp_path / "r").mp
     for root_file in ("meta.bin", "train_files.txt", "val_files.txt", "LOC_synset_mapping.txt"):
         assert (mp / root_file).read_bytes() == (reference / root_file).read_bytes(), root_file
