@@ -708,14 +708,16 @@ def test_image_replaced_while_mounted(
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("trouble", ["disk full", "read-only"])
+@pytest.mark.parametrize("trouble", ["disk full", "read-only", "under 1 MiB free", "not LMDB"])
 def test_resize_cache_trouble_serves_without_caching(
     realistic: Data, mounter: Mounter, tmpfs: Callable[..., Path], tmp_path: Path, trouble: str
 ) -> None:
     """A resize cache whose disk fills up while serving (a small tmpfs), or a default cache
-    directory that cannot be written at all (a read-only tmpfs; an explicit `--cache-dir` there
-    is refused, test_bad_paths.py): resized files still read, exact and stable; only caching
-    stops -- and in the second case `mount` says so on the terminal."""
+    directory that cannot be used at all (on a read-only tmpfs, on one with under 1 MiB free
+    -- where LMDB's lock file would be SIGBUS --, or holding a file that is not LMDB; an
+    explicit `--cache-dir` there is refused, test_bad_paths.py): resized files still read,
+    exact and stable; only caching stops -- and in the other cases `mount` says so on the
+    terminal."""
     if trouble == "disk full":
         disk = tmpfs("cachefs", "size=4m")
         cache = disk / "cache"
@@ -727,23 +729,33 @@ def test_resize_cache_trouble_serves_without_caching(
             while True:
                 f.write(bytes(4096))
         assert shutil.disk_usage(disk).free < 8192
-    else:  # the default cache directory, $XDG_CACHE_HOME/imagenetfs/resized, on a read-only disk
+    else:  # the default cache directory, $XDG_CACHE_HOME/imagenetfs/resized, unusable
         runner = Mounter(tmp_path / "ro")
         runner.work.mkdir()
         disk = tmpfs("ro/cache", "size=1m")
-        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True, timeout=30)
+        if trouble == "read-only":
+            subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True, timeout=30)
+        elif trouble == "under 1 MiB free":
+            (disk / "imagenetfs" / "resized").mkdir(parents=True)
+            (disk / "filler").write_bytes(bytes(64 << 10))
+            assert 0 < shutil.disk_usage(disk).free < resize.CACHE_MIN_FREE
+        else:
+            (disk / "imagenetfs" / "resized").mkdir(parents=True)
+            (disk / "imagenetfs" / "resized" / "resize-cache.lmdb").write_bytes(bytes(8192))
         mp = runner.mkdir("mp")
         said = runner.cli("mount", "--source", realistic.root, "--index", realistic.index,
                           "--resize", SPEC64, mp, timeout=120)  # fmt: skip
         runner.points.append(mp)
-        assert said.returncode == 0, said.stderr
-        warnings = [line for line in said.stderr.splitlines() if "without a cache" in line]
-        assert len(warnings) == 1 and str(disk) in warnings[0], said.stderr
         state = runner.state(mp)
-        assert state is not None
-        runner.pids.add(int(state["pid"]))
-        daemon = Mounted(mp, int(state["pid"]), Path(state["state_file"]))
+        if state is not None:  # (before any assertion: the finally below ends this daemon)
+            runner.pids.add(int(state["pid"]))
     try:
+        if runner is not mounter:
+            assert said.returncode == 0, said.stderr
+            warnings = [line for line in said.stderr.splitlines() if "without a cache" in line]
+            assert len(warnings) == 1 and str(disk) in warnings[0], said.stderr
+            assert state is not None
+            daemon = Mounted(mp, int(state["pid"]), Path(state["state_file"]))
         spec = parse_spec(SPEC64)
         view = daemon.mp / "resized" / SPEC64
         for rel, original in realistic.files.items():
