@@ -25,11 +25,12 @@ from imagenetfs.index import Index
 SPEC = Spec(classes=4, train_per_class=5, val_per_class=3, test=3, tiny=True)
 
 
-def tree_of(root: Path, tmp: Path) -> dict[str, bytes]:
+def tree_of(root: Path, tmp: Path) -> dict[str, tuple[bytes, int, int]]:
+    """Every file of the tree the source's index serves: (bytes, size, mtime)."""
     src = source.open_source(root)
     path = tmp / f"{root.name}.lmdb"
     index.build(path, src.image_list, src.placer(), virtual=src.virtual_files, progress=False)
-    found: dict[str, bytes] = {}
+    found: dict[str, tuple[bytes, int, int]] = {}
     with Index.open(path) as ix:
         stack = [(index.ROOT_INO, "")]
         while stack:
@@ -39,7 +40,7 @@ def tree_of(root: Path, tmp: Path) -> dict[str, bytes]:
                 if node.kind == index.DIR:
                     stack.append((node.ino, rel + "/"))
                 else:
-                    found[rel] = ix.read(node, 0, node.size + 1)
+                    found[rel] = (ix.read(node, 0, node.size + 1), node.size, node.mtime)
     return found
 
 
@@ -77,12 +78,18 @@ def with_labels(made: dict[str, Path], tmp: Path, name: str, add: Callable[[Path
 
 
 def test_all_layouts_serve_the_same_tree(made: dict[str, Path], tmp_path: Path) -> None:
-    """Every layout's index holds the cluster images' tree, whose image files are what
-    `unsquashfs` extracts from them (val regrouped by their val_labels.txt)."""
-    reference = tree_of(made["cluster"], tmp_path)
+    """Every layout and label source serves the same names and bytes: the image files that
+    real tools extract from it (unsquashfs, tar, unzip, the files themselves; val regrouped by
+    the labels it carries), each with the size and mtime that extraction gives."""
+    trees = {name: tree_of(made[name], tmp_path) for name in made}
+    for name, tree in trees.items():
+        ref = reference_tree(made[name], tmp_path / f"extracted-{name}")
+        assert len(ref.files) == 20 + 12 + 3, name
+        for rel, data in ref.files.items():
+            assert tree[rel] == (data, len(data), ref.mtimes[rel]), (name, rel)
+    reference = {rel: data for rel, (data, _, _) in trees["cluster"].items()}
     images = {p: data for p, data in reference.items() if "/" in p}
     assert images == reference_tree(made["cluster"], tmp_path / "x").files
-    assert len(images) == 20 + 12 + 3
     assert "val/n01440764/" in "".join(reference)
     official = made["official"]
 
@@ -109,7 +116,8 @@ def test_all_layouts_serve_the_same_tree(made: dict[str, Path], tmp_path: Path) 
         "real-labels": with_labels(made, tmp_path, "real-labels", lambda root: None),
     }
     for name, root in sources.items():
-        assert tree_of(root, tmp_path) == reference, name
+        tree = trees.get(name) or tree_of(root, tmp_path)
+        assert {rel: data for rel, (data, _, _) in tree.items()} == reference, name
 
 
 def test_layouts_are_explained(made: dict[str, Path]) -> None:
@@ -159,7 +167,8 @@ def test_downloads_mount_with_the_bytes_tar_and_unzip_give(
     """Through FUSE, served from the tars / the zip (nothing extracted): every file equals what
     `tar x` / unzip give (val regrouped by the devkit's / LOC_val_solution.csv's labels), at
     the path the cluster layout's images give it (`unsquashfs` of those)."""
-    files = reference_tree(made[name], tmp_path / "x").files
+    ref = reference_tree(made[name], tmp_path / "x")
+    files = ref.files
     assert files == reference_tree(made["cluster"], tmp_path / "cluster").files
     assert len(files) == 20 + 12 + 3
     mp = mounter.mount(tmp_path / "mnt", made[name], index=tmp_path / "i").mp
@@ -172,7 +181,8 @@ def test_downloads_mount_with_the_bytes_tar_and_unzip_give(
     assert served == sorted(files)
     for rel, original in files.items():
         assert (mp / rel).read_bytes() == original, rel
-        assert (mp / rel).stat().st_size == len(original)
+        st = (mp / rel).stat()
+        assert (st.st_size, int(st.st_mtime)) == (len(original), ref.mtimes[rel]), rel
     reference = mounter.mount(tmp_path / "ref", made["cluster"], index=tmp_path / "r").mp
     for root_file in ("meta.bin", "train_files.txt", "val_files.txt", "LOC_synset_mapping.txt"):
         assert (mp / root_file).read_bytes() == (reference / root_file).read_bytes(), root_file

@@ -22,6 +22,7 @@ the mount point stays (no `auto_unmount` for users on 3.14) and every access giv
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import hashlib
 import io
@@ -33,6 +34,7 @@ import random
 import re
 import signal
 import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -388,6 +390,60 @@ def test_readdir_carries_entry_types(served: tuple[Dataset, Path]) -> None:
     assert seen == data.entries - 1
 
 
+#: getdents64(2): the one way to read a directory from a position a program chose (lseek to
+#: a cookie), as telldir/seekdir and NFS do; libc's readdir hides the positions.
+SYS_GETDENTS64 = {"x86_64": 217, "aarch64": 61}[os.uname().machine]
+_DIRENT64 = struct.Struct("<QqHB")  # d_ino, d_off, d_reclen, d_type; then the name, NUL-ended
+
+
+def read_from(fd: int, cookie: int, buffer: int) -> list[tuple[str, int]]:
+    """(name, d_off) of every entry from position `cookie` on, read `buffer` bytes a call."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    os.lseek(fd, cookie, os.SEEK_SET)
+    out: list[tuple[str, int]] = []
+    buf = ctypes.create_string_buffer(buffer)
+    while (n := libc.syscall(SYS_GETDENTS64, fd, buf, ctypes.c_uint(buffer))) != 0:
+        if n < 0:
+            raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+        pos = 0
+        while pos < n:
+            _, d_off, reclen, _ = _DIRENT64.unpack_from(buf.raw, pos)
+            name = buf.raw[pos + _DIRENT64.size : pos + reclen].split(b"\0", 1)[0]
+            out.append((os.fsdecode(name), d_off))
+            pos += reclen
+    return out
+
+
+@pytest.mark.parametrize("served", ["tiny", "tiny-pyfuse3"], indirect=True)
+@pytest.mark.timeout(120)
+def test_readdir_resumes_at_every_cookie(served: tuple[Dataset, Path]) -> None:
+    """Every directory lists `.`, `..` and exactly its entries in the images, once each; a
+    listing resumed at any entry's cookie (lseek, then getdents) gives exactly the entries
+    after it -- also across READDIR requests (test/ holds 400 files: several 4 KiB kernel
+    buffers, and more than one stored chunk of the index) and across small user buffers."""
+    data, mp = served
+    children: dict[str, set[str]] = {"": set()}
+    for rel in [*data.dirs, *data.files]:
+        parent, _, name = rel.rpartition("/")
+        children.setdefault(parent, set()).add(name)
+    largest = 0
+    for rel in ["", *sorted(data.dirs)]:
+        fd = os.open(mp / rel, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            full = read_from(fd, 0, 512)
+            names = [name for name, _ in full]
+            assert len(names) == len(set(names)), f"{rel}: an entry listed twice"
+            assert set(names) == {".", "..", *children.get(rel, ())}, rel
+            assert read_from(fd, 0, 1 << 16) == full, f"{rel}: another listing with a big buffer"
+            for i, (name, cookie) in enumerate(full):
+                assert read_from(fd, cookie, 1024) == full[i + 1 :], (rel, name, cookie)
+        finally:
+            os.close(fd)
+        largest = max(largest, sum((24 + len(os.fsencode(n)) + 7) & ~7 for n in names))
+    assert largest > 3 * 4096, "a directory larger than a few kernel READDIR buffers"
+
+
 @both
 @pytest.mark.timeout(120)
 def test_random_order_reads_are_byte_identical(served: tuple[Dataset, Path]) -> None:
@@ -421,20 +477,27 @@ def test_random_order_reads_are_byte_identical(served: tuple[Dataset, Path]) -> 
 @both
 @pytest.mark.timeout(60)
 def test_modes_owner_and_statvfs(served: tuple[Dataset, Path]) -> None:
+    """Modes 0444/0555, the mounting user's; a directory's st_nlink is 2 + its subdirectories
+    (in the images, val regrouped), a file's 1; statfs: the files' total size (the root's
+    files too) rounded up to its block, the entry count, nothing free, read-only."""
     data, mp = served
+    subdirs = collections.Counter(d.rpartition("/")[0] for d in data.dirs)
     for rel, st in {"": os.lstat(mp), **walk(mp)}.items():
         expected = 0o040555 if (rel in data.dirs or rel == "") else 0o100444
         assert st.st_mode == expected, (rel, oct(st.st_mode))
         assert not st.st_mode & 0o111 or stat.S_ISDIR(st.st_mode), rel
         assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid()), rel
+        links = 2 + subdirs[rel] if stat.S_ISDIR(st.st_mode) else 1
+        assert st.st_nlink == links, (rel, st.st_nlink)
+    assert os.lstat(mp).st_nlink == 2 + len(SPLITS)
     vfs = os.statvfs(mp)
     assert vfs.f_files == data.entries
     assert vfs.f_namemax == 255
     assert vfs.f_flag & os.ST_RDONLY
-    assert vfs.f_bsize > 0
-    # the images' bytes (the root's virtual files are not counted in the index stats)
-    assert vfs.f_blocks * vfs.f_frsize >= sum(len(data.files[p]) for p in data.images)
-    assert vfs.f_bavail == vfs.f_bfree == vfs.f_ffree == 0
+    assert vfs.f_bsize == vfs.f_frsize == 4096
+    total = sum(len(b) for b in data.files.values())
+    assert vfs.f_blocks == -(-total // vfs.f_frsize), (vfs.f_blocks * vfs.f_frsize, total)
+    assert vfs.f_bavail == vfs.f_bfree == vfs.f_ffree == vfs.f_favail == 0
     assert "ro," in (mount_line(mp) or "") and " fuse.imagenetfs " in (mount_line(mp) or "")
 
 

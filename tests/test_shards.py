@@ -10,6 +10,7 @@ reads member data offsets, wids's index names each shard with its size and sampl
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
@@ -599,3 +600,36 @@ def jpeg_bytes(size: tuple[int, int]) -> bytes:
     out = io.BytesIO()
     Image.new("RGB", size, (10, 20, 30)).save(out, "JPEG")
     return out.getvalue()
+
+
+def test_an_image_cut_short_fails_the_reads_that_touch_it(mounter: Mounter, tmp_path: Path) -> None:
+    """An image cut short after it was indexed: a shard whose members' bytes lay in the lost
+    part fails its READ with EIO, counted in `errors` and logged; the mount serves on (the
+    val shards, whose image is whole, read in full)."""
+    data = tmp_path / "src"
+    generate.generate(data, Spec(classes=2, train_per_class=4, val_per_class=2, test=1))
+    mp = mounter.mkdir("mnt")
+    mounted = mounter.mount(mp, data, "--shards", "--shard-samples", 2, index=tmp_path / "i")
+    image = data / "train.squashfs"
+    os.truncate(image, image.stat().st_size // 4)
+    failed = 0
+    for path in shard_paths(view(mounted), "train"):
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        try:
+            buffer = mmap.mmap(-1, 1 << 20)
+            offset = 0
+            while True:
+                got = os.preadv(fd, [buffer], offset)
+                if not got:
+                    break
+                offset += got
+        except OSError as e:
+            assert e.errno == errno.EIO, e
+            failed += 1
+        finally:
+            os.close(fd)
+    assert failed > 0
+    for path in shard_paths(view(mounted), "validation"):
+        assert len(members(path)) > 0
+    assert mounted.stats(after=time.time())["fs"]["errors"] >= failed
+    assert "train.squashfs" in mounted.log

@@ -295,7 +295,11 @@ def test_answer_init() -> None:
             reply, fuse.OUT_HEADER.size
         )
         assert (major, got_minor, readahead) == (7, min(minor, wire.MINOR), 1 << 17)
-        assert flags == wire.WANTED and not flags & (1 << 13), "no READDIRPLUS"
+        assert flags == wire.WANTED
+        # the kernel's bits (include/uapi/linux/fuse.h), not our constants: no READDIRPLUS
+        # (DO_READDIRPLUS, READDIRPLUS_AUTO), and parallel directory operations
+        assert not flags & (1 << 13 | 1 << 14), "no READDIRPLUS"
+        assert flags & (1 << 18), "PARALLEL_DIROPS"
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with ours, theirs:
         ours.send(request(fuse.LOOKUP, 1, b"x\0"))
