@@ -414,7 +414,7 @@ def test_readdir_resumes_at_every_cookie(served: tuple[Dataset, Path]) -> None:
     buffers, and more than one stored chunk of the index) and across small user buffers."""
     data, mp = served
     children: dict[str, set[str]] = {"": set()}
-    for rel in [*data.dirs, *data.files]:
+    for rel in [*data.dirs, *data.regular]:
         parent, _, name = rel.rpartition("/")
         children.setdefault(parent, set()).add(name)
     largest = 0
@@ -485,7 +485,8 @@ def test_modes_owner_and_statvfs(served: tuple[Dataset, Path]) -> None:
     assert vfs.f_namemax == 255
     assert vfs.f_flag & os.ST_RDONLY
     assert vfs.f_bsize == vfs.f_frsize == 4096
-    total = sum(len(b) for b in data.files.values())
+    # (meta.bin's bytes are checked against the devkit by test_tree_and_stat_match_unsquashfs)
+    total = sum(len(b) for b in data.files.values()) + (mp / "meta.bin").stat().st_size
     assert vfs.f_blocks == -(-total // vfs.f_frsize), (vfs.f_blocks * vfs.f_frsize, total)
     assert vfs.f_bavail == vfs.f_bfree == vfs.f_ffree == vfs.f_favail == 0
     assert "ro," in (mount_line(mp) or "") and " fuse.imagenetfs " in (mount_line(mp) or "")
