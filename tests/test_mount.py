@@ -593,23 +593,51 @@ def test_sigkill_leaves_stale_mount_that_mount_and_umount_clear(
 # --- 4. signals, umount, foreground -------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name
+)
 @pytest.mark.timeout(60)
 def test_signal_ends_the_daemon_cleanly(
     mounter: Mounter, realistic: Dataset, signum: signal.Signals
 ) -> None:
+    """SIGTERM, SIGINT or SIGHUP to the daemon while a reader holds a file open: it unmounts
+    lazily (the open file does not hold it) and exits within seconds, its state file removed,
+    its log saying so; the reader's next read fails with ENOTCONN or ECONNABORTED, and a
+    later open finds the empty mount point (ENOENT)."""
     mp = mounter.mkdir("mp")
-    pid = mounter.mount(mp, realistic.root, index=realistic.index).pid
-    state = mounter.state(mp)
-    assert state is not None
-    rel = sorted(realistic.files)[-1]
-    assert (mp / rel).read_bytes() == realistic.files[rel]
-    started = time.monotonic()
-    os.kill(pid, signum)
-    assert wait_until(lambda: not alive(pid) and not is_mounted(mp), 5), "exits within 5 s"
-    assert time.monotonic() - started < 5
-    assert not Path(state["state_file"]).exists()
+    mounted = mounter.mount(mp, realistic.root, index=realistic.index)
+    pid, workers = mounted.pid, children(mounted.pid)
+    read = sorted(realistic.files)[-1]
+    assert (mp / read).read_bytes() == realistic.files[read]
+    rel = max(realistic.files, key=lambda r: len(realistic.files[r]))  # (its pages not cached)
+    holder = subprocess.Popen(
+        [PY, "-c", HOLD_AND_READ, json.dumps(str(mp / rel))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == "open\n"
+        started = time.monotonic()
+        os.kill(pid, signum)
+        assert wait_until(lambda: not alive(pid) and not is_mounted(mp), 5), "exits within 5 s"
+        assert time.monotonic() - started < 5
+        assert not any(alive(w) for w in workers)
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        out, _ = holder.communicate(timeout=20)
+        assert json.loads(out) in ("ENOTCONN", "ECONNABORTED"), out
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert not mounted.state_path.exists()
     assert os.listdir(mp) == []
+    with pytest.raises(FileNotFoundError):
+        (mp / rel).open("rb")
+    log = mounted.log
+    assert f"{signal.Signals(signum).name}: unmounting" in log and f"unmounted {mp}" in log, log
+    assert "Traceback" not in log, log
 
 
 @pytest.mark.timeout(60)
@@ -628,7 +656,9 @@ def test_umount_waits_for_the_daemon(mounter: Mounter, realistic: Dataset) -> No
     assert not Path(state["state_file"]).exists()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name
+)
 @pytest.mark.timeout(60)
 def test_foreground_mode(mounter: Mounter, realistic: Dataset, signum: signal.Signals) -> None:
     mp = mounter.mkdir("mp")
