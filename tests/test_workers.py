@@ -7,11 +7,15 @@ against `--workers 0`, pyfuse3 alone.)
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
+import json
 import os
 import random
 import signal
 import subprocess
+import sys
 import time
 import zipfile
 from collections.abc import Iterator
@@ -213,6 +217,127 @@ def test_workers_that_keep_crashing_unmount(
     assert log.count("workers keep failing: unmounting") == 1, log
     assert log.count("(signal 9): starting another") == supervisor.MAX_FAILURES + 1, log
     assert "Traceback" not in log, log
+
+
+# --- a worker killed in the middle of a request --------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+#: One file read with O_DIRECT: one READ request, which the kernel does not send again
+#: (a buffered read's page may be asked for again after a failed readahead READ).
+READ_ONE = """
+import errno, hashlib, json, os, sys
+try:
+    fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECT)
+    data = b""
+    while chunk := os.read(fd, 1 << 20):
+        data += chunk
+    print(json.dumps(hashlib.sha256(data).hexdigest()))
+except OSError as e:
+    print(json.dumps(errno.errorcode[e.errno]))
+"""
+
+
+def stormfs(work: Path) -> Path:
+    """The passthrough of scripts/storm/ (the benchmark's slow shared filesystem), built as
+    the benchmark builds it, into `work`/bin."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from benchlib import storm
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    return storm.build(work)
+
+
+def reading_from(worker: int) -> str | None:
+    """The file a thread of process `worker` waits on in a pread(2) (syscall 17), or None."""
+    for task in Path(f"/proc/{worker}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            fields = (task / "syscall").read_text().split()
+            if fields[0] == "17":
+                return os.readlink(f"/proc/{worker}/fd/{int(fields[1], 16)}")
+    return None
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_killed_mid_request_fails_that_request_only(
+    mounter: Mounter, served: tuple[Path, Path, Mounted]
+) -> None:
+    """The images behind a passthrough that is then stopped (SIGSTOP: a shared filesystem
+    that hangs): a read of a train file and one of a val file (O_DIRECT: one READ each) each
+    hold a worker in its pread of the image, and a third worker serves the rest meanwhile. The train file's worker is
+    SIGKILLed: that read fails with ECONNABORTED (the kernel aborts the requests of the clone
+    it held); the val read, in flight in another worker, gets its exact bytes once the
+    passthrough goes on; the daemon starts another worker and every later request succeeds."""
+    data, extracted, _ = served
+    exe = stormfs(mounter.work)
+    shared = mounter.mkdir("shared")
+    storm = subprocess.Popen([str(exe), "-f", "-d", "0", "-q", "64", "-t", "10", str(data),
+                              str(shared)])  # fmt: skip
+    try:
+        assert wait_until(lambda: is_mounted(shared), 30)
+        mounted = mounter.mount(mounter.mkdir("mnt"), shared, "--workers", "3",
+                                index=mounter.work / "i.lmdb")  # fmt: skip
+        workers = children(mounted.pid)
+        assert len(workers) == 3
+        train = sorted((extracted / "train").rglob("*.JPEG"))[0].relative_to(extracted)
+        val = sorted((extracted / "val").glob("*.JPEG"))[0]
+        val_served = next((mounted.mp / "val").rglob(val.name)).relative_to(mounted.mp)
+        for image in ("train", "val"):
+            evict(shared / f"{image}.squashfs")  # reads of it reach the passthrough
+        os.kill(storm.pid, signal.SIGSTOP)
+        readers, held = {}, {}
+        for name, rel in (("train", train), ("val", val_served)):
+            readers[name] = subprocess.Popen(
+                [sys.executable, "-c", READ_ONE, str(mounted.mp / rel)],
+                stdout=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            image = str(shared / f"{name}.squashfs")
+
+            def waiting(image: str = image, name: str = name) -> bool:
+                for worker in children(mounted.pid):
+                    if reading_from(worker) == image:
+                        held[name] = worker
+                return name in held
+
+            assert wait_until(waiting, 30), (name, {w: reading_from(w) for w in workers})
+        assert held["train"] != held["val"]
+        # the third worker serves whatever needs no image meanwhile
+        assert (mounted.mp / "LOC_synset_mapping.txt").read_bytes().count(b"\n") == 4
+        assert sorted(os.listdir(mounted.mp / "train")) == sorted(os.listdir(extracted / "train"))
+        assert (mounted.mp / train).stat().st_size == (extracted / train).stat().st_size
+        os.kill(held["train"], signal.SIGKILL)
+        out, _ = readers["train"].communicate(timeout=30)
+        assert json.loads(out) == "ECONNABORTED", out
+        assert readers["val"].poll() is None, "the other request is still in flight"
+        assert reading_from(held["val"]) == str(shared / "val.squashfs")
+        os.kill(storm.pid, signal.SIGCONT)
+        out, _ = readers["val"].communicate(timeout=30)
+        assert json.loads(out) == sha256(val.read_bytes())
+        assert wait_until(
+            lambda: len(children(mounted.pid)) == 3 and held["train"] not in children(mounted.pid),
+            20,
+        )  # fmt: skip
+        for path in sorted(extracted.rglob("*.JPEG")):
+            rel = path.relative_to(extracted)
+            if rel.parts[0] == "val":
+                rel = next((mounted.mp / "val").rglob(path.name)).relative_to(mounted.mp)
+            assert (mounted.mp / rel).read_bytes() == path.read_bytes(), rel
+        assert alive(mounted.pid) and is_mounted(mounted.mp)
+        log = mounted.log
+        assert f"worker {held['train']} ended (signal 9): starting another" in log, log
+        assert "keep failing" not in log and "Traceback" not in log, log
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(storm.pid, signal.SIGCONT)
+        mounter.cleanup()
+        subprocess.run(["fusermount3", "-u", "-z", str(shared)], capture_output=True)
+        storm.kill()
+        storm.wait()
 
 
 # --- memory: a crafted Kaggle zip ------------------------------------------------------------
