@@ -32,6 +32,7 @@ import pwd
 import random
 import re
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -588,6 +589,65 @@ def test_sigkill_leaves_stale_mount_that_mount_and_umount_clear(
     kill_and_umount_stale(mounter, mp, pid2)
     assert mounter.state(mp) is None
     assert os.listdir(mp) == []
+
+
+# --- device nodes, fifos, sockets and hard links in an image --------------------------------
+
+SPECIAL = ("chr-null", "blk-loop", "fifo", "socket")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", ["2", "0"])
+def test_special_files_are_left_out_and_hard_links_served_apart(
+    mounter: Mounter, tmp_path: Path, workers: str
+) -> None:
+    """A train image made by mksquashfs holding, beside its JPEGs, a character and a block
+    device, a fifo, a socket and a JPEG hard-linked under a second name: `index` builds it
+    without a word; on the mount the four special files are not there (not listed, ENOENT,
+    not in the file lists) and the two names of the hard link are two files, each with the
+    image's bytes, each with its own inode number and one link -- as `unsquashfs -lls`
+    lists the image."""
+    root = tmp_path / "source"
+    generate.generate(root, Spec(classes=2, train_per_class=3, val_per_class=1, test=1,
+                                 tiny=True, progress=False))  # fmt: skip
+    tree = tmp_path / "tree"
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tree), str(root / "train.squashfs")],
+                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    wnid = sorted(p.name for p in tree.iterdir())[0]
+    folder = tree / wnid
+    original = sorted(folder.iterdir())[0]
+    os.link(original, folder / "linked.JPEG")
+    os.mknod(folder / "chr-null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mknod(folder / "blk-loop", stat.S_IFBLK | 0o660, os.makedev(7, 0))
+    os.mkfifo(folder / "fifo")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(folder / "socket"))
+    (root / "train.squashfs").unlink()
+    subprocess.run(["mksquashfs", str(tree), str(root / "train.squashfs"), "-quiet",
+                    "-no-progress"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    listed = subprocess.run(["unsquashfs", "-lls", "-d", "", str(root / "train.squashfs")],
+                            check=True, capture_output=True, text=True).stdout  # fmt: skip
+    kinds = {ln.split()[-1].rsplit("/", 1)[-1]: ln[0] for ln in listed.splitlines()
+             if f"/{wnid}/" in ln}  # fmt: skip
+    assert {kinds[name] for name in SPECIAL} == {"c", "b", "p", "s"}, kinds
+    assert kinds["linked.JPEG"] == kinds[original.name] == "-"
+    index = tmp_path / "i.lmdb"
+    built = mounter.cli("index", "--quiet", "--source", root, "--index", index)
+    assert built.returncode == 0 and built.stderr == "", built
+    mp = mounter.mkdir("mp")
+    mounter.mount(mp, root, "--workers", workers, index=index)
+    served = mp / "train" / wnid
+    assert sorted(os.listdir(served)) == sorted(n for n, k in kinds.items() if k == "-")
+    for name in SPECIAL:
+        with pytest.raises(FileNotFoundError):
+            os.lstat(served / name)
+    first, second = served / original.name, served / "linked.JPEG"
+    assert first.read_bytes() == second.read_bytes() == original.read_bytes()
+    a, b = os.stat(first), os.stat(second)
+    assert a.st_ino != b.st_ino and a.st_nlink == b.st_nlink == 1
+    lists = (mp / "train.txt").read_text() + (mp / "train_files.txt").read_text()
+    assert f"{wnid}/linked.JPEG" in lists and f"{wnid}/{original.name}" in lists
+    assert not any(f"{wnid}/{name}" in lists for name in SPECIAL), lists
 
 
 # --- 4. signals, umount, foreground -------------------------------------------------------
