@@ -716,6 +716,47 @@ def test_umount_waits_for_the_daemon(mounter: Mounter, realistic: Dataset) -> No
     assert not Path(state["state_file"]).exists()
 
 
+@pytest.mark.timeout(60)
+def test_umount_lazy_detaches_a_busy_mount_and_says_what_it_did(
+    mounter: Mounter, realistic: Dataset
+) -> None:
+    """A file held open: a plain `umount` refuses in one line (exit 1), `umount --lazy`
+    detaches at once (exit 0, saying the daemon ends when nothing uses it), the open file
+    still reads the image's bytes, and the daemon exits when it is closed; `umount --lazy`
+    of a point no longer mounted is refused in one line; of a stale mount, clears it."""
+    mp = mounter.mkdir("mp")
+    mounted = mounter.mount(mp, realistic.root, index=realistic.index)
+    rel = max(realistic.files, key=lambda r: len(realistic.files[r]))
+    held = os.open(mp / rel, os.O_RDONLY)
+    try:
+        busy = mounter.cli("umount", mp)
+        assert busy.returncode == 1 and is_mounted(mp), busy
+        assert busy.stderr == (
+            f"imagenetfs: error: {mp} is busy (a process uses it); close it or use --lazy\n"
+        )
+        lazy = mounter.cli("umount", "--lazy", mp)
+        assert lazy.returncode == 0 and lazy.stderr == "", lazy
+        assert lazy.stdout == (
+            f"detached {mp}; its daemon (pid {mounted.pid}) ends when nothing uses it\n"
+        )
+        assert not is_mounted(mp) and alive(mounted.pid)
+        os.posix_fadvise(held, 0, 0, os.POSIX_FADV_DONTNEED)  # the daemon must serve it
+        assert os.pread(held, 1 << 24, 0) == realistic.files[rel]
+    finally:
+        os.close(held)
+    assert wait_until(lambda: not alive(mounted.pid), 15), mounted.log
+    assert not mounted.state_path.exists()
+    again = mounter.cli("umount", "--lazy", mp)
+    assert (again.returncode, again.stdout) == (1, ""), again
+    assert again.stderr == f"imagenetfs: error: {mp} is not mounted\n"
+    pid = mounter.mount(mp, realistic.root, index=realistic.index).pid
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not alive(pid), 10)
+    stale = mounter.cli("umount", "--lazy", mp)
+    assert stale.returncode == 0 and not is_mounted(mp), stale
+    assert stale.stdout.startswith(f"cleared the stale mount at {mp}"), stale
+
+
 @pytest.mark.parametrize(
     "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name
 )
