@@ -269,10 +269,11 @@ def test_a_worker_killed_mid_request_fails_that_request_only(
 ) -> None:
     """The images behind a passthrough that is then stopped (SIGSTOP: a shared filesystem
     that hangs): a read of a train file and one of a val file (O_DIRECT: one READ each) each
-    hold a worker in its pread of the image, and a third worker serves the rest meanwhile. The train file's worker is
-    SIGKILLed: that read fails with ECONNABORTED (the kernel aborts the requests of the clone
-    it held); the val read, in flight in another worker, gets its exact bytes once the
-    passthrough goes on; the daemon starts another worker and every later request succeeds."""
+    hold a worker in its pread of the image, and a third worker serves the rest meanwhile.
+    The train file's worker is SIGKILLed: that read fails with ECONNABORTED (the kernel
+    aborts the requests of the clone it held); the val read, in flight in another worker,
+    gets its exact bytes once the passthrough goes on; the daemon starts another worker and
+    every later request succeeds."""
     data, extracted, _ = served
     exe = stormfs(mounter.work)
     shared = mounter.mkdir("shared")
@@ -390,7 +391,7 @@ def peak_rss(pid: int) -> int:
 @pytest.mark.timeout(300)
 def test_a_crafted_kaggle_zip_keeps_workers_small(mounter: Mounter, tmp_path: Path) -> None:
     """Deflated members over 64 MiB are left out at index time, one warning line each; two
-    readers reading the others, over and over, get exact bytes quickly, and no worker peaks
+    readers reading the others, over and over, get exact bytes, and no worker peaks
     above `WORKER_RSS` (the mount's inflated-member cache is shared by its workers)."""
     data = tmp_path / "data"
     path = crafted_kaggle_zip(data)
@@ -410,16 +411,13 @@ def test_a_crafted_kaggle_zip_keeps_workers_small(mounter: Mounter, tmp_path: Pa
     folder = mounted.mp / "train" / "n01440764"
     assert sorted(set(os.listdir(folder)) & set(CRAFTED)) == ["mid-1.JPEG", "mid-2.JPEG",
                                                               "top.JPEG"]  # fmt: skip
-    started = time.monotonic()
     with ThreadPoolExecutor(2) as pool:  # two readers, each on its member, three times
         for done in [
             pool.submit(lambda n=n: [read_zeros(folder / n, CRAFTED[n]) for _ in range(3)])
             for n in ("mid-1.JPEG", "mid-2.JPEG")
         ]:
             done.result()  # fmt: skip
-    took = time.monotonic() - started
     read_zeros(folder / "top.JPEG", CRAFTED["top.JPEG"])  # one member at the limit
     peaks = {pid: peak_rss(pid) for pid in children(mounted.pid)}
     assert list(peaks) == workers, "no worker ended"
-    assert took < 30, f"two readers took {took:.1f} s for 6 x 16 MiB"
     assert max(peaks.values()) < WORKER_RSS, {p: f"{v / MiB:.0f} MiB" for p, v in peaks.items()}
