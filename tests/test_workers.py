@@ -36,7 +36,7 @@ from helpers import (
     wait_until,
 )
 
-from imagenetfs import generate, index, source, supervisor, synsets
+from imagenetfs import generate, index, registry, source, supervisor, synsets
 from imagenetfs.generate import Spec
 
 SPEC = Spec(classes=4, train_per_class=30, val_per_class=5, test=10, tiny=True)
@@ -127,7 +127,9 @@ def test_sigterm_ends_workers_and_unmounts(
     workers = children(mounted.pid)
     assert len(workers) == 2
     os.kill(mounted.pid, signum)
-    assert wait_until(lambda: not alive(mounted.pid), 20)
+    assert wait_until(lambda: not alive(mounted.pid), 20), (
+        registry.process_state(mounted.pid), [(w, alive(w)) for w in workers], mounted.log,
+    )  # fmt: skip
     assert not any(alive(w) for w in workers)
     assert not is_mounted(mounted.mp)
     log = mounted.log
