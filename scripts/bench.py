@@ -51,6 +51,12 @@ own). A contender that cannot run yet is reported unavailable, with its reason. 
 that table are contender / imagenetfs-tar.
 Results: `<out>/results.md`, `results.json`, `results.png`. Everything mounted is unmounted
 on any exit, including Ctrl-C and SIGTERM.
+
+Goals of speed and memory, pass or fail, instead of the benchmark (benchlib/checks.py): the
+daemon's memory under 50,000 open files, two private mounts read side by side, a crafted zip's
+members read quickly. `scripts/bench.py --check all`, or `--check open-files-rss`,
+`--check readers-share-cpu`, `--check crafted-zip-reads` (comma-separated for several);
+one line each, exit status 1 if one missed its goal.
 """
 
 from __future__ import annotations
@@ -70,8 +76,8 @@ from pathlib import Path
 from typing import Any
 
 import _venv  # noqa: F401  (re-executes with the imagenetfs environment if needed)
+from benchlib import checks, data, report, shared, storm
 from benchlib import contenders as C
-from benchlib import data, report, shared, storm
 from benchlib.workloads import Readers, stat_all, walk
 
 REPO = Path(__file__).resolve().parent.parent
@@ -567,7 +573,14 @@ def main() -> int:
     )
     p.add_argument("--note", action="append", default=[], help="a line for the report")
     p.add_argument("--render", type=Path, metavar="JSON", help="only re-render a results.json")
+    p.add_argument(
+        "--check",
+        metavar="NAME[,NAME]",
+        help=f"only check these goals (of {', '.join(checks.CHECKS)}, or all): pass or fail",
+    )
     args = p.parse_args()
+    if args.check:
+        return checks.run(args.check.split(","), args.work)
     try:
         args.storm_delays = [float(d) for d in args.storm_delay_ms.split(",") if d.strip()]
     except ValueError:

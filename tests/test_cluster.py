@@ -282,9 +282,7 @@ def test_staging_switches_every_image_with_exact_bytes_throughout(
     shared = tmp_path / "shared"  # stands in for the shared filesystem
     shutil.copytree(admin, shared)
     mp = mounter.mkdir("mp")
-    started = time.monotonic()
     mounted = mounter.mount(mp, shared, "--stage", stage, "--stage-rate", "2M", "--workers", "2")
-    assert time.monotonic() - started < 10
     first = staging(mounter, mp)  # published before the mount command returned
     assert not first["done"] and first["bytes"] < first["total"]
     with Readers(mp, expected) as readers:
@@ -665,7 +663,8 @@ def test_a_lazily_detached_mount_stages_nothing_more(
         assert result.returncode == 0 and not is_mounted(mp), result.stderr
         assert "; no staged copies to remove" in result.stdout, result.stdout
         assert not list(private.iterdir())
-        time.sleep(2.5)  # (more than the stager's look for its mount point, twice)
+        stopped = f"staging stopped: {mp} is no longer mounted"
+        assert wait_until(lambda: stopped in mounted.log, 15), mounted.log
         assert not list(private.iterdir()) and alive(mounted.pid)
         os.posix_fadvise(held, 0, 0, os.POSIX_FADV_DONTNEED)
         assert os.pread(held, 1 << 24, 0) == expected[path.relative_to(mp).as_posix()]

@@ -10,7 +10,6 @@ import stat
 import struct
 import subprocess
 import sys
-import time
 import zipfile
 import zlib
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from helpers import (
     official_with_long_links,
     one_error_line,
     reference_tree,
+    wait_until,
 )
 
 from imagenetfs import generate, index, source, synsets
@@ -219,41 +219,106 @@ def test_corrupt_and_foreign_indexes(tmp_path: Path) -> None:
 
 
 BUILD_SCRIPT = """
-import sys
+import os, signal, sys
 from pathlib import Path
 from imagenetfs import index, source
+
 src = source.open_source(Path(sys.argv[1]))
-index.build(Path(sys.argv[2]), src.image_list, src.placer(), progress=False)
+target, pause = Path(sys.argv[2]), sys.argv[3]
+
+
+def stop():  # the test looks at this process from outside, then kills it
+    os.kill(os.getpid(), signal.SIGSTOP)
+
+
+place = src.placer()
+if pause == "walking":  # the 1,000th entry of the first image
+    seen = [0]
+    def place(i, entry, place=place):
+        seen[0] += 1
+        if seen[0] == 1000:
+            stop()
+        return place(i, entry)
+elif pause == "writing":  # inside the write transaction: the image records encoded
+    real_dumps = index.json.dumps
+    def dumps(value, **kw):
+        if isinstance(value, list):
+            stop()
+        return real_dumps(value, **kw)
+    index.json.dumps = dumps
+elif pause == "written":  # committed and synced, not renamed yet
+    real_replace = os.replace
+    def replace(src_path, dst_path):
+        if str(src_path).startswith(str(target) + ".tmp-"):
+            stop()
+        return real_replace(src_path, dst_path)
+    os.replace = replace
+index.build(target, src.image_list, place, progress=False)
 """
 
 
-def test_killed_build_never_leaves_an_index(tmp_path: Path) -> None:
-    """SIGKILL at several points of a build: the index path holds a complete index or nothing,
-    and an existing index being rebuilt stays usable."""
-    spec = Spec(classes=40, train_per_class=500, val_per_class=0, test=0, tiny=True)
+def stopped(pid: int) -> bool:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def open_files(pid: int) -> set[str]:
+    fds = Path(f"/proc/{pid}/fd")
+    return {os.readlink(fd) for fd in fds.iterdir()}
+
+
+@pytest.mark.parametrize("rebuild", [False, True], ids=["new", "rebuild"])
+def test_killed_build_never_leaves_an_index(tmp_path: Path, rebuild: bool) -> None:
+    """A build stopped at each phase, looked at from outside, then SIGKILLed: while walking
+    the images (no temporary index yet), while writing the temporary index (it exists, held
+    open, short of a whole index), and once it is committed and synced but not yet renamed (it is
+    whole, and closed). Every time the index path holds nothing (a new build) or the old index
+    untouched (a rebuild) -- never a partial index -- and the next build works."""
+    spec = Spec(classes=8, train_per_class=300, val_per_class=0, test=0, tiny=True)
     generate.generate(tmp_path, spec)
-    path, old = tmp_path / "i.lmdb", tmp_path / "old.lmdb"
+    path = tmp_path / "i.lmdb"
+    images = {str(p) for p in tmp_path.glob("*.squashfs")}
 
-    def start(target: Path) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-c", BUILD_SCRIPT, str(tmp_path), str(target)])
+    def build(pause: str) -> subprocess.Popen[bytes]:
+        argv = [sys.executable, "-c", BUILD_SCRIPT, str(tmp_path), str(path), pause]
+        return subprocess.Popen(argv)
 
-    began = time.monotonic()
-    start(old).wait()
-    duration = time.monotonic() - began
-    expected = Index.open(old).stats
-
-    for target in (path, old):
-        for fraction in (0.3, 0.6, 0.8, 0.9, 0.95):
-            proc = start(target)
-            time.sleep(duration * fraction)
+    assert build("none").wait(timeout=120) == 0
+    expected = Index.open(path).stats
+    old = path.read_bytes()
+    if not rebuild:
+        path.unlink()
+    for phase in ("walking", "writing", "written"):
+        proc = build(phase)
+        try:
+            assert wait_until(lambda proc=proc: stopped(proc.pid), 60), phase
+            temporaries = list(tmp_path.glob("i.lmdb.tmp-*"))
+            held = open_files(proc.pid)
+            if phase == "walking":
+                assert not temporaries and held & images, (phase, held)
+            else:
+                assert len(temporaries) == 1, (phase, temporaries)
+                size = temporaries[0].stat().st_size
+                if phase == "writing":  # open, and short of the whole index
+                    assert str(temporaries[0]) in held and size < len(old), (held, size)
+                else:  # closed, whole: an index at the temporary name
+                    assert str(temporaries[0]) not in held and size >= len(old) // 2, size
+                    with Index.open(temporaries[0], verify=False) as whole:
+                        assert whole.stats == expected
             proc.send_signal(signal.SIGKILL)
+            assert proc.wait(timeout=30) == -signal.SIGKILL
+        finally:
+            proc.kill()
             proc.wait()
-            if target.exists():  # absent (killed before the rename) or complete
-                with Index.open(target) as ix:
-                    assert ix.stats == expected
-            if target == path:
-                path.unlink(missing_ok=True)
-    assert old.exists()
+        assert list(tmp_path.glob("i.lmdb.tmp-*")) == temporaries, "the kill left them as they were"
+        if rebuild:
+            assert path.read_bytes() == old, f"killed {phase}: the old index changed"
+        else:
+            assert not path.exists(), f"killed {phase}: something at the index path"
+        for stale in temporaries:
+            stale.unlink()
+    assert build("none").wait(timeout=120) == 0
+    with Index.open(path) as ix:
+        assert ix.stats == expected
 
 
 def test_cli_index(tmp_path: Path) -> None:

@@ -477,15 +477,15 @@ def test_missing_packages_fail_in_one_line_leaving_nothing(root: Path) -> None:
     # Packages back; pip fails (an index that refuses connections): nothing left behind.
     in_root(root, "ln -sf ../usr/lib/os-release /etc/os-release")
     in_root(root, "apt-get install -y -qq libfuse3-dev python3-venv")
-    with socket.socket() as closed:
+    with socket.socket() as closed:  # bound, never listening, kept: it refuses connections
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
-    refused = {
-        "PIP_INDEX_URL": f"http://127.0.0.1:{port}/simple",
-        "PIP_RETRIES": "0",
-        "PIP_TIMEOUT": "5",
-    }
-    result = as_user(root, name, install, env=refused)
+        refused = {
+            "PIP_INDEX_URL": f"http://127.0.0.1:{port}/simple",
+            "PIP_RETRIES": "0",
+            "PIP_TIMEOUT": "5",
+        }
+        result = as_user(root, name, install, env=refused)
     assert_failed_leaving_nothing(result, home, before)
     assert "nothing was installed or changed" in result.stderr.splitlines()[-1], result.stderr
 
@@ -505,14 +505,12 @@ def test_missing_packages_fail_in_one_line_leaving_nothing(root: Path) -> None:
             start_new_session=True,
         )
         try:
-            deadline = time.monotonic() + 120
-            while not pip_running(root, uid):
-                assert proc.poll() is None, proc.communicate()
-                assert time.monotonic() < deadline, "pip never started"
-                time.sleep(0.2)
-            time.sleep(1)
-            os.killpg(proc.pid, signal.SIGTERM)
-            _, stderr = proc.communicate(timeout=60)
+            silent.settimeout(120)  # pip waits on the index once it has connected to it
+            connection, _ = silent.accept()
+            with connection:  # (open, never answered, until pip is gone)
+                assert pip_running(root, uid) and proc.poll() is None
+                os.killpg(proc.pid, signal.SIGTERM)
+                _, stderr = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)

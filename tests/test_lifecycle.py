@@ -1,9 +1,10 @@
 """A mount's life on real mounts: signals while mounting, a daemon that cannot start, workers
 started again, the registry.
 
-- SIGTERM at a random moment of a mount's first 500 ms, 30 times, foreground and background
-  (to the `imagenetfs mount` process, or to the daemon once it exists): every time, within
-  10 s, nothing is mounted and no process of that mount is left;
+- SIGTERM, SIGINT and SIGHUP at each moment of mounting, foreground and background (to the
+  `imagenetfs mount` process, or to the daemon once it exists), the process stopped there
+  and the moment checked before the signal: every time, within 10 s, nothing is mounted and
+  no process of that mount is left;
 - a daemon that fails after the mount (its state file cannot be written) leaves nothing
   mounted, and the refusal is one line;
 - a worker started again after an image was renamed over serves the old image's bytes, from
@@ -13,19 +14,17 @@ started again, the registry.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import random
 import shutil
 import signal
 import subprocess
-import time
-from collections import Counter
+import sys
 from pathlib import Path
 
 import pytest
 from helpers import (
-    CLI,
     Mounter,
     alive,
     children,
@@ -73,48 +72,169 @@ def settled(mp: Path) -> bool:
     return not is_mounted(mp) and not processes_of(mp)
 
 
+#: `imagenetfs mount` run with a pause: the process that reaches the named point of mounting
+#: stops itself (SIGSTOP) there, once, for the test to look at it and signal it.
+PAUSED_MOUNT = """
+import os, signal, sys
+from imagenetfs import cli, mount, supervisor, wire
+
+pause, done = sys.argv[1], []
+
+
+def stop() -> None:
+    if not done:
+        done.append(pause)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+def before(name, owner, wanted):
+    real = getattr(owner, name)
+    def hooked(*args, **kwargs):
+        if pause == wanted:
+            stop()
+        return real(*args, **kwargs)
+    setattr(owner, name, hooked)
+
+
+def after(name, owner, wanted):
+    real = getattr(owner, name)
+    def hooked(*args, **kwargs):
+        result = real(*args, **kwargs)
+        if pause == wanted:
+            stop()
+        return result
+    setattr(owner, name, hooked)
+
+
+before("block_signals", supervisor, "checked")  # the mount point and index checked
+after("block_signals", supervisor, "held")  # signals held, nothing mounted yet
+after("_init", mount, "mounted")  # mounted, not forked, not serving
+before("main", supervisor.Daemon, "daemon")  # the daemon's trio program, signals still held
+after("answer_init", wire, "init")  # FUSE_INIT answered, the receiver in place, no worker
+before("publish", supervisor.Daemon, "workers")  # workers started, not yet said ready
+sys.argv = ["imagenetfs", *sys.argv[2:]]
+sys.exit(cli.main())
+"""
+
+HELD = {signal.SIGHUP, signal.SIGINT, signal.SIGTERM}
+
+
+def status_field(pid: int, name: str) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{name}:"):
+            return line.split()[1]
+    raise AssertionError(f"no {name} for {pid}")
+
+
+def state_of(pid: int) -> str:
+    return status_field(pid, "State")
+
+
+def stopped_in(pid: int) -> list[int]:
+    """`pid` and its children that are stopped (state T)."""
+    found = []
+    for p in [pid, *children(pid)]:
+        with contextlib.suppress(OSError):
+            if state_of(p) == "T":
+                found.append(p)
+    return found
+
+
+def holds_stop_signals(pid: int) -> bool:
+    """Whether SIGTERM, SIGINT and SIGHUP are all blocked in `pid` (or none is)."""
+    blocked = {s for s in HELD if int(status_field(pid, "SigBlk"), 16) >> (s - 1) & 1}
+    assert blocked in (set(), HELD), (pid, blocked)
+    return blocked == HELD
+
+
+#: (pause, signal target, daemonized?) -- every moment of mounting at which a signal can come
+MOMENTS = [
+    *[(pause, "mount", fg) for fg in (False, True) for pause in ("checked", "held", "mounted")],
+    *[(p, t, False) for p in ("daemon", "init", "workers") for t in ("mount", "daemon")],
+    *[(pause, "mount", True) for pause in ("daemon", "init", "workers")],
+]
+
+
 @pytest.mark.timeout(600)
-def test_sigterm_while_mounting_leaves_nothing(
-    mounter: Mounter, data: Path, tmp_path: Path
+@pytest.mark.parametrize("signum", sorted(HELD), ids=lambda s: signal.Signals(s).name)
+def test_a_signal_while_mounting_leaves_nothing(
+    mounter: Mounter, data: Path, tmp_path: Path, signum: signal.Signals
 ) -> None:
-    rng = random.Random(20261129)
+    """`imagenetfs mount`, foreground and daemonized, stopped at each moment of mounting --
+    before the signals are held; held, nothing mounted; mounted, not forked; the daemon's
+    program started, signals still held; FUSE_INIT answered; workers started, not said ready
+    -- each moment checked from outside (the mount table, the processes, their blocked
+    signals), then `signum` to the mount command or to its daemon: within 10 s nothing is
+    mounted and no process of that mount is left; a daemonized mount that a signal stopped
+    after it held them says so in one line."""
     index = tmp_path / "index.lmdb"
     assert mounter.cli("index", "--source", data, "--index", index, "-q").returncode == 0
-    seen: Counter[str] = Counter()
-    for attempt in range(30):
-        foreground = attempt % 2 == 0
-        mp = tmp_path / f"mp{attempt}"
+    for n, (pause, target, foreground) in enumerate(MOMENTS):
+        moment = (pause, target, "foreground" if foreground else "daemonized")
+        mp = tmp_path / f"mp{n}"
         mp.mkdir()
         mounter.points.append(mp)
-        args = [CLI, "mount", *(["-f"] if foreground else []), "--source", str(data)]
-        log = open(tmp_path / f"mount{attempt}.err", "wb")  # noqa: SIM115
+        argv = ["mount", *(["-f"] if foreground else []), "--source", str(data),
+                "--index", str(index), "--workers", "2", str(mp)]  # fmt: skip
         proc = subprocess.Popen(
-            [*args, "--index", str(index), str(mp)],
+            [sys.executable, "-c", PAUSED_MOUNT, pause, *argv],
             env=mounter.env(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
-            stderr=log,
+            stderr=subprocess.PIPE,
         )
         mounter.pids.add(proc.pid)
         try:
-            time.sleep(rng.uniform(0, 0.5))
-            state = mounter.state(mp)
-            daemon = int(state["pid"]) if state else None
-            targets = [p for p in (proc.pid, daemon) if p is not None and alive(p)]
-            target = rng.choice(targets) if targets else proc.pid
-            seen["mounted" if is_mounted(mp) else "not mounted yet"] += 1
-            seen["to the daemon" if target == daemon and daemon != proc.pid else "to mount"] += 1
-            os.kill(target, signal.SIGTERM)
+            assert wait_until(
+                lambda proc=proc: bool(stopped_in(proc.pid)) or proc.poll() is not None, 60
+            ), moment
+            [where] = stopped_in(proc.pid) or [proc.poll()]
+            daemon = proc.pid if foreground else where
+            # the moment, from outside
+            if pause in ("checked", "held", "mounted"):
+                assert where == proc.pid and children(where) == [], moment
+                assert holds_stop_signals(where) == (pause != "checked"), moment
+                assert is_mounted(mp) == (pause == "mounted"), moment
+            else:
+                assert (where == proc.pid) == foreground, moment
+                assert is_mounted(mp), moment
+                assert holds_stop_signals(where) == (pause == "daemon"), moment
+                workers = children(where)
+                assert len(workers) == (2 if pause == "workers" else 0), (moment, workers)
+                if not foreground:
+                    assert proc.poll() is None, "the mount command waits for the daemon"
+            os.kill(proc.pid if target == "mount" else daemon, signum)
+            os.kill(where, signal.SIGCONT)
             assert wait_until(lambda mp=mp: settled(mp), 10), (
-                attempt, foreground, is_mounted(mp), processes_of(mp),
-                (tmp_path / f"mount{attempt}.err").read_text(errors="replace"),
+                moment, is_mounted(mp), processes_of(mp),
             )  # fmt: skip
-            assert proc.wait(timeout=5) is not None
+            code = proc.wait(timeout=10)
+            assert proc.stderr is not None
+            said = proc.stderr.read().decode(errors="replace")
         finally:
             proc.kill()
             proc.wait()
-            log.close()
-    print(f"\nSIGTERM while mounting, 30 times: {dict(seen)}")
+            if proc.stderr is not None:
+                proc.stderr.close()
+        assert mounter.state(mp) is None, moment
+        if pause == "checked":  # nothing held yet: the signal's own way (KeyboardInterrupt)
+            assert code == (130 if signum == signal.SIGINT else -signum), (moment, code, said)
+        elif foreground:  # the daemon itself: it unmounts and exits 0
+            assert code == 0, (moment, code, said)
+        elif target == "mount":
+            errors = [ln for ln in said.splitlines() if ln.startswith("imagenetfs: error: ")]
+            name = signal.Signals(signum).name
+            assert code == 1 and errors == [
+                f"imagenetfs: error: {name} while mounting {mp}: nothing is mounted"
+            ], (moment, said)
+        else:  # (the daemon may still say it is ready before it acts on the signal: exit 0)
+            errors = [ln for ln in said.splitlines() if ln.startswith("imagenetfs: error: ")]
+            assert (code, errors) == (0, []) or (
+                code == 1
+                and len(errors) == 1
+                and f"the daemon did not start serving {mp}" in errors[0]
+            ), (moment, code, said)
+        assert "Traceback" not in said, said
 
 
 @pytest.mark.timeout(120)

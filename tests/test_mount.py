@@ -32,6 +32,7 @@ import pwd
 import random
 import re
 import signal
+import socket
 import stat
 import struct
 import subprocess
@@ -612,26 +613,113 @@ def test_sigkill_leaves_stale_mount_that_mount_and_umount_clear(
     assert os.listdir(mp) == []
 
 
+# --- device nodes, fifos, sockets and hard links in an image --------------------------------
+
+SPECIAL = ("chr-null", "blk-loop", "fifo", "socket")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", ["2", "0"])
+def test_special_files_are_left_out_and_hard_links_served_apart(
+    mounter: Mounter, tmp_path: Path, workers: str
+) -> None:
+    """A train image made by mksquashfs holding, beside its JPEGs, a character and a block
+    device, a fifo, a socket and a JPEG hard-linked under a second name: `index` builds it
+    without a word; on the mount the four special files are not there (not listed, ENOENT,
+    not in the file lists) and the two names of the hard link are two files, each with the
+    image's bytes, each with its own inode number and one link -- as `unsquashfs -lls`
+    lists the image."""
+    root = tmp_path / "source"
+    generate.generate(root, Spec(classes=2, train_per_class=3, val_per_class=1, test=1,
+                                 tiny=True, progress=False))  # fmt: skip
+    tree = tmp_path / "tree"
+    subprocess.run(["unsquashfs", "-q", "-n", "-d", str(tree), str(root / "train.squashfs")],
+                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    wnid = sorted(p.name for p in tree.iterdir())[0]
+    folder = tree / wnid
+    original = sorted(folder.iterdir())[0]
+    os.link(original, folder / "linked.JPEG")
+    os.mknod(folder / "chr-null", stat.S_IFCHR | 0o666, os.makedev(1, 3))
+    os.mknod(folder / "blk-loop", stat.S_IFBLK | 0o660, os.makedev(7, 0))
+    os.mkfifo(folder / "fifo")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(folder / "socket"))
+    (root / "train.squashfs").unlink()
+    subprocess.run(["mksquashfs", str(tree), str(root / "train.squashfs"), "-quiet",
+                    "-no-progress"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    listed = subprocess.run(["unsquashfs", "-lls", "-d", "", str(root / "train.squashfs")],
+                            check=True, capture_output=True, text=True).stdout  # fmt: skip
+    kinds = {ln.split()[-1].rsplit("/", 1)[-1]: ln[0] for ln in listed.splitlines()
+             if f"/{wnid}/" in ln}  # fmt: skip
+    assert {kinds[name] for name in SPECIAL} == {"c", "b", "p", "s"}, kinds
+    assert kinds["linked.JPEG"] == kinds[original.name] == "-"
+    index = tmp_path / "i.lmdb"
+    built = mounter.cli("index", "--quiet", "--source", root, "--index", index)
+    assert built.returncode == 0 and built.stderr == "", built
+    mp = mounter.mkdir("mp")
+    mounter.mount(mp, root, "--workers", workers, index=index)
+    served = mp / "train" / wnid
+    assert sorted(os.listdir(served)) == sorted(n for n, k in kinds.items() if k == "-")
+    for name in SPECIAL:
+        with pytest.raises(FileNotFoundError):
+            os.lstat(served / name)
+    first, second = served / original.name, served / "linked.JPEG"
+    assert first.read_bytes() == second.read_bytes() == original.read_bytes()
+    a, b = os.stat(first), os.stat(second)
+    assert a.st_ino != b.st_ino and a.st_nlink == b.st_nlink == 1
+    lists = (mp / "train.txt").read_text() + (mp / "train_files.txt").read_text()
+    assert f"{wnid}/linked.JPEG" in lists and f"{wnid}/{original.name}" in lists
+    assert not any(f"{wnid}/{name}" in lists for name in SPECIAL), lists
+
+
 # --- 4. signals, umount, foreground -------------------------------------------------------
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP], ids=lambda s: s.name
+)
 @pytest.mark.timeout(60)
 def test_signal_ends_the_daemon_cleanly(
     mounter: Mounter, realistic: Dataset, signum: signal.Signals
 ) -> None:
+    """SIGTERM, SIGINT or SIGHUP to the daemon while a reader holds a file open: it unmounts
+    lazily (the open file does not hold it) and exits within seconds, its state file removed,
+    its log saying so; the reader's next read fails with ENOTCONN or ECONNABORTED, and a
+    later open finds the empty mount point (ENOENT)."""
     mp = mounter.mkdir("mp")
-    pid = mounter.mount(mp, realistic.root, index=realistic.index).pid
-    state = mounter.state(mp)
-    assert state is not None
-    rel = sorted(realistic.files)[-1]
-    assert (mp / rel).read_bytes() == realistic.files[rel]
-    started = time.monotonic()
-    os.kill(pid, signum)
-    assert wait_until(lambda: not alive(pid) and not is_mounted(mp), 5), "exits within 5 s"
-    assert time.monotonic() - started < 5
-    assert not Path(state["state_file"]).exists()
+    mounted = mounter.mount(mp, realistic.root, index=realistic.index)
+    pid, workers = mounted.pid, children(mounted.pid)
+    read = sorted(realistic.files)[-1]
+    assert (mp / read).read_bytes() == realistic.files[read]
+    rel = max(realistic.files, key=lambda r: len(realistic.files[r]))  # (its pages not cached)
+    holder = subprocess.Popen(
+        [PY, "-c", HOLD_AND_READ, json.dumps(str(mp / rel))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == "open\n"
+        started = time.monotonic()
+        os.kill(pid, signum)
+        assert wait_until(lambda: not alive(pid) and not is_mounted(mp), 5), "exits within 5 s"
+        assert time.monotonic() - started < 5
+        assert not any(alive(w) for w in workers)
+        holder.stdin.write("go\n")
+        holder.stdin.flush()
+        out, _ = holder.communicate(timeout=20)
+        assert json.loads(out) in ("ENOTCONN", "ECONNABORTED"), out
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert not mounted.state_path.exists()
     assert os.listdir(mp) == []
+    with pytest.raises(FileNotFoundError):
+        (mp / rel).open("rb")
+    log = mounted.log
+    assert f"{signal.Signals(signum).name}: unmounting" in log and f"unmounted {mp}" in log, log
+    assert "Traceback" not in log, log
 
 
 @pytest.mark.timeout(60)
@@ -650,7 +738,50 @@ def test_umount_waits_for_the_daemon(mounter: Mounter, realistic: Dataset) -> No
     assert not Path(state["state_file"]).exists()
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.timeout(60)
+def test_umount_lazy_detaches_a_busy_mount_and_says_what_it_did(
+    mounter: Mounter, realistic: Dataset
+) -> None:
+    """A file held open: a plain `umount` refuses in one line (exit 1), `umount --lazy`
+    detaches at once (exit 0, saying the daemon ends when nothing uses it), the open file
+    still reads the image's bytes, and the daemon exits when it is closed; `umount --lazy`
+    of a point no longer mounted is refused in one line; of a stale mount, clears it."""
+    mp = mounter.mkdir("mp")
+    mounted = mounter.mount(mp, realistic.root, index=realistic.index)
+    rel = max(realistic.files, key=lambda r: len(realistic.files[r]))
+    held = os.open(mp / rel, os.O_RDONLY)
+    try:
+        busy = mounter.cli("umount", mp)
+        assert busy.returncode == 1 and is_mounted(mp), busy
+        assert busy.stderr == (
+            f"imagenetfs: error: {mp} is busy (a process uses it); close it or use --lazy\n"
+        )
+        lazy = mounter.cli("umount", "--lazy", mp)
+        assert lazy.returncode == 0 and lazy.stderr == "", lazy
+        assert lazy.stdout == (
+            f"detached {mp}; its daemon (pid {mounted.pid}) ends when nothing uses it\n"
+        )
+        assert not is_mounted(mp) and alive(mounted.pid)
+        os.posix_fadvise(held, 0, 0, os.POSIX_FADV_DONTNEED)  # the daemon must serve it
+        assert os.pread(held, 1 << 24, 0) == realistic.files[rel]
+    finally:
+        os.close(held)
+    assert wait_until(lambda: not alive(mounted.pid), 15), mounted.log
+    assert not mounted.state_path.exists()
+    again = mounter.cli("umount", "--lazy", mp)
+    assert (again.returncode, again.stdout) == (1, ""), again
+    assert again.stderr == f"imagenetfs: error: {mp} is not mounted\n"
+    pid = mounter.mount(mp, realistic.root, index=realistic.index).pid
+    os.kill(pid, signal.SIGKILL)
+    assert wait_until(lambda: not alive(pid), 10)
+    stale = mounter.cli("umount", "--lazy", mp)
+    assert stale.returncode == 0 and not is_mounted(mp), stale
+    assert stale.stdout.startswith(f"cleared the stale mount at {mp}"), stale
+
+
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name
+)
 @pytest.mark.timeout(60)
 def test_foreground_mode(mounter: Mounter, realistic: Dataset, signum: signal.Signals) -> None:
     mp = mounter.mkdir("mp")

@@ -325,8 +325,11 @@ def stop_while_streaming(work: Mounter, source: Path, out: Path, signum: int) ->
     """Start a pack, send `signum` once the train image is being written; its stderr."""
     proc = start_pack(work, source, out)
     try:
-        assert wait_until(lambda: bool(list(out.glob(".train.squashfs.part-*"))), 60), parts(out)
-        time.sleep(0.1)
+
+        def written() -> bool:  # the part exists and mksquashfs has written into it
+            return any(p.stat().st_size > 0 for p in out.glob(".train.squashfs.part-*"))
+
+        assert wait_until(written, 60), parts(out)
         proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=30)
     finally:

@@ -769,6 +769,8 @@ while outcome is None:
             data = f.read()
         if data == open(files[rel], 'rb').read():
             ok += 1
+            if ok == 1:
+                print('reading', flush=True)
         else:
             bad += 1
     except OSError as e:
@@ -796,10 +798,10 @@ def test_sigterm_under_heavy_load(realistic: Data, mounter: Mounter, tmp_path: P
         for i in range(8)
     ]
     try:
-        for proc in readers:
+        for proc in readers:  # every reader has read a file right: under load
             assert proc.stdout is not None and proc.stdout.readline() == "started\n"
-        time.sleep(2.0)
-        before = daemon.stats()
+            assert proc.stdout.readline() == "reading\n"
+        before = daemon.stats(after=time.time())  # published after those reads
         terminated = time.time()
         os.kill(daemon.pid, signal.SIGTERM)
         assert wait_until(lambda: not alive(daemon.pid), 10), "the daemon exits within 10 s"
@@ -815,7 +817,7 @@ def test_sigterm_under_heavy_load(realistic: Data, mounter: Mounter, tmp_path: P
             proc.kill()
             proc.wait(timeout=10)
     assert before["fs"]["reads"] > 0
-    assert sum(o["ok"] for o in outcomes) > 50, outcomes
+    assert all(o["ok"] > 0 for o in outcomes), outcomes
     assert all(o["bad"] == 0 for o in outcomes), outcomes
     errors = {o["error"] for o in outcomes}
     assert errors <= {"ENOENT", "ENOTCONN", "ECONNABORTED", "ENODEV", "EIO"}, outcomes
@@ -935,10 +937,13 @@ def test_50k_open_files_cost_the_daemon_nothing(
         f"{after1['VmRSS'] >> 10} KiB; round 2: open {held2['VmRSS'] >> 10} KiB, closed "
         f"{after2['VmRSS'] >> 10} KiB"
     )
-    # A table of handles costs ~0.5 KB per open file (measured, 2026-11-29): 25 MB for 50k.
-    assert per_file < 100, per_file
-    assert held2["VmRSS"] <= held1["VmRSS"] + (2 << 20), "a second round peaks no higher"
-    assert after2["VmRSS"] <= held1["VmRSS"] + (2 << 20), "closing leaves no more than the peak"
+    # A table of handles costs ~0.5 KB per open file (measured, 2026-11-29): 25 MB for 50k;
+    # so does one left behind by the first round. Under 100 B per file, in each round, is a
+    # bound 5 times below that and far above the noise. (The finer goal -- the second round
+    # within 2 MiB of the first -- is `scripts/bench.py --check open-files-rss`.)
+    for name, rss in (("50k open", held1), ("again", held2), ("closed", after2)):
+        per_file = (rss["VmRSS"] - baseline["VmRSS"]) / HANDLES
+        assert per_file < 100, (name, per_file)
     assert alive(daemon.pid)
 
 

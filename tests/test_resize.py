@@ -16,7 +16,7 @@ from pathlib import Path
 
 import lmdb
 import pytest
-from helpers import Mounted, Mounter, alive, children, extract_archive, wait_until
+from helpers import Mounted, Mounter, alive, children, extract_archive, is_mounted, wait_until
 from PIL import Image
 
 from imagenetfs import generate, resize
@@ -129,8 +129,11 @@ def mount_at(mounter: Mounter, data: Path, mp: Path, cache: Path | None, *specs:
     return mounter.mount(mp, data, *args, index=data / "i.lmdb")
 
 
-def umount(mounter: Mounter, mp: Path) -> None:
-    mounter.cli("umount", "--lazy", mp)
+def umount(mounter: Mounter, mp: Path, said: str = "detached") -> None:
+    """`umount --lazy`, which must succeed saying `said` (a stale mount: "cleared")."""
+    result = mounter.cli("umount", "--lazy", mp)
+    assert result.returncode == 0 and result.stdout.startswith(said), result
+    assert not is_mounted(mp)
 
 
 def cache_stats(mounted: Mounted) -> dict[str, int]:
@@ -302,7 +305,7 @@ def test_one_cache_shared_by_mounts_and_surviving_sigkill(
     os.kill(pid, 9)
     reader.communicate(timeout=60)
     assert wait_until(lambda: not any(alive(w) for w in [pid, *workers]), 10)
-    umount(mounter, mps["killed"])  # clears the stale mount
+    umount(mounter, mps["killed"], said="cleared the stale mount")
 
     mount_at(mounter, data, mps["after"], cache, "48x48", "64x64")
     mount_at(mounter, data, mps["nocache"], None, "48x48", "64x64")

@@ -454,11 +454,9 @@ def test_two_users_jobs_get_private_mounts(
     for job in jobs:
         assert job.wait() == 0, job.log
         assert "ok:" in job.log
-    # Two jobs share this machine's 2 CPUs (each job's reader and daemon could use both):
-    # each may read at half its rate alone; slower than a third would be more than the CPU.
+    # (how fast two private mounts read side by side: scripts/bench.py --check readers-share-cpu)
     solo, together = rate(alone), [rate(job) for job in jobs]
     print(f"reading alone {solo:.0f} MB/s; two jobs at once {together} MB/s")
-    assert min(together) >= solo / 3, (solo, together)
     assert_nothing_left(slurm, users.uid, alone, jobs[0])
     assert_nothing_left(slurm, theirs, jobs[1])
 
