@@ -1149,7 +1149,6 @@ REPO_PATH = re.compile(r"(?<![\w/.~$-])((?:scripts|tests|docs|imagenetfs|\.ci)/[
 #: Bullets of SEMANTICS.md that promise something no test can pin yet, each with the reason a
 #: reader accepts. A bullet that cites a test is never listed here.
 UNPINNED = {
-    "Hard links in an image are separate files": "through a mount: the special-files test",
     "Over many epochs the daemon's memory stays flat": "a soak of hours (scripts/soak.py)",
 }
 
