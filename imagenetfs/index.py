@@ -45,7 +45,9 @@ serve does not make the rest of a download unusable, and nothing is left out uns
 
 Atomicity: a build writes `<index>.tmp-<pid>-<node>` (nodeid.py: two nodes building into one
 shared directory never write the same file), commits, syncs, and only then renames it over
-`<index>`; a killed build leaves at most a stray temporary file, never an index that opens. An
+`<index>`; a killed build leaves at most a stray temporary file, never an index that opens,
+and the next build on that node removes it (a build of another node may still be writing its
+own: only that node can tell). An
 index that cannot be written (no permission, a full disk) is one line naming it.
 `Index.open()` is O(1) in the number of files: it maps the file and reads `meta`. It keeps
 the file open, and a process forked after the opening (a worker) gets an LMDB environment of
@@ -85,7 +87,7 @@ from typing import Any, NoReturn, Self
 
 import lmdb
 
-from imagenetfs import places, protocol, squashfs
+from imagenetfs import nodeid, places, protocol, squashfs
 from imagenetfs.dirtree import Image, open_image
 from imagenetfs.errors import ImagenetfsError, InvalidRequest, NoSuchEntry, NotADirectory
 
@@ -455,6 +457,23 @@ def _record_size(
         sizes[tuple(components)] = found
 
 
+def _remove_killed_builds(index_path: Path) -> None:
+    """The temporary files of builds of `index_path` that were killed on this node (their
+    process is gone): a SIGKILLed build cannot remove its own. Those of other nodes are left:
+    only their node can tell whether the build still runs."""
+    prefix = f"{index_path.name}.tmp-"
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(index_path.parent):
+            if not entry.name.startswith(prefix):
+                continue
+            writer = nodeid.parse(entry.name[len(prefix) :])
+            if writer is None or writer[1] != nodeid.here() or nodeid.running_here(*writer):
+                continue
+            log.info("removing %s, left by a killed index build", entry.path)
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
 def _write(
     index_path: Path,
     tree: _TreeBuilder,
@@ -466,6 +485,7 @@ def _write(
     try:
         index_path.parent.mkdir(parents=True, exist_ok=True)
         _remove(tmp)
+        _remove_killed_builds(index_path)
         env = lmdb.open(
             str(tmp), subdir=False, map_size=_BUILD_MAP_SIZE, max_dbs=5, lock=False, sync=False
         )
