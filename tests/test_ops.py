@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import shutil
+import subprocess
 import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -414,3 +415,35 @@ def test_counters_in_shared_memory_go_on_from_their_slot(index: Index) -> None:
     assert set(stats) == {"fs", "block_cache", "read_latency", "index"}
     assert set(stats["fs"]) == set(ops.FS_COUNTERS)
     assert stats["index"]["entries"] == index.stats.entries
+
+
+def test_names_that_sort_before_the_dots_are_the_entries_they_name(tmp_path: Path) -> None:
+    """A name below `.` in byte order (`-1.txt`, `(copy).txt`, `+`, `!`, `#d`, a leading
+    space...) is looked up as the entry it names, in the base tree and in a view (where the
+    workers answer every lookup with `lookup`, as pyfuse3 does everywhere) -- never as the
+    directory it is looked up in, which only `.` is."""
+    staging = tmp_path / "train"
+    files = {name: f"{name}\n".encode() * 3 for name in
+             ("-1.txt", "(copy).txt", "+", "!", " lead.txt", "-", ",x", "$", "'q'")}  # fmt: skip
+    for name, data in files.items():
+        (staging / "d").mkdir(parents=True, exist_ok=True)
+        (staging / "d" / name).write_bytes(data)
+    (staging / "#d").mkdir()
+    assert all(name.encode() < b"." for name in [*files, "#d"])
+    image = tmp_path / "train.squashfs"
+    subprocess.run(["mksquashfs", str(staging), str(image), "-quiet", "-no-progress",
+                    "-all-root"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    build(tmp_path / "index.lmdb", [image], progress=False)
+    with Index.open(tmp_path / "index.lmdb") as ix:
+        core = core_of(ix, "64x64", blocking_reads=True)
+        for at in (ROOT_INO, path_of(core, "resized/64x64").ino):
+            top = path_of(core, "train", at)
+            d = path_of(core, "train/d", at)
+            for name, data in files.items():
+                attrs = core.lookup(d.ino, name.encode())
+                assert attrs.ino != d.ino and attrs.mode == 0o100444, (at, name)
+                assert attrs.size == len(data), (at, name)
+                assert core.read(attrs.ino, 0, 1 << 10) == data, (at, name)
+            sub = core.lookup(top.ino, b"#d")
+            assert sub.ino not in (top.ino, d.ino) and sub.mode == 0o040555
+            assert core.lookup(d.ino, b".") == d and core.lookup(d.ino, b"..") == top
