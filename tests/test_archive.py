@@ -811,3 +811,40 @@ def test_staging_copies_and_switches_tars_and_zips(tmp_path: Path) -> None:
             str(stager.staged_path(1)),
         ]
         assert [ix.read(n, 0, n.size) for n in files] == contents
+
+
+def test_member_mtimes_are_the_ones_tar_and_unzip_restore(tmp_path: Path, zip_tools: None) -> None:
+    """Every file's mtime is the one `tar x` and `unzip` give its extracted copy, to the
+    second: GNU tar's and the `zip` command's archives of files with odd-second mtimes (a
+    zip's DOS time holds even seconds only; the `zip` command's extended-timestamp extra field
+    has the exact one, and `unzip` restores that)."""
+    src = source_tree(tmp_path / "src")
+    stamps = {}
+    for k, path in enumerate(
+        sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+    ):
+        stamps[str(path.relative_to(src))] = 1_300_000_001 + 86_399 * k  # odd seconds
+        os.utime(path, (stamps[str(path.relative_to(src))],) * 2)
+    tar, zipped = tmp_path / "t.tar", tmp_path / "z.zip"
+    subprocess.run(["tar", "-cf", tar, "-C", src, "."], check=True)
+    subprocess.run(["zip", "-q", "-r", "-y", zipped, "."], cwd=src, check=True)
+    for path, extract in (
+        (tar, ["tar", "-xf", tar, "-C"]),
+        (zipped, ["unzip", "-q", zipped, "-d"]),
+    ):
+        out = tmp_path / f"x-{path.name}"
+        out.mkdir()
+        subprocess.run([*extract, out], check=True, stdout=subprocess.DEVNULL)
+        restored = {
+            str(p.relative_to(out)): int(p.stat().st_mtime)
+            for p in out.rglob("*")
+            if p.is_file() and not p.is_symlink()
+        }
+        assert restored == stamps, f"{path.name}: the oracle restores the mtimes"
+        with dirtree.open_image(path) as image:
+            mtimes = {
+                entry.path.decode().removeprefix("./"): entry.mtime
+                for entry in image.walk()
+                if entry.kind == squashfs.FILE
+            }
+        assert mtimes == restored, path.name
