@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from imagenetfs import archive, dirtree, index, squashfs
+from imagenetfs import archive, dirtree, generate, index, source, squashfs
 from imagenetfs.archive import TarImage, ZipImage
 from imagenetfs.errors import CorruptImageError, ImagenetfsError, NoSuchEntry, errno_of
 from imagenetfs.index import Index, IndexError_
@@ -848,3 +848,26 @@ def test_member_mtimes_are_the_ones_tar_and_unzip_restore(tmp_path: Path, zip_to
                 if entry.kind == squashfs.FILE
             }
         assert mtimes == restored, path.name
+
+
+@pytest.mark.parametrize(
+    "name", ["x/../LOC_synset_mapping.txt", "a/b/../../../LOC_val_solution.csv"]
+)
+def test_a_kaggle_zip_with_a_label_file_leaving_the_tree_is_refused_naming_it(
+    tmp_path: Path, name: str
+) -> None:
+    """A zip in Kaggle's layout holding, besides its real label files, one whose name leaves
+    the tree is refused in one line naming that member: the label files are read from the
+    zip first (`read_members`), and that read passes over such a name -- it neither crashes on
+    it nor takes it for the label file."""
+    spec = generate.Spec(classes=2, train_per_class=2, val_per_class=2, test=1, tiny=True,
+                         layout="kaggle", kaggle_zip=True, progress=False)  # fmt: skip
+    generate.generate(tmp_path, spec)
+    with zipfile.ZipFile(tmp_path / source.KAGGLE_ZIP, "a") as z:
+        z.writestr(name, b"n00000000 hostile\n")
+    src = source.open_source(tmp_path)
+    assert "n00000000" not in src.names and len(src.val_labels) == 2 * 2
+    with pytest.raises(CorruptImageError) as caught:
+        index.build(tmp_path / "i.lmdb", src.image_list, src.placer(), progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and f"member {name!r}" in message and "'..'" in message
