@@ -447,3 +447,24 @@ def test_names_that_sort_before_the_dots_are_the_entries_they_name(tmp_path: Pat
             sub = core.lookup(top.ino, b"#d")
             assert sub.ino not in (top.ino, d.ino) and sub.mode == 0o040555
             assert core.lookup(d.ino, b".") == d and core.lookup(d.ino, b"..") == top
+
+
+@pytest.mark.parametrize("sizes", [(), (0,), (1,), (4095,), (4096,), (4096, 4096), (4097, 8191)])
+def test_statfs_counts_the_files_bytes_in_whole_blocks(
+    tmp_path: Path, sizes: tuple[int, ...]
+) -> None:
+    """statfs (what `df` shows) answers the files' total size in 4 KiB blocks rounded up: an
+    exact multiple of 4096 takes no block more, one byte over takes one more."""
+    staging = tmp_path / "train"
+    staging.mkdir()
+    (staging / "d").mkdir()
+    for n, size in enumerate(sizes):
+        (staging / f"f{n}").write_bytes(os.urandom(size))
+    image = tmp_path / "train.squashfs"
+    subprocess.run(["mksquashfs", str(staging), str(image), "-quiet", "-no-progress",
+                    "-all-root"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    build(tmp_path / "index.lmdb", [image], progress=False)
+    with Index.open(tmp_path / "index.lmdb") as ix:
+        stats = core_of(ix).statfs()
+    assert stats.blocks * 4096 >= sum(sizes) > (stats.blocks - 1) * 4096
+    assert (stats.files, stats.block_size) == (len(sizes) + 3, 4096), "root, train, d, files"
