@@ -12,6 +12,7 @@ file damaged after indexing fails the reads of the members it damaged, only thos
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import errno
 import io
@@ -871,3 +872,23 @@ def test_a_kaggle_zip_with_a_label_file_leaving_the_tree_is_refused_naming_it(
         index.build(tmp_path / "i.lmdb", src.image_list, src.placer(), progress=False)
     message = str(caught.value)
     assert "\n" not in message and f"member {name!r}" in message and "'..'" in message
+
+
+def test_zip_members_without_an_extended_timestamp_have_their_dos_time_as_utc(
+    tmp_path: Path,
+) -> None:
+    """A zip member with no extended-timestamp field (Python's zipfile writes none) has the
+    DOS date and time of its header, read as UTC, as its mtime: what zipfile wrote it as,
+    for dates across the DOS range and every field's extremes."""
+    stamps = [(1980, 1, 1, 0, 0, 0), (1999, 12, 31, 23, 59, 58), (2012, 2, 29, 13, 37, 42),
+              (2024, 7, 15, 6, 5, 54), (2107, 12, 31, 23, 59, 58)]  # fmt: skip
+    path = tmp_path / "z.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for n, stamp in enumerate(stamps):
+            z.writestr(zipfile.ZipInfo(f"f{n}", date_time=stamp), b"x" * n)
+    with zipfile.ZipFile(path) as z:
+        assert [info.date_time for info in z.infolist()] == stamps
+        assert all(not info.extra for info in z.infolist()), "no extra field at all"
+    with dirtree.open_image(path) as image:
+        mtimes = {e.path: e.mtime for e in image.walk() if e.kind == squashfs.FILE}
+    assert mtimes == {f"f{n}".encode(): calendar.timegm(s) for n, s in enumerate(stamps)}
