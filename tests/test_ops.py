@@ -468,3 +468,28 @@ def test_statfs_counts_the_files_bytes_in_whole_blocks(
         stats = core_of(ix).statfs()
     assert stats.blocks * 4096 >= sum(sizes) > (stats.blocks - 1) * 4096
     assert (stats.files, stats.block_size) == (len(sizes) + 3, 4096), "root, train, d, files"
+
+
+def test_views_are_listed_and_climbed_within_themselves(index: Index) -> None:
+    """With views, the root lists `resized` once, last, from every resume cookie, and
+    `resized` lists one directory per spec; inside a view, `..` -- looked up, and as listed --
+    is the view's own directory above, never the base tree's: a view root's is `resized`,
+    whose is the root."""
+    core = core_of(index, "64x64", "100")
+    root = listing(core, ROOT_INO)
+    assert [e.name for e in root].count(b"resized") == 1 and root[-1].name == b"resized"
+    assert root[-1].ino == RESIZED_INO
+    for k in range(len(root) + 2):
+        assert listing(core, ROOT_INO, k) == root[k:], k
+    assert [e.name for e in listing(core, RESIZED_INO, 2)] == [b"64x64", b"100"]
+    assert core.lookup(RESIZED_INO, b"..") == core.getattr(ROOT_INO)
+    for number, spec in enumerate(("64x64", "100"), 1):
+        view = path_of(core, f"resized/{spec}")
+        assert view.ino == (number << VIEW_SHIFT) | ROOT_INO
+        assert core.lookup(view.ino, b"..").ino == RESIZED_INO == listing(core, view.ino)[1].ino
+        for above, directory in (("", "train"), ("train", f"train/{SMALL_WNIDS[0]}"), ("", "val")):
+            d = path_of(core, directory, view.ino)
+            parent = path_of(core, above, view.ino) if above else view
+            assert d.ino >> VIEW_SHIFT == number and parent.ino >> VIEW_SHIFT == number
+            assert core.lookup(d.ino, b"..") == parent, (spec, directory)
+            assert listing(core, d.ino)[1].ino == parent.ino, (spec, directory)
