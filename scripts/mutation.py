@@ -262,7 +262,7 @@ def report() -> None:
         )
         alive = counts.get("survived", 0)
         lo, hi = wilson(alive, ran)
-        pending = total - sum(counts.values())
+        pending = total - sum(v for k, v in counts.items() if ":" not in k)
         print(
             f"{module}: {total} mutants, {counts.get('annotation', 0)} annotation-only, "
             f"{ran} run ({pending} of the sample not run), {counts.get('killed', 0)} killed, "
