@@ -12,6 +12,7 @@ file damaged after indexing fails the reads of the members it damaged, only thos
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import errno
 import io
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 from prepared import unprepared
 
-from imagenetfs import archive, dirtree, index, squashfs
+from imagenetfs import archive, dirtree, generate, index, source, squashfs
 from imagenetfs.archive import TarImage, ZipImage
 from imagenetfs.errors import CorruptImageError, ImagenetfsError, NoSuchEntry, errno_of
 from imagenetfs.index import Index, IndexError_
@@ -804,3 +805,110 @@ def test_staging_copies_and_switches_tars_and_zips(tmp_path: Path) -> None:
             str(stager.staged_path(1)),
         ]
         assert [ix.read(n, 0, n.size) for n in files] == contents
+
+
+def test_member_mtimes_are_the_ones_tar_and_unzip_restore(tmp_path: Path, zip_tools: None) -> None:
+    """Every file's mtime is the one `tar x` and `unzip` give its extracted copy, to the
+    second: GNU tar's and the `zip` command's archives of files with odd-second mtimes (a
+    zip's DOS time holds even seconds only; the `zip` command's extended-timestamp extra field
+    has the exact one, and `unzip` restores that)."""
+    src = source_tree(tmp_path / "src")
+    stamps = {}
+    for k, path in enumerate(
+        sorted(p for p in src.rglob("*") if p.is_file() and not p.is_symlink())
+    ):
+        stamps[str(path.relative_to(src))] = 1_300_000_001 + 86_399 * k  # odd seconds
+        os.utime(path, (stamps[str(path.relative_to(src))],) * 2)
+    tar, zipped = tmp_path / "t.tar", tmp_path / "z.zip"
+    subprocess.run(["tar", "-cf", tar, "-C", src, "."], check=True)
+    subprocess.run(["zip", "-q", "-r", "-y", zipped, "."], cwd=src, check=True)
+    for path, extract in (
+        (tar, ["tar", "-xf", tar, "-C"]),
+        (zipped, ["unzip", "-q", zipped, "-d"]),
+    ):
+        out = tmp_path / f"x-{path.name}"
+        out.mkdir()
+        subprocess.run([*extract, out], check=True, stdout=subprocess.DEVNULL)
+        restored = {
+            str(p.relative_to(out)): int(p.stat().st_mtime)
+            for p in out.rglob("*")
+            if p.is_file() and not p.is_symlink()
+        }
+        assert restored == stamps, f"{path.name}: the oracle restores the mtimes"
+        with dirtree.open_image(path) as image:
+            mtimes = {
+                entry.path.decode().removeprefix("./"): entry.mtime
+                for entry in image.walk()
+                if entry.kind == squashfs.FILE
+            }
+        assert mtimes == restored, path.name
+
+
+@pytest.mark.parametrize(
+    "name", ["x/../LOC_synset_mapping.txt", "a/b/../../../LOC_val_solution.csv"]
+)
+def test_a_kaggle_zip_with_a_label_file_leaving_the_tree_is_refused_naming_it(
+    tmp_path: Path, name: str
+) -> None:
+    """A zip in Kaggle's layout holding, besides its real label files, one whose name leaves
+    the tree is refused in one line naming that member: the label files are read from the
+    zip first (`read_members`), and that read passes over such a name -- it neither crashes on
+    it nor takes it for the label file."""
+    spec = generate.Spec(classes=2, train_per_class=2, val_per_class=2, test=1, tiny=True,
+                         layout="kaggle", kaggle_zip=True, progress=False)  # fmt: skip
+    generate.generate(tmp_path, spec)
+    with zipfile.ZipFile(tmp_path / source.KAGGLE_ZIP, "a") as z:
+        z.writestr(name, b"n00000000 hostile\n")
+    src = source.open_source(tmp_path)
+    assert "n00000000" not in src.names and len(src.val_labels) == 2 * 2
+    with pytest.raises(CorruptImageError) as caught:
+        index.build(tmp_path / "i.lmdb", src.image_list, src.placer(), progress=False)
+    message = str(caught.value)
+    assert "\n" not in message and f"member {name!r}" in message and "'..'" in message
+
+
+def test_zip_members_without_an_extended_timestamp_have_their_dos_time_as_utc(
+    tmp_path: Path,
+) -> None:
+    """A zip member with no extended-timestamp field (Python's zipfile writes none) has the
+    DOS date and time of its header, read as UTC, as its mtime: what zipfile wrote it as,
+    for dates across the DOS range and every field's extremes."""
+    stamps = [(1980, 1, 1, 0, 0, 0), (1999, 12, 31, 23, 59, 58), (2012, 2, 29, 13, 37, 42),
+              (2024, 7, 15, 6, 5, 54), (2107, 12, 31, 23, 59, 58)]  # fmt: skip
+    path = tmp_path / "z.zip"
+    with zipfile.ZipFile(path, "w") as z:
+        for n, stamp in enumerate(stamps):
+            z.writestr(zipfile.ZipInfo(f"f{n}", date_time=stamp), b"x" * n)
+    with zipfile.ZipFile(path) as z:
+        assert [info.date_time for info in z.infolist()] == stamps
+        assert all(not info.extra for info in z.infolist()), "no extra field at all"
+    with dirtree.open_image(path) as image:
+        mtimes = {e.path: e.mtime for e in image.walk() if e.kind == squashfs.FILE}
+    assert mtimes == {f"f{n}".encode(): calendar.timegm(s) for n, s in enumerate(stamps)}
+
+
+def test_members_past_4_gib_are_read_at_their_zip64_offsets(
+    tmp_path: Path, zip_tools: None
+) -> None:
+    """Members whose local headers lie past 4 GiB -- in Kaggle's 155 GB zip, nearly all --
+    have their offsets in zip64 extra fields, and are read from there: the bytes and names
+    `unzip` extracts. (The 5 GiB before them are a hole: the file takes a few KiB of disk.)"""
+    rng = random.Random(4)
+    files = {
+        "a.txt": b"hello " * 100,
+        "b/c.bin": rng.randbytes(5000),
+        "b/d/e": rng.randbytes(70_000),
+    }
+    path = tmp_path / "big.zip"
+    with open(path, "wb") as f:
+        f.truncate(5 << 30)
+        f.seek(5 << 30)
+        with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            for name, data in files.items():
+                z.writestr(name, data)
+    with zipfile.ZipFile(path) as z:
+        assert all(info.header_offset > 1 << 32 for info in z.infolist())
+    out = tmp_path / "x"
+    subprocess.run(["unzip", "-q", path, "-d", out], check=True)
+    with dirtree.open_image(path) as image:
+        assert served(image) == extracted(out) == {**files, "b/": b"", "b/d/": b""}

@@ -544,3 +544,25 @@ def test_symlinks_longer_than_the_kernel_serves_are_left_out(
         assert kept.kind == index.SYMLINK and kept.target == LONGEST_TARGET.encode()
         with pytest.raises(NoSuchEntry):
             ix.lookup(parent.ino, b"long-link")
+
+
+def test_a_disk_that_fills_up_while_the_index_is_written(
+    built: tuple[Path, Path, dict[str, bytes]], tmp_path: Path
+) -> None:
+    """An index that does not fit where it is written -- a 16 KiB tmpfs: room to create the
+    temporary index, not to write it -- is refused with one line naming the index and saying
+    to free space there, and leaves nothing behind: no temporary, no index."""
+    data, _, _ = built
+    full = tmp_path / "full"
+    full.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(full)], check=True)
+    try:
+        src = source.open_source(data)
+        with pytest.raises(IndexError_) as caught:
+            index.build(full / "i.lmdb", src.image_list, src.placer(), progress=False)
+        message = str(caught.value)
+        assert "\n" not in message and str(full / "i.lmdb") in message, message
+        assert "free space there" in message, message
+        assert os.listdir(full) == []
+    finally:
+        subprocess.run(["umount", "-l", str(full)], check=False)

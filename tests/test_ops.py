@@ -12,6 +12,7 @@ import errno
 import logging
 import os
 import shutil
+import subprocess
 import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
@@ -414,3 +415,81 @@ def test_counters_in_shared_memory_go_on_from_their_slot(index: Index) -> None:
     assert set(stats) == {"fs", "block_cache", "read_latency", "index"}
     assert set(stats["fs"]) == set(ops.FS_COUNTERS)
     assert stats["index"]["entries"] == index.stats.entries
+
+
+def test_names_that_sort_before_the_dots_are_the_entries_they_name(tmp_path: Path) -> None:
+    """A name below `.` in byte order (`-1.txt`, `(copy).txt`, `+`, `!`, `#d`, a leading
+    space...) is looked up as the entry it names, in the base tree and in a view (where the
+    workers answer every lookup with `lookup`, as pyfuse3 does everywhere) -- never as the
+    directory it is looked up in, which only `.` is."""
+    staging = tmp_path / "train"
+    files = {name: f"{name}\n".encode() * 3 for name in
+             ("-1.txt", "(copy).txt", "+", "!", " lead.txt", "-", ",x", "$", "'q'")}  # fmt: skip
+    for name, data in files.items():
+        (staging / "d").mkdir(parents=True, exist_ok=True)
+        (staging / "d" / name).write_bytes(data)
+    (staging / "#d").mkdir()
+    assert all(name.encode() < b"." for name in [*files, "#d"])
+    image = tmp_path / "train.squashfs"
+    subprocess.run(["mksquashfs", str(staging), str(image), "-quiet", "-no-progress",
+                    "-all-root"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    build(tmp_path / "index.lmdb", [image], progress=False)
+    with Index.open(tmp_path / "index.lmdb") as ix:
+        core = core_of(ix, "64x64", blocking_reads=True)
+        for at in (ROOT_INO, path_of(core, "resized/64x64").ino):
+            top = path_of(core, "train", at)
+            d = path_of(core, "train/d", at)
+            for name, data in files.items():
+                attrs = core.lookup(d.ino, name.encode())
+                assert attrs.ino != d.ino and attrs.mode == 0o100444, (at, name)
+                assert attrs.size == len(data), (at, name)
+                assert core.read(attrs.ino, 0, 1 << 10) == data, (at, name)
+            sub = core.lookup(top.ino, b"#d")
+            assert sub.ino not in (top.ino, d.ino) and sub.mode == 0o040555
+            assert core.lookup(d.ino, b".") == d and core.lookup(d.ino, b"..") == top
+
+
+@pytest.mark.parametrize("sizes", [(), (0,), (1,), (4095,), (4096,), (4096, 4096), (4097, 8191)])
+def test_statfs_counts_the_files_bytes_in_whole_blocks(
+    tmp_path: Path, sizes: tuple[int, ...]
+) -> None:
+    """statfs (what `df` shows) answers the files' total size in 4 KiB blocks rounded up: an
+    exact multiple of 4096 takes no block more, one byte over takes one more."""
+    staging = tmp_path / "train"
+    staging.mkdir()
+    (staging / "d").mkdir()
+    for n, size in enumerate(sizes):
+        (staging / f"f{n}").write_bytes(os.urandom(size))
+    image = tmp_path / "train.squashfs"
+    subprocess.run(["mksquashfs", str(staging), str(image), "-quiet", "-no-progress",
+                    "-all-root"], check=True, stdout=subprocess.DEVNULL)  # fmt: skip
+    build(tmp_path / "index.lmdb", [image], progress=False)
+    with Index.open(tmp_path / "index.lmdb") as ix:
+        stats = core_of(ix).statfs()
+    assert stats.blocks * 4096 >= sum(sizes) > (stats.blocks - 1) * 4096
+    assert (stats.files, stats.block_size) == (len(sizes) + 3, 4096), "root, train, d, files"
+
+
+def test_views_are_listed_and_climbed_within_themselves(index: Index) -> None:
+    """With views, the root lists `resized` once, last, from every resume cookie, and
+    `resized` lists one directory per spec; inside a view, `..` -- looked up, and as listed --
+    is the view's own directory above, never the base tree's: a view root's is `resized`,
+    whose is the root."""
+    core = core_of(index, "64x64", "100")
+    root = listing(core, ROOT_INO)
+    assert [e.name for e in root].count(b"resized") == 1 and root[-1].name == b"resized"
+    assert root[-1].ino == RESIZED_INO
+    for k in range(len(root) + 2):
+        assert listing(core, ROOT_INO, k) == root[k:], k
+    assert [e.name for e in listing(core, RESIZED_INO, 2)] == [b"64x64", b"100"]
+    assert core.lookup(RESIZED_INO, b"..") == core.getattr(ROOT_INO)
+    for number, spec in enumerate(("64x64", "100"), 1):
+        view = path_of(core, f"resized/{spec}")
+        assert view.ino == (number << VIEW_SHIFT) | ROOT_INO
+        assert core.lookup(view.ino, b"..").ino == RESIZED_INO == listing(core, view.ino)[1].ino
+        for above, directory in (("", "train"), ("train", f"train/{SMALL_WNIDS[0]}"), ("", "val")):
+            d = path_of(core, directory, view.ino)
+            parent = path_of(core, above, view.ino) if above else view
+            assert d.ino >> VIEW_SHIFT == number and parent.ino >> VIEW_SHIFT == number
+            assert core.lookup(d.ino, b"..") == parent, (spec, directory)
+            assert listing(core, d.ino)[1].ino == parent.ino, (spec, directory)

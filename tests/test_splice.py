@@ -734,3 +734,26 @@ def test_mounted_cold_reads_are_exact_with_and_without_the_thread(
     else:
         assert doc["reads_cold"] == 0, doc
     assert "Traceback" not in mounted.log
+
+
+def test_a_tail_in_a_compressed_fragment_is_never_located(tmp_path: Path) -> None:
+    """A file's tail in a *compressed* fragment block is not where its bytes lie as read:
+    `locate` answers None for it, even where the block's compressed size would hold the tail
+    (random bytes first, then text that compresses to nearly nothing), so a READ of it is
+    decompressed, never spliced from the image."""
+    staging = tmp_path / "s"
+    staging.mkdir()
+    (staging / "a.bin").write_bytes(random.Random(1).randbytes(3000))  # first in the fragment
+    (staging / "b.bin").write_bytes(b"compressible " * 4_000)
+    squash(staging, tmp_path / "i.squashfs")
+    with SquashImage(tmp_path / "i.squashfs") as image:
+        entries = {e.name: e for e in image.walk() if e.extent is not None}
+        a = entries[b"a.bin"].extent
+        assert a is not None and a.fragment is not None and a.fragment_offset == 0
+        _, word = image._fragment(a.fragment)
+        assert not word & (1 << 24) and word & ((1 << 24) - 1) >= 3000, "compressed, and big"
+        for extent in (a, entries[b"b.bin"].extent):
+            assert extent is not None
+            assert image.locate(extent, 0, extent.size) is None
+            assert image.locate(extent, 100, 50) is None
+        assert image.read(a, 0, a.size) == (staging / "a.bin").read_bytes()
