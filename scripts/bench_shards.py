@@ -38,19 +38,12 @@ from pathlib import Path
 from typing import Any
 
 import _venv  # noqa: F401  (re-executes with the imagenetfs environment if needed)
+from benchlib.contenders import evict
 
 from imagenetfs import generate
 
 CLI = str(Path(sys.executable).with_name("imagenetfs"))
 REQUESTS = ("lookup", "getattr", "readdir", "open", "read")
-
-
-def evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 def read_shards(urls: list[str]) -> tuple[int, int]:

@@ -36,6 +36,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from benchlib.contenders import evict
+
 MiB = 1 << 20
 CLI = str(Path(sys.executable).with_name("imagenetfs"))
 
@@ -108,14 +110,6 @@ def _dataset(work: Path, name: str, **spec: Any) -> tuple[Path, Path]:
         subprocess.run([CLI, "index", "-q", "--source", str(root), "--index", str(index)],
                        check=True)  # fmt: skip
     return root, index
-
-
-def _evict(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
 
 
 # --- open-files-rss ---------------------------------------------------------------------------
@@ -269,7 +263,7 @@ def crafted_zip_reads(work: Path) -> Check:
 
         def read(name: str) -> None:
             for _ in range(3):
-                _evict(folder / name)
+                evict(folder / name)
                 data = (folder / name).read_bytes()
                 assert data == bytes(CRAFTED[name]), name
 
