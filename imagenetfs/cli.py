@@ -890,9 +890,13 @@ def _stdout_closed() -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except BrokenPipeError:  # (--help into `| head`)
+    try:  # --help and --version print here, maybe into `| head`: a closed pipe is no error
+        try:
+            args = build_parser().parse_args(argv)
+        except SystemExit:
+            sys.stdout.flush()  # (now, not at exit, where a closed pipe is a traceback)
+            raise
+    except BrokenPipeError:
         if _stdout_closed():
             return 0
         raise
