@@ -3,8 +3,9 @@
 # that no test installs anything and none skips for something this could have brought:
 #
 #   - Debian packages: zip and unzip (the zip oracles, tests/test_archive.py), slurmctld, slurmd,
-#     slurm-client and munge (the two-node Slurm, tests/test_slurm.py), debootstrap (the fresh
-#     Debian root of tests/test_install.py). Checked with dpkg; `apt-get update` only when apt
+#     slurm-client and munge (the two-node Slurm, tests/test_slurm.py), debootstrap and git (the
+#     fresh Debian root of tests/test_install.py, and the checkout's files copied into it: a
+#     checkout made elsewhere may lack git). Checked with dpkg; `apt-get update` only when apt
 #     has no candidate for one of them or an install fails on stale lists.
 #   - A free loop device (tests/test_pack.py mounts packed images with the kernel): the loop
 #     module loaded if none is free, where the kernel allows it.
@@ -37,7 +38,7 @@ die() { printf 'test-prepare: error: %s\n' "$*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (scripts/test.sh does)"
 
 # --- Debian packages ---------------------------------------------------------------------
-apt_pkgs=(zip unzip slurmctld slurmd slurm-client munge debootstrap)
+apt_pkgs=(zip unzip slurmctld slurmd slurm-client munge debootstrap git)
 missing=()
 for p in "${apt_pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
