@@ -56,6 +56,7 @@ from typing import Any, NoReturn
 import lmdb
 import pyfuse3
 import trio
+import trio.testing
 
 from imagenetfs import archive, fs, holders, metrics, ops, registry, staging, wire
 from imagenetfs.config import ServeConfig
@@ -227,6 +228,10 @@ class Daemon:
         log.info("serving %s from %s", self.index.image_records[number]["name"], path)
         self.publish()
 
+    def stop_asked(self) -> bool:
+        """Whether `stop` was called (asked again after an await: a signal's task may have)."""
+        return self.stopping
+
     def stop(self) -> None:
         self.stopping = True
         if self.fuse_ops is not None:
@@ -344,6 +349,12 @@ class Daemon:
                     self._start(nursery, slot, session, board, lock_file.fileno())
                 log.info("serving with %d worker processes", self.config.workers)
                 self.publish()  # first: `status` right after the mount command shows it all
+                # A stop signal that came while starting is acted on first, not after `mount`
+                # has said "ready": its handler only queues it, and the receiving task runs
+                # once every other task waits.
+                await trio.testing.wait_all_tasks_blocked()
+                if self.stop_asked():
+                    return
                 self.ready()  # (requests that came meanwhile wait in the kernel's queue)
 
     def _start(
