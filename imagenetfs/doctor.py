@@ -31,6 +31,7 @@ from pathlib import Path
 
 from imagenetfs import config, index, mountinfo, places, registry, resize, source
 from imagenetfs.errors import ImagenetfsError
+from imagenetfs.pack import size_text
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
@@ -287,7 +288,7 @@ def _place(label: str, directory: Path, wants: int, *, shared_ok: bool) -> Check
         free = shutil.disk_usage(existing).free
     except OSError as e:
         return Check(label, FAIL, f"{directory}: {e.strerror}", "give another directory")
-    detail = f"{directory} ({fstype}, {_size(free)} free)"
+    detail = f"{directory} ({fstype}, {size_text(free)} free)"
     if not os.access(existing, os.W_OK | os.X_OK):
         return Check(label, WARN, f"{detail}; not writable for you", "give another directory")
     if fstype in mountinfo.NETWORK_FILESYSTEMS and not shared_ok:
@@ -301,7 +302,7 @@ def _place(label: str, directory: Path, wants: int, *, shared_ok: bool) -> Check
         return Check(
             label,
             WARN,
-            f"{detail}; less than the {_size(wants)} it may use",
+            f"{detail}; less than the {size_text(wants)} it may use",
             "free some space or give another directory",
         )
     return Check(label, OK, detail)
@@ -318,7 +319,7 @@ def staging_room(found: list[tuple[Path, source.Source]]) -> list[Check]:
         free = shutil.disk_usage(scratch).free
     except OSError as e:
         return [Check("staging", FAIL, f"{scratch}: {e.strerror}", "ask for a job with scratch")]
-    detail = f"{scratch}: {_size(free)} free, the images need {_size(needed)}"
+    detail = f"{scratch}: {size_text(free)} free, the images need {size_text(needed)}"
     if free < needed:
         fix = "mount without --stage, or ask for a node with more local disk"
         return [Check("staging", WARN, f"{detail}: --stage would not fit", fix)]
@@ -477,14 +478,6 @@ def _nearest_dir(path: Path) -> Path:
     while not path.is_dir() and path.parent != path:
         path = path.parent
     return path
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
 
 
 def as_json(checks: list[Check]) -> dict[str, object]:

@@ -433,8 +433,9 @@ def build(
     return _write(index_path, tree, records, root, sizes)
 
 
-#: Names the size pass reads (compared lower-case).
-IMAGE_NAMES = (b".jpeg", b".jpg", b".png")
+#: Endings of the names of image files (compared lower-case): the files the size pass reads,
+#: a resized view resizes (views.py) and the shard view makes samples of (shards.py).
+IMAGE_SUFFIXES = (b".jpeg", b".jpg", b".png")
 #: Key prefix of the recorded image sizes in `blobs` (no file has inode 0).
 _SIZE_KEY = _INO.pack(0)
 _DIMS = struct.Struct("<II")
@@ -446,7 +447,7 @@ def _record_size(
     image: Image,
     entry: squashfs.Entry,
 ) -> None:
-    if entry.kind != squashfs.FILE or not components[-1].lower().endswith(IMAGE_NAMES):
+    if entry.kind != squashfs.FILE or not components[-1].lower().endswith(IMAGE_SUFFIXES):
         return
     from imagenetfs.imagesize import dimensions
 
@@ -467,7 +468,7 @@ def _remove_killed_builds(index_path: Path) -> None:
             if not entry.name.startswith(prefix):
                 continue
             writer = nodeid.parse(entry.name[len(prefix) :])
-            if writer is None or writer[1] != nodeid.here() or nodeid.running_here(*writer):
+            if writer is None or nodeid.running_here(*writer):  # (another node's: yes)
                 continue
             log.info("removing %s, left by a killed index build", entry.path)
             with contextlib.suppress(OSError):

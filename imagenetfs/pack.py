@@ -705,12 +705,13 @@ def _free_space(out: Path, plan: Plan) -> None:
     free = st.f_bavail * st.f_frsize
     if free < need:
         raise PackError(
-            f"{out}: not enough space for {plan.image_name}: {_size(need)} needed (the split's "
-            f"{_size(plan.size)} + {SPACE_MARGIN:.0%}), {_size(free)} free"
+            f"{out}: not enough space for {plan.image_name}: {size_text(need)} needed (the split's "
+            f"{size_text(plan.size)} + {SPACE_MARGIN:.0%}), {size_text(free)} free"
         )
 
 
-def _size(n: float) -> str:
+def size_text(n: float) -> str:
+    """`n` bytes as a person reads them: 999 B, 1.5 MB, 152.1 GB (powers of 1000)."""
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1000:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -922,9 +923,9 @@ def _pack_image(
 def _describe(r: ImageReport) -> str:
     seconds = max(r.stream_seconds, 1e-6)
     return (
-        f"{r.name}: {r.files:,} files, {_size(r.bytes)} packed in {r.stream_seconds:.1f} s "
+        f"{r.name}: {r.files:,} files, {size_text(r.bytes)} packed in {r.stream_seconds:.1f} s "
         f"({r.bytes / 1e6 / seconds:.0f} MB/s, {r.files / seconds:,.0f} files/s), checked in "
-        f"{r.check_seconds:.1f} s; image {_size(r.size)}"
+        f"{r.check_seconds:.1f} s; image {size_text(r.size)}"
     )
 
 

@@ -66,7 +66,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from imagenetfs.errors import CorruptImageError, NoSuchEntry, NotADirectory
-from imagenetfs.index import DIR, FILE, ROOT_INO, Index, Node, directory_node, virtual_file_node
+from imagenetfs.index import (
+    DIR,
+    FILE,
+    IMAGE_SUFFIXES,
+    ROOT_INO,
+    Index,
+    Node,
+    directory_node,
+    virtual_file_node,
+)
 
 SHARDS = b"shards"
 #: The view number of `shards/` (views.py: view v holds (v << VIEW_SHIFT) | n).
@@ -79,7 +88,6 @@ VAL_SAMPLES = 782
 #: The split names of timm's imagenet-1k-wds, and where each comes from in the tree.
 SPLITS = (("train", b"train", TRAIN_SAMPLES), ("validation", b"val", VAL_SAMPLES))
 PREFIX = "imagenet1k"
-IMAGE_SUFFIXES = (b".jpeg", b".jpg", b".png")
 BLOCK = 512
 RECORD = 10240
 #: Longest key: a member name (`<key>.json`) must fit the 100 bytes of a ustar name.

@@ -20,7 +20,16 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from imagenetfs.errors import NoSuchEntry
-from imagenetfs.index import BLOB_IMAGE, DIR, FILE, ROOT_INO, Index, Node, directory_node
+from imagenetfs.index import (
+    BLOB_IMAGE,
+    DIR,
+    FILE,
+    IMAGE_SUFFIXES,
+    ROOT_INO,
+    Index,
+    Node,
+    directory_node,
+)
 from imagenetfs.resize import (
     DEFAULT_QUALITY,
     MAX_SOURCE_BYTES,
@@ -38,8 +47,6 @@ VIEW_SHIFT = 32
 #: The `resized/` directory itself.
 RESIZED_INO = (0xFFFF << VIEW_SHIFT) | 1
 _BASE_MASK = (1 << VIEW_SHIFT) - 1
-#: Names of the files a view resizes (compared lower-case).
-IMAGE_SUFFIXES = (b".jpeg", b".jpg", b".png")
 
 
 @dataclass(frozen=True)
