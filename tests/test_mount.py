@@ -24,6 +24,7 @@ the mount point stays (no `auto_unmount` for users on 3.14) and every access giv
 from __future__ import annotations
 
 import collections
+import contextlib
 import ctypes
 import hashlib
 import json
@@ -545,6 +546,34 @@ except OSError as e:
 """
 
 
+@contextlib.contextmanager
+def reader_holding(path: Path) -> Iterator[Callable[[], str]]:
+    """A process that holds `path` open (one read done, readahead off), for as long as the
+    block runs; the block gets `read_again()`: one more read of uncached bytes, and the errno
+    name it met ('read succeeded' if none)."""
+    holder = subprocess.Popen(
+        [PY, "-c", HOLD_AND_READ, json.dumps(str(path))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == "open\n"
+
+        def read_again() -> str:
+            assert holder.stdin is not None
+            holder.stdin.write("go\n")
+            holder.stdin.flush()
+            out, _ = holder.communicate(timeout=20)
+            return str(json.loads(out))
+
+        yield read_again
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+
+
 def kill_and_umount_stale(runner: Mounter, mp: Path, pid: int) -> None:
     """SIGKILL the daemon `pid`, then `imagenetfs umount` clears the stale point it leaves."""
     os.kill(pid, signal.SIGKILL)
@@ -575,27 +604,13 @@ def test_sigkill_leaves_stale_mount_that_mount_and_umount_clear(
     mp = mounter.mkdir("mp")
     rel = max(realistic.files, key=lambda r: len(realistic.files[r]))
     pid = mounter.mount(mp, realistic.root, index=realistic.index).pid
-    holder = subprocess.Popen(
-        [PY, "-c", HOLD_AND_READ, json.dumps(str(mp / rel))],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdin is not None
-        assert holder.stdout.readline() == "open\n"
+    with reader_holding(mp / rel) as read_again:
         workers = children(pid)  # (they die with it, a moment later: PR_SET_PDEATHSIG)
         os.kill(pid, signal.SIGKILL)
         # Until the last worker is gone the connection lives, and a read sent to a dying
         # worker gets ECONNABORTED; once all are gone, every read gets ENOTCONN.
         assert wait_until(lambda: not any(alive(p) for p in [pid, *workers]), 10)
-        holder.stdin.write("go\n")
-        holder.stdin.flush()
-        out, _ = holder.communicate(timeout=20)
-        assert json.loads(out) == "ENOTCONN", "a reader of an open file of a killed daemon"
-    finally:
-        holder.kill()
-        holder.wait(timeout=10)
+        assert read_again() == "ENOTCONN", "a reader of an open file of a killed daemon"
     assert is_mounted(mp), "stale: no auto_unmount after SIGKILL"
     check_stale_access(mounter, mp, rel)
     status = mounter.cli("status", mp)
@@ -692,27 +707,14 @@ def test_signal_ends_the_daemon_cleanly(
     read = sorted(realistic.files)[-1]
     assert (mp / read).read_bytes() == realistic.files[read]
     rel = max(realistic.files, key=lambda r: len(realistic.files[r]))  # (its pages not cached)
-    holder = subprocess.Popen(
-        [PY, "-c", HOLD_AND_READ, json.dumps(str(mp / rel))],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdin is not None
-        assert holder.stdout.readline() == "open\n"
+    with reader_holding(mp / rel) as read_again:
         started = time.monotonic()
         os.kill(pid, signum)
         assert wait_until(lambda: not alive(pid) and not is_mounted(mp), 5), "exits within 5 s"
         assert time.monotonic() - started < 5
         assert not any(alive(w) for w in workers)
-        holder.stdin.write("go\n")
-        holder.stdin.flush()
-        out, _ = holder.communicate(timeout=20)
-        assert json.loads(out) in ("ENOTCONN", "ECONNABORTED"), out
-    finally:
-        holder.kill()
-        holder.wait(timeout=10)
+        said = read_again()
+        assert said in ("ENOTCONN", "ECONNABORTED"), said
     assert not mounted.state_path.exists()
     assert os.listdir(mp) == []
     with pytest.raises(FileNotFoundError):
