@@ -34,13 +34,13 @@ from imagenetfs import (
     paths,
     places,
     registry,
-    resize,
     source,
     staging,
     warm,
 )
 from imagenetfs.errors import ImagenetfsError
-from imagenetfs.views import ShardSettings
+from imagenetfs.views import resize
+from imagenetfs.views.tree import ShardSettings
 
 log = logging.getLogger("imagenetfs")
 

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from imagenetfs.errors import UsageError
-from imagenetfs.resize import DEFAULT_QUALITY, ResizeSpec
 from imagenetfs.staging import DEFAULT_KEEP_FREE, KeepFree
-from imagenetfs.views import ShardSettings
+from imagenetfs.views.resize import DEFAULT_QUALITY, ResizeSpec
+from imagenetfs.views.tree import ShardSettings
 
 MAX_WORKERS = 64
 DEFAULT_CACHE_SIZE = 10 << 30
@@ -75,7 +75,7 @@ class ServeConfig:
     stage_keep_free: KeepFree = DEFAULT_KEEP_FREE  # what must stay free after a copy
     metrics: Path | None = None  # write the counters there, Prometheus text (metrics.py)
     idle_timeout: float = 0.0  # unmount after this many seconds without a request; 0: never
-    shards: ShardSettings | None = None  # serve shards/ (shards.py); None: not
+    shards: ShardSettings | None = None  # serve shards/ (views/shards.py); None: not
 
     @property
     def cache(self) -> tuple[Path, int] | None:

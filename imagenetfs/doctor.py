@@ -29,9 +29,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from imagenetfs import config, index, mountinfo, places, registry, resize, source
+from imagenetfs import config, index, mountinfo, places, registry, source
 from imagenetfs.errors import ImagenetfsError
 from imagenetfs.pack import size_text
+from imagenetfs.views import resize
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 

@@ -31,7 +31,7 @@ Databases in the one LMDB file (`subdir=False`):
   reads them in large sequential reads. Indexes of schema 5 built before keep them deflated
   and interleaved with the rest (no `lists` key) and are read as they are;
 - `blobs`: (ino, chunk number) -> a zlib-compressed 1 MiB chunk of a virtual file (meta.bin,
-  the file lists; see views.py), whose node names the pseudo image `BLOB_IMAGE`. Compressed,
+  the file lists; see views/tree.py), whose node names the pseudo image `BLOB_IMAGE`. Compressed,
   the lists of full ImageNet take ~12 MB instead of 110; a read decompresses only the chunks
   it touches (the last one is kept per thread).
 
@@ -184,7 +184,7 @@ def directory_node(ino: int, parent: int, name: bytes, mtime: int, subdirs: int)
     return Node(ino, DIR, parent, subdirs, mtime, name, _DIR_TAIL.pack(0, 0, subdirs))
 
 
-#: The "image number" of the files a view makes on read (shards.py): in no image, no blob.
+#: The "image number" of the files a view makes on read (views/shards.py): in no image, no blob.
 VIEW_IMAGE = 0xFFFE
 
 
@@ -434,7 +434,7 @@ def build(
 
 
 #: Endings of the names of image files (compared lower-case): the files the size pass reads,
-#: a resized view resizes (views.py) and the shard view makes samples of (shards.py).
+#: a resized view resizes (views/tree.py) and the shard view makes samples of (views/shards.py).
 IMAGE_SUFFIXES = (b".jpeg", b".jpg", b".png")
 #: Key prefix of the recorded image sizes in `blobs` (no file has inode 0).
 _SIZE_KEY = _INO.pack(0)

@@ -74,10 +74,10 @@ from imagenetfs.errors import (
     errno_of,
 )
 from imagenetfs.index import DIR, FILE, MAX_NAME, ROOT_INO, SYMLINK, Node
-from imagenetfs.resize import ResizeCache, ResizeSpec
-from imagenetfs.shards import SHARDS
 from imagenetfs.squashfs import Run, SquashImage, WouldBlock
-from imagenetfs.views import RESIZED, VIEW_SHIFT, Tree
+from imagenetfs.views.resize import ResizeCache, ResizeSpec
+from imagenetfs.views.shards import SHARDS
+from imagenetfs.views.tree import RESIZED, VIEW_SHIFT, Tree
 
 log = logging.getLogger(__name__)
 

@@ -63,9 +63,9 @@ from imagenetfs.config import ServeConfig
 from imagenetfs.errors import ImagenetfsError
 from imagenetfs.index import Index
 from imagenetfs.ops import Core, Counters
-from imagenetfs.resize import ResizeCache
 from imagenetfs.squashfs import SquashImage
-from imagenetfs.views import Tree
+from imagenetfs.views.resize import ResizeCache
+from imagenetfs.views.tree import Tree
 
 log = logging.getLogger(__name__)
 

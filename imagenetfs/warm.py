@@ -27,8 +27,8 @@ import lmdb
 from imagenetfs.errors import ImagenetfsError, NoSuchEntry
 from imagenetfs.index import DIR, ROOT_INO, Index
 from imagenetfs.ops import Core
-from imagenetfs.resize import ResizeCache, ResizeSpec
-from imagenetfs.views import VIEW_SHIFT, Tree
+from imagenetfs.views.resize import ResizeCache, ResizeSpec
+from imagenetfs.views.tree import VIEW_SHIFT, Tree
 
 #: View files per task handed to a worker.
 CHUNK = 16

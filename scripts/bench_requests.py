@@ -28,7 +28,7 @@ from imagenetfs import protocol as fuse
 from imagenetfs import wire
 from imagenetfs.index import ROOT_INO, Index
 from imagenetfs.ops import Core
-from imagenetfs.views import Tree
+from imagenetfs.views.tree import Tree
 
 KINDS = ("lookup", "getattr", "read", "readdir", "ioctl")
 

@@ -32,7 +32,7 @@ from benchlib.workloads import read_all
 from PIL import Image
 
 from imagenetfs import generate
-from imagenetfs.resize import parse_spec
+from imagenetfs.views.resize import parse_spec
 
 
 def naive(paths: list[str], spec_text: str) -> None:

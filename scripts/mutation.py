@@ -10,7 +10,7 @@
         --budget-minutes 15 >> .mutation/run.log 2>&1          # survivors vs. wider tests
     /tmp/mut-venv/bin/python scripts/mutation.py --report      # counts and every survivor
 
-Modules: ops.py, squashfs.py, archive.py, index.py, views.py in imagenetfs/. For each, cosmic-ray
+Modules: ops.py, squashfs.py, archive.py, index.py, views/tree.py in imagenetfs/. For each, cosmic-ray
 (`cosmic-ray init`) lists every mutant into `.mutation/<module>.sqlite`; mutants that only
 change a type annotation are set aside (every module has `from __future__ import annotations`,
 so annotations are strings never evaluated: such a mutant is equivalent by construction); of
@@ -56,6 +56,8 @@ from cosmic_ray.work_item import TestOutcome, WorkerOutcome, WorkItem, WorkResul
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".mutation"
+#: where each module lives under imagenetfs/, where not `<name>.py`
+PATHS = {"views": "views/tree.py"}
 
 #: the tests that exercise each module, fastest and broadest first (`-x` stops at a failure)
 TESTS: dict[str, list[str]] = {
@@ -104,6 +106,10 @@ def annotation_spans(path: Path) -> list[tuple[tuple[int, int], tuple[int, int]]
     ]
 
 
+def module_path(module: str) -> str:
+    return PATHS.get(module, f"{module}.py")
+
+
 def init(module: str, sample: int, seed: int) -> Path:
     """The module's session database: every mutant listed, those outside the sample skipped."""
     db_path = STATE / f"{module}.sqlite"
@@ -112,7 +118,7 @@ def init(module: str, sample: int, seed: int) -> Path:
     config = STATE / f"{module}.toml"
     config.write_text(
         "[cosmic-ray]\n"
-        f'module-path = "imagenetfs/{module}.py"\n'
+        f'module-path = "imagenetfs/{module_path(module)}"\n'
         f"timeout = {PER_MUTANT_TIMEOUT}.0\n"
         "excluded-modules = []\n"
         f"test-command = {json.dumps(test_command(module))}\n"
@@ -120,7 +126,7 @@ def init(module: str, sample: int, seed: int) -> Path:
     )
     cosmic_ray = Path(sys.executable).with_name("cosmic-ray")
     subprocess.run([str(cosmic_ray), "init", str(config), str(db_path)], check=True, cwd=ROOT)
-    spans = annotation_spans(ROOT / "imagenetfs" / f"{module}.py")
+    spans = annotation_spans(ROOT / "imagenetfs" / module_path(module))
     with use_db(str(db_path), WorkDB.Mode.open) as db:
         # job ids are fresh uuids: order by what the mutant is, for a reproducible draw
         items = sorted(db.work_items, key=key)

@@ -230,7 +230,8 @@ def test_mount_says_on_the_terminal_that_it_serves_without_a_cache(
 WARM_A_FILE = """
 import sys
 from pathlib import Path
-from imagenetfs import resize, warm
+from imagenetfs import warm
+from imagenetfs.views import resize
 job = warm.WarmJob(Path(sys.argv[1]), Path(sys.argv[2]), (resize.parse_spec("64x64"),), 90,
                    Path(sys.argv[3]), 1 << 30)
 try:

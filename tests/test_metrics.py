@@ -34,7 +34,7 @@ from imagenetfs.errors import UsageError
 from imagenetfs.generate import Spec, generate
 from imagenetfs.index import ROOT_INO, Index
 from imagenetfs.ops import Core, Counters
-from imagenetfs.views import Tree
+from imagenetfs.views.tree import Tree
 
 needs_mksquashfs = pytest.mark.skipif(
     shutil.which("mksquashfs") is None, reason="needs mksquashfs (squashfs-tools)"

@@ -32,8 +32,8 @@ from imagenetfs.errors import (
 )
 from imagenetfs.index import DIR, DTYPE, FILE, ROOT_INO, SYMLINK, Index, build
 from imagenetfs.ops import TIMEOUT, Blocked, Core, Counters
-from imagenetfs.resize import ResizeCache, ResizeError, parse_spec, resize
-from imagenetfs.views import RESIZED_INO, VIEW_SHIFT, Tree
+from imagenetfs.views.resize import ResizeCache, ResizeError, parse_spec, resize
+from imagenetfs.views.tree import RESIZED_INO, VIEW_SHIFT, Tree
 
 pytestmark = pytest.mark.skipif(
     shutil.which("mksquashfs") is None, reason="needs mksquashfs (squashfs-tools)"

@@ -68,11 +68,12 @@ from helpers import (
 )
 from PIL import Image
 
-from imagenetfs import generate, resize
+from imagenetfs import generate
 from imagenetfs.generate import Spec
 from imagenetfs.index import Index
-from imagenetfs.resize import ResizeCache, parse_spec
 from imagenetfs.squashfs import SquashImage
+from imagenetfs.views import resize
+from imagenetfs.views.resize import ResizeCache, parse_spec
 
 PY = sys.executable
 TESTS = Path(__file__).resolve().parent
@@ -952,7 +953,7 @@ def test_caches_are_bounded(realistic: Data, tmp_path: Path) -> None:
     """The decompressed-block LRU, the operation core's memos of resized bytes and sizes, and
     the resize cache keep their bounds however much goes through them."""
     from imagenetfs import ops
-    from imagenetfs.views import VIEW_SHIFT, Tree
+    from imagenetfs.views.tree import VIEW_SHIFT, Tree
 
     image = realistic.root / "train.squashfs"
     with SquashImage(image) as squash:

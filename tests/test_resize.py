@@ -19,10 +19,11 @@ import pytest
 from helpers import Mounted, Mounter, alive, children, extract_archive, is_mounted, wait_until
 from PIL import Image
 
-from imagenetfs import generate, resize
+from imagenetfs import generate
 from imagenetfs.errors import UsageError
 from imagenetfs.generate import Spec
-from imagenetfs.resize import ResizeError, ResizeSpec, parse_spec
+from imagenetfs.views import resize
+from imagenetfs.views.resize import ResizeError, ResizeSpec, parse_spec
 
 SPEC = Spec(classes=3, train_per_class=4, val_per_class=2, test=2)
 

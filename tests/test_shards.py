@@ -31,8 +31,8 @@ from prepared import prepared_module
 from imagenetfs import generate, index, source
 from imagenetfs.generate import Spec
 from imagenetfs.index import Index
-from imagenetfs.shards import MTIME, RECORD, header, json_length, sample_json
-from imagenetfs.views import ShardSettings, Tree
+from imagenetfs.views.shards import MTIME, RECORD, header, json_length, sample_json
+from imagenetfs.views.tree import ShardSettings, Tree
 
 PER_SHARD = 3
 SPLITS = {"train": "train", "validation": "val"}

@@ -54,9 +54,9 @@ from imagenetfs import protocol as fuse
 from imagenetfs.dirtree import open_image
 from imagenetfs.index import DIR, ROOT_INO, Index, build
 from imagenetfs.ops import Core, Counters
-from imagenetfs.resize import parse_spec
 from imagenetfs.squashfs import Run, SquashImage
-from imagenetfs.views import VIEW_SHIFT, Tree
+from imagenetfs.views.resize import parse_spec
+from imagenetfs.views.tree import VIEW_SHIFT, Tree
 
 pytestmark = pytest.mark.skipif(
     shutil.which("mksquashfs") is None, reason="needs mksquashfs (squashfs-tools)"

@@ -27,8 +27,8 @@ from imagenetfs import protocol as fuse
 from imagenetfs.errors import ImagenetfsError
 from imagenetfs.index import DIR, DTYPE, FILE, ROOT_INO, SYMLINK, Index
 from imagenetfs.ops import Core
-from imagenetfs.resize import parse_spec, resize
-from imagenetfs.views import VIEW_SHIFT, Tree
+from imagenetfs.views.resize import parse_spec, resize
+from imagenetfs.views.tree import VIEW_SHIFT, Tree
 
 pytestmark = pytest.mark.skipif(
     shutil.which("mksquashfs") is None, reason="needs mksquashfs (squashfs-tools)"

@@ -30,7 +30,8 @@ from imagenetfs.index import (
     Node,
     directory_node,
 )
-from imagenetfs.resize import (
+from imagenetfs.squashfs import Run
+from imagenetfs.views.resize import (
     DEFAULT_QUALITY,
     MAX_SOURCE_BYTES,
     ResizeError,
@@ -38,8 +39,7 @@ from imagenetfs.resize import (
     cache_key,
     resize,
 )
-from imagenetfs.shards import SHARDS, SHARDS_VIEW, WdsView
-from imagenetfs.squashfs import Run
+from imagenetfs.views.shards import SHARDS, SHARDS_VIEW, WdsView
 
 RESIZED = b"resized"
 #: View v (1-based) numbers its inodes (v << VIEW_SHIFT) | base inode; the index's are < 2**32.
