@@ -74,6 +74,7 @@ label files) for the source layer: one pass over the central directory, no index
 from __future__ import annotations
 
 import calendar
+import contextlib
 import functools
 import logging
 import os
@@ -316,6 +317,19 @@ class _ArchiveFile:
         if offset >= end:
             return []
         return [Run(self._fd, extent.blocks_start + offset, end - offset)]
+
+    def advise(self, extent: Extent) -> None:
+        """Ask the kernel to start reading a member's stored bytes (its data, or its deflated
+        data) into the page cache, without waiting (see `squashfs.SquashImage.advise`)."""
+        length = extent.size
+        if extent.block_sizes:  # (a deflated zip member: its compressed size)
+            try:
+                length = _DEFLATED.unpack(extent.block_sizes)[1]
+            except struct.error:
+                return
+        if 0 <= extent.blocks_start < self._size and length > 0:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(self._fd, extent.blocks_start, length, os.POSIX_FADV_WILLNEED)
 
 
 class _Window:

@@ -869,6 +869,13 @@ class Index:
             return self._read_blob(node, offset, size)
         return self._images[image].read(extent, offset, size, nowait=nowait)
 
+    def advise(self, node: Node) -> None:
+        """Ask the kernel to start reading file `node`'s stored bytes into the page cache
+        without waiting (`SquashImage.advise`): a hint for bytes about to be read."""
+        image, extent = node.extent()
+        if image != BLOB_IMAGE:
+            self._images[image].advise(extent)
+
     def image_size(self, ino: int) -> tuple[int, int] | None:
         """(width, height) of file `ino` as the size pass recorded it (`index --image-sizes`);
         None when it did not (no pass, or not an image it could read)."""

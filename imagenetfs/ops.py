@@ -74,7 +74,7 @@ from imagenetfs.errors import (
     errno_of,
 )
 from imagenetfs.index import DIR, FILE, MAX_NAME, ROOT_INO, SYMLINK, Node
-from imagenetfs.squashfs import Run, SquashImage, WouldBlock
+from imagenetfs.squashfs import Piece, SquashImage, WouldBlock
 from imagenetfs.views.resize import ResizeCache, ResizeSpec
 from imagenetfs.views.shards import SHARDS
 from imagenetfs.views.tree import RESIZED, VIEW_SHIFT, Tree
@@ -516,12 +516,13 @@ class Core:
         self._counts[INLINE_READS] += 1
         return data
 
-    def locate_read(self, ino: int, offset: int, size: int) -> list[Run] | None:
+    def locate_read(self, ino: int, offset: int, size: int) -> list[Piece] | None:
         """Where the bytes `read(ino, offset, size)` answers lie in the image files, as runs
-        (descriptor, position, length) to send as they are; None where that is not the whole
-        answer -- bytes to decompress, a resized or virtual file, an unpacked tree, nothing to
-        read, an error -- and then `read` answers (and counts) the READ. Counts nothing: a
-        READ answered from the runs is counted by `count_spliced`."""
+        (descriptor, position, length) to send as they are, with the bytes a shard view
+        makes between them; None where that is not the whole answer -- bytes to decompress
+        that are not in memory, a resized or virtual file, an unpacked tree, nothing to read,
+        an error -- and then `read` answers (and counts) the READ. Counts nothing: a READ
+        answered from the runs is counted by `count_spliced`."""
         try:
             node = self.tree.getattr(ino)
         except ImagenetfsError:

@@ -134,6 +134,11 @@ class Run(NamedTuple):
     length: int
 
 
+#: A piece of a located READ's reply (`Core.locate_read`): a run of an image file, or bytes
+#: a view made (a shard's tar headers, a decompressed tail) to go between runs.
+Piece = Run | bytes
+
+
 class Superblock(NamedTuple):
     """The superblock fields, as stored."""
 
@@ -609,6 +614,23 @@ class SquashImage:
                 return None
             runs.append(Run(fd, start + first + lo, hi - lo))
         return runs
+
+    def advise(self, extent: Extent) -> None:
+        """Ask the kernel to start reading the file's bytes as stored -- its data blocks and
+        its fragment block -- into the page cache (`POSIX_FADV_WILLNEED`), without waiting:
+        a hint for bytes about to be read (the shard view's read-ahead). An extent that does
+        not check out is left to `read` to report."""
+        try:
+            length = sum(word & _SIZE_MASK for word in extent.block_words())
+            spans = [(extent.blocks_start, length)] if length else []
+            if extent.fragment is not None and 0 <= extent.fragment < self.fragment_count:
+                start, word = self._fragment(extent.fragment)
+                spans.append((start, word & _SIZE_MASK))
+            for start, length in spans:
+                if 0 <= start < self._end and length > 0:
+                    os.posix_fadvise(self._fd, start, length, os.POSIX_FADV_WILLNEED)
+        except (OSError, ValueError):
+            pass
 
     def _read_blocks(
         self, extent: Extent, words: array[int], offset: int, end: int, nowait: bool

@@ -114,7 +114,7 @@ from imagenetfs.errors import (
 from imagenetfs.index import DTYPE
 from imagenetfs.ops import BLOCK_SIZE, Blocked, Core, Counters, Listed
 from imagenetfs.protocol import IN_HEADER, IN_START, NO_REPLY, OUT_HEADER
-from imagenetfs.squashfs import NO_NOWAIT, Run
+from imagenetfs.squashfs import NO_NOWAIT, Piece
 
 log = logging.getLogger(__name__)
 
@@ -280,22 +280,35 @@ class Splicer:
         os.close(self._r)
         os.close(self._w)
 
-    def fill(self, unique: int, runs: list[Run]) -> int | None:
-        """Put the reply to READ `unique` in the pipe: its header, then the bytes of `runs`.
-        Their size; or None when they cannot all go -- more pages than the pipe holds, a
-        file that cannot be spliced from, a splice that comes back short or fails -- with the
-        pipe empty again."""
+    def fill(self, unique: int, runs: list[Piece]) -> int | None:
+        """Put the reply to READ `unique` in the pipe: its header, then the bytes of `runs`
+        (each a run spliced from its file, or bytes written as they are). Their size; or None
+        when they cannot all go -- more pages than the pipe holds, a file that cannot be
+        spliced from, a splice that comes back short or fails -- with the pipe empty again."""
         size, pages = 0, 1
-        for fd, pos, length in runs:
+        for run in runs:
+            if isinstance(run, bytes):  # (written: a page per 4 KiB, merged with nothing)
+                size += len(run)
+                pages += -(-len(run) // PAGE)
+                continue
+            fd, pos, length = run
             if fd in self._unable:
                 return None
             size += length
             pages += (pos + length - 1) // PAGE - pos // PAGE + 1
         if pages > self.slots:
             return None
+        fd = -1
         try:
             os.write(self._w, OUT_HEADER.pack(16 + size, 0, unique))
-            for fd, pos, length in runs:
+            for run in runs:
+                if isinstance(run, bytes):
+                    if os.write(self._w, run) != len(run):  # (room was counted: never short)
+                        self.drain()
+                        return None
+                    fd = -1
+                    continue
+                fd, pos, length = run
                 while length:
                     got = os.splice(fd, self._w, length, offset_src=pos)
                     if got == 0:  # the end of a file cut short since it was indexed
@@ -305,7 +318,7 @@ class Splicer:
                     length -= got
         except OSError as e:
             self.drain()
-            if e.errno == errno.EINVAL:  # the file's filesystem has no splice_read
+            if e.errno == errno.EINVAL and fd >= 0:  # the file's filesystem has no splice_read
                 self._cannot(fd, e)
             return None
         except BaseException:  # (a signal handler's exception)
@@ -344,7 +357,7 @@ class Splicer:
 class _Job(NamedTuple):
     ino: int
     unique: int
-    runs: list[Run]
+    runs: list[Piece]
     started: int  # when the worker took the READ up (`time.perf_counter_ns()`)
 
 
@@ -366,12 +379,15 @@ class ColdReads:
         self._probe = bytearray(1)
         self._cannot_tell: set[int] = set()  # descriptors without RWF_NOWAIT
 
-    def cold(self, runs: list[Run]) -> bool:
+    def cold(self, runs: list[Piece]) -> bool:
         """Whether some bytes of `runs` are not in the page cache, as far as a one-byte
         `RWF_NOWAIT` read at the first and the last byte of each run says; False where the
         file's filesystem cannot tell (then the worker waits, as it would have)."""
         probe = self._probe
-        for fd, pos, length in runs:
+        for run in runs:
+            if isinstance(run, bytes):
+                continue
+            fd, pos, length = run
             if fd in self._cannot_tell:
                 return False
             for at in (pos, pos + length - 1) if length > 1 else (pos,):
@@ -386,7 +402,7 @@ class ColdReads:
                     return False  # (any other error: the worker's own read meets it)
         return False
 
-    def take(self, ino: int, unique: int, runs: list[Run], started: int) -> bool:
+    def take(self, ino: int, unique: int, runs: list[Piece], started: int) -> bool:
         """Hand READ `unique` (of `ino`'s bytes in `runs`) to the thread if they are `cold`:
         True when it took it; False when they are cached, when `COLD_WAITING` READs wait
         already, or when there is no thread (a reply it sent was refused, or it could not
@@ -451,7 +467,7 @@ class ColdReads:
                 reply = self._failed(e, job)
         else:
             try:
-                data = b"".join(_read_exactly(fd, pos, n) for fd, pos, n in job.runs)
+                data = b"".join(_read_exactly(run) for run in job.runs)
                 counters.sent(len(data), spliced=False, cold=True)
                 reply = OUT_HEADER.pack(16 + len(data), 0, job.unique) + data
             except (OSError, ImagenetfsError) as exc:
@@ -474,7 +490,10 @@ class ColdReads:
                                e, self.counters)  # fmt: skip
 
 
-def _read_exactly(fd: int, pos: int, length: int) -> bytes:
+def _read_exactly(run: Piece) -> bytes:
+    if isinstance(run, bytes):
+        return run
+    fd, pos, length = run
     data = os.pread(fd, length, pos)
     if len(data) != length:
         raise CorruptImageError(

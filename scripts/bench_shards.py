@@ -73,12 +73,34 @@ def timed(work: Any, parts: list[list[str]]) -> tuple[float, int]:
     return time.perf_counter() - started, sum(n for n, _ in done)
 
 
-def requests(mp: Path) -> int:
+def status(mp: Path) -> dict[str, Any]:
     out = subprocess.run([CLI, "status", "--json", str(mp)], capture_output=True, text=True)
     state = json.loads(out.stdout)
     if isinstance(state, list):
         state = next(s for s in state if s.get("mountpoint") == str(mp))
-    return sum(int(state["requests"][k]) for k in REQUESTS)
+    assert isinstance(state, dict)
+    return state
+
+
+def requests(mp: Path) -> int:
+    return sum(int(status(mp)["requests"][k]) for k in REQUESTS)
+
+
+def daemon_cpu(pid: int) -> float:
+    """CPU seconds of the daemon and its workers (its children) so far."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    pids = [pid]
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        pids += [int(p) for p in f.read().split()]
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def mount(source: Path, mp: Path, per_shard: int) -> None:
@@ -96,18 +118,29 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=Path("/var/tmp/imagenetfs-bench-shards"))
     p.add_argument("--readers", type=int, default=8)
     p.add_argument("--repeat", type=int, default=None)
+    p.add_argument(
+        "--mksquashfs-args", default="", help="for the generated images, e.g. '-noD -noF'"
+    )
     args = p.parse_args()
     repeat = args.repeat or (1 if args.quick else 3)
     classes, per_class, per_shard = (20, 100, 100) if args.quick else (100, 250, 1252)
-    source = args.work / f"src-{classes}x{per_class}"
+    flavour = "-".join(args.mksquashfs_args.replace("-", "").split()) or "gzip"
+    source = args.work / f"src-{classes}x{per_class}-{flavour}"
     if not (source / "train.squashfs").is_file():
-        spec = generate.Spec(classes=classes, train_per_class=per_class, val_per_class=0, test=0)
+        spec = generate.Spec(
+            classes=classes,
+            train_per_class=per_class,
+            val_per_class=0,
+            test=0,
+            mksquashfs_args=tuple(args.mksquashfs_args.split()),
+        )
         generate.generate(source, spec)
     images = sorted(source.glob("*.squashfs"))
     mp = Path(tempfile.mkdtemp(prefix="bench-shards-"))
     local = args.work / f"local-{classes}x{per_class}-{per_shard}"
     rows: dict[str, list[float]] = {}
     per_sample: dict[str, float] = {}
+    cpu: dict[str, list[float]] = {}  # the daemon's CPU seconds per 1,000 samples
     try:
         mount(source, mp, per_shard)
         view = mp / "shards" / "wds"
@@ -141,8 +174,13 @@ def main() -> int:
                     parts = [items[i::n] for i in range(n)]
                     for temperature in ("cold", "warm"):
                         before = requests(mp)
+                        pid = int(status(mp)["pid"])
+                        cpu_before = daemon_cpu(pid)
                         seconds, samples = timed(work, parts)
                         rows.setdefault(f"{name} {temperature}", []).append(samples / seconds)
+                        cpu.setdefault(f"{name} {temperature}", []).append(
+                            (daemon_cpu(pid) - cpu_before) * 1000 / samples
+                        )
                         if name in ("view", "tree") and temperature == "cold":
                             time.sleep(2.5)  # the counters are published every 2 s
                             per_sample[name] = (requests(mp) - before) / samples
@@ -155,16 +193,33 @@ def main() -> int:
     medians = {k: statistics.median(v) for k, v in rows.items()}
     print(f"{len(files):,} train samples in {len(shards)} shards, {args.readers} readers, "
           f"medians of {repeat}")  # fmt: skip
-    print("| workload | cold samples/s | warm samples/s |\n|---|---|---|")
+    cpu_medians = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"images: {flavour}")
+    print(
+        "| workload | cold samples/s | warm samples/s | daemon CPU s per 1,000 cold, warm |\n"
+        "|---|---|---|---|"
+    )
     for name in ("view", "local", "tree", "tree-contiguous"):
-        print(f"| {name} | {medians[f'{name} cold']:,.0f} | {medians[f'{name} warm']:,.0f} |")
+        print(
+            f"| {name} | {medians[f'{name} cold']:,.0f} | {medians[f'{name} warm']:,.0f} | "
+            f"{cpu_medians[f'{name} cold']:.2f}, {cpu_medians[f'{name} warm']:.2f} |"
+        )
     for t in ("cold", "warm"):
         print(f"view/local {t}: {medians[f'view {t}'] / medians[f'local {t}']:.2f}x; "
               f"view/tree {t}: {medians[f'view {t}'] / medians[f'tree {t}']:.2f}x")  # fmt: skip
     print(f"requests per sample: tree {per_sample['tree']:.2f}, view {per_sample['view']:.3f} "
           f"({per_sample['tree'] / per_sample['view']:.0f}x fewer)")  # fmt: skip
     (args.work / "results.json").write_text(
-        json.dumps({"rows": rows, "medians": medians, "requests_per_sample": per_sample}, indent=2)
+        json.dumps(
+            {
+                "images": flavour,
+                "rows": rows,
+                "medians": medians,
+                "requests_per_sample": per_sample,
+                "daemon_cpu_per_1000": cpu,
+            },
+            indent=2,
+        )
     )
     return 0
 

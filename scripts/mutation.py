@@ -10,9 +10,9 @@
         --budget-minutes 15 >> .mutation/run.log 2>&1          # survivors vs. wider tests
     /tmp/mut-venv/bin/python scripts/mutation.py --report      # counts and every survivor
 
-Modules: ops.py, squashfs.py, archive.py, index.py, views/tree.py in imagenetfs/. For each, cosmic-ray
-(`cosmic-ray init`) lists every mutant into `.mutation/<module>.sqlite`; mutants that only
-change a type annotation are set aside (every module has `from __future__ import annotations`,
+Modules: ops.py, squashfs.py, archive.py, index.py, views/tree.py in imagenetfs/. For each,
+cosmic-ray (`cosmic-ray init`) lists every mutant into `.mutation/<module>.sqlite`; mutants that
+only change a type annotation are set aside (every module has `from __future__ import annotations`,
 so annotations are strings never evaluated: such a mutant is equivalent by construction); of
 the rest `--sample` per module are drawn with `random.Random(seed)`, and the draws of all modules
 are run interleaved, so a run stopped by `--budget-minutes` still holds a uniform sample of

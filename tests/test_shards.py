@@ -10,6 +10,7 @@ reads member data offsets, wids's index names each shard with its size and sampl
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import io
@@ -24,14 +25,29 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Mounted, Mounter, SmallSource, small_source
+from helpers import (
+    Mounted,
+    Mounter,
+    SmallSource,
+    drop_written,
+    small_source,
+    wait_until,
+)
 from PIL import Image
 from prepared import prepared_module
 
 from imagenetfs import generate, index, source
 from imagenetfs.generate import Spec
 from imagenetfs.index import Index
-from imagenetfs.views.shards import MTIME, RECORD, header, json_length, sample_json
+from imagenetfs.squashfs import SquashImage
+from imagenetfs.views.shards import (
+    MTIME,
+    READ_AHEAD,
+    RECORD,
+    header,
+    json_length,
+    sample_json,
+)
 from imagenetfs.views.tree import ShardSettings, Tree
 
 PER_SHARD = 3
@@ -435,6 +451,127 @@ def test_every_source_layout_serves_the_same_shards(tmp_path: Path) -> None:
         assert len(tar.getmembers()) == 6
     for name, root in made.items():
         assert shard_bytes(root, tmp_path) == reference, name
+
+
+# --- how the workers send shards: spliced, and read ahead ------------------------------------
+
+#: Real-size JPEGs (the generator's realistic ones, ~110 KB) in images whose data blocks are
+#: stored (-noD -noF), in gzip images (stored blocks, compressed fragments), and in tars.
+STORED = Spec(
+    classes=2, train_per_class=6, val_per_class=1, test=1, mksquashfs_args=("-noD", "-noF")
+)
+
+
+@pytest.mark.parametrize("layout", ["noD-noF", "gzip", "official"])
+def test_worker_sends_shards_spliced_byte_for_byte(
+    layout: str, mounter: Mounter, tmp_path: Path
+) -> None:
+    """A worker sends a READ of a shard as runs spliced from the images with the bytes it
+    makes between them (headers, `.cls`, `.json`, padding, a decompressed tail): the bytes
+    are the shard the operation core makes by copying (`shard_bytes`), whole and at random
+    offsets and lengths (O_DIRECT: each READ as the reader asks it), and on stored images
+    and tars the READs were spliced (`reads_spliced`)."""
+    spec = {
+        "noD-noF": STORED,
+        "gzip": Spec(**{**STORED.__dict__, "mksquashfs_args": ()}),
+        "official": Spec(**{**STORED.__dict__, "mksquashfs_args": (), "layout": "official"}),
+    }[layout]
+    data = tmp_path / "src"
+    generate.generate(data, spec)
+    expected = shard_bytes(data, tmp_path, per_shard=5)
+    mounted = mounter.mount(mounter.mkdir("mnt"), data, "--shards", "--shard-samples", 5,
+                            "--workers", 2, index=tmp_path / "i")  # fmt: skip
+    rng = random.Random(layout)
+    for name, whole in sorted(expected.items()):
+        path = view(mounted) / name
+        assert path.read_bytes() == whole, name
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+        try:
+            for _ in range(20):
+                offset = rng.randrange(len(whole) + 600)
+                length = rng.choice([1, 511, 513, 4096, 70_000, 300_000, 1 << 20])
+                assert os.pread(fd, length, offset) == whole[offset : offset + length], (
+                    name, offset, length,
+                )  # fmt: skip
+        finally:
+            os.close(fd)
+    stats = mounted.stats(after=time.time())
+    if layout != "gzip":
+        assert stats["fs"]["reads_spliced"] > 0, stats["fs"]
+    assert stats["fs"]["errors"] == 0, stats["fs"]
+
+
+def image_bytes_cached(image: Path, ix: Index, rel: str) -> bool:
+    """Whether the page of `image` that holds the middle byte of file `rel` (stored: -noD
+    -noF) is in the page cache, by mincore(2) on a mapping of the image -- which starts no
+    read (a one-byte RWF_NOWAIT read would: it starts the kernel's read-ahead before it
+    answers EAGAIN)."""
+    node = ix.getattr(index.ROOT_INO)
+    for name in rel.encode().split(b"/"):
+        node = ix.lookup(node.ino, name)
+    _, extent = node.extent()
+    with SquashImage(image) as squash:
+        runs = squash.locate(extent, extent.size // 2, 1)
+    assert runs, rel
+    page = runs[0].offset // mmap.PAGESIZE * mmap.PAGESIZE
+    libc = ctypes.CDLL(None, use_errno=True)
+    with (
+        open(image, "rb") as f,
+        mmap.mmap(f.fileno(), mmap.PAGESIZE, access=mmap.ACCESS_COPY, offset=page) as mapped,
+    ):
+        address = ctypes.addressof(ctypes.c_char.from_buffer(mapped))
+        vector = (ctypes.c_ubyte * 1)()
+        if libc.mincore(ctypes.c_void_p(address), ctypes.c_size_t(mmap.PAGESIZE), vector):
+            raise OSError(ctypes.get_errno(), "mincore")
+        return bool(vector[0] & 1)
+
+
+def far_sample(shard: Path, skip: int) -> tuple[str, int]:
+    """The tree path of the first sample whose data starts `skip` bytes or more into `shard`,
+    and where they start (by the DALI index beside it: `jpg <offset> <size> <name>`)."""
+    lines = shard.with_suffix(".idx").read_text().splitlines()[1:]
+    for line in lines:
+        fields = line.split()
+        at = fields.index("jpg")
+        if int(fields[at + 1]) >= skip:
+            key = fields[at + 3].rsplit(".", 1)[0]
+            return f"train/{key.split('_')[0]}/{key}.JPEG", int(fields[at + 1])
+    raise AssertionError(f"{shard}: no sample {skip} bytes in")
+
+
+def test_streaming_reader_gets_the_next_samples_read_ahead(
+    mounter: Mounter, tmp_path: Path
+) -> None:
+    """Two READs that follow each other at a shard's start make the worker ask for the image
+    bytes of the samples ahead (`WdsView.read_ahead`): a sample ~2 MiB further is in the page
+    cache soon after, without being read. One READ in the middle of another shard (a reader
+    seeking, as wids does) asks for nothing: a sample ~1.5 MiB past it stays uncached."""
+    data = tmp_path / "src"
+    generate.generate(data, Spec(**{**STORED.__dict__, "train_per_class": 80}))
+    image = data / "train.squashfs"
+    mounted = mounter.mount(mounter.mkdir("mnt"), data, "--shards", "--shard-samples", 80,
+                            "--workers", 2, index=tmp_path / "i")  # fmt: skip
+    streamed, sought = shard_paths(view(mounted), "train")[:2]
+    drop_written(image)
+    with Index.open(tmp_path / "i") as ix:
+        (ahead, at), (past, beyond) = far_sample(streamed, 2 << 20), far_sample(sought, 3 << 20)
+        # (both where a read-ahead from the READs below would reach)
+        assert at + (1 << 20) < (256 << 10) + READ_AHEAD and beyond < (3 << 19) + READ_AHEAD
+        assert not image_bytes_cached(image, ix, ahead)
+        assert not image_bytes_cached(image, ix, past)
+        fd = os.open(sought, os.O_RDONLY | os.O_DIRECT)
+        try:
+            os.preadv(fd, [mmap.mmap(-1, 128 << 10)], 3 << 19)
+        finally:
+            os.close(fd)
+        fd = os.open(streamed, os.O_RDONLY | os.O_DIRECT)
+        try:
+            for offset in (0, 128 << 10):
+                os.preadv(fd, [mmap.mmap(-1, 128 << 10)], offset)
+        finally:
+            os.close(fd)
+        assert wait_until(lambda: image_bytes_cached(image, ix, ahead), 10)
+        assert not image_bytes_cached(image, ix, past)
 
 
 # --- the loaders' own readers -------------------------------------------------------------

@@ -62,7 +62,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from imagenetfs.errors import CorruptImageError, NoSuchEntry, NotADirectory
@@ -76,6 +76,7 @@ from imagenetfs.index import (
     directory_node,
     virtual_file_node,
 )
+from imagenetfs.squashfs import Piece, WouldBlock
 
 SHARDS = b"shards"
 #: The view number of `shards/` (views.py: view v holds (v << VIEW_SHIFT) | n).
@@ -96,6 +97,10 @@ MAX_KEY = 100 - len(".json")
 MAX_SIZE = 8**11 - 1
 #: Shard tables kept per serving process.
 TABLES = 32
+#: How far past a sequential reader's position in a shard its samples' image bytes are asked
+#: for (`Index.advise`), and how near the last READ's end a READ must start to continue it.
+READ_AHEAD = 4 << 20
+SEQUENTIAL = 1 << 20
 
 _SHARDS_DIR, _SEED_DIR, _FIRST_CHILD = 1, 2, 3
 _ZEROS = bytes(RECORD)
@@ -177,6 +182,15 @@ def sample_size(cls: int, size: int, js: int) -> int:
     return 3 * BLOCK + padded(cls) + padded(size) + padded(js)
 
 
+@dataclass
+class Ahead:
+    """Where a shard's readers are: the end of its last READ, and how far its samples' image
+    bytes have been asked for (see `WdsView.read_ahead`)."""
+
+    last_end: int = 0
+    advised: int = 0
+
+
 @dataclass(frozen=True)
 class Table:
     """One shard, member by member."""
@@ -184,6 +198,7 @@ class Table:
     samples: list[Sample]
     starts: list[int]  # each sample's offset
     size: int  # the whole shard's
+    ahead: Ahead = field(default_factory=Ahead)
 
     def index_text(self) -> bytes:
         lines = [f"v1.2 {len(self.samples)}"] + [s.index_line() for s in self.samples]
@@ -551,7 +566,9 @@ class WdsView:
         if offset >= end:
             return b""
         if child.kind == "tar":
-            return self._read_shard(self.table(child.split, child.shard), offset, end, nowait)
+            table = self.table(child.split, child.shard)
+            self.read_ahead(table, offset, end)
+            return self._read_shard(table, offset, end, nowait)
         if child.kind == "info":
             data = layout.info
         elif child.kind == "wids":
@@ -560,8 +577,87 @@ class WdsView:
             data = self.table(child.split, child.shard).index_text()
         return data[offset:end]
 
+    def read_ahead(self, table: Table, offset: int, end: int) -> None:
+        """When READs of a shard follow each other (one starts within `SEQUENTIAL` of the
+        last one's end: a streaming reader, whose kernel read-ahead sends them in order to
+        any worker), ask for the image bytes of its samples up to `READ_AHEAD` past this
+        one's end, a batch at a time: the disk (or a shared filesystem) then reads them all
+        at once instead of one sample per waiting READ. A READ elsewhere (a reader seeking
+        to samples: wids, DALI) asks for nothing. The kernel decides what to read; nothing
+        is kept here but two offsets."""
+        ahead = table.ahead
+        sequential = abs(offset - ahead.last_end) <= SEQUENTIAL
+        ahead.last_end = end
+        if not sequential or ahead.advised >= min(end + READ_AHEAD // 2, table.size):
+            return
+        samples = table.samples
+        i = max(bisect.bisect_right(table.starts, max(offset, ahead.advised)) - 1, 0)
+        stop = end + READ_AHEAD
+        while i < len(samples) and samples[i].offset < stop:
+            if samples[i].end > ahead.advised:
+                self.index.advise(samples[i].node)
+            i += 1
+        ahead.advised = samples[i - 1].end if i else stop
+
+    def locate(self, node: Node, offset: int, size: int) -> list[Piece] | None:
+        """A READ of a shard as the worker sends it (`ops.Core.locate_read`): the runs of its
+        images' bytes, stored as they are, with the bytes between them (headers, padding,
+        `.cls` and `.json`) -- and a piece to decompress as bytes when it is in memory.
+        None for the view's other files, and where some bytes would have to wait: `read`
+        answers those."""
+        k = node.ino - self._base - _FIRST_CHILD
+        layout = self.layout
+        child = layout.children[k]
+        end = min(offset + size, node.size)
+        if child.kind != "tar" or offset >= end:
+            return None
+        table = self.table(child.split, child.shard)
+        self.read_ahead(table, offset, end)
+        pieces: list[Piece] = []
+        made: list[bytes] = []  # bytes to go before the next run, joined
+        for piece in self._spans(table, offset, end):
+            if isinstance(piece, bytes):
+                made.append(piece)
+                continue
+            image, a, n = piece
+            runs = self.index.locate(image, a, n)
+            if runs is None:
+                try:
+                    data = self.index.read(image, a, n, nowait=True)
+                except WouldBlock:
+                    return None
+                if len(data) != n:
+                    return None  # (`read` says why)
+                made.append(data)
+                continue
+            if made:
+                pieces.append(b"".join(made))
+                made = []
+            pieces.extend(runs)
+        if made:
+            pieces.append(b"".join(made))
+        return pieces
+
     def _read_shard(self, table: Table, offset: int, end: int, nowait: bool) -> bytes:
         parts: list[bytes] = []
+        for piece in self._spans(table, offset, end):
+            if isinstance(piece, bytes):
+                parts.append(piece)
+                continue
+            image, a, n = piece
+            data = self.index.read(image, a, n, nowait=nowait)
+            if len(data) != n:
+                raise CorruptImageError(
+                    f"{image.name!r}: {len(data)} bytes at {a} where {n} were "
+                    "indexed (its image was cut short?)"
+                )
+            parts.append(data)
+        return b"".join(parts)
+
+    @staticmethod
+    def _spans(table: Table, offset: int, end: int) -> Iterator[bytes | tuple[Node, int, int]]:
+        """Bytes [offset, end) of a shard, in order: bytes made here, or (image node,
+        offset, length) of bytes of a sample's image."""
         i = max(bisect.bisect_right(table.starts, offset) - 1, 0)
         pos = offset
         while pos < end and i < len(table.samples):
@@ -575,23 +671,13 @@ class WdsView:
                 if pos >= start + length:
                     continue
                 a, b = pos - start, min(end, start + length) - start
-                if isinstance(piece, bytes):
-                    parts.append(piece[a:b])
-                else:
-                    data = self.index.read(piece, a, b - a, nowait=nowait)
-                    if len(data) != b - a:
-                        raise CorruptImageError(
-                            f"{piece.name!r}: {len(data)} bytes at {a} where {b - a} were "
-                            "indexed (its image was cut short?)"
-                        )
-                    parts.append(data)
+                yield piece[a:b] if isinstance(piece, bytes) else (piece, a, b - a)
                 pos = start + b
             i += 1
         while pos < end:  # the end: zeros
             chunk = min(end - pos, RECORD)
-            parts.append(_ZEROS[:chunk])
+            yield _ZEROS[:chunk]
             pos += chunk
-        return b"".join(parts)
 
 
 def _pieces(sample: Sample) -> Iterator[tuple[int, int, bytes | Node]]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from typing import cast
 
 from imagenetfs.errors import NoSuchEntry
 from imagenetfs.index import (
@@ -30,7 +31,7 @@ from imagenetfs.index import (
     Node,
     directory_node,
 )
-from imagenetfs.squashfs import Run
+from imagenetfs.squashfs import Piece
 from imagenetfs.views.resize import (
     DEFAULT_QUALITY,
     MAX_SOURCE_BYTES,
@@ -195,14 +196,14 @@ class Tree:
         base = replace(node, ino=node.ino & _BASE_MASK)
         return self.index.read(base, offset, size, nowait=nowait)
 
-    def locate(self, node: Node, offset: int, size: int) -> list[Run] | None:
+    def locate(self, node: Node, offset: int, size: int) -> list[Piece] | None:
         """Where the bytes `read` returns lie in the image files (`Index.locate`); None where
         they are not stored as they are read. (The view's inode bits do not matter: only a
-        virtual file is read by inode, and it is never located; a shard view's file is made
-        on read: None.)"""
+        virtual file is read by inode, and it is never located; a shard is located by its
+        view: runs of its images with the headers between them, `WdsView.locate`.)"""
         if self.shards is not None and self.shards.owns(node.ino):
-            return None
-        return self.index.locate(node, offset, size)
+            return self.shards.locate(node, offset, size)
+        return cast("list[Piece] | None", self.index.locate(node, offset, size))
 
     # resized files
     def spec_of(self, node: Node) -> ResizeSpec | None:
