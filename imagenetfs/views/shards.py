@@ -50,6 +50,11 @@ and the last `TABLES` are kept.
 
 Inodes: the view's range `(SHARDS_VIEW << VIEW_SHIFT) | n` (views.py): n = 1 is `shards/`,
 2 the seed's directory, 3 + k its k-th child in name order.
+
+Other formats. `shards/` also lists its siblings' directories (`shards/tfrecord/`,
+tfrecord.py: its own inode range, its own reads), and the walk that orders the samples computes
+a `Companion`'s number per sample too, so the other format has the same samples in the same
+order without a walk of its own.
 """
 
 from __future__ import annotations
@@ -61,9 +66,9 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from imagenetfs.errors import CorruptImageError, NoSuchEntry, NotADirectory
 from imagenetfs.index import (
@@ -190,6 +195,21 @@ class Table:
         return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
 
+#: (label, wnid, file name, file size, (width, height) or None) of a sample -> a number
+LengthOf = Callable[[int, bytes, bytes, int, tuple[int, int] | None], int]
+
+
+@dataclass(frozen=True)
+class Companion:
+    """Another format over the same samples in the same order (tfrecord.py): a number per
+    sample, computed in the walk that orders them (`length`), and what that format keeps of
+    those numbers per split once the order is known (`summarize(split name, the numbers in
+    order as an int64 numpy array)`, kept in `Split.companion`)."""
+
+    length: LengthOf
+    summarize: Callable[[str, Any], Any]
+
+
 @dataclass(frozen=True)
 class Split:
     """One split of the view, in order and cut into shards."""
@@ -200,6 +220,7 @@ class Split:
     first: list[int]  # the first sample of each shard; one more entry: the sample count
     sizes: list[int]  # each shard's size in bytes
     index_sizes: list[int]  # each shard's DALI index's size
+    companion: Any = None  # `Companion.summarize`'s result, when there is a companion
 
     @property
     def shards(self) -> int:
@@ -229,12 +250,20 @@ class Layout:
         seed: int,
         per_shard: int | None,
         image_size: Callable[[int], tuple[int, int] | None],
+        companion: Companion | None = None,
     ) -> None:
         self.labels = _labels(index)
         self.splits: list[Split] = []
         for name, directory, default in SPLITS:
             split = _split(
-                index, name, directory, self.labels, seed, per_shard or default, image_size
+                index,
+                name,
+                directory,
+                self.labels,
+                seed,
+                per_shard or default,
+                image_size,
+                companion,
             )
             if split is not None:
                 self.splits.append(split)
@@ -310,6 +339,7 @@ def _split(
     seed: int,
     per_shard: int,
     image_size: Callable[[int], tuple[int, int] | None],
+    companion: Companion | None = None,
 ) -> Split | None:
     """One split's order and shard sizes: a walk of its class directories in the index (one
     pass in Python, ~1 µs a file beyond the index's own), the rest in numpy."""
@@ -322,6 +352,7 @@ def _split(
     if top.kind != DIR:
         return None
     inos, sizes, keys, labels_of, jsons = (array.array(t) for t in ("I", "Q", "H", "I", "I"))
+    others = array.array("Q")  # (the companion's numbers)
     names: list[bytes] = []  # (val only: ordered by name)
     digests = array.array("Q")  # (train only: the shuffle's sort keys)
     seed_key = seed.to_bytes(8, "little", signed=True)
@@ -341,7 +372,10 @@ def _split(
             sizes.append(size)
             keys.append(len(key))
             labels_of.append(label)
-            jsons.append(json_length(label, file_name, image_size(ino)))
+            dims = image_size(ino)
+            jsons.append(json_length(label, file_name, dims))
+            if companion is not None:
+                others.append(companion.length(label, wnid.name, file_name, size, dims))
             if train:
                 digest = hashlib.blake2b(prefix + file_name, digest_size=8, key=seed_key)
                 digests.append(int.from_bytes(digest.digest(), "big"))
@@ -353,14 +387,15 @@ def _split(
     else:
         order = np.array(sorted(range(count), key=names.__getitem__), dtype=np.int64)
     del names, digests
-    shards = -(-count // per_shard)
-    first = [0]
-    if shards:
-        base, extra = divmod(count, shards)
-        for n in range(shards):
-            first.append(first[-1] + base + (n < extra))
+    first = cut(count, per_shard)
+    shards = len(first) - 1
+    summary = None
+    if companion is not None:
+        ordered_others = np.frombuffer(others, dtype=np.uint64).astype(np.int64)[order]
+        summary = companion.summarize(name, ordered_others)
+        del ordered_others, others
     if not count:
-        return Split(name, 1, array.array("I"), first, [], [])
+        return Split(name, 1, array.array("I"), first, [], [], summary)
     file_size = np.frombuffer(sizes, dtype=np.uint64).astype(np.int64)[order]
     labelled = np.frombuffer(labels_of, dtype=np.uint32).astype(np.int64)[order]
     cls_len = _ndigits(np, labelled)
@@ -380,7 +415,19 @@ def _split(
     shard_sizes = [-(-(int(d) + 2 * BLOCK) // RECORD) * RECORD for d in data]
     index_sizes = [len(f"v1.2 {first[n + 1] - first[n]}\n") + int(lines[n]) for n in range(shards)]
     ordered = array.array("I", np.frombuffer(inos, dtype=np.uint32)[order].tobytes())
-    return Split(name, len(str(shards - 1)), ordered, first, shard_sizes, index_sizes)
+    return Split(name, len(str(shards - 1)), ordered, first, shard_sizes, index_sizes, summary)
+
+
+def cut(count: int, per_shard: int) -> list[int]:
+    """The first sample of each of the `ceil(count / per_shard)` shards of `count` samples,
+    the remainder one more sample each to the first shards; one more entry: `count`."""
+    shards = -(-count // per_shard)
+    first = [0]
+    if shards:
+        base, extra = divmod(count, shards)
+        for n in range(shards):
+            first.append(first[-1] + base + (n < extra))
+    return first
 
 
 #: The characters of a DALI index line other than the key (3x) and the six numbers.
@@ -410,8 +457,18 @@ def json_length(label: int, name: bytes, size: tuple[int, int] | None) -> int:
     return length
 
 
+class Sibling(Protocol):
+    """Another directory of `shards/` (tfrecord.py's): its name and its node."""
+
+    dir_name: bytes
+
+    def dir_node(self) -> Node: ...
+
+
 class WdsView:
-    """`shards/` and the one seed directory in it, over `index` (see the module docstring)."""
+    """`shards/` and the one seed directory in it, over `index` (see the module docstring).
+    `shards/` lists the `siblings` too (other formats' directories, each serving itself); a
+    `companion` rides along in the walk that orders the samples (see `Companion`)."""
 
     def __init__(
         self,
@@ -420,6 +477,8 @@ class WdsView:
         seed: int = 0,
         per_shard: int | None = None,
         view_shift: int,
+        siblings: Sequence[Sibling] = (),
+        companion: Companion | None = None,
     ) -> None:
         self.index = index
         self.seed = seed
@@ -428,6 +487,8 @@ class WdsView:
         self._shift = view_shift
         self._base = SHARDS_VIEW << view_shift
         self.root_ino = self._base | _SHARDS_DIR
+        self.siblings = tuple(siblings)
+        self._companion = companion
         self._layout: Layout | None = None
         self._lock = threading.Lock()
         self._tables: OrderedDict[tuple[int, int], Table] = OrderedDict()
@@ -440,7 +501,9 @@ class WdsView:
         if layout is None:
             with self._lock:
                 if self._layout is None:
-                    self._layout = Layout(self.index, self.seed, self.per_shard, self._size_of)
+                    self._layout = Layout(
+                        self.index, self.seed, self.per_shard, self._size_of, self._companion
+                    )
                 layout = self._layout
         return layout
 
@@ -479,7 +542,13 @@ class WdsView:
         return ino >> self._shift == SHARDS_VIEW
 
     def root_node(self) -> Node:
-        return directory_node(self.root_ino, ROOT_INO, SHARDS, MTIME, 1)
+        return directory_node(self.root_ino, ROOT_INO, SHARDS, MTIME, 1 + len(self.siblings))
+
+    def _subdirs(self) -> list[tuple[bytes, Callable[[], Node]]]:
+        """`shards/`'s directories in name order: this view's and the siblings'."""
+        found = [(self.dir_name, self._seed_dir)]
+        found += [(sibling.dir_name, sibling.dir_node) for sibling in self.siblings]
+        return sorted(found, key=lambda pair: pair[0])
 
     def _seed_dir(self) -> Node:
         return directory_node(self._base | _SEED_DIR, self.root_ino, self.dir_name, MTIME, 0)
@@ -511,8 +580,9 @@ class WdsView:
     def lookup(self, parent: int, name: bytes) -> Node:
         n = parent - self._base
         if n == _SHARDS_DIR:
-            if name == self.dir_name:
-                return self._seed_dir()
+            for dir_name, node in self._subdirs():
+                if name == dir_name:
+                    return node()
             raise NoSuchEntry(name)
         if n == _SEED_DIR:
             k = self.layout.position.get(name)
@@ -525,8 +595,8 @@ class WdsView:
     def entries(self, ino: int, offset: int = 0) -> Iterator[tuple[int, int, bytes]]:
         n = ino - self._base
         if n == _SHARDS_DIR:
-            if offset < 1:
-                yield self._base | _SEED_DIR, DIR, self.dir_name
+            for dir_name, node in self._subdirs()[max(offset, 0) :]:
+                yield node().ino, DIR, dir_name
             return
         if n == _SEED_DIR:
             for k, child in enumerate(self.layout.children[max(offset, 0) :], max(offset, 0)):
@@ -536,6 +606,10 @@ class WdsView:
         raise NotADirectory(ino)
 
     def readdir(self, ino: int, offset: int = 0) -> Iterator[Node]:
+        if ino - self._base == _SHARDS_DIR:
+            for _, node in self._subdirs()[max(offset, 0) :]:
+                yield node()
+            return
         for child, _, _ in self.entries(ino, offset):
             yield self.getattr(child)
 
