@@ -18,7 +18,7 @@ sample). A sample is three members, in this order: `<key>.cls` (the 0-based clas
 sorted-wnid order as `train.txt` numbers them, ASCII digits), `<key>.jpg` (the file's bytes,
 untouched: the few CMYK or PNG files of ImageNet are served as they are stored) and
 `<key>.json` (`{"label": ..., "filename": ..., "width": ..., "height": ...}`, width and height
-only where `imagenetfs index --image-sizes` recorded them). The key is the file name without
+only where `imagenetfs index --image-info` recorded them). The key is the file name without
 its extension, any other dot made `_` (webdataset cuts keys at the first dot); a file whose key
 is longer than 95 bytes (a member name must fit ustar's 100 bytes) or whose size does not fit
 ustar's 8 GiB has no sample -- ImageNet has none.
