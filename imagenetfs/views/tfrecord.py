@@ -60,8 +60,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import google_crc32c
-
 from imagenetfs.errors import CorruptImageError, NoSuchEntry, NotADirectory
 from imagenetfs.index import (
     DIR,
@@ -319,6 +317,8 @@ _U64 = struct.Struct("<Q")
 
 def framing(data_length: int) -> bytes:
     """A record's first 12 bytes: the length and its masked CRC."""
+    import google_crc32c  # (only once records are made)
+
     length = _U64.pack(data_length)
     return length + _U32.pack(masked(google_crc32c.value(length)))
 
@@ -605,6 +605,8 @@ class TfrecordView:
         found = self._tables.get((s, n))
         if found is not None:
             return found
+        import google_crc32c  # (only once records are made)
+
         split, tf = self.layout.splits[s]
         labels = self._wds_layout().labels
         records, starts, offset = [], [], 0
