@@ -76,8 +76,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     print(f"source: {src.describe()}")
     if not build:
         with index.Index.open(path, source=root, names=src.image_names) as ix:
-            stats, sized = ix.stats, ix.image_sizes is not None
-        if sized or not args.image_sizes:
+            stats, passed = ix.stats, ix.file_crcs is not None
+        if passed or not args.image_info:
             print(f"index {path}: up to date ({stats.entries:,} entries, {stats.files:,} files)")
             return 0
     started = time.monotonic()
@@ -88,7 +88,7 @@ def cmd_index(args: argparse.Namespace) -> int:
         source=str(root),
         virtual=src.virtual_files,
         progress=not args.quiet,
-        image_sizes=args.image_sizes,
+        image_info=args.image_info,
     )
     print(
         f"index {path}: built in {time.monotonic() - started:.1f} s "
@@ -573,11 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
     idx.add_argument("--rebuild", action="store_true", help="build even if an index exists")
     idx.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     idx.add_argument(
+        "--image-info",
         "--image-sizes",
+        dest="image_info",
         action="store_true",
-        help="also read each image's header and record its width and height (the shard "
-        "view's .json shows them); reads the start of every file, so it takes longer. "
-        "Rebuilds an index that has none",
+        help="also read every image file once, whole, and record its width and height (the "
+        "shard views show them) and the CRC32C of its bytes (the TFRecord view needs them); "
+        "reads every byte, so it takes longer. Rebuilds an index that has none",
     )
     idx.set_defaults(func=cmd_index)
 
@@ -624,23 +626,26 @@ def build_parser() -> argparse.ArgumentParser:
         "--shards",
         action="store_true",
         help="also serve shards/wds/: the train and val splits as WebDataset tar shards "
-        "(timm's imagenet1k-wds names, _info.json, wids and DALI indexes), made on the fly",
+        "(timm's imagenet1k-wds names, _info.json, wids and DALI indexes), and shards/"
+        "tfrecord/: the same samples as TFRecord shards (TensorFlow's train-00000-of-01024 "
+        "names, DALI indexes; needs an index built with --image-info), made on the fly",
     )
     mnt.add_argument(
         "--shard-seed",
         type=int,
         default=0,
         metavar="N",
-        help="with --shards: shuffle train with seed N, served as shards/wds-seedN/ "
-        "(default: 0, shards/wds/)",
+        help="with --shards: shuffle train with seed N, served as shards/wds-seedN/ and "
+        "shards/tfrecord-seedN/ (default: 0, shards/wds/ and shards/tfrecord/)",
     )
     mnt.add_argument(
         "--shard-samples",
         type=int,
         default=None,
         metavar="N",
-        help="with --shards: N samples per shard (default: as full ImageNet's 1,024 train and "
-        "64 val shards hold, 1,252 and 782)",
+        help="with --shards: N samples per shard, in both splits of both formats (default: "
+        "as full ImageNet's shards hold: 1,252 in train's 1,024; in validation's 64 "
+        "WebDataset shards 782, in its 128 TFRecord shards 391)",
     )
     mnt.add_argument(
         "--stage",

@@ -1,5 +1,5 @@
 """Width and height of an image file, from its header: the optional pass of an index build
-(`imagenetfs index --image-sizes`) that the shard view's `.json` members show.
+(`imagenetfs index --image-info`) that the shard view's `.json` members show.
 
 Reads the first `HEAD` bytes of a file (a JPEG's SOF marker is there unless its EXIF or ICC
 segments are larger) and asks Pillow, which parses the header without decoding pixels; when

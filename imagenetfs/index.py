@@ -385,13 +385,14 @@ def build(
     source: str | None = None,
     virtual: VirtualFiles | None = None,
     progress: bool = True,
-    image_sizes: bool = False,
+    image_info: bool = False,
 ) -> IndexStats:
     """Walk `images`, place their entries with `place`, add the `virtual` files computed from
     the placed ones, and write the index atomically. The images are recorded by their path
-    relative to `source` (default: their common directory). With `image_sizes`, also read
-    the header of every file named like an image and record its width and height (see
-    `Index.image_size`): the one pass that reads files' bytes."""
+    relative to `source` (default: their common directory). With `image_info`, also read
+    every file named like an image, whole, and record its width and height from its header
+    and the CRC32C of its bytes (see `Index.image_size`, `Index.file_crc`): the one pass that
+    reads files' bytes."""
     images = [Path(os.path.abspath(p)) for p in images]
     if not images:
         raise IndexError_("no images to index")
@@ -402,7 +403,7 @@ def build(
     placer = place or place_by_image_name(images)
     fingerprints = []
     tree: _TreeBuilder | None = None
-    sizes: dict[tuple[bytes, ...], tuple[int, int]] | None = {} if image_sizes else None
+    info: dict[tuple[bytes, ...], tuple[int, int, int]] | None = {} if image_info else None
     from tqdm import tqdm  # only when building: keeps mounting light
 
     with tqdm(
@@ -417,8 +418,8 @@ def build(
                     components = placer(i, entry)
                     if components is not None:
                         tree.add(components, i, entry, str(image_path))
-                        if sizes is not None:
-                            _record_size(sizes, components, image, entry)
+                        if info is not None:
+                            _record_info(info, components, image, entry)
                     if n % 4096 == 4095:
                         bar.update(4096)
                 bar.update(n % 4096 + 1)
@@ -430,32 +431,57 @@ def build(
         for components, data in virtual(list(tree.file_paths())).items():
             tree.add_blob(components, data)
     records = [{"name": n, **fp} for n, fp in zip(names, fingerprints, strict=True)]
-    return _write(index_path, tree, records, root, sizes)
+    return _write(index_path, tree, records, root, info)
 
 
 #: Endings of the names of image files (compared lower-case): the files the size pass reads,
 #: a resized view resizes (views/tree.py) and the shard view makes samples of (views/shards.py).
 IMAGE_SUFFIXES = (b".jpeg", b".jpg", b".png")
-#: Key prefix of the recorded image sizes in `blobs` (no file has inode 0).
+#: Key prefix of the recorded image information in `blobs` (no file has inode 0): per file,
+#: width and height (0, 0: none found) and the CRC32C of its bytes, 12 bytes (indexes built
+#: before the CRC was recorded hold 8: width and height).
 _SIZE_KEY = _INO.pack(0)
 _DIMS = struct.Struct("<II")
+_INFO = struct.Struct("<III")
+#: The image pass reads a file in pieces of this size; the first holds whatever the header
+#: parser reads (imagesize.MOST).
+_INFO_CHUNK = 4 << 20
 
 
-def _record_size(
-    sizes: dict[tuple[bytes, ...], tuple[int, int]],
+def _record_info(
+    info: dict[tuple[bytes, ...], tuple[int, int, int]],
     components: Sequence[bytes],
     image: Image,
     entry: squashfs.Entry,
 ) -> None:
+    """Width, height and CRC32C of a file named like an image: its bytes read once, whole."""
     if entry.kind != squashfs.FILE or not components[-1].lower().endswith(IMAGE_SUFFIXES):
         return
-    from imagenetfs.imagesize import dimensions
+    import google_crc32c
+
+    from imagenetfs.imagesize import MOST, dimensions
 
     extent = entry.extent
     assert extent is not None
-    found = dimensions(lambda offset, size: image.read(extent, offset, size), extent.size)
-    if found is not None:
-        sizes[tuple(components)] = found
+
+    def read(offset: int) -> bytes:
+        want = min(_INFO_CHUNK, extent.size - offset)
+        data = image.read(extent, offset, want)
+        if len(data) != want:
+            raise IndexError_(
+                f"{b'/'.join(components).decode(errors='replace')}: {len(data)} bytes at "
+                f"{offset} where {want} were listed (its image was cut short?)"
+            )
+        return data
+
+    assert _INFO_CHUNK >= MOST
+    first = read(0)
+    crc = google_crc32c.value(first)
+    for offset in range(_INFO_CHUNK, extent.size, _INFO_CHUNK):
+        crc = google_crc32c.extend(crc, read(offset))
+    found = dimensions(lambda offset, size: first[offset : offset + size], extent.size)
+    width, height = found or (0, 0)
+    info[tuple(components)] = (width, height, crc)
 
 
 def _remove_killed_builds(index_path: Path) -> None:
@@ -480,7 +506,7 @@ def _write(
     tree: _TreeBuilder,
     records: list[dict[str, Any]],
     source: str,
-    sizes: dict[tuple[bytes, ...], tuple[int, int]] | None = None,
+    info: dict[tuple[bytes, ...], tuple[int, int, int]] | None = None,
 ) -> IndexStats:
     tmp = places.temporary_name(index_path)
     try:
@@ -505,12 +531,12 @@ def _write(
             dirs: dict[int, tuple[bytes, ...]] = {}  # the paths of directories (size pass)
             for ino, parent, name, value, extra in tree.records():
                 node_cursor.put(_INO.pack(ino), value, append=True)
-                if sizes is not None:
+                if info is not None:
                     path = (*dirs[parent], name) if ino != ROOT_INO else ()
                     if isinstance(extra, list):
                         dirs[ino] = path
-                    elif path in sizes:
-                        txn.put(_SIZE_KEY + _INO.pack(ino), _DIMS.pack(*sizes[path]), db=blobs)
+                    elif path in info:
+                        txn.put(_SIZE_KEY + _INO.pack(ino), _INFO.pack(*info[path]), db=blobs)
                 if isinstance(extra, bytes):
                     for n, start in enumerate(range(0, len(extra), BLOB_CHUNK)):
                         chunk = zlib.compress(extra[start : start + BLOB_CHUNK], 6)
@@ -531,8 +557,10 @@ def _write(
             txn.put(b"stats", json.dumps(asdict(stats)).encode(), db=meta)
             txn.put(b"source", json.dumps(source).encode(), db=meta)
             txn.put(b"lists", json.dumps("raw").encode(), db=meta)
-            if sizes is not None:
-                txn.put(b"image_sizes", json.dumps(len(sizes)).encode(), db=meta)
+            if info is not None:
+                sized = sum(1 for width, _, _ in info.values() if width)
+                txn.put(b"image_sizes", json.dumps(sized).encode(), db=meta)
+                txn.put(b"crc32c", json.dumps(len(info)).encode(), db=meta)
         env.sync(True)
     except BaseException as e:
         env.close()
@@ -595,8 +623,11 @@ class Index:
         self.image_records: list[dict[str, Any]] = meta["images"]
         self.stats = IndexStats(**meta["stats"])
         self._deflated_lists = meta["lists"] != "raw"  # (built before listings were raw)
-        #: how many image sizes the index holds (`build(image_sizes=True)`); None: no pass
+        #: how many image sizes the index holds (`build(image_info=True)`); None: no pass
         self.image_sizes: int | None = meta["image_sizes"]
+        #: how many files' CRC32C it holds (the same pass); None: none (no pass, or a pass
+        #: made before it recorded them)
+        self.file_crcs: int | None = meta["crc32c"]
         self.source = self.built_from  # where the images are served from (`open_images`)
         self._images: list[Image] = []
 
@@ -877,15 +908,26 @@ class Index:
             self._images[image].advise(extent)
 
     def image_size(self, ino: int) -> tuple[int, int] | None:
-        """(width, height) of file `ino` as the size pass recorded it (`index --image-sizes`);
+        """(width, height) of file `ino` as the image pass recorded it (`index --image-info`);
         None when it did not (no pass, or not an image it could read)."""
         if self.image_sizes is None:
             return None
         value = self._txn().get(_SIZE_KEY + _INO.pack(ino), db=self._blobs)
-        if value is None or len(value) != _DIMS.size:
+        if value is None or len(value) not in (_DIMS.size, _INFO.size):
             return None
-        width, height = _DIMS.unpack(value)
-        return width, height
+        width, height = _DIMS.unpack_from(value)
+        return (width, height) if width else None
+
+    def file_crc(self, ino: int) -> int | None:
+        """The CRC32C of file `ino`'s bytes as the image pass recorded it; None when it did
+        not (no pass, a pass that recorded none, or a file not named like an image)."""
+        if self.file_crcs is None:
+            return None
+        value = self._txn().get(_SIZE_KEY + _INO.pack(ino), db=self._blobs)
+        if value is None or len(value) != _INFO.size:
+            return None
+        crc: int = _INFO.unpack(value)[2]
+        return crc
 
     def locate(self, node: Node, offset: int, size: int) -> list[squashfs.Run] | None:
         """Where the bytes `read` returns lie in the image files (`SquashImage.locate`); None
@@ -917,7 +959,7 @@ def _read_meta(env: lmdb.Environment, path: Path) -> dict[str, Any]:
             )
         meta: dict[str, Any] = {
             key: json.loads(txn.get(key.encode()) or b"null")
-            for key in ("images", "stats", "source", "lists", "image_sizes")
+            for key in ("images", "stats", "source", "lists", "image_sizes", "crc32c")
         }
     return meta
 

@@ -15,7 +15,11 @@ and warm (the same again on that mount), medians of `--repeat`:
 - tree: every train file read whole through the same mount, in the shards' sample order, the
   files dealt to the readers in turn; and its requests to the daemon per sample (lookups,
   getattrs, opens, reads, listings: `imagenetfs status --json`) against the view's;
-- tree-contiguous: the same in path order (the images' own order): what the shuffle costs.
+- tree-contiguous: the same in path order (the images' own order): what the shuffle costs;
+- tfrecord view / tfrecord local: one pass over all train shards of `shards/tfrecord/` (a mount
+  over an index built with `--image-info`, the CRCs' pass, made once beside the source), raw
+  records (framing parsed, CRCs not checked: the bytes only), against the same shards copied
+  to local disk (`bench_tfrecord`).
 
 Rows: samples/s of each, the ratios view/local (goal >= 0.9) and view/tree, and the requests
 per sample of tree/view (goal >= 10x fewer for the view). Results in `<work>/results.json`.
@@ -63,6 +67,68 @@ def read_files(paths: list[str]) -> tuple[int, int]:
         with open(path, "rb") as f:
             size += len(f.read())
     return len(paths), size
+
+
+def read_records(paths: list[str]) -> tuple[int, int]:
+    """Raw TFRecord records, in order: length, its CRC, the data, its CRC (not checked)."""
+    records = size = 0
+    for path in paths:
+        with open(path, "rb", buffering=1 << 20) as f:
+            while head := f.read(12):
+                length = int.from_bytes(head[:8], "little")
+                data = f.read(length + 4)
+                if len(head) != 12 or len(data) != length + 4:
+                    raise RuntimeError(f"{path}: a record cut short at {f.tell()}")
+                records += 1
+                size += length
+    return records, size
+
+
+def bench_tfrecord(
+    source: Path, work: Path, per_shard: int, readers: int, repeat: int
+) -> dict[str, list[float]]:
+    """The tfrecord rows: the view against its shards copied to local disk, cold and warm."""
+    index = work / f"index-info-{source.name}.lmdb"
+    if not index.is_file():
+        subprocess.run([CLI, "index", "--source", str(source), "--index", str(index),
+                        "--image-info", "-q"], check=True)  # fmt: skip
+    local = work / f"local-tfrecord-{source.name}-{per_shard}"
+    images = sorted(source.glob("*.squashfs"))
+    mp = Path(tempfile.mkdtemp(prefix="bench-tfrecord-"))
+
+    def mount_info() -> None:
+        subprocess.run([CLI, "mount", "--source", str(source), "--index", str(index), "--shards",
+                        "--shard-samples", str(per_shard), str(mp)], check=True)  # fmt: skip
+
+    rows: dict[str, list[float]] = {}
+    try:
+        mount_info()
+        shards = sorted(str(p) for p in (mp / "shards" / "tfrecord").glob("train-*"))
+        if not local.is_dir():
+            local.mkdir(parents=True)
+            for path in shards:
+                shutil.copy(path, local)
+        copies = sorted(str(p) for p in local.glob("train-*"))
+        umount(mp)
+        for _ in range(repeat):
+            for name, items in (("tfrecord view", shards), ("tfrecord local", copies)):
+                for image in images:
+                    evict(image)
+                for copy in copies:
+                    evict(Path(copy))
+                mount_info()
+                try:
+                    parts = [items[i::readers] for i in range(readers)]
+                    for temperature in ("cold", "warm"):
+                        seconds, records = timed(read_records, parts)
+                        rows.setdefault(f"{name} {temperature}", []).append(records / seconds)
+                finally:
+                    umount(mp)
+    finally:
+        if os.path.ismount(mp):
+            umount(mp)
+        mp.rmdir()
+    return rows
 
 
 def timed(work: Any, parts: list[list[str]]) -> tuple[float, int]:
@@ -190,6 +256,7 @@ def main() -> int:
         if os.path.ismount(mp):
             umount(mp)
         mp.rmdir()
+    rows.update(bench_tfrecord(source, args.work, per_shard, args.readers, repeat))
     medians = {k: statistics.median(v) for k, v in rows.items()}
     print(f"{len(files):,} train samples in {len(shards)} shards, {args.readers} readers, "
           f"medians of {repeat}")  # fmt: skip
@@ -209,6 +276,11 @@ def main() -> int:
               f"view/tree {t}: {medians[f'view {t}'] / medians[f'tree {t}']:.2f}x")  # fmt: skip
     print(f"requests per sample: tree {per_sample['tree']:.2f}, view {per_sample['view']:.3f} "
           f"({per_sample['tree'] / per_sample['view']:.0f}x fewer)")  # fmt: skip
+    for name in ("tfrecord view", "tfrecord local"):
+        print(f"| {name} | {medians[f'{name} cold']:,.0f} | {medians[f'{name} warm']:,.0f} |")
+    for t in ("cold", "warm"):
+        ratio = medians[f"tfrecord view {t}"] / medians[f"tfrecord local {t}"]
+        print(f"tfrecord view/local {t}: {ratio:.2f}x")
     (args.work / "results.json").write_text(
         json.dumps(
             {

@@ -289,7 +289,7 @@ def test_train_is_shuffled_by_seed_val_in_name_order(
 
     seed0 = order(view(mounts["workers"]), "train")
     seed1 = order(view(mounts["seed1"], "wds-seed1"), "train")
-    assert os.listdir(mounts["seed1"].mp / "shards") == ["wds-seed1"]
+    assert os.listdir(mounts["seed1"].mp / "shards") == ["tfrecord-seed1", "wds-seed1"]
     flat0, flat1 = [k for s in seed0 for k in s], [k for s in seed1 for k in s]
     assert flat0 != flat1 and sorted(flat0) == sorted(flat1)
     assert flat0 != sorted(flat0)  # shuffled
@@ -725,7 +725,7 @@ def test_default_build_reads_no_image_bytes(tmp_path: Path) -> None:
         before = rchar()
         path = tmp_path / f"index-{sizes}.lmdb"
         index.build(path, src.image_list, src.placer(), virtual=src.virtual_files,
-                    progress=False, image_sizes=sizes)  # fmt: skip
+                    progress=False, image_info=sizes)  # fmt: skip
         read[sizes] = rchar() - before
         with Index.open(path) as ix:
             assert (ix.image_sizes is not None) == sizes

@@ -3,8 +3,9 @@
 - `tree`: the served tree -- the index's own, plus one resized tree per `--resize` spec and the
   shard view -- and the inode ranges that tell them apart;
 - `resize`: a resized file's bytes (Pillow, DCT-domain downscaling) and their persistent cache;
-- `shards`: `shards/wds/`, WebDataset tar shards computed from the index on read.
+- `shards`: `shards/wds/`, WebDataset tar shards computed from the index on read;
+- `tfrecord`: `shards/tfrecord/`, the same samples as TFRecord shards, over `shards`' order.
 
-Arrows point down: `ops` (the operation core) uses `tree`, which uses `resize` and `shards`;
-these use the index (`imagenetfs.index`) and nothing above it.
+Arrows point down: `ops` (the operation core) uses `tree`, which uses `resize`, `shards` and
+`tfrecord` (which uses `shards`); these use the index (`imagenetfs.index`) and nothing above it.
 """

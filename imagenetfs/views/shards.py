@@ -18,7 +18,7 @@ sample). A sample is three members, in this order: `<key>.cls` (the 0-based clas
 sorted-wnid order as `train.txt` numbers them, ASCII digits), `<key>.jpg` (the file's bytes,
 untouched: the few CMYK or PNG files of ImageNet are served as they are stored) and
 `<key>.json` (`{"label": ..., "filename": ..., "width": ..., "height": ...}`, width and height
-only where `imagenetfs index --image-sizes` recorded them). The key is the file name without
+only where `imagenetfs index --image-info` recorded them). The key is the file name without
 its extension, any other dot made `_` (webdataset cuts keys at the first dot); a file whose key
 is longer than 95 bytes (a member name must fit ustar's 100 bytes) or whose size does not fit
 ustar's 8 GiB has no sample -- ImageNet has none.
@@ -50,6 +50,11 @@ and the last `TABLES` are kept.
 
 Inodes: the view's range `(SHARDS_VIEW << VIEW_SHIFT) | n` (views.py): n = 1 is `shards/`,
 2 the seed's directory, 3 + k its k-th child in name order.
+
+Other formats. `shards/` also lists its siblings' directories (`shards/tfrecord/`,
+tfrecord.py: its own inode range, its own reads), and the walk that orders the samples computes
+a `Companion`'s number per sample too, so the other format has the same samples in the same
+order without a walk of its own.
 """
 
 from __future__ import annotations
@@ -61,9 +66,9 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from imagenetfs.errors import CorruptImageError, NoSuchEntry, NotADirectory
 from imagenetfs.index import (
@@ -182,13 +187,103 @@ def sample_size(cls: int, size: int, js: int) -> int:
     return 3 * BLOCK + padded(cls) + padded(size) + padded(js)
 
 
+class Located(Protocol):
+    """A sample or a record of a shard: where it lies in the shard, and its image."""
+
+    @property
+    def offset(self) -> int: ...
+    @property
+    def end(self) -> int: ...
+    @property
+    def node(self) -> Node: ...
+
+
 @dataclass
 class Ahead:
     """Where a shard's readers are: the end of its last READ, and how far its samples' image
-    bytes have been asked for (see `WdsView.read_ahead`)."""
+    bytes have been asked for (`follow`)."""
 
     last_end: int = 0
     advised: int = 0
+
+    def follow(
+        self, index: Index, items: Sequence[Located], starts: list[int], offset: int, end: int
+    ) -> None:
+        """A READ of [offset, end) of a shard of `items` (starting at `starts`). When READs
+        follow each other (one starts within `SEQUENTIAL` of the last one's end: a streaming
+        reader, whose kernel read-ahead sends them in order to any worker), ask for the image
+        bytes of the items up to `READ_AHEAD` past this one's end, a batch at a time
+        (`Index.advise`): the disk (or a shared filesystem) then reads them all at once
+        instead of one sample per waiting READ. A READ elsewhere (a reader seeking to
+        samples: wids, DALI) asks for nothing. The kernel decides what to read; nothing is
+        kept here but two offsets."""
+        sequential = abs(offset - self.last_end) <= SEQUENTIAL
+        self.last_end = end
+        if not items or not sequential or self.advised >= min(end + READ_AHEAD // 2, items[-1].end):
+            return
+        i = max(bisect.bisect_right(starts, max(offset, self.advised)) - 1, 0)
+        stop = end + READ_AHEAD
+        while i < len(items) and items[i].offset < stop:
+            if items[i].end > self.advised:
+                index.advise(items[i].node)
+            i += 1
+        self.advised = items[i - 1].end if i else stop
+
+
+#: What a shard's bytes are made of, in order (`WdsView.spans`): bytes made by the view, or
+#: (image node, offset, length) of bytes of an image.
+Span = bytes | tuple[Node, int, int]
+
+
+def read_spans(index: Index, spans: Iterator[Span], nowait: bool) -> bytes:
+    """The bytes of `spans`, images read (with `nowait`, `squashfs.WouldBlock` rather than
+    wait for image bytes that are not in the page cache); an image shorter than indexed is
+    a `CorruptImageError`."""
+    parts: list[bytes] = []
+    for span in spans:
+        if isinstance(span, bytes):
+            parts.append(span)
+            continue
+        image, a, n = span
+        data = index.read(image, a, n, nowait=nowait)
+        if len(data) != n:
+            raise CorruptImageError(
+                f"{image.name!r}: {len(data)} bytes at {a} where {n} were "
+                "indexed (its image was cut short?)"
+            )
+        parts.append(data)
+    return b"".join(parts)
+
+
+def locate_spans(index: Index, spans: Iterator[Span]) -> list[Piece] | None:
+    """`spans` as a worker sends them (`ops.Core.locate_read`): the runs of image bytes
+    stored as they are, with the bytes between them joined -- and image bytes to decompress
+    as bytes when they are in memory. None where some would have to wait, or are not all
+    there: `read_spans` then answers (or says why)."""
+    pieces: list[Piece] = []
+    made: list[bytes] = []  # bytes to go before the next run
+    for span in spans:
+        if isinstance(span, bytes):
+            made.append(span)
+            continue
+        image, a, n = span
+        runs = index.locate(image, a, n)
+        if runs is None:
+            try:
+                data = index.read(image, a, n, nowait=True)
+            except WouldBlock:
+                return None
+            if len(data) != n:
+                return None
+            made.append(data)
+            continue
+        if made:
+            pieces.append(b"".join(made))
+            made = []
+        pieces.extend(runs)
+    if made:
+        pieces.append(b"".join(made))
+    return pieces
 
 
 @dataclass(frozen=True)
@@ -205,6 +300,21 @@ class Table:
         return ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
 
 
+#: (label, wnid, file name, file size, (width, height) or None) of a sample -> a number
+LengthOf = Callable[[int, bytes, bytes, int, tuple[int, int] | None], int]
+
+
+@dataclass(frozen=True)
+class Companion:
+    """Another format over the same samples in the same order (tfrecord.py): a number per
+    sample, computed in the walk that orders them (`length`), and what that format keeps of
+    those numbers per split once the order is known (`summarize(split name, the numbers in
+    order as an int64 numpy array)`, kept in `Split.companion`)."""
+
+    length: LengthOf
+    summarize: Callable[[str, Any], Any]
+
+
 @dataclass(frozen=True)
 class Split:
     """One split of the view, in order and cut into shards."""
@@ -215,6 +325,7 @@ class Split:
     first: list[int]  # the first sample of each shard; one more entry: the sample count
     sizes: list[int]  # each shard's size in bytes
     index_sizes: list[int]  # each shard's DALI index's size
+    companion: Any = None  # `Companion.summarize`'s result, when there is a companion
 
     @property
     def shards(self) -> int:
@@ -244,12 +355,20 @@ class Layout:
         seed: int,
         per_shard: int | None,
         image_size: Callable[[int], tuple[int, int] | None],
+        companion: Companion | None = None,
     ) -> None:
         self.labels = _labels(index)
         self.splits: list[Split] = []
         for name, directory, default in SPLITS:
             split = _split(
-                index, name, directory, self.labels, seed, per_shard or default, image_size
+                index,
+                name,
+                directory,
+                self.labels,
+                seed,
+                per_shard or default,
+                image_size,
+                companion,
             )
             if split is not None:
                 self.splits.append(split)
@@ -325,6 +444,7 @@ def _split(
     seed: int,
     per_shard: int,
     image_size: Callable[[int], tuple[int, int] | None],
+    companion: Companion | None = None,
 ) -> Split | None:
     """One split's order and shard sizes: a walk of its class directories in the index (one
     pass in Python, ~1 µs a file beyond the index's own), the rest in numpy."""
@@ -337,6 +457,7 @@ def _split(
     if top.kind != DIR:
         return None
     inos, sizes, keys, labels_of, jsons = (array.array(t) for t in ("I", "Q", "H", "I", "I"))
+    others = array.array("Q")  # (the companion's numbers)
     names: list[bytes] = []  # (val only: ordered by name)
     digests = array.array("Q")  # (train only: the shuffle's sort keys)
     seed_key = seed.to_bytes(8, "little", signed=True)
@@ -356,7 +477,10 @@ def _split(
             sizes.append(size)
             keys.append(len(key))
             labels_of.append(label)
-            jsons.append(json_length(label, file_name, image_size(ino)))
+            dims = image_size(ino)
+            jsons.append(json_length(label, file_name, dims))
+            if companion is not None:
+                others.append(companion.length(label, wnid.name, file_name, size, dims))
             if train:
                 digest = hashlib.blake2b(prefix + file_name, digest_size=8, key=seed_key)
                 digests.append(int.from_bytes(digest.digest(), "big"))
@@ -368,14 +492,15 @@ def _split(
     else:
         order = np.array(sorted(range(count), key=names.__getitem__), dtype=np.int64)
     del names, digests
-    shards = -(-count // per_shard)
-    first = [0]
-    if shards:
-        base, extra = divmod(count, shards)
-        for n in range(shards):
-            first.append(first[-1] + base + (n < extra))
+    first = cut(count, per_shard)
+    shards = len(first) - 1
+    summary = None
+    if companion is not None:
+        ordered_others = np.frombuffer(others, dtype=np.uint64).astype(np.int64)[order]
+        summary = companion.summarize(name, ordered_others)
+        del ordered_others, others
     if not count:
-        return Split(name, 1, array.array("I"), first, [], [])
+        return Split(name, 1, array.array("I"), first, [], [], summary)
     file_size = np.frombuffer(sizes, dtype=np.uint64).astype(np.int64)[order]
     labelled = np.frombuffer(labels_of, dtype=np.uint32).astype(np.int64)[order]
     cls_len = _ndigits(np, labelled)
@@ -395,7 +520,19 @@ def _split(
     shard_sizes = [-(-(int(d) + 2 * BLOCK) // RECORD) * RECORD for d in data]
     index_sizes = [len(f"v1.2 {first[n + 1] - first[n]}\n") + int(lines[n]) for n in range(shards)]
     ordered = array.array("I", np.frombuffer(inos, dtype=np.uint32)[order].tobytes())
-    return Split(name, len(str(shards - 1)), ordered, first, shard_sizes, index_sizes)
+    return Split(name, len(str(shards - 1)), ordered, first, shard_sizes, index_sizes, summary)
+
+
+def cut(count: int, per_shard: int) -> list[int]:
+    """The first sample of each of the `ceil(count / per_shard)` shards of `count` samples,
+    the remainder one more sample each to the first shards; one more entry: `count`."""
+    shards = -(-count // per_shard)
+    first = [0]
+    if shards:
+        base, extra = divmod(count, shards)
+        for n in range(shards):
+            first.append(first[-1] + base + (n < extra))
+    return first
 
 
 #: The characters of a DALI index line other than the key (3x) and the six numbers.
@@ -425,8 +562,18 @@ def json_length(label: int, name: bytes, size: tuple[int, int] | None) -> int:
     return length
 
 
+class Sibling(Protocol):
+    """Another directory of `shards/` (tfrecord.py's): its name and its node."""
+
+    dir_name: bytes
+
+    def dir_node(self) -> Node: ...
+
+
 class WdsView:
-    """`shards/` and the one seed directory in it, over `index` (see the module docstring)."""
+    """`shards/` and the one seed directory in it, over `index` (see the module docstring).
+    `shards/` lists the `siblings` too (other formats' directories, each serving itself); a
+    `companion` rides along in the walk that orders the samples (see `Companion`)."""
 
     def __init__(
         self,
@@ -435,6 +582,8 @@ class WdsView:
         seed: int = 0,
         per_shard: int | None = None,
         view_shift: int,
+        siblings: Sequence[Sibling] = (),
+        companion: Companion | None = None,
     ) -> None:
         self.index = index
         self.seed = seed
@@ -443,6 +592,8 @@ class WdsView:
         self._shift = view_shift
         self._base = SHARDS_VIEW << view_shift
         self.root_ino = self._base | _SHARDS_DIR
+        self.siblings = tuple(siblings)
+        self._companion = companion
         self._layout: Layout | None = None
         self._lock = threading.Lock()
         self._tables: OrderedDict[tuple[int, int], Table] = OrderedDict()
@@ -455,7 +606,9 @@ class WdsView:
         if layout is None:
             with self._lock:
                 if self._layout is None:
-                    self._layout = Layout(self.index, self.seed, self.per_shard, self._size_of)
+                    self._layout = Layout(
+                        self.index, self.seed, self.per_shard, self._size_of, self._companion
+                    )
                 layout = self._layout
         return layout
 
@@ -494,7 +647,13 @@ class WdsView:
         return ino >> self._shift == SHARDS_VIEW
 
     def root_node(self) -> Node:
-        return directory_node(self.root_ino, ROOT_INO, SHARDS, MTIME, 1)
+        return directory_node(self.root_ino, ROOT_INO, SHARDS, MTIME, 1 + len(self.siblings))
+
+    def _subdirs(self) -> list[tuple[bytes, Callable[[], Node]]]:
+        """`shards/`'s directories in name order: this view's and the siblings'."""
+        found = [(self.dir_name, self._seed_dir)]
+        found += [(sibling.dir_name, sibling.dir_node) for sibling in self.siblings]
+        return sorted(found, key=lambda pair: pair[0])
 
     def _seed_dir(self) -> Node:
         return directory_node(self._base | _SEED_DIR, self.root_ino, self.dir_name, MTIME, 0)
@@ -526,8 +685,9 @@ class WdsView:
     def lookup(self, parent: int, name: bytes) -> Node:
         n = parent - self._base
         if n == _SHARDS_DIR:
-            if name == self.dir_name:
-                return self._seed_dir()
+            for dir_name, node in self._subdirs():
+                if name == dir_name:
+                    return node()
             raise NoSuchEntry(name)
         if n == _SEED_DIR:
             k = self.layout.position.get(name)
@@ -540,8 +700,8 @@ class WdsView:
     def entries(self, ino: int, offset: int = 0) -> Iterator[tuple[int, int, bytes]]:
         n = ino - self._base
         if n == _SHARDS_DIR:
-            if offset < 1:
-                yield self._base | _SEED_DIR, DIR, self.dir_name
+            for dir_name, node in self._subdirs()[max(offset, 0) :]:
+                yield node().ino, DIR, dir_name
             return
         if n == _SEED_DIR:
             for k, child in enumerate(self.layout.children[max(offset, 0) :], max(offset, 0)):
@@ -551,6 +711,10 @@ class WdsView:
         raise NotADirectory(ino)
 
     def readdir(self, ino: int, offset: int = 0) -> Iterator[Node]:
+        if ino - self._base == _SHARDS_DIR:
+            for _, node in self._subdirs()[max(offset, 0) :]:
+                yield node()
+            return
         for child, _, _ in self.entries(ino, offset):
             yield self.getattr(child)
 
@@ -567,8 +731,8 @@ class WdsView:
             return b""
         if child.kind == "tar":
             table = self.table(child.split, child.shard)
-            self.read_ahead(table, offset, end)
-            return self._read_shard(table, offset, end, nowait)
+            table.ahead.follow(self.index, table.samples, table.starts, offset, end)
+            return read_spans(self.index, self._spans(table, offset, end), nowait)
         if child.kind == "info":
             data = layout.info
         elif child.kind == "wids":
@@ -577,85 +741,20 @@ class WdsView:
             data = self.table(child.split, child.shard).index_text()
         return data[offset:end]
 
-    def read_ahead(self, table: Table, offset: int, end: int) -> None:
-        """When READs of a shard follow each other (one starts within `SEQUENTIAL` of the
-        last one's end: a streaming reader, whose kernel read-ahead sends them in order to
-        any worker), ask for the image bytes of its samples up to `READ_AHEAD` past this
-        one's end, a batch at a time: the disk (or a shared filesystem) then reads them all
-        at once instead of one sample per waiting READ. A READ elsewhere (a reader seeking
-        to samples: wids, DALI) asks for nothing. The kernel decides what to read; nothing
-        is kept here but two offsets."""
-        ahead = table.ahead
-        sequential = abs(offset - ahead.last_end) <= SEQUENTIAL
-        ahead.last_end = end
-        if not sequential or ahead.advised >= min(end + READ_AHEAD // 2, table.size):
-            return
-        samples = table.samples
-        i = max(bisect.bisect_right(table.starts, max(offset, ahead.advised)) - 1, 0)
-        stop = end + READ_AHEAD
-        while i < len(samples) and samples[i].offset < stop:
-            if samples[i].end > ahead.advised:
-                self.index.advise(samples[i].node)
-            i += 1
-        ahead.advised = samples[i - 1].end if i else stop
-
     def locate(self, node: Node, offset: int, size: int) -> list[Piece] | None:
-        """A READ of a shard as the worker sends it (`ops.Core.locate_read`): the runs of its
-        images' bytes, stored as they are, with the bytes between them (headers, padding,
-        `.cls` and `.json`) -- and a piece to decompress as bytes when it is in memory.
-        None for the view's other files, and where some bytes would have to wait: `read`
-        answers those."""
+        """A READ of a shard as the worker sends it (`locate_spans`); None for the view's
+        other files, and where some bytes would have to wait: `read` answers those."""
         k = node.ino - self._base - _FIRST_CHILD
-        layout = self.layout
-        child = layout.children[k]
+        child = self.layout.children[k]
         end = min(offset + size, node.size)
         if child.kind != "tar" or offset >= end:
             return None
         table = self.table(child.split, child.shard)
-        self.read_ahead(table, offset, end)
-        pieces: list[Piece] = []
-        made: list[bytes] = []  # bytes to go before the next run, joined
-        for piece in self._spans(table, offset, end):
-            if isinstance(piece, bytes):
-                made.append(piece)
-                continue
-            image, a, n = piece
-            runs = self.index.locate(image, a, n)
-            if runs is None:
-                try:
-                    data = self.index.read(image, a, n, nowait=True)
-                except WouldBlock:
-                    return None
-                if len(data) != n:
-                    return None  # (`read` says why)
-                made.append(data)
-                continue
-            if made:
-                pieces.append(b"".join(made))
-                made = []
-            pieces.extend(runs)
-        if made:
-            pieces.append(b"".join(made))
-        return pieces
-
-    def _read_shard(self, table: Table, offset: int, end: int, nowait: bool) -> bytes:
-        parts: list[bytes] = []
-        for piece in self._spans(table, offset, end):
-            if isinstance(piece, bytes):
-                parts.append(piece)
-                continue
-            image, a, n = piece
-            data = self.index.read(image, a, n, nowait=nowait)
-            if len(data) != n:
-                raise CorruptImageError(
-                    f"{image.name!r}: {len(data)} bytes at {a} where {n} were "
-                    "indexed (its image was cut short?)"
-                )
-            parts.append(data)
-        return b"".join(parts)
+        table.ahead.follow(self.index, table.samples, table.starts, offset, end)
+        return locate_spans(self.index, self._spans(table, offset, end))
 
     @staticmethod
-    def _spans(table: Table, offset: int, end: int) -> Iterator[bytes | tuple[Node, int, int]]:
+    def _spans(table: Table, offset: int, end: int) -> Iterator[Span]:
         """Bytes [offset, end) of a shard, in order: bytes made here, or (image node,
         offset, length) of bytes of a sample's image."""
         i = max(bisect.bisect_right(table.starts, offset) - 1, 0)

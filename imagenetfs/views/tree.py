@@ -1,5 +1,5 @@
 """The served tree: the index's, plus `resized/<spec>/`, one view per `--resize` spec, and
-`shards/` with `--shards` (shards.py).
+`shards/` with `--shards`: `shards/wds/` (shards.py) and `shards/tfrecord/` (tfrecord.py).
 
 A view is a full copy of the root, numbered by shifting the index's inode numbers into a
 per-view range (view v holds `(v << VIEW_SHIFT) | base inode`; `resized/` itself is
@@ -41,6 +41,7 @@ from imagenetfs.views.resize import (
     resize,
 )
 from imagenetfs.views.shards import SHARDS, SHARDS_VIEW, WdsView
+from imagenetfs.views.tfrecord import TFRECORD_VIEW, TfrecordView
 
 RESIZED = b"resized"
 #: View v (1-based) numbers its inodes (v << VIEW_SHIFT) | base inode; the index's are < 2**32.
@@ -77,11 +78,26 @@ class Tree:
         self.index = index
         self.specs = tuple(specs)
         self.quality = quality
-        self.shards = (
-            None
-            if shards is None
-            else WdsView(index, seed=shards.seed, per_shard=shards.per_shard, view_shift=VIEW_SHIFT)
-        )
+        self.shards: WdsView | None = None
+        self.tfrecord: TfrecordView | None = None
+        if shards is not None:
+            self.tfrecord = TfrecordView(
+                index,
+                lambda: wds.layout,
+                seed=shards.seed,
+                per_shard=shards.per_shard,
+                parent=(SHARDS_VIEW << VIEW_SHIFT) | 1,
+                view_shift=VIEW_SHIFT,
+            )
+            wds = self.shards = WdsView(
+                index,
+                seed=shards.seed,
+                per_shard=shards.per_shard,
+                view_shift=VIEW_SHIFT,
+                siblings=[self.tfrecord],
+                companion=self.tfrecord.companion,
+            )
+            assert self.tfrecord.parent == self.shards.root_ino
         self._root_count = index.getattr(ROOT_INO).children()[1]
         self._fingerprints = [json.dumps(r, sort_keys=True) for r in index.image_records]
 
@@ -119,6 +135,8 @@ class Tree:
         view, base = self.split(ino)
         if view == SHARDS_VIEW and self.shards is not None:
             return self.shards.getattr(ino)
+        if view == TFRECORD_VIEW and self.tfrecord is not None:
+            return self.tfrecord.getattr(ino)
         if view > len(self.specs):
             raise NoSuchEntry(ino)
         return self._in_view(view, self.index.getattr(base))
@@ -135,6 +153,8 @@ class Tree:
         if self.shards is not None:
             if view == SHARDS_VIEW:
                 return self.shards.lookup(parent, name)
+            if view == TFRECORD_VIEW and self.tfrecord is not None:
+                return self.tfrecord.lookup(parent, name)
             if view == 0 and base == ROOT_INO and name == SHARDS:
                 return self.shards.root_node()
         if view > len(self.specs):
@@ -151,6 +171,9 @@ class Tree:
         view, base = self.split(ino)
         if view == SHARDS_VIEW and self.shards is not None:
             yield from self.shards.readdir(ino, offset)
+            return
+        if view == TFRECORD_VIEW and self.tfrecord is not None:
+            yield from self.tfrecord.readdir(ino, offset)
             return
         if view > len(self.specs):
             raise NoSuchEntry(ino)
@@ -170,6 +193,9 @@ class Tree:
         view, base = self.split(ino)
         if view == SHARDS_VIEW and self.shards is not None:
             yield from self.shards.entries(ino, offset)
+            return
+        if view == TFRECORD_VIEW and self.tfrecord is not None:
+            yield from self.tfrecord.entries(ino, offset)
             return
         if view > len(self.specs):
             raise NoSuchEntry(ino)
@@ -193,6 +219,8 @@ class Tree:
         view's file as it makes it."""
         if self.shards is not None and self.shards.owns(node.ino):
             return self.shards.read(node, offset, size, nowait=nowait)
+        if self.tfrecord is not None and self.tfrecord.owns(node.ino):
+            return self.tfrecord.read(node, offset, size, nowait=nowait)
         base = replace(node, ino=node.ino & _BASE_MASK)
         return self.index.read(base, offset, size, nowait=nowait)
 
@@ -200,9 +228,13 @@ class Tree:
         """Where the bytes `read` returns lie in the image files (`Index.locate`); None where
         they are not stored as they are read. (The view's inode bits do not matter: only a
         virtual file is read by inode, and it is never located; a shard is located by its
-        view: runs of its images with the headers between them, `WdsView.locate`.)"""
-        if self.shards is not None and self.shards.owns(node.ino):
+        view: runs of its images with the bytes between them, `WdsView.locate`,
+        `TfrecordView.locate`.)"""
+        view = node.ino >> VIEW_SHIFT
+        if view == SHARDS_VIEW and self.shards is not None:
             return self.shards.locate(node, offset, size)
+        if view == TFRECORD_VIEW and self.tfrecord is not None:
+            return self.tfrecord.locate(node, offset, size)
         return cast("list[Piece] | None", self.index.locate(node, offset, size))
 
     # resized files
