@@ -462,15 +462,31 @@ STORED = Spec(
 )
 
 
+def view_bytes(index_path: Path, per_shard: int) -> dict[str, bytes]:
+    """Every shard file of both formats (seed 0, `per_shard` samples a shard), as the
+    operation core makes them by copying, over the index at `index_path`."""
+    with Index.open(index_path) as ix:
+        tree = Tree(ix, shards=ShardSettings(0, per_shard))
+        shards = tree.lookup(index.ROOT_INO, b"shards")
+        out = {}
+        for directory in (b"wds", b"tfrecord"):
+            top = tree.lookup(shards.ino, directory)
+            for n in tree.readdir(top.ino):
+                if n.kind == index.FILE and not n.name.endswith((b".json", b".idx")):
+                    out[f"{directory.decode()}/{n.name.decode()}"] = tree.read(n, 0, n.size)
+        return out
+
+
 @pytest.mark.parametrize("layout", ["noD-noF", "gzip", "official"])
 def test_worker_sends_shards_spliced_byte_for_byte(
     layout: str, mounter: Mounter, tmp_path: Path
 ) -> None:
-    """A worker sends a READ of a shard as runs spliced from the images with the bytes it
-    makes between them (headers, `.cls`, `.json`, padding, a decompressed tail): the bytes
-    are the shard the operation core makes by copying (`shard_bytes`), whole and at random
-    offsets and lengths (O_DIRECT: each READ as the reader asks it), and on stored images
-    and tars the READs were spliced (`reads_spliced`)."""
+    """A worker sends a READ of a shard -- WebDataset or TFRecord -- as runs spliced from
+    the images with the bytes it makes between them (headers, `.cls`, `.json`, a record's
+    framing and fields, padding, a decompressed tail): the bytes are the shard the operation
+    core makes by copying (`view_bytes`), whole and at random offsets and lengths (O_DIRECT:
+    each READ as the reader asks it), and on stored images and tars the READs were spliced
+    (`reads_spliced`)."""
     spec = {
         "noD-noF": STORED,
         "gzip": Spec(**{**STORED.__dict__, "mksquashfs_args": ()}),
@@ -478,12 +494,16 @@ def test_worker_sends_shards_spliced_byte_for_byte(
     }[layout]
     data = tmp_path / "src"
     generate.generate(data, spec)
-    expected = shard_bytes(data, tmp_path, per_shard=5)
+    src = source.open_source(data)
+    index.build(tmp_path / "i", src.image_list, src.placer(), virtual=src.virtual_files,
+                progress=False, image_info=True)  # fmt: skip
+    expected = view_bytes(tmp_path / "i", 5)
+    assert any(name.startswith("tfrecord/train-") for name in expected)
     mounted = mounter.mount(mounter.mkdir("mnt"), data, "--shards", "--shard-samples", 5,
                             "--workers", 2, index=tmp_path / "i")  # fmt: skip
     rng = random.Random(layout)
     for name, whole in sorted(expected.items()):
-        path = view(mounted) / name
+        path = mounted.mp / "shards" / name
         assert path.read_bytes() == whole, name
         fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
         try:
