@@ -14,9 +14,9 @@ squashfuse_ll (one daemon per image); ratarmount (PyPI, in the benchmark's own v
 `<work>/bench-venv`, made on first use together with matplotlib for the plot); the unpacked
 tree on local disk; the FUSE floor (scripts/bench/floorfs.c: a minimal libfuse 3 server with
 imagenetfs's protocol choices and no other work, serving the unpacked tree's bytes from one
-file; like the unpacked tree measured once for all variants). Every contender serves the same files: each split's image root (train
-`<wnid>/<file>`, flat val and test), which imagenetfs serves as `train/`, `val/<wnid>/` and
-`test/`.
+file; like the unpacked tree measured once for all variants). Every contender serves the same
+files: each split's image root (train `<wnid>/<file>`, flat val and test), which imagenetfs
+serves as `train/`, `val/<wnid>/` and `test/`.
 
 Workloads, on fresh mounts with caches dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`,
 root only) unless said otherwise:
@@ -26,15 +26,15 @@ root only) unless said otherwise:
   (same mount) and on a fresh mount;
 - reads, on the realistic set: every file read whole in random order by 1 and by 8 reader
   processes, cold (fresh mount, caches dropped) and warm (the next epoch on the same mount),
-  then an epoch of 8 readers on a fresh mount with the images (and any index) still in the
-  page cache (`read 8 fresh cached`: the per-file cost of a first epoch without the disk's),
-  each epoch also as a fraction of the floor's; each with its MB/s and CPU seconds per GB read: the daemon's (user + system of the
-  processes serving the mount and their children, from /proc/<pid>/stat; none for the kernel
-  mount and the unpacked tree) and the readers' (their own user + system, which holds the
-  kernel's work on their behalf); the daemons' memory after each of 3 epochs of 8 readers:
-  RSS, peak RSS (VmHWM), PSS and USS (/proc/<pid>/smaps_rollup), summed over the daemon and
-  its children (imagenetfs: the supervisor and its workers); the same memory after the walk
-  and stat of the metadata set (in a full run: at ImageNet's entry count);
+  then an epoch of 8 readers on a fresh mount with the images (and any index) still in the page
+  cache (`read 8 fresh cached`: the per-file cost of a first epoch without the disk's), each
+  epoch also as a fraction of the floor's; each with its MB/s and CPU seconds per GB read: the
+  daemon's (user + system of the processes serving the mount and their children, from
+  /proc/<pid>/stat; none for the kernel mount and the unpacked tree) and the readers' (their own
+  user + system, which holds the kernel's work on their behalf); the daemons' memory after each
+  of 3 epochs of 8 readers: RSS, peak RSS (VmHWM), PSS and USS (/proc/<pid>/smaps_rollup),
+  summed over the daemon and its children (imagenetfs: the supervisor and its workers); the same
+  memory after the walk and stat of the metadata set (in a full run: at ImageNet's entry count);
 - the metadata storm (scripts/storm/stormfs.c, see benchlib/storm.py), once per
   --storm-delay-ms value (default 0.5 and 5 ms per metadata operation);
 - the shared filesystem (issue 13, benchlib/shared.py): the images behind stormfs with its
