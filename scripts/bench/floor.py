@@ -56,7 +56,9 @@ def build(work: Path) -> Path:
         ["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True, check=True
     ).stdout.split()
     subprocess.run(
-        ["gcc", "-O2", "-Wall", "-o", str(binary), str(SOURCE), *flags], check=True, timeout=120
+        ["gcc", "-O2", "-Wall", "-pthread", "-o", str(binary), str(SOURCE), *flags],
+        check=True,
+        timeout=120,
     )
     return binary
 
