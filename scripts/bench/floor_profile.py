@@ -4,13 +4,15 @@ the FUSE floor, round by round, with counters and profiles.
 
     scripts/bench/floor_profile.py --work W --set SET --tree TREE [--rounds 3]
         [--who imagenetfs,floor] [--profile none|perf|py-spy|strace] [--out DIR]
+        [--cold] [--readers N]
 
 SET is an image set of scripts/bench.py (`<work>/quick5k-real-noD-noF`), TREE its unpacked
 tree (`<work>/unpacked/quick5k-real`), W its work directory. Each round, for each contender
 (in alternating order): mount, read every file once (the images, imagenetfs's index and the
 floor's data file come into the page cache), unmount, mount again, and time one epoch of 8
 reader processes over every file in random order (benchlib/workloads.py, as bench.py's
-`read 8 fresh cached`), with
+`read 8 fresh cached`; with `--cold`, caches dropped instead of the first read: as
+`read 8 cold`; `--readers`: other than 8; `--who` may also name squashfuse_ll or kernel), with
 - the daemon's CPU (user and system apart, its children included) and the readers', per file;
 - imagenetfs's requests by kind, from its metrics file (`mount --metrics`);
 - `--profile perf`: `perf record -a -g` over the epoch (`perf.<who>.<round>.data`; read with
@@ -74,7 +76,10 @@ def main() -> int:
     p.add_argument("--who", default="imagenetfs,floor")
     p.add_argument("--profile", choices=["none", "perf", "py-spy", "strace"], default="none")
     p.add_argument("--out", type=Path, default=Path("floor-profile"))
+    p.add_argument("--cold", action="store_true", help="caches dropped before each epoch")
+    p.add_argument("--readers", type=int, default=8)
     a = p.parse_args()
+    a.out = a.out.resolve()  # the daemons run elsewhere: --metrics must be absolute
     a.out.mkdir(parents=True, exist_ok=True)
     readers = Readers(8)
     mounts = C.Mounts()
@@ -84,6 +89,8 @@ def main() -> int:
     who: dict[str, C.Contender] = {
         "imagenetfs": C.Imagenetfs(a.work, None),
         "floor": C.Floor(a.work, a.tree),
+        "squashfuse_ll": C.SquashfuseLL(a.work),
+        "kernel": C.Kernel(a.work),
     }
     names = a.who.split(",")
     results: dict[str, list[dict[str, object]]] = {n: [] for n in names}
@@ -98,15 +105,18 @@ def main() -> int:
     try:
         for r in range(a.rounds):
             for name in names if r % 2 == 0 else names[::-1]:
-                m = mount(name)
-                paths = [m.path(f) for f in files]
-                readers.epoch(paths, 8, 7)  # everything into the page cache
-                mounts.release(m)
+                if a.cold:
+                    C.drop_caches()
+                else:
+                    m = mount(name)
+                    paths = [m.path(f) for f in files]
+                    readers.epoch(paths, 8, 7)  # everything into the page cache
+                    mounts.release(m)
                 metrics.unlink(missing_ok=True)
                 m = mount(name)
                 paths = [m.path(f) for f in files]
                 tool = None
-                tag = f"{name}.{r}"
+                tag = f"{name}{'.cold' if a.cold else ''}.{r}"
                 if a.profile == "perf":
                     tool = subprocess.Popen(
                         ["perf", "record", "-a", "-g", "-q", "-o", str(a.out / f"perf.{tag}.data")],
@@ -128,7 +138,7 @@ def main() -> int:
                 if tool is not None:
                     time.sleep(1.0)  # the profiler attached
                 u0, s0 = cpu_split(m.pids)
-                dt, got = readers.epoch(paths, 8, 1000 + r)
+                dt, got = readers.epoch(paths, a.readers, 1000 + r)
                 u1, s1 = cpu_split(m.pids)
                 if tool is not None:
                     tool.send_signal(signal.SIGINT)
@@ -167,7 +177,7 @@ def main() -> int:
     }
     for name, med in summary.items():
         print(f"median {name}: " + ", ".join(f"{k} {v:,.4g}" for k, v in med.items()))
-    (a.out / f"profile-{a.profile}.json").write_text(
+    (a.out / f"profile-{a.profile}{'-cold' if a.cold else ''}.json").write_text(
         json.dumps({"argv": sys.argv, "rounds": results, "medians": summary}, indent=1)
     )
     return 0
