@@ -782,7 +782,7 @@ def main() -> int:
                             continue  # the same tree for every variant: measured once
                         c = {"unpacked": tree, "floor": floor}.get(name) or all_c[name]
                         given = setdir
-                        if variant == TARS and name != "unpacked":
+                        if variant == TARS and name not in ONCE:
                             given = tar_sets[what][name]
                         try:
                             fn(variant, given, c, files, rep)
