@@ -6,13 +6,17 @@
     scripts/bench.py --only imagenetfs,squashfuse_ll --variants gzip --no-storm
     scripts/bench.py --quick --tars       # and the official tars as a source (issue 15)
     scripts/bench.py --quick --variants tars --no-storm --no-shared   # the tars alone
+    scripts/bench.py --quick --pipeline --no-meta --no-reads --no-storm --no-shared --repeat 3
+                                          # the input pipeline alone (torch from the test env)
 
 Contenders: imagenetfs; the kernel's SquashFS (loop mount, root only); squashfuse and
 squashfuse_ll (one daemon per image); ratarmount (PyPI, in the benchmark's own venv
 `<work>/bench-venv`, made on first use together with matplotlib for the plot); the unpacked
-tree on local disk. Every contender serves the same files: each split's image root (train
-`<wnid>/<file>`, flat val and test), which imagenetfs serves as `train/`, `val/<wnid>/` and
-`test/`.
+tree on local disk; the FUSE floor (scripts/bench/floorfs.c: a minimal libfuse 3 server with
+imagenetfs's protocol choices and no other work, serving the unpacked tree's bytes from one
+file; like the unpacked tree measured once for all variants). Every contender serves the same
+files: each split's image root (train `<wnid>/<file>`, flat val and test), which imagenetfs
+serves as `train/`, `val/<wnid>/` and `test/`.
 
 Workloads, on fresh mounts with caches dropped (`sync; echo 3 > /proc/sys/vm/drop_caches`,
 root only) unless said otherwise:
@@ -22,13 +26,15 @@ root only) unless said otherwise:
   (same mount) and on a fresh mount;
 - reads, on the realistic set: every file read whole in random order by 1 and by 8 reader
   processes, cold (fresh mount, caches dropped) and warm (the next epoch on the same mount),
-  each with its MB/s and CPU seconds per GB read: the daemon's (user + system of the
-  processes serving the mount and their children, from /proc/<pid>/stat; none for the kernel
-  mount and the unpacked tree) and the readers' (their own user + system, which holds the
-  kernel's work on their behalf); the daemons' memory after each of 3 epochs of 8 readers:
-  RSS, peak RSS (VmHWM), PSS and USS (/proc/<pid>/smaps_rollup), summed over the daemon and
-  its children (imagenetfs: the supervisor and its workers); the same memory after the walk
-  and stat of the metadata set (in a full run: at ImageNet's entry count);
+  then an epoch of 8 readers on a fresh mount with the images (and any index) still in the page
+  cache (`read 8 fresh cached`: the per-file cost of a first epoch without the disk's), each
+  epoch also as a fraction of the floor's; each with its MB/s and CPU seconds per GB read: the
+  daemon's (user + system of the processes serving the mount and their children, from
+  /proc/<pid>/stat; none for the kernel mount and the unpacked tree) and the readers' (their own
+  user + system, which holds the kernel's work on their behalf); the daemons' memory after each
+  of 3 epochs of 8 readers: RSS, peak RSS (VmHWM), PSS and USS (/proc/<pid>/smaps_rollup),
+  summed over the daemon and its children (imagenetfs: the supervisor and its workers); the same
+  memory after the walk and stat of the metadata set (in a full run: at ImageNet's entry count);
 - the metadata storm (scripts/storm/stormfs.c, see benchlib/storm.py), once per
   --storm-delay-ms value (default 0.5 and 5 ms per metadata operation);
 - the shared filesystem (issue 13, benchlib/shared.py): the images behind stormfs with its
@@ -36,6 +42,13 @@ root only) unless said otherwise:
   (`none`), staging them to local disk (`stage`: `mount --stage`), and after the user's `cp`
   to local disk (`manual`): time to first file, two epochs, bytes read from the shared
   filesystem. Just this scenario: `scripts/bench.py --quick --no-meta --no-reads --no-storm`.
+- the input pipeline (`--pipeline`, benchlib/pipeline.py): torchvision's ImageFolder,
+  RandomResizedCrop(224), flip, ToTensor, Normalize and a DataLoader with a worker per core
+  over ~3,000 real-size train JPEGs (`--pipeline-images`), on the unpacked tree, the kernel's
+  mount, squashfuse_ll, imagenetfs and the floor, cold and warm, in interleaved rounds
+  (--repeat): images/s, and the daemon's CPU seconds per 1,000 images. torch and
+  torchvision come from the test environment (`bash scripts/test.sh` makes it); without
+  them the pipeline is reported not run, with the reason.
 Both image variants: mksquashfs's default gzip and `-noD -noF` (uncompressed). Medians over
 --repeat runs; every ratio is contender / imagenetfs (above 1: imagenetfs is faster/smaller).
 
@@ -76,14 +89,16 @@ from pathlib import Path
 from typing import Any
 
 import _venv  # noqa: F401  (re-executes with the imagenetfs environment if needed)
-from benchlib import checks, data, report, shared, storm
+from benchlib import checks, data, pipeline, report, shared, storm
 from benchlib import contenders as C
 from benchlib.workloads import Readers, stat_all, walk
 
 REPO = Path(__file__).resolve().parent.parent
 #: What a contender's failure raises: recorded, and the run goes on.
 FAILURES = (C.MountFailed, OSError, RuntimeError, subprocess.SubprocessError)
-ORDER = ["imagenetfs", "kernel", "squashfuse", "squashfuse_ll", "ratarmount", "unpacked"]
+ORDER = ["imagenetfs", "kernel", "squashfuse", "squashfuse_ll", "ratarmount", "unpacked", "floor"]
+#: Served the same for every image variant: measured once, shown under each variant.
+ONCE = ("unpacked", "floor")
 TARS = "tars"  # the variant of the official tars, and its contenders (--tars)
 TAR_ORDER = [*report.TAR_WHO, "unpacked"]
 
@@ -210,6 +225,11 @@ class Run:
             times.append(epoch(m, paths, 8, seed + 3 + e, row))
             mem.append(C.memory(m.pids))
         self.mounts.release(m)
+        # a fresh mount, the images (and an index) still in the page cache: the kernel's
+        # and the daemon's per-file work without the disk's
+        m, _ = self.mounted(c, setdir, files[0])
+        fresh = epoch(m, paths, 8, seed + 6, "read 8 fresh cached")
+        self.mounts.release(m)
         if m.pids:
             last = mem[-1]
             for row, what in report.MEM_ROWS.items():
@@ -223,7 +243,8 @@ class Run:
         note(
             f"[{variant}] {c.name}: 1 reader {n / cold1:,.0f}/{n / warm1:,.0f} files/s "
             f"cold/warm, 8 readers {n / times[0]:,.0f}/{n / times[1]:,.0f} "
-            f"({mb / times[0]:,.0f}/{mb / times[1]:,.0f} MB/s)"
+            f"({mb / times[0]:,.0f}/{mb / times[1]:,.0f} MB/s), fresh mount cached "
+            f"{n / fresh:,.0f}"
             + (
                 f", {int(mem[-1]['procs'])} daemon process(es), RSS/PSS/USS by epoch "
                 + ", ".join(f"{x['rss']:.1f}/{x['pss']:.1f}/{x['uss']:.1f}" for x in mem)
@@ -479,6 +500,65 @@ class Run:
             out["results"].setdefault(variant, {}).setdefault(key, {}).setdefault(who, []).append(v)
         note(f"shared [{variant}] {who}: " + ", ".join(f"{k} {v:.3g}" for k, v in row.items()))
 
+    # --- the input pipeline ----------------------------------------------------------------
+
+    def pipeline(
+        self,
+        epochs: pipeline.Epochs,
+        sets: dict[str, Path],
+        scale: data.Scale,
+        who: dict[str, C.Contender],
+        rounds: int,
+    ) -> None:
+        """Interleaved rounds of the input pipeline (benchlib/pipeline.py), every variant
+        of `sets`, every contender of `who` (the unpacked tree and the floor once, as they
+        do not depend on the variant)."""
+        a = self.args
+        workers = a.pipeline_workers or os.cpu_count() or 2
+        listing, n = pipeline.subset(self.work, scale, a.pipeline_images)
+        probe = next(f for f in data.files(self.work, scale) if f.split == "train")
+        out = self.extra.setdefault("pipeline", {"results": {}, "runs": {}, "failed": {}})
+        out["config"] = {
+            "images": n,
+            "set": scale.name,
+            "batch": a.pipeline_batch,
+            "workers": workers,
+            "rounds": rounds,
+            "python": a.pipeline_python_said,
+        }
+        order = [(v, w) for v in sets for w in who if w not in ONCE or v == next(iter(sets))]
+        for r in range(rounds):
+            k = r % len(order)
+            for variant, name in order[k:] + order[:k]:
+                c = who[name]
+                try:
+                    self.drop()
+                    m, _ = self.mounted(c, sets[variant], probe)
+                    got = pipeline.one(epochs, m, listing, n, 100 * r, workers, a.pipeline_batch)
+                except FAILURES as e:
+                    self.error(variant, name, "pipeline", e)
+                    out["failed"][name] = f"{type(e).__name__}: {e}"
+                    continue
+                finally:
+                    self.mounts.close()
+                variants = list(sets) if name in ONCE else [variant]
+                for v in variants:
+                    res = out["results"].setdefault(v, {})
+                    for row, value in got.items():
+                        res.setdefault(row, {}).setdefault(name, []).append(value)
+                    runs = out["runs"].setdefault(v, [])
+                    while len(runs) <= r:
+                        runs.append({})
+                    runs[r][name] = got
+                cpu = got.get("cold daemon CPU s/1k")
+                note(
+                    f"pipeline [{variant}] {name}, round {r + 1}: "
+                    f"{got['cold images/s']:,.0f} / {got['warm images/s']:,.0f} images/s "
+                    "cold / warm"
+                    + (f", daemon {cpu:.2f} / {got['warm daemon CPU s/1k']:.2f} CPU s per 1k"
+                       if cpu is not None else "")
+                )  # fmt: skip
+
 
 def machine(args: argparse.Namespace, venv: Path) -> dict[str, Any]:
     def sh(*cmd: str) -> str:
@@ -571,6 +651,26 @@ def main() -> int:
         help="dir holding the imagenetfs package to run "
         "(e.g. a `git archive` snapshot; default: the installed checkout)",
     )
+    p.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="also the input pipeline (torchvision ImageFolder + augmentations, DataLoader): "
+        "unpacked, kernel, squashfuse_ll, imagenetfs, floor; alone: with --no-meta "
+        "--no-reads --no-storm --no-shared",
+    )
+    p.add_argument(
+        "--pipeline-python",
+        type=Path,
+        help="an interpreter with torch and torchvision (default: this one, else the test "
+        "environment, $IMAGENETFS_PREFIX/test-venv or /opt/imagenetfs/test-venv)",
+    )
+    p.add_argument(
+        "--pipeline-images",
+        type=int,
+        help="train images per pipeline epoch (default 3,000; full: 10,000)",
+    )
+    p.add_argument("--pipeline-batch", type=int, default=32, help="DataLoader batch size")
+    p.add_argument("--pipeline-workers", type=int, help="DataLoader workers (default: cores)")
     p.add_argument("--note", action="append", default=[], help="a line for the report")
     p.add_argument("--render", type=Path, metavar="JSON", help="only re-render a results.json")
     p.add_argument(
@@ -631,12 +731,21 @@ def main() -> int:
             tar_sets[what] = {c: official for c in report.TAR_WHO}
             if args.pack_from == "images":
                 tar_sets[what]["imagenetfs-packed"] = sets["gzip"]
+    if args.pipeline_images is None:
+        args.pipeline_images = 3000 if args.quick else 10_000
+    epochs: pipeline.Epochs | None = None
+    if args.pipeline:
+        exe, args.pipeline_python_said = pipeline.python(args.pipeline_python)
+        note(f"pipeline: {args.pipeline_python_said}")
+        if exe is not None:  # torch imported before any mount and any cache drop
+            epochs = pipeline.Epochs(exe, args.work)
     all_c: dict[str, C.Contender] = {
         "imagenetfs": C.Imagenetfs(args.work, args.imagenetfs_src),
         "kernel": C.Kernel(args.work),
         "squashfuse": C.Squashfuse(args.work),
         "squashfuse_ll": C.SquashfuseLL(args.work),
         "ratarmount": C.Ratarmount(args.work, venv, rat_problem),
+        "floor": C.Floor(args.work, data.unpacked_dir(args.work, read_scale)),
     }
     if TARS in variants:
         all_c["imagenetfs-tar"] = C.ImagenetfsTar(args.work, args.imagenetfs_src)
@@ -663,16 +772,17 @@ def main() -> int:
                 for what, setdir, scale, fn in groups:
                     files = data.files(args.work, scale)
                     tree = C.Unpacked(args.work, data.unpacked_dir(args.work, scale))
+                    floor = C.Floor(args.work, data.unpacked_dir(args.work, scale))
                     for name in chosen:
                         if name in unavailable:
                             continue
-                        if (name in TAR_ORDER) != (variant == TARS) and name != "unpacked":
+                        if (name in TAR_ORDER) != (variant == TARS) and name not in ONCE:
                             continue  # the tar contenders serve the tars, the others images
-                        if name == "unpacked" and variant != variants[0]:
+                        if name in ONCE and variant != variants[0]:
                             continue  # the same tree for every variant: measured once
-                        c = tree if name == "unpacked" else all_c[name]
+                        c = {"unpacked": tree, "floor": floor}.get(name) or all_c[name]
                         given = setdir
-                        if variant == TARS and name != "unpacked":
+                        if variant == TARS and name not in ONCE:
                             given = tar_sets[what][name]
                         try:
                             fn(variant, given, c, files, rep)
@@ -704,9 +814,19 @@ def main() -> int:
                         run.error(variant, "shared", "shared", e)
                     finally:
                         run.mounts.close()
+        if epochs is not None:
+            who = [w for w in pipeline.WHO if w in chosen and w not in unavailable]
+            by = {w: all_c.get(w) or C.Unpacked(args.work, data.unpacked_dir(args.work, read_scale))
+                  for w in who}  # fmt: skip
+            image_sets = {v: read_sets[v] for v in variants if v != TARS}
+            run.pipeline(epochs, image_sets, read_scale, by, repeat)
+        elif args.pipeline:
+            unavailable["pipeline"] = args.pipeline_python_said
     finally:
         run.mounts.close()
         run.readers.close()
+        if epochs is not None:
+            epochs.close()
     facts["loadavg_end"] = os.getloadavg()
     facts["wall_s"] = round(time.monotonic() - started)
     facts["caches_dropped"] = run.dropped
@@ -715,8 +835,9 @@ def main() -> int:
     first = variants[0]
     for variant in variants[1:]:
         for row, by in run.results.get(first, {}).items():
-            if "unpacked" in by:
-                run.results.setdefault(variant, {}).setdefault(row, {})["unpacked"] = by["unpacked"]
+            for name in ONCE:
+                if name in by:
+                    run.results.setdefault(variant, {}).setdefault(row, {})[name] = by[name]
     meta_desc = (
         f"{meta_scale.name} ({len(data.files(args.work, meta_scale)):,} files)"
         if not args.no_meta

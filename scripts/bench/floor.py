@@ -9,7 +9,8 @@ TREE's files (sorted paths, symlinks and other non-regular files left out) are w
 after the other into WORK/floor.data with their list in WORK/floor.manifest; floorfs is
 compiled into WORK/floorfs on first use (gcc, libfuse3's headers) and mounted at MOUNTPOINT,
 serving TREE's tree with imagenetfs's protocol choices (see floorfs.c). scripts/bench.py uses
-`pack`, `build` and `mount` to put a floor row beside every epoch.
+`pack`, `build` and `argv` to serve the floor as a contender (benchlib/contenders.py:
+`Floor`), in the foreground, beside every epoch.
 """
 
 from __future__ import annotations
@@ -55,18 +56,32 @@ def build(work: Path) -> Path:
         ["pkg-config", "--cflags", "--libs", "fuse3"], capture_output=True, text=True, check=True
     ).stdout.split()
     subprocess.run(
-        ["gcc", "-O2", "-Wall", "-o", str(binary), str(SOURCE), *flags], check=True, timeout=120
+        ["gcc", "-O2", "-Wall", "-pthread", "-o", str(binary), str(SOURCE), *flags],
+        check=True,
+        timeout=120,
     )
     return binary
 
 
+def argv(
+    binary: Path, data: Path, manifest: Path, mountpoint: Path, threads: int = 2, fg: bool = False
+) -> list[str]:
+    """The command that serves DATA at MOUNTPOINT (`fg`: in the foreground, so that the caller
+    knows the server's pid and can read its CPU time, as scripts/bench.py does)."""
+    return [
+        str(binary),
+        "-t",
+        str(threads),
+        *(["-f"] if fg else []),
+        str(data),
+        str(manifest),
+        str(mountpoint),
+    ]
+
+
 def mount(binary: Path, data: Path, manifest: Path, mountpoint: Path, threads: int = 2) -> None:
     """Mount; returns once the tree is served (floorfs daemonizes after mounting)."""
-    subprocess.run(
-        [str(binary), "-t", str(threads), str(data), str(manifest), str(mountpoint)],
-        check=True,
-        timeout=120,
-    )
+    subprocess.run(argv(binary, data, manifest, mountpoint, threads), check=True, timeout=120)
 
 
 def main() -> int:

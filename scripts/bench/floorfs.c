@@ -18,8 +18,10 @@
  * - READ replied from DATA by splicing (libfuse's splice write: no byte copied in user space),
  *   as imagenetfs's workers splice bytes stored as they are read;
  * - IOCTL (Python's `isatty` on open) answered ENOTTY, as imagenetfs answers it;
- * - THREADS (default 2) threads, each on its own clone of the session (imagenetfs: one worker
- *   process per core, 2 on a 2-core machine).
+ * - THREADS (default 2) serving threads, started once and kept (imagenetfs: one worker process
+ *   per core, 2 on a 2-core machine, each on its own clone of the session; here they share the
+ *   session's descriptor, as libfuse's public API has no per-thread clone without its own
+ *   thread pool, whose churn is not a floor: see serve()).
  * Files are 0444, directories 0555, owned by the mounting user, mtime 0.
  */
 #define FUSE_USE_VERSION 34
@@ -28,6 +30,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
+#include <pthread.h>
 #include <search.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -258,6 +261,28 @@ static void ff_init(void *userdata, struct fuse_conn_info *conn) {
                                    FUSE_CAP_NO_OPEN_SUPPORT | FUSE_CAP_NO_OPENDIR_SUPPORT);
 }
 
+/* One serving thread: take a request, answer it, until the session ends (the unmount makes
+ * every blocked read fail with ENODEV). THREADS of them, started once and kept, all reading
+ * the session's descriptor: libfuse's own multi-threaded loop (fuse_session_loop_mt) starts a
+ * thread whenever all are busy and ends it when more than max_idle_threads wait -- under 8
+ * readers that was a clone3, an open of /dev/fuse, a pipe and their undoing per ~1 file,
+ * most of its system time: no floor. */
+static void *serve(void *arg) {
+    struct fuse_session *se = arg;
+    struct fuse_buf buf = {.mem = NULL};
+    while (!fuse_session_exited(se)) {
+        int res = fuse_session_receive_buf(se, &buf);
+        if (res == -EINTR) continue;
+        if (res <= 0) {
+            fuse_session_exit(se);
+            break;
+        }
+        fuse_session_process_buf(se, &buf);
+    }
+    free(buf.mem);
+    return NULL;
+}
+
 static const struct fuse_lowlevel_ops ops = {
     .init = ff_init,
     .lookup = ff_lookup,
@@ -295,10 +320,16 @@ int main(int argc, char **argv) {
     if (fuse_set_signal_handlers(se) != 0) return 1;
     if (fuse_session_mount(se, mountpoint) != 0) return 1;
     fuse_daemonize(foreground);
-    struct fuse_loop_config config = {.clone_fd = 1, .max_idle_threads = threads};
-    int status = fuse_session_loop_mt(se, &config);
+    if (threads < 1) threads = 1;
+    pthread_t *ids = calloc(threads, sizeof *ids);
+    if (!ids) die("calloc");
+    for (unsigned i = 1; i < threads; i++)
+        if (pthread_create(&ids[i], NULL, serve, se) != 0) die("pthread_create");
+    serve(se);
+    for (unsigned i = 1; i < threads; i++) pthread_join(ids[i], NULL);
+    free(ids);
     fuse_session_unmount(se);
     fuse_remove_signal_handlers(se);
     fuse_session_destroy(se);
-    return status ? 1 : 0;
+    return 0;
 }

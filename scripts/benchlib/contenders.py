@@ -9,7 +9,12 @@ kernel's loop mounts), and stops the daemons the benchmark started, by their pid
 - squashfuse, squashfuse_ll: one foreground daemon per image;
 - ratarmount: one foreground daemon per image, from the benchmark's own venv, its SQLite
   indexes in `<work>/ratarmount-index/<set>/`;
-- unpacked: the unsquashfs'd tree on local disk; nothing to mount.
+- unpacked: the unsquashfs'd tree on local disk; nothing to mount;
+- floor: the FUSE floor (scripts/bench/floorfs.c through scripts/bench/floor.py): the
+  unpacked tree's files packed once into one data file, served in the foreground by a minimal
+  libfuse 3 server with imagenetfs's protocol choices and no other work, one thread per core;
+  what this kernel charges any FUSE filesystem per file. Like the unpacked tree it does not
+  depend on the image variant.
 
 Over the official tars (`--tars`, data.ensure_official):
 - ratarmount-tar: `ratarmount -f --recursive --index-folders <work>/ratarmount-index/<set>
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.util
 import json
 import os
 import shutil
@@ -41,6 +47,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 from benchlib import data
 from benchlib.data import SPLITS, File
@@ -258,6 +265,70 @@ class Unpacked(Contender):
     def mount(self, setdir: Path, mp: Path, probe: File) -> Mounted:
         roots = {s: self.tree / s for s in SPLITS}
         return Mounted(self.name, roots, list(roots.values()))
+
+
+def _floor_module() -> ModuleType:
+    """scripts/bench/floor.py (not a package: `bench` is bench.py's name)."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "floor.py"
+    spec = importlib.util.spec_from_file_location("bench_floor", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Floor(Contender):
+    """The FUSE floor over `tree` (the unpacked tree of a scale): packed once into
+    `<work>/floor/<tree's name>/`, floorfs compiled once into `<work>/floor/`, one foreground
+    server per mount (its pid known: CPU and memory rows as for the daemons)."""
+
+    name = "floor"
+
+    def __init__(self, work: Path, tree: Path, threads: int | None = None) -> None:
+        super().__init__(work)
+        self.tree = tree
+        self.threads = threads or os.cpu_count() or 2  # imagenetfs: a worker per core
+
+    def unavailable(self) -> str | None:
+        missing = [t for t in ("gcc", "pkg-config", "fusermount3") if not shutil.which(t)]
+        if missing:
+            return f"the FUSE floor needs {', '.join(missing)} (and libfuse3's headers)"
+        r = subprocess.run(["pkg-config", "--exists", "fuse3"], capture_output=True)
+        return None if r.returncode == 0 else "the FUSE floor needs libfuse3's headers (fuse3.pc)"
+
+    def mount(self, setdir: Path, mp: Path, probe: File) -> Mounted:
+        floor = _floor_module()
+        base = self.work / "floor"
+        binary = floor.build(base)
+        blob, manifest = floor.pack(self.tree, base / self.tree.name)
+        mp.mkdir(parents=True, exist_ok=True)
+        roots = {s: mp / s for s in SPLITS}
+        m = Mounted(self.name, roots, [mp])
+        log = self.work / "logs" / "floor.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        argv = floor.argv(binary, blob, manifest, mp, self.threads, fg=True)
+        with log.open("ab") as out:
+            proc = subprocess.Popen(argv, stdout=out, stderr=out)
+        m.pids = [proc.pid]
+
+        def unmount() -> None:
+            if os.path.ismount(mp):
+                r = subprocess.run(["fusermount3", "-u", str(mp)], capture_output=True)
+                if r.returncode != 0:
+                    _fusermount_lazy(mp)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+        m.unmount = unmount
+        try:
+            wait_ready([m.path(probe)], [proc], log)
+        except BaseException:
+            unmount()
+            raise
+        return m
 
 
 class Imagenetfs(Contender):

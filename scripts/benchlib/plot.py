@@ -30,6 +30,7 @@ ORDER = [
     "ratarmount-tar",
     "imagenetfs-packed",
     "unpacked",
+    "floor",
 ]
 STORM_COLORS = {"unpacked": "tab:gray", "imagenetfs": "tab:green"}
 HATCHES = ["", "//", "xx", ".."]  # the storm's bars, one per delay

@@ -16,11 +16,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from benchlib import pipeline
+
 META_ROWS = ["first-mount build", "mount ready", "walk", "stat after walk", "stat fresh mount"]
 #: The contenders over the official tars (`--tars`), their table's variant and its base.
 TAR_WHO = ["imagenetfs-tar", "ratarmount-tar", "imagenetfs-packed"]
 TARS = "tars"
-READ_ROWS = ["read 1 cold", "read 1 warm", "read 8 cold", "read 8 warm", "peak RSS 3 epochs"]
+#: The read epochs (each with its speed and CPU rows), then the memory row of the reads.
+EPOCH_ROWS = ["read 1 cold", "read 1 warm", "read 8 cold", "read 8 warm", "read 8 fresh cached"]
+READ_ROWS = [*EPOCH_ROWS, "peak RSS 3 epochs"]
+#: The FUSE floor (benchlib/contenders.py: Floor): every epoch also as a fraction of it.
+FLOOR = "floor"
+#: imagenetfs's epochs that issue 28 wants at >= 0.8x the floor.
+FLOOR_GOAL_ROWS = ["read 8 fresh cached", "read 8 warm"]
 ROW_TITLES = {
     "first-mount build": "index / first-mount build (s)",
     "mount ready": "mount ready, built index (s)",
@@ -31,6 +39,7 @@ ROW_TITLES = {
     "read 1 warm": "read epoch, 1 reader, warm (s)",
     "read 8 cold": "read epoch, 8 readers, cold (s)",
     "read 8 warm": "read epoch, 8 readers, warm (s)",
+    "read 8 fresh cached": "read epoch, 8 readers, fresh mount, images cached (s)",
     "peak RSS 3 epochs": "daemon peak RSS after 3 epochs (MiB)",
     "PSS 3 epochs": "daemon PSS after 3 epochs (MiB)",
     "USS 3 epochs": "daemon USS after 3 epochs (MiB)",
@@ -55,7 +64,7 @@ META_MEM_ROWS = {
     "meta USS": "uss",
     "meta PSS anon": "pss_anon",
 }
-#: Per read epoch (READ_ROWS' first four): its speed and CPU seconds per GB read, by whom.
+#: Per read epoch (EPOCH_ROWS): its speed and CPU seconds per GB read, by whom.
 CPU_WHAT = {
     "MB/s": "MB/s",
     "daemon CPU s/GB": "CPU s per GB, daemon",
@@ -71,11 +80,11 @@ def cpu_row(epoch: str, what: str) -> str:
     return f"{epoch}: {what}"
 
 
-for _epoch in READ_ROWS[:4]:
+for _epoch in EPOCH_ROWS:
     for _what, _title in CPU_WHAT.items():
         ROW_TITLES[cpu_row(_epoch, _what)] = f"{ROW_TITLES[_epoch].removesuffix(' (s)')}: {_title}"
 #: Rows without a ratio in the tables (a speed: its time's row has one).
-NO_RATIO = {cpu_row(e, "MB/s") for e in READ_ROWS[:4]}
+NO_RATIO = {cpu_row(e, "MB/s") for e in EPOCH_ROWS}
 Medians = dict[str, dict[str, float]]
 FULL_ENTRIES = 1_431_167  # files of the full metadata set: ImageNet's entry count
 SHARED_WHO = ["none", "stage", "manual"]
@@ -132,6 +141,51 @@ def table(variant: str, med: Medians, who: list[str], sets: dict[str, str]) -> s
                 cells.append(f"{v:,.3g} ({v / base:.2f}×)")
         out.append(f"| {ROW_TITLES[row]} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
+
+
+def floor_table(variant: str, med: Medians, who: list[str]) -> str:
+    """Every epoch's speed as a fraction of the FUSE floor's (floor time ÷ contender time),
+    with the floor's own files/s; "" when the floor was not measured."""
+    if not any(FLOOR in med.get(r, {}) for r in EPOCH_ROWS):
+        return ""
+    tars = variant == TARS
+    who = [c for c in who if c == "unpacked" or (c != FLOOR and (c in TAR_WHO) == tars)]
+    out = [
+        f"Speed as a fraction of the FUSE floor's ({variant}; floor time ÷ contender time: "
+        "1 = as fast as a FUSE server doing nothing but answer; above 1 = faster than any "
+        "FUSE filesystem can be on this kernel). The floor's daemon CPU s per GB in brackets.\n",
+        "| epoch | floor (s) | " + " | ".join(who) + " |",
+        "|---|---|" + "---|" * len(who),
+    ]
+    for row in EPOCH_ROWS:
+        f = med.get(row, {}).get(FLOOR)
+        if not f:
+            continue
+        cpu = med.get(cpu_row(row, "daemon CPU s/GB"), {}).get(FLOOR)
+        cells = [f"{f:,.3g}" + (f" ({cpu:.2g})" if cpu is not None else "")]
+        for c in who:
+            v = med.get(row, {}).get(c)
+            cells.append(f"{f / v:.2f}" if v else "n/a")
+        out.append(f"| {ROW_TITLES[row].removesuffix(' (s)')} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def floor_goals(meds: dict[str, Medians], variants: list[str]) -> list[str]:
+    """Issue 28 item 3: imagenetfs's 8-reader epochs as a fraction of the floor."""
+    out = []
+    for v in variants:
+        for row in FLOOR_GOAL_ROWS:
+            f = meds.get(v, {}).get(row, {}).get(FLOOR)
+            i = meds.get(v, {}).get(row, {}).get("imagenetfs")
+            out.append(
+                _goal(
+                    f"{ROW_TITLES[row].removesuffix(' (s)')} ({v}): imagenetfs speed ÷ the "
+                    "floor's (goal ≥ 0.8)",
+                    f / i if f and i else None,
+                    lambda x: x >= 0.8,
+                )
+            )
+    return out
 
 
 def _fmt(v: float | None) -> str:
@@ -562,6 +616,9 @@ def render(doc: dict[str, Any]) -> str:
     for variant in variants:
         if meds.get(variant):
             md.append(table(variant, meds[variant], who, doc["sets"]))
+            floors = floor_table(variant, meds[variant], who)
+            if floors:
+                md.append(floors)
     all_storms = storms(doc)
     if all_storms:
         st = all_storms[0]
@@ -584,6 +641,11 @@ def render(doc: dict[str, Any]) -> str:
     if meds.get(TARS):
         md += ["### issue 15 goals (the official tars)\n", *tar_goals(meds, doc["sets"]), ""]
     md += ["### issue 16 goals\n", *issue16_goals(doc, meds), ""]
+    image_variants = [v for v in variants if v != TARS and meds.get(v)]
+    if any(FLOOR in meds[v].get(r, {}) for v in image_variants for r in EPOCH_ROWS):
+        md += ["### issue 28 goals: the FUSE floor\n", *floor_goals(meds, image_variants), ""]
+    if doc.get("pipeline"):
+        md += pipeline.section(doc["pipeline"])
     for what in ("rss", "pss", "uss", "pss_anon"):
         if doc.get(f"{what}_by_epoch"):
             md += [f"{what.upper()} (MiB) after each of the 3 epochs, per run:", ""]
