@@ -188,6 +188,9 @@ def main() -> int:
         "--mksquashfs-args", default="", help="for the generated images, e.g. '-noD -noF'"
     )
     args = p.parse_args()
+    # imported once here, before the readers are forked: where torch is installed, webdataset
+    # imports it (~1.5 s a process), which each reader would otherwise pay inside its timing
+    import webdataset  # noqa: F401
     repeat = args.repeat or (1 if args.quick else 3)
     classes, per_class, per_shard = (20, 100, 100) if args.quick else (100, 250, 1252)
     flavour = "-".join(args.mksquashfs_args.replace("-", "").split()) or "gzip"

@@ -118,18 +118,24 @@ def padded(size: int) -> int:
 
 def header(name: bytes, size: int) -> bytes:
     """The ustar header of a regular file `name` of `size` bytes, as the module says; the same
-    bytes as Python's `tarfile.TarInfo.tobuf(tarfile.USTAR_FORMAT)` writes for it."""
-    buf = bytearray(BLOCK)
-    buf[0 : len(name)] = name
-    buf[100:108] = b"0000444\0"
-    buf[108:116] = buf[116:124] = b"0000000\0"
-    buf[124:136] = b"%011o\0" % size
-    buf[136:148] = b"%011o\0" % MTIME
-    buf[148:156] = b"        "
-    buf[156:157] = b"0"
-    buf[257:265] = b"ustar\x0000"
-    buf[148:156] = b"%06o\0 " % sum(buf)
-    return bytes(buf)
+    bytes as Python's `tarfile.TarInfo.tobuf(tarfile.USTAR_FORMAT)` writes for it. Made from
+    the fields that never change (`_FIXED`) and their checksum's share (`_FIXED_SUM`): it is
+    made on every READ that touches it."""
+    size_field = b"%011o\0" % size
+    checksum = b"%06o\0 " % (_FIXED_SUM + sum(name) + sum(size_field))
+    return b"".join(
+        (name, bytes(100 - len(name)), _MODE_IDS, size_field, _MTIME_FIELD, checksum, _FIXED)
+    )
+
+
+#: A header's fields after the name that never change: mode, uid, gid; mtime; and what
+#: follows the checksum (type `0`, no link name, the `ustar` magic and version 00, no owner
+#: names, no device numbers, no prefix).
+_MODE_IDS = b"0000444\0" + b"0000000\0" * 2
+_MTIME_FIELD = b"%011o\0" % MTIME
+_FIXED = b"0" + bytes(100) + b"ustar\x0000" + bytes(BLOCK - 265)
+#: Their share of the checksum, which counts its own field as eight spaces.
+_FIXED_SUM = sum(_MODE_IDS) + sum(_MTIME_FIELD) + 8 * ord(" ") + sum(_FIXED)
 
 
 def sample_key(name: bytes) -> bytes | None:
@@ -770,7 +776,10 @@ class WdsView:
                 if pos >= start + length:
                     continue
                 a, b = pos - start, min(end, start + length) - start
-                yield piece[a:b] if isinstance(piece, bytes) else (piece, a, b - a)
+                if piece is None:
+                    yield _made(sample, start)[a:b]
+                else:
+                    yield piece, a, b - a
                 pos = start + b
             i += 1
         while pos < end:  # the end: zeros
@@ -779,20 +788,27 @@ class WdsView:
             pos += chunk
 
 
-def _pieces(sample: Sample) -> Iterator[tuple[int, int, bytes | Node]]:
-    """(offset in the shard, length, bytes or the image's node) of a sample's bytes."""
+def _pieces(sample: Sample) -> Iterator[tuple[int, int, Node | None]]:
+    """(offset in the shard, length, what) of each part of a sample's bytes, in order: the
+    image's node for its data, None for bytes `_made` makes when a READ touches them."""
+    cls_end = sample.offset + BLOCK + padded(len(sample.cls))
+    data = cls_end + BLOCK
+    size = sample.node.size
+    yield sample.offset, cls_end - sample.offset, None
+    yield cls_end, BLOCK, None
+    yield data, size, sample.node
+    yield data + size, padded(size) - size, None
+    yield data + padded(size), sample.end - data - padded(size), None
+
+
+def _made(sample: Sample, start: int) -> bytes:
+    """The bytes of the part of `sample` that starts at `start` (see `_pieces`): `.cls`'s
+    header and data, `.jpg`'s header, its padding, or `.json`'s header and data."""
     cls, jpg, js = sample.members()
-    yield (
-        cls.offset,
-        BLOCK + padded(cls.size),
-        (header(cls.name, cls.size) + sample.cls.ljust(padded(cls.size), b"\0")),
-    )
-    yield jpg.offset, BLOCK, header(jpg.name, jpg.size)
-    yield jpg.offset + BLOCK, jpg.size, sample.node
-    pad = padded(jpg.size) - jpg.size
-    yield jpg.offset + BLOCK + jpg.size, pad, bytes(pad)
-    yield (
-        js.offset,
-        BLOCK + padded(js.size),
-        (header(js.name, js.size) + sample.json.ljust(padded(js.size), b"\0")),
-    )
+    if start == cls.offset:
+        return header(cls.name, cls.size) + sample.cls.ljust(padded(cls.size), b"\0")
+    if start == jpg.offset:
+        return header(jpg.name, jpg.size)
+    if start == js.offset:
+        return header(js.name, js.size) + sample.json.ljust(padded(js.size), b"\0")
+    return bytes(padded(jpg.size) - jpg.size)
