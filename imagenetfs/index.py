@@ -888,6 +888,24 @@ class Index:
             return None
         return self._images[image].locate(extent, offset, size)
 
+    def cache_visible(self, node: Node) -> bool:
+        """Whether the filesystem of a file's image says what its page cache holds
+        (`squashfs.cache_visible`); True for a virtual file."""
+        image = node.extent()[0]
+        if image == BLOB_IMAGE:
+            return True
+        visible = getattr(self._images[image], "cache_visible", None)
+        return True if visible is None else bool(visible())
+
+    def span(self, node: Node) -> squashfs.Run | None:
+        """Where a file's stored bytes lie in its image (the images' `span`), for read-ahead;
+        None for a virtual file and an image that cannot say."""
+        image, extent = node.extent()
+        if image == BLOB_IMAGE:
+            return None
+        span = getattr(self._images[image], "span", None)
+        return None if span is None else span(extent)
+
 
 def _open_env(fd: int) -> lmdb.Environment:
     """A read-only LMDB environment on the index file open as `fd` (no lock file: the index

@@ -204,6 +204,19 @@ class Tree:
             return None
         return self.index.locate(node, offset, size)
 
+    def cache_visible(self, node: Node) -> bool:
+        """Whether the filesystem of the file's image says what it caches (`Index`'s)."""
+        if self.shards is not None and self.shards.owns(node.ino):
+            return True
+        return self.index.cache_visible(node)  # (the view's inode bits do not matter)
+
+    def span(self, node: Node) -> Run | None:
+        """Where a base-tree file's stored bytes lie (`Index.span`), for read-ahead; None for
+        a shard view's file."""
+        if self.shards is not None and self.shards.owns(node.ino):
+            return None
+        return self.index.span(node)
+
     # resized files
     def spec_of(self, node: Node) -> ResizeSpec | None:
         """The spec a file is resized to; None for everything served as stored: the base tree,
