@@ -20,7 +20,8 @@ META_ROWS = ["first-mount build", "mount ready", "walk", "stat after walk", "sta
 #: The contenders over the official tars (`--tars`), their table's variant and its base.
 TAR_WHO = ["imagenetfs-tar", "ratarmount-tar", "imagenetfs-packed"]
 TARS = "tars"
-READ_ROWS = ["read 1 cold", "read 1 warm", "read 8 cold", "read 8 warm", "peak RSS 3 epochs"]
+READ_ROWS = ["read 1 cold", "read 1 warm", "read 8 cold", "read 8 warm", "peak RSS 3 epochs",
+             "read 1 sorted cold"]  # fmt: skip
 ROW_TITLES = {
     "first-mount build": "index / first-mount build (s)",
     "mount ready": "mount ready, built index (s)",
@@ -31,6 +32,7 @@ ROW_TITLES = {
     "read 1 warm": "read epoch, 1 reader, warm (s)",
     "read 8 cold": "read epoch, 8 readers, cold (s)",
     "read 8 warm": "read epoch, 8 readers, warm (s)",
+    "read 1 sorted cold": "read epoch, 1 reader, sorted order, cold (s)",
     "peak RSS 3 epochs": "daemon peak RSS after 3 epochs (MiB)",
     "PSS 3 epochs": "daemon PSS after 3 epochs (MiB)",
     "USS 3 epochs": "daemon USS after 3 epochs (MiB)",
