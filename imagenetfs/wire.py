@@ -116,6 +116,7 @@ from imagenetfs.index import DTYPE
 from imagenetfs.ops import (
     BLOCK_SIZE,
     BYTES_PUSHED,
+    BYTES_READ,
     FILES_PUSHED,
     READS_COLD,
     Blocked,
@@ -784,6 +785,7 @@ class Worker:
         counts = self.core.counters.values
         counts[FILES_PUSHED] += 1
         counts[BYTES_PUSHED] += size
+        counts[BYTES_READ] += size  # (file data served, as a READ's)
 
     def _ahead(self, ino: int, offset: int, runs: list[Run] | None) -> None:
         """Tell the read-ahead (ahead.py) where a file read from its start lies."""

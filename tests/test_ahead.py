@@ -347,7 +347,7 @@ def test_reads_from_a_filesystem_without_nowait_go_to_several_threads(
             for f in futures:
                 got.update(f.result())
         assert got == s.files
-        assert most >= 2, most
+        assert most >= 3, most  # (the worker and its threads: up to 1 + UNSEEN_THREADS)
         after = fs_counts(mounted)
         handed = after["reads_cold"] - before["reads_cold"]
         # (all but those the worker took while UNSEEN_WAITING READs waited for its threads)
