@@ -184,31 +184,32 @@ def test_files_in_order_read_ahead_within_the_window_and_random_ones_do_not(
 def test_a_reader_in_image_order_reads_ahead_and_a_random_one_does_not(
     sets: dict[str, Set], env_mounter: EnvMounter, variant: str
 ) -> None:
-    """One worker, one reader, caches dropped: every train file in sorted order (image
-    order), read as `cp` reads, makes the worker read ahead; the same files in random order
-    do not; the bytes are the image's either way."""
+    """One worker, one reader, caches dropped: every train file in random order asks for no
+    read-ahead; in sorted order (image order), read as `cp` reads, the worker reads ahead;
+    the bytes are the image's either way."""
     s = sets[variant]
     env_mounter.extra = {"IMAGENETFS_PUSH": "0"}
     mp = env_mounter.mkdir("mp")
     mounted = env_mounter.mount(mp, s.root, "--workers", "1", index=s.root / "i.lmdb")
     order = list(s.files)
+    shuffled = order[:]
+    random.Random(3).shuffle(shuffled)
     drop_caches()
     before = fs_counts(mounted)
+    got = unbuffered(mp, shuffled)
+    assert got == {rel: s.files[rel] for rel in shuffled}
+    after = fs_counts(mounted)
+    assert after["reads_ahead"] == before["reads_ahead"], after
+
+    drop_caches()
+    for rel in order:
+        evict(mp / rel)
+    before = after
     assert unbuffered(mp, order) == s.files
     after = fs_counts(mounted)
     assert after["reads_ahead"] - before["reads_ahead"] >= 3, after
     calls = after["reads_ahead"] - before["reads_ahead"]
     assert after["bytes_ahead"] - before["bytes_ahead"] <= calls * ahead.WINDOW
-
-    random.Random(3).shuffle(order)
-    drop_caches()
-    for rel in order:
-        evict(mp / rel)
-    before = fs_counts(mounted)
-    got = unbuffered(mp, order)
-    assert got == {rel: s.files[rel] for rel in order}
-    after = fs_counts(mounted)
-    assert after["reads_ahead"] == before["reads_ahead"], after
     assert after["errors"] == 0 and "Traceback" not in mounted.log
 
 
