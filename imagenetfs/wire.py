@@ -63,9 +63,27 @@ splice cannot do it, it copies, and a READ cut short (an image truncated since i
 fails with EIO, logged and counted by `Core.errno_for`'s rule. It counts what it sends in a
 slot of the `Board` of its own (`reads_cold`, and the latency from the worker taking the READ
 up), so no counter has two writers. Nothing else moves to it: it never touches the index, a
-cache or the core's state. On a filesystem that cannot say what it caches (no `RWF_NOWAIT`), a
-worker waits for its reads itself, as before. `IMAGENETFS_COLD_THREAD=0` turns the thread off
-(for A/B runs).
+cache or the core's state. On a filesystem that cannot say what it caches (no `RWF_NOWAIT`:
+FUSE, NFS, Lustre), every READ of an image may wait, and one blocking read per worker leaves a
+slow share's link half idle: there the worker hands every such READ to its threads -- up to
+`UNSEEN_THREADS`, started on the first, each with a pipe and a counter slot of its own, at
+most `UNSEEN_WAITING` READs waiting (past that the worker reads it itself) -- spliced READs
+as above, and copied ones (gzip images) as the blocking rest of the core's read, which the
+core hands back (`Core.defer_unseen`: it has counted the READ; the thread only reads, and
+counts the latency and `reads_cold`). `IMAGENETFS_COLD_THREAD=0` turns the threads off (for
+A/B runs).
+
+Read-ahead and pushes, for a reader in the images' order (`cp -r`, a loop over sorted paths):
+a worker tells `ahead.Ahead` where each file it starts reading lies in its image (the READ's
+runs, or `Core.span`), which asks the kernel to read ahead once files come in order (see
+ahead.py). And Python's `open()` asks `isatty()` of each file (an IOCTL, answered ENOTTY)
+before reading it: `_push` first sends the file's bytes to the kernel's page cache for it
+(FUSE_NOTIFY_STORE, spliced like a READ's reply) when they are stored as they are read, at
+most `PUSH_MAX` and cached already (a cold file is left to its READs and the cold-read
+thread), once per file per mount -- `Board.sent`, a bit per inode shared by the workers and
+set by a READ from byte 0 too, so that a file the kernel already holds is not pushed again.
+The READs that would have followed are then not sent. `IMAGENETFS_READ_AHEAD=0` and
+`IMAGENETFS_PUSH=0` turn them off.
 
 Replies the kernel refuses. The kernel checks each reply against its request and refuses,
 with an error on the write (EINVAL), one it cannot take -- a READLINK reply of 4,096 bytes or
@@ -770,7 +788,7 @@ class Worker:
         runs = self.core.locate_read(ino, 0, PUSH_MAX + 1)
         if not runs or sum(r.length for r in runs) > PUSH_MAX:
             return
-        if self.cold is not None and self.cold.cold(runs) != CACHED:
+        if self.cold is None or self.cold.cold(runs) != CACHED:  # (no probe: no push)
             return
         splicer = self.splicer
         assert splicer is not None
