@@ -74,7 +74,6 @@ label files) for the source layer: one pass over the central directory, no index
 from __future__ import annotations
 
 import calendar
-import contextlib
 import functools
 import logging
 import os
@@ -89,7 +88,7 @@ from typing import NamedTuple, NoReturn, Self
 
 from imagenetfs import squashfs
 from imagenetfs.errors import CorruptImageError, ImagenetfsError, NoSuchEntry
-from imagenetfs.squashfs import NO_NOWAIT, Entry, Extent, Run, WouldBlock
+from imagenetfs.squashfs import NO_NOWAIT, Entry, Extent, Run, WouldBlock, cache_visible
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +216,7 @@ class _ArchiveFile:
             raise ImagenetfsError(f"{self.path}: cannot open: {exc.strerror}") from None
         self._size = os.fstat(self._fd).st_size
         self._nowait_supported = True  # until the file's filesystem says otherwise
+        self._visible: tuple[int, bool] | None = None  # (descriptor, `cache_visible`)
         self._retired: list[int] = []  # descriptors replaced by `switch`, closed with the image
 
     def close(self) -> None:
@@ -236,6 +236,19 @@ class _ArchiveFile:
     def fileno(self) -> int:
         """The descriptor reads use now (see `switch`)."""
         return self._fd
+
+    def cache_visible(self) -> bool:
+        """`squashfs.cache_visible` of the descriptor reads use now, asked once per descriptor."""
+        fd = self._fd
+        known = self._visible
+        if known is None or known[0] != fd:
+            self._visible = known = (fd, cache_visible(fd))
+        return known[1]
+
+    def span(self, extent: Extent) -> Run:
+        """Where a member's stored bytes lie in the file (for read-ahead, ahead.py: a hint;
+        a deflated member's reach is taken as its size)."""
+        return Run(self._fd, extent.blocks_start, extent.size)
 
     def switch(self, path: str) -> None:
         """Read from `path` from now on: a copy of this file (refused, ImagenetfsError, unless
@@ -317,19 +330,6 @@ class _ArchiveFile:
         if offset >= end:
             return []
         return [Run(self._fd, extent.blocks_start + offset, end - offset)]
-
-    def advise(self, extent: Extent) -> None:
-        """Ask the kernel to start reading a member's stored bytes (its data, or its deflated
-        data) into the page cache, without waiting (see `squashfs.SquashImage.advise`)."""
-        length = extent.size
-        if extent.block_sizes:  # (a deflated zip member: its compressed size)
-            try:
-                length = _DEFLATED.unpack(extent.block_sizes)[1]
-            except struct.error:
-                return
-        if 0 <= extent.blocks_start < self._size and length > 0:
-            with contextlib.suppress(OSError):
-                os.posix_fadvise(self._fd, extent.blocks_start, length, os.POSIX_FADV_WILLNEED)
 
 
 class _Window:

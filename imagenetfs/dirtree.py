@@ -156,10 +156,6 @@ class DirImage:
         bytes are always read, never spliced (see `squashfs.SquashImage.locate`)."""
         return None
 
-    def advise(self, extent: squashfs.Extent) -> None:
-        """Nothing: to start reading a file ahead, it would be opened here, and an open() on
-        a shared filesystem can block (see `read`'s `nowait`)."""
-
     def _acquire(self, relative: bytes) -> list[int]:
         """The open descriptor of a file (opened now if need be), marked in use."""
         with self._lock:

@@ -901,11 +901,12 @@ class Index:
         return self._images[image].read(extent, offset, size, nowait=nowait)
 
     def advise(self, node: Node) -> None:
-        """Ask the kernel to start reading file `node`'s stored bytes into the page cache
-        without waiting (`SquashImage.advise`): a hint for bytes about to be read."""
-        image, extent = node.extent()
-        if image != BLOB_IMAGE:
-            self._images[image].advise(extent)
+        """Ask the kernel to start reading file `node`'s stored bytes (`span`) into the page
+        cache without waiting (`POSIX_FADV_WILLNEED`): a hint for bytes about to be read."""
+        span = self.span(node)
+        if span is not None and span.length > 0:
+            with contextlib.suppress(OSError):
+                os.posix_fadvise(span.fd, span.offset, span.length, os.POSIX_FADV_WILLNEED)
 
     def image_size(self, ino: int) -> tuple[int, int] | None:
         """(width, height) of file `ino` as the image pass recorded it (`index --image-info`);
@@ -936,6 +937,24 @@ class Index:
         if image == BLOB_IMAGE:
             return None
         return self._images[image].locate(extent, offset, size)
+
+    def cache_visible(self, node: Node) -> bool:
+        """Whether the filesystem of a file's image says what its page cache holds
+        (`squashfs.cache_visible`); True for a virtual file."""
+        image = node.extent()[0]
+        if image == BLOB_IMAGE:
+            return True
+        visible = getattr(self._images[image], "cache_visible", None)
+        return True if visible is None else bool(visible())
+
+    def span(self, node: Node) -> squashfs.Run | None:
+        """Where a file's stored bytes lie in its image (the images' `span`), for read-ahead;
+        None for a virtual file and an image that cannot say."""
+        image, extent = node.extent()
+        if image == BLOB_IMAGE:
+            return None
+        span = getattr(self._images[image], "span", None)
+        return None if span is None else span(extent)
 
 
 def _open_env(fd: int) -> lmdb.Environment:

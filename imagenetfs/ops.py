@@ -74,7 +74,7 @@ from imagenetfs.errors import (
     errno_of,
 )
 from imagenetfs.index import DIR, FILE, MAX_NAME, ROOT_INO, SYMLINK, Node
-from imagenetfs.squashfs import Piece, SquashImage, WouldBlock
+from imagenetfs.squashfs import Piece, Run, SquashImage, WouldBlock
 from imagenetfs.views.resize import ResizeCache, ResizeSpec
 from imagenetfs.views.shards import SHARDS
 from imagenetfs.views.tree import RESIZED, VIEW_SHIFT, Tree
@@ -145,7 +145,8 @@ class Blocked(Exception):
 
 FS_COUNTERS = ("lookups", "getattrs", "readdirs", "opens", "reads", "inline_reads",
                "bytes_read", "errors", "resizes", "reads_spliced", "ioctls",
-               "reads_cold")  # fmt: skip
+               "reads_cold", "reads_ahead", "bytes_ahead", "files_pushed",
+               "bytes_pushed")  # fmt: skip
 CACHE_COUNTERS = ("hits", "misses", "stores", "evictions", "failures")
 BLOCK_COUNTERS = ("hits", "misses")  # of the images' decompressed-block caches
 LOOKUPS, GETATTRS, READDIRS, OPENS, READS, INLINE_READS, BYTES_READ, ERRORS, RESIZES = range(9)
@@ -154,6 +155,10 @@ IOCTLS = 10  # isatty()'s TCGETS, one per buffered open() before Python 3.14 (wo
 #             under pyfuse3, libfuse refuses ioctls itself)
 READS_COLD = 11  # of READS: bytes stored as they are read but not in the page cache, sent
 #                 by a worker's second thread (wire.ColdReads)
+READS_AHEAD, BYTES_AHEAD = 12, 13  # requests to read an image ahead of a reader in image
+#                                   order, and their bytes (ahead.py; workers only)
+FILES_PUSHED, BYTES_PUSHED = 14, 15  # files whose bytes a worker sent to the kernel's page
+#                                     cache before their READs (wire.Worker._push)
 CACHE_FIRST = len(FS_COUNTERS)
 BLOCK_FIRST = CACHE_FIRST + len(CACHE_COUNTERS)
 #: Read-latency buckets (see the module docstring): bucket k counts reads under 2**(k+10) ns,
@@ -298,6 +303,10 @@ class Core:
         self.cache = cache
         self.counters = counters or Counters()
         self.blocking_reads = blocking_reads
+        # with blocking reads: hand back (`Blocked`, no key) the reads of files whose image's
+        # filesystem cannot say what it caches, for the adapter to run beside its other work
+        # (a worker's cold-read threads, wire.py)
+        self.defer_unseen = False
         self._counts = self.counters.values
         self._views = bool(tree.specs)  # (without resized views, no file is ever resized)
         self._recent: _Memo[bytes] = _Memo(RECENT_RESIZED)
@@ -508,6 +517,8 @@ class Core:
             return b""
         self._counts[BYTES_READ] += min(size, node.size - offset)
         if self.blocking_reads:
+            if self.defer_unseen and not self.tree.cache_visible(node):
+                raise Blocked(lambda: self.tree.read(node, offset, size))
             return self.tree.read(node, offset, size)
         try:  # in the page cache and needing no decompression: read it now
             data = self.tree.read(node, offset, size, nowait=True)
@@ -532,6 +543,18 @@ class Core:
         if self._views and self.tree.spec_of(node) is not None:
             return None
         return self.tree.locate(node, offset, size)
+
+    def span(self, ino: int) -> Run | None:
+        """Where the stored bytes of file `ino` lie in its image -- (descriptor, start,
+        length): its data blocks as stored, or the fragment block holding it -- for reading
+        ahead of a reader in image order (ahead.py); None for anything else. Counts nothing."""
+        try:
+            node = self.tree.getattr(ino)
+        except ImagenetfsError:
+            return None
+        if node.kind != FILE or (self._views and self.tree.spec_of(node) is not None):
+            return None
+        return self.tree.span(node)
 
     def count_spliced(self, size: int) -> None:
         """Count a READ answered with the `size` bytes of `locate_read`'s runs: as `read`

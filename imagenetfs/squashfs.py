@@ -125,6 +125,19 @@ class WouldBlock(Exception):
 NO_NOWAIT = (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS)
 
 
+def cache_visible(fd: int) -> bool:
+    """Whether the filesystem of `fd` says what its page cache holds (a one-byte `RWF_NOWAIT`
+    read at byte 0 works, or fails with EAGAIN); False where it has no `RWF_NOWAIT` (FUSE, NFS,
+    Lustre: `NO_NOWAIT`). Any other error: True (the reads meet it)."""
+    try:
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+    except BlockingIOError:
+        return True
+    except OSError as e:
+        return e.errno not in NO_NOWAIT
+    return True
+
+
 class Run(NamedTuple):
     """`length` bytes of a file stored as they are read, at `offset` of descriptor `fd` (what
     `locate` answers: bytes that can be spliced from the image file, never copied)."""
@@ -266,6 +279,7 @@ class SquashImage:
         except OSError as exc:
             raise ImagenetfsError(f"{self.path}: cannot open: {exc.strerror}") from None
         self._nowait_supported = True  # until the image's filesystem says otherwise
+        self._visible: tuple[int, bool] | None = None  # (descriptor, `cache_visible`)
         self._retired: list[int] = []  # descriptors replaced by `switch`, closed with the image
         try:
             st = os.fstat(self._fd)
@@ -568,6 +582,28 @@ class SquashImage:
             parts.append(self._read_tail(extent, lo, end - tail_start, tail, nowait))
         return b"".join(parts)
 
+    def cache_visible(self) -> bool:
+        """`cache_visible` of the descriptor reads use now, asked once per descriptor."""
+        fd = self._fd
+        known = self._visible
+        if known is None or known[0] != fd:
+            self._visible = known = (fd, cache_visible(fd))
+        return known[1]
+
+    def span(self, extent: Extent) -> Run | None:
+        """Where a file's stored bytes begin in the image and how far they reach: its data
+        blocks as stored (compressed or not), or, for a file all in a fragment, that fragment
+        block; None where the extent does not check out. (For read-ahead, ahead.py: a hint.)"""
+        if len(extent.block_sizes) % 4:
+            return None
+        if extent.block_sizes:
+            disk = sum(word & _SIZE_MASK for word in extent.block_words())
+            return Run(self._fd, extent.blocks_start, disk)
+        if extent.fragment is None or not 0 <= extent.fragment < self.fragment_count:
+            return None
+        start, word = self._fragment(extent.fragment)
+        return Run(self._fd, start, word & _SIZE_MASK)
+
     def locate(self, extent: Extent, offset: int, size: int) -> list[Run] | None:
         """Where the bytes `read(extent, offset, size)` returns lie in the image file: one
         `Run` for the data blocks asked for, one more for a tail in a fragment, on the
@@ -614,23 +650,6 @@ class SquashImage:
                 return None
             runs.append(Run(fd, start + first + lo, hi - lo))
         return runs
-
-    def advise(self, extent: Extent) -> None:
-        """Ask the kernel to start reading the file's bytes as stored -- its data blocks and
-        its fragment block -- into the page cache (`POSIX_FADV_WILLNEED`), without waiting:
-        a hint for bytes about to be read (the shard view's read-ahead). An extent that does
-        not check out is left to `read` to report."""
-        try:
-            length = sum(word & _SIZE_MASK for word in extent.block_words())
-            spans = [(extent.blocks_start, length)] if length else []
-            if extent.fragment is not None and 0 <= extent.fragment < self.fragment_count:
-                start, word = self._fragment(extent.fragment)
-                spans.append((start, word & _SIZE_MASK))
-            for start, length in spans:
-                if 0 <= start < self._end and length > 0:
-                    os.posix_fadvise(self._fd, start, length, os.POSIX_FADV_WILLNEED)
-        except (OSError, ValueError):
-            pass
 
     def _read_blocks(
         self, extent: Extent, words: array[int], offset: int, end: int, nowait: bool

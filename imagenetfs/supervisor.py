@@ -58,7 +58,7 @@ import pyfuse3
 import trio
 import trio.testing
 
-from imagenetfs import archive, fs, holders, metrics, ops, registry, staging, wire
+from imagenetfs import ahead, archive, fs, holders, metrics, ops, registry, staging, wire
 from imagenetfs.config import ServeConfig
 from imagenetfs.errors import ImagenetfsError
 from imagenetfs.index import Index
@@ -329,7 +329,9 @@ class Daemon:
                 self.cache = None
             else:
                 probe.close()
-        board = wire.Board(self.config.workers)
+        board = wire.Board(
+            self.config.workers, self.index.stats.entries + 2 if wire.push_wanted() else 0
+        )
         # a worker switches to staged copies on SIGUSR1; until its handler is in place (and
         # here, in the supervisor) the signal is ignored, not fatal
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
@@ -418,8 +420,13 @@ class Daemon:
                 stager = self.stager
                 signal.signal(signal.SIGUSR1, lambda *_: staging.adopt(self.index, stager))
                 staging.adopt(self.index, stager)  # what was switched while it started
-            cold = Counters(board.slot(slot, 1)) if wire.cold_thread_wanted() else None
-            wire.Worker(core, fd, lock_fd=lock_fd, splice=wire.splice_wanted(), cold=cold).run()
+            cold = None
+            if wire.cold_thread_wanted():
+                cold = [Counters(board.slot(slot, t)) for t in range(1, wire.THREADS)]
+            wire.Worker(
+                core, fd, lock_fd=lock_fd, splice=wire.splice_wanted(), cold=cold,
+                ahead=ahead.wanted(), sent=board.sent,
+            ).run()  # fmt: skip
             code = 0
         except SystemExit as e:  # SIGTERM (`_stopped`), once Worker.run has published its last
             code = 0 if e.code is None else int(e.code)

@@ -63,9 +63,27 @@ splice cannot do it, it copies, and a READ cut short (an image truncated since i
 fails with EIO, logged and counted by `Core.errno_for`'s rule. It counts what it sends in a
 slot of the `Board` of its own (`reads_cold`, and the latency from the worker taking the READ
 up), so no counter has two writers. Nothing else moves to it: it never touches the index, a
-cache or the core's state. On a filesystem that cannot say what it caches (no `RWF_NOWAIT`), a
-worker waits for its reads itself, as before. `IMAGENETFS_COLD_THREAD=0` turns the thread off
-(for A/B runs).
+cache or the core's state. On a filesystem that cannot say what it caches (no `RWF_NOWAIT`:
+FUSE, NFS, Lustre), every READ of an image may wait, and one blocking read per worker leaves a
+slow share's link half idle: there the worker hands every such READ to its threads -- up to
+`UNSEEN_THREADS`, started on the first, each with a pipe and a counter slot of its own, at
+most `UNSEEN_WAITING` READs waiting (past that the worker reads it itself) -- spliced READs
+as above, and copied ones (gzip images) as the blocking rest of the core's read, which the
+core hands back (`Core.defer_unseen`: it has counted the READ; the thread only reads, and
+counts the latency and `reads_cold`). `IMAGENETFS_COLD_THREAD=0` turns the threads off (for
+A/B runs).
+
+Read-ahead and pushes, for a reader in the images' order (`cp -r`, a loop over sorted paths):
+a worker tells `ahead.Ahead` where each file it starts reading lies in its image (the READ's
+runs, or `Core.span`), which asks the kernel to read ahead once files come in order (see
+ahead.py). And Python's `open()` asks `isatty()` of each file (an IOCTL, answered ENOTTY)
+before reading it: `_push` first sends the file's bytes to the kernel's page cache for it
+(FUSE_NOTIFY_STORE, spliced like a READ's reply) when they are stored as they are read, at
+most `PUSH_MAX` and cached already (a cold file is left to its READs and the cold-read
+thread), once per file per mount -- `Board.sent`, a bit per inode shared by the workers and
+set by a READ from byte 0 too, so that a file the kernel already holds is not pushed again.
+The READs that would have followed are then not sent. `IMAGENETFS_READ_AHEAD=0` and
+`IMAGENETFS_PUSH=0` turn them off.
 
 Replies the kernel refuses. The kernel checks each reply against its request and refuses,
 with an error on the write (EINVAL), one it cannot take -- a READLINK reply of 4,096 bytes or
@@ -103,6 +121,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from imagenetfs import protocol as fuse
+from imagenetfs.ahead import Ahead
 from imagenetfs.errors import (
     CorruptImageError,
     ImagenetfsError,
@@ -112,9 +131,19 @@ from imagenetfs.errors import (
     ReplyRefused,
 )
 from imagenetfs.index import DTYPE
-from imagenetfs.ops import BLOCK_SIZE, Blocked, Core, Counters, Listed
+from imagenetfs.ops import (
+    BLOCK_SIZE,
+    BYTES_PUSHED,
+    BYTES_READ,
+    FILES_PUSHED,
+    READS_COLD,
+    Blocked,
+    Core,
+    Counters,
+    Listed,
+)
 from imagenetfs.protocol import IN_HEADER, IN_START, NO_REPLY, OUT_HEADER
-from imagenetfs.squashfs import NO_NOWAIT, Piece
+from imagenetfs.squashfs import NO_NOWAIT, Piece, Run
 
 log = logging.getLogger(__name__)
 
@@ -140,8 +169,21 @@ PAGE = mmap.PAGESIZE
 COLD_ENV = "IMAGENETFS_COLD_THREAD"
 #: How many READs may wait for a worker's cold-read thread; past that the worker splices them.
 COLD_WAITING = 4
+#: Threads a worker may have for the reads of a filesystem that cannot say what it caches, and
+#: how many such READs may wait for them; past that the worker reads them itself.
+UNSEEN_THREADS = 4
+UNSEEN_WAITING = 8
 #: Threads per worker, each with a counter slot of its own: the worker's, its cold reads'.
-THREADS = 2
+THREADS = 1 + UNSEEN_THREADS
+#: FUSE_NOTIFY_STORE (a message to the kernel: bytes for a file's page cache, `Worker._push`)
+#: and what follows its header: nodeid, offset, size, padding.
+NOTIFY_STORE = 4
+STORE_OUT = struct.Struct("<QQII")
+STORE_EXTRA = STORE_OUT.size
+#: The largest file pushed whole with its IOCTL (`Worker._push`).
+PUSH_MAX = 512 << 10
+#: Turns pushing off when "0".
+PUSH_ENV = "IMAGENETFS_PUSH"
 
 
 def answer_refused(
@@ -217,14 +259,20 @@ def steady_heap() -> None:
 
 class Board:
     """The counters of N workers in one shared anonymous mapping: `slot(n, thread)` is worker
-    n's thread's (0: the worker's, 1: its cold reads'), on cache lines of its own (two
-    writers on one line would slow each other down)."""
+    n's thread's (0: the worker's, 1 and on: its cold reads'), on cache lines of its own (two
+    writers on one line would slow each other down). With `inodes`, also `sent`: one bit per
+    inode below it, set once a file's bytes have gone to the kernel (a push or a READ from
+    its start), shared by the workers (see `Worker._push`)."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, inodes: int = 0) -> None:
         self.slot_size = 8 * Counters.SLOTS
         self.stride = -(-self.slot_size // 64) * 64
         self.workers = workers
         self._map = mmap.mmap(-1, workers * THREADS * self.stride)
+        self.sent: memoryview | None = None
+        if inodes > 0:
+            self._sent_map = mmap.mmap(-1, -(-inodes // 8))
+            self.sent = memoryview(self._sent_map)
 
     def slot(self, n: int, thread: int = 0) -> memoryview:
         start = (n * THREADS + thread) * self.stride
@@ -285,6 +333,21 @@ class Splicer:
         (each a run spliced from its file, or bytes written as they are). Their size; or None
         when they cannot all go -- more pages than the pipe holds, a file that cannot be
         spliced from, a splice that comes back short or fails -- with the pipe empty again."""
+        return self._fill(lambda size: OUT_HEADER.pack(16 + size, 0, unique), runs)
+
+    def fill_store(self, nodeid: int, runs: list[Piece]) -> int | None:
+        """Put a FUSE_NOTIFY_STORE of the bytes of `runs` in the pipe, as file `nodeid`'s from
+        its byte 0 (`Worker._push`): its header, then the bytes. As `fill` answers; `send`
+        then takes the size plus `STORE_EXTRA`."""
+        return self._fill(
+            lambda size: (
+                OUT_HEADER.pack(16 + STORE_EXTRA + size, NOTIFY_STORE, 0)
+                + STORE_OUT.pack(nodeid, 0, size, 0)
+            ),
+            runs,
+        )
+
+    def _fill(self, header: Callable[[int], bytes], runs: list[Piece]) -> int | None:
         size, pages = 0, 1
         for run in runs:
             if isinstance(run, bytes):  # (written: a page per 4 KiB, merged with nothing)
@@ -300,7 +363,7 @@ class Splicer:
             return None
         fd = -1
         try:
-            os.write(self._w, OUT_HEADER.pack(16 + size, 0, unique))
+            os.write(self._w, header(size))
             for run in runs:
                 if isinstance(run, bytes):
                     if os.write(self._w, run) != len(run):  # (room was counted: never short)
@@ -326,12 +389,13 @@ class Splicer:
             raise
         return size
 
-    def send(self, size: int) -> None:
-        """Splice the reply `fill` put in the pipe (`size` bytes of data) to the device, in one
-        call. A request interrupted meanwhile (ENOENT) needs no reply; other errors raise.
-        The pipe is empty afterwards, whatever happened."""
+    def send(self, size: int, extra: int = 0) -> None:
+        """Splice the reply `fill` put in the pipe (`size` bytes of data, `extra` bytes of
+        header past the 16 of a reply) to the device, in one call. A request interrupted
+        meanwhile (ENOENT) needs no reply; other errors raise. The pipe is empty afterwards,
+        whatever happened."""
         try:
-            os.splice(self._r, self.device, 16 + size)
+            os.splice(self._r, self.device, 16 + extra + size)
         except BaseException as e:
             self.drain()
             if not (isinstance(e, OSError) and e.errno == errno.ENOENT):
@@ -357,101 +421,153 @@ class Splicer:
 class _Job(NamedTuple):
     ino: int
     unique: int
-    runs: list[Piece]
+    runs: list[Piece]  # to splice; or [] and `work`
     started: int  # when the worker took the READ up (`time.perf_counter_ns()`)
+    room: threading.BoundedSemaphore  # released when answered
+    work: Callable[[], bytes] | None = None  # the rest of a READ counted by the worker's core
+
+
+#: What `ColdReads.cold` answers.
+CACHED, COLD, UNSEEN = 0, 1, 2
 
 
 class ColdReads:
-    """A worker's second thread, for spliced READs whose bytes are not in the page cache (see
-    the module docstring): the worker offers each READ it would splice (`take`); the thread
-    answers those it takes on `device` and counts them in `counters`, a slot of its own.
-    `core` lends it only its rule for failures (`Core.errno_for`)."""
+    """A worker's threads for READs that would wait for the disk (see the module docstring):
+    the worker offers each READ it would splice (`take`), and the rest of each copied READ
+    its core hands back (`take_work`: a file on a filesystem that cannot say what it caches).
+    The first thread takes READs whose bytes are not in the page cache; up to
+    `len(counters)` threads take those of a filesystem that cannot say. Each answers on
+    `device` and counts in a slot of its own, `counters[i]`. `core` lends them only its rule
+    for failures (`Core.errno_for`)."""
 
-    def __init__(self, core: Core, device: int, counters: Counters) -> None:
+    def __init__(self, core: Core, device: int, counters: Counters | list[Counters]) -> None:
         self.core = core
         self.device = device
-        self.counters = counters
+        self.counters = counters if isinstance(counters, list) else [counters]
         self.broken = False  # no thread to hand READs to: the worker keeps them
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._room = threading.BoundedSemaphore(COLD_WAITING)
-        self._thread: threading.Thread | None = None
-        self._splicer: Splicer | None = None  # the thread's
+        self._unseen_room = threading.BoundedSemaphore(UNSEEN_WAITING)
+        self._threads: list[tuple[threading.Thread, Splicer]] = []
         self._probe = bytearray(1)
         self._cannot_tell: set[int] = set()  # descriptors without RWF_NOWAIT
 
-    def cold(self, runs: list[Piece]) -> bool:
-        """Whether some bytes of `runs` are not in the page cache, as far as a one-byte
-        `RWF_NOWAIT` read at the first and the last byte of each run says; False where the
-        file's filesystem cannot tell (then the worker waits, as it would have)."""
+    def cold(self, runs: list[Piece]) -> int:
+        """`COLD` when some bytes of `runs` are not in the page cache, as far as a one-byte
+        `RWF_NOWAIT` read at the first and the last byte of each run says; `UNSEEN` where the
+        file's filesystem cannot tell; else `CACHED`."""
         probe = self._probe
         for run in runs:
             if isinstance(run, bytes):
                 continue
             fd, pos, length = run
             if fd in self._cannot_tell:
-                return False
+                return UNSEEN
             for at in (pos, pos + length - 1) if length > 1 else (pos,):
                 try:
                     if os.preadv(fd, [probe], at, os.RWF_NOWAIT) != 1:
-                        return True  # (past the end: the thread finds the file cut short)
+                        return COLD  # (past the end: the thread finds the file cut short)
                 except BlockingIOError:
-                    return True
+                    return COLD
                 except OSError as e:
                     if e.errno in NO_NOWAIT:
                         self._cannot_tell.add(fd)
-                    return False  # (any other error: the worker's own read meets it)
-        return False
+                        return UNSEEN
+                    return CACHED  # (any other error: the worker's own read meets it)
+        return CACHED
 
     def take(self, ino: int, unique: int, runs: list[Piece], started: int) -> bool:
-        """Hand READ `unique` (of `ino`'s bytes in `runs`) to the thread if they are `cold`:
-        True when it took it; False when they are cached, when `COLD_WAITING` READs wait
-        already, or when there is no thread (a reply it sent was refused, or it could not
-        be started)."""
-        if self.broken or not self.cold(runs) or not self._room.acquire(blocking=False):
+        """Hand READ `unique` (of `ino`'s bytes in `runs`) to a thread unless they are
+        `CACHED`: True when one took it; False when they are cached, when as many READs wait
+        already as may (`COLD_WAITING`, `UNSEEN_WAITING`), or when there is no thread (a
+        reply one sent was refused, or none could be started)."""
+        if self.broken:
             return False
-        if self._thread is None and not self._start():
-            self._room.release()
+        state = self.cold(runs)
+        if state == CACHED:
             return False
-        self._jobs.put(_Job(ino, unique, runs, started))
+        return self._put(_Job(ino, unique, runs, started, self._room), state == UNSEEN)
+
+    def take_work(self, ino: int, unique: int, work: Callable[[], bytes], started: int) -> bool:
+        """Hand READ `unique` of `ino`, whose bytes `work()` reads (the core has counted it),
+        to a thread: True when one took it (then it answers); False as `take` says."""
+        if self.broken:
+            return False
+        return self._put(_Job(ino, unique, [], started, self._unseen_room, work), True)
+
+    @property
+    def _splicer(self) -> Splicer | None:
+        """The first thread's splicer (None before it starts)."""
+        return self._threads[0][1] if self._threads else None
+
+    def _put(self, job: _Job, unseen: bool) -> bool:
+        if not job.room.acquire(blocking=False):
+            return False
+        wanted = len(self.counters) if unseen else 1
+        if len(self._threads) < wanted and not self._start(wanted) and not self._threads:
+            job.room.release()
+            return False
+        self._jobs.put(job)
         return True
 
     def close(self) -> None:
-        """Let the thread answer what it holds (briefly: the mount may be going away)."""
-        if self._thread is not None:
+        """Let the threads answer what they hold (briefly: the mount may be going away)."""
+        for _ in self._threads:
             self._jobs.put(None)
-            self._thread.join(timeout=1)
-            if not self._thread.is_alive() and self._splicer is not None:
-                self._splicer.close()
+        for thread, splicer in self._threads:
+            thread.join(timeout=1)
+            if not thread.is_alive():
+                splicer.close()
 
-    def _start(self) -> bool:
-        try:
-            self._splicer = Splicer(self.device)
-        except OSError as e:  # (out of descriptors, say): the worker keeps its reads
-            log.warning("no thread for cold reads (%s): a worker waits for its reads", e)
-            self.broken = True
-            return False
-        self._thread = threading.Thread(target=self._serve, name="cold reads", daemon=True)
-        self._thread.start()
+    def _start(self, wanted: int) -> bool:
+        """Start threads until there are `wanted`: False when one could not be."""
+        while len(self._threads) < wanted:
+            try:
+                splicer = Splicer(self.device)
+            except OSError as e:  # (out of descriptors, say): the worker keeps its reads
+                if not self._threads:
+                    log.warning("no thread for cold reads (%s): a worker waits for its reads", e)
+                    self.broken = True
+                return False
+            n = len(self._threads)
+            thread = threading.Thread(
+                target=self._serve, args=(splicer, self.counters[n]), name="cold reads",
+                daemon=True,
+            )  # fmt: skip
+            self._threads.append((thread, splicer))
+            thread.start()
         return True
 
-    def _serve(self) -> None:
+    def _serve(self, splicer: Splicer, counters: Counters) -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())  # all to the worker
-        splicer = self._splicer
-        assert splicer is not None
         while (job := self._jobs.get()) is not None:
             try:
-                self._answer(splicer, job)
+                if job.work is not None:
+                    self._work(job, counters)
+                else:
+                    self._answer(splicer, job, counters)
             except Exception:  # a bug: said, that READ fails, the worker keeps the next ones
                 self.broken = True
                 log.exception("a cold read of inode %d failed", job.ino)
-                self._reply(OUT_HEADER.pack(16, -errno.EIO, job.unique), job)
+                self._reply(OUT_HEADER.pack(16, -errno.EIO, job.unique), job, counters)
             finally:
-                self._room.release()
+                job.room.release()
 
-    def _answer(self, splicer: Splicer, job: _Job) -> None:
+    def _work(self, job: _Job, counters: Counters) -> None:
+        """Answer a READ whose bytes `job.work()` reads (counted by the worker's core)."""
+        assert job.work is not None
+        try:
+            data = job.work()
+            reply = OUT_HEADER.pack(16 + len(data), 0, job.unique) + data
+            counters.values[READS_COLD] += 1
+        except Exception as exc:
+            reply = self._failed(exc, job, counters)
+        counters.served(_clock() - job.started)
+        self._reply(reply, job, counters)
+
+    def _answer(self, splicer: Splicer, job: _Job, counters: Counters) -> None:
         """Splice the READ's bytes, or copy them where a splice cannot (`Splicer.fill`); EIO
         when they are not all there (a file cut short since it was indexed)."""
-        counters = self.counters
         size = splicer.fill(job.unique, job.runs)
         if size is not None:
             counters.served(_clock() - job.started)
@@ -464,30 +580,28 @@ class ColdReads:
                     return
                 self.broken = True
                 log.warning("a spliced reply was refused (%s): a worker waits for its reads", e)
-                reply = self._failed(e, job)
+                reply = self._failed(e, job, counters)
         else:
             try:
                 data = b"".join(_read_exactly(run) for run in job.runs)
                 counters.sent(len(data), spliced=False, cold=True)
                 reply = OUT_HEADER.pack(16 + len(data), 0, job.unique) + data
             except (OSError, ImagenetfsError) as exc:
-                reply = self._failed(exc, job)
+                reply = self._failed(exc, job, counters)
             counters.served(_clock() - job.started)
-        self._reply(reply, job)
+        self._reply(reply, job, counters)
 
-    def _failed(self, exc: Exception, job: _Job) -> bytes:
+    def _failed(self, exc: Exception, job: _Job, counters: Counters) -> bytes:
         """The reply to a READ that failed with `exc`: said and counted by the core's rule."""
-        return OUT_HEADER.pack(
-            16, -self.core.errno_for(exc, "read", job.ino, self.counters), job.unique
-        )
+        return OUT_HEADER.pack(16, -self.core.errno_for(exc, "read", job.ino, counters), job.unique)
 
-    def _reply(self, reply: bytes, job: _Job) -> None:
+    def _reply(self, reply: bytes, job: _Job, counters: Counters) -> None:
         try:
             os.write(self.device, reply)
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.ENODEV):  # interrupted; unmounted
                 answer_refused(self.device, self.core, "read", job.ino, job.unique, len(reply),
-                               e, self.counters)  # fmt: skip
+                               e, counters)  # fmt: skip
 
 
 def _read_exactly(run: Piece) -> bytes:
@@ -514,14 +628,21 @@ class Worker:
         *,
         lock_fd: int | None = None,
         splice: bool = False,
-        cold: Counters | None = None,
+        cold: Counters | list[Counters] | None = None,
+        ahead: bool = False,
+        sent: memoryview | None = None,
     ) -> None:
         self.core = core
         self.fd = fd
         self.lock_fd = lock_fd
         self.splicer = Splicer(fd) if splice else None
-        # (with `cold`, the counters of the cold reads' thread: see the module docstring)
+        # (with `cold`, the counters of the cold reads' threads: see the module docstring)
         self.cold = ColdReads(core, fd, cold) if splice and cold is not None else None
+        core.defer_unseen = self.cold is not None
+        # (with `ahead`, reading ahead of a reader in image order: ahead.py)
+        self.ahead = Ahead(core.counters) if ahead else None
+        # (with `sent`, the shared bits of files whose bytes went to the kernel: `_push`)
+        self.sent = sent if self.splicer is not None else None
         self.done = False  # DESTROY answered
         self._stored_lookup = core.stored_lookup
         self._handlers: dict[int, Callable[[int, memoryview], bytes]] = {
@@ -538,7 +659,7 @@ class Worker:
             fuse.ACCESS: self._access,
             fuse.GETXATTR: self._getxattr,
             fuse.LISTXATTR: self._listxattr,
-            fuse.IOCTL: lambda ino, _: self.core.ioctl(ino),
+            fuse.IOCTL: self._ioctl,
             fuse.DESTROY: self._destroy,
         }
         self._handlers.update(dict.fromkeys(fuse.WRITES, self._write))
@@ -631,10 +752,16 @@ class Worker:
         offset, size = fuse.READ_IN.unpack_from(body)[1:3]
         splicer = self.splicer
         runs = None if splicer is None else self.core.locate_read(ino, offset, size)
+        if self.ahead is not None:
+            self._ahead(ino, offset, runs)
+        sent = self.sent
+        if sent is not None and offset == 0 and (ino >> 3) < len(sent):
+            sent[ino >> 3] |= 1 << (ino & 7)
         cold = self.cold
         if runs and cold is not None and cold.take(ino, unique, runs, started):
             return None  # (answered and counted by the cold reads' thread)
         spliced: int | None = None  # bytes in the pipe, ready to go
+        handed = False  # to a thread, which answers and counts its latency
         try:
             if splicer is not None and runs is not None:
                 spliced = splicer.fill(unique, runs)
@@ -643,9 +770,15 @@ class Worker:
             else:
                 self.core.count_spliced(spliced)
         except Blocked as blocked:
+            # (no key: a read of a file whose filesystem cannot say what it caches)
+            if blocked.key is None and cold is not None:
+                handed = cold.take_work(ino, unique, blocked.work, started)
+                if handed:
+                    return None
             data = self._finish(blocked)
         finally:
-            self.core.read_served(started)
+            if not handed:
+                self.core.read_served(started)
         if splicer is None or spliced is None:
             return data
         try:
@@ -657,6 +790,58 @@ class Worker:
                 log.warning("a spliced reply was refused (%s): READs are copied from now on", e)
             raise
         return None
+
+    def _ioctl(self, ino: int, body: memoryview) -> bytes:
+        """No ioctls (`Core.ioctl`); but first, maybe, the file's bytes (`_push`)."""
+        sent = self.sent
+        if sent is not None and (ino >> 3) < len(sent) and not sent[ino >> 3] & (1 << (ino & 7)):
+            sent[ino >> 3] |= 1 << (ino & 7)
+            self._push(ino)
+        return self.core.ioctl(ino)
+
+    def _push(self, ino: int) -> None:
+        """Send the bytes of file `ino` to the kernel's page cache for it (FUSE_NOTIFY_STORE)
+        when they are stored as they are read, in the page cache already, at most `PUSH_MAX`:
+        Python's `open()` asks `isatty()` of a file (this IOCTL) before it reads it, and the
+        READs it would send next are then answered by the kernel at once."""
+        runs = self.core.locate_read(ino, 0, PUSH_MAX + 1)
+        if not runs or sum(len(r) if isinstance(r, bytes) else r.length for r in runs) > PUSH_MAX:
+            return
+        if self.cold is None or self.cold.cold(runs) != CACHED:  # (no probe: no push)
+            return
+        splicer = self.splicer
+        assert splicer is not None
+        size = splicer.fill_store(ino, runs)
+        if size is None:
+            return
+        try:
+            splicer.send(size, STORE_EXTRA)
+        except OSError as e:  # (the file gone from the kernel's inodes: nothing to store)
+            log.debug("a push of inode %d was refused: %s", ino, e)
+            return
+        counts = self.core.counters.values
+        counts[FILES_PUSHED] += 1
+        counts[BYTES_PUSHED] += size
+        counts[BYTES_READ] += size  # (file data served, as a READ's)
+
+    def _ahead(self, ino: int, offset: int, runs: list[Piece] | None) -> None:
+        """Tell the read-ahead (ahead.py) where a file read from its start lies. (Not a
+        shard's: its runs come with bytes between them, and its view asks ahead itself.)"""
+        if offset:
+            return
+        if runs:
+            first, last = runs[0], runs[-1]
+            if any(isinstance(run, bytes) for run in runs):
+                return
+            assert isinstance(first, Run) and isinstance(last, Run)
+            if last.fd == first.fd:
+                assert self.ahead is not None
+                self.ahead.saw(first.fd, first.offset, last.offset + last.length)
+                return
+        span = self.core.span(ino)
+        if span is not None:
+            assert self.ahead is not None
+            self.ahead.saw(span.fd, span.offset, span.offset + span.length)
 
     def _lookup(self, parent: int, body: memoryview) -> bytes:
         """The short way (the stored record) first; the long way for the dots, the views,
@@ -775,3 +960,9 @@ def _pack(entries: Iterable[Listed], out: list[bytes], size: int, prefix: bytes)
         out.append(record)
         used += len(record)
     return used
+
+
+def push_wanted() -> bool:
+    """Whether workers push small files' bytes with their IOCTL (`Worker._push`): unless
+    `IMAGENETFS_PUSH=0`."""
+    return os.environ.get(PUSH_ENV, "1").strip() != "0"

@@ -91,7 +91,7 @@ from typing import Any
 import _venv  # noqa: F401  (re-executes with the imagenetfs environment if needed)
 from benchlib import checks, data, pipeline, report, shared, storm
 from benchlib import contenders as C
-from benchlib.workloads import Readers, stat_all, walk
+from benchlib.workloads import Readers, read_timed, stat_all, walk
 
 REPO = Path(__file__).resolve().parent.parent
 #: What a contender's failure raises: recorded, and the run goes on.
@@ -230,6 +230,7 @@ class Run:
         m, _ = self.mounted(c, setdir, files[0])
         fresh = epoch(m, paths, 8, seed + 6, "read 8 fresh cached")
         self.mounts.release(m)
+        self.sorted_reads(variant, setdir, c, files)
         if m.pids:
             last = mem[-1]
             for row, what in report.MEM_ROWS.items():
@@ -253,6 +254,24 @@ class Run:
                 else ""
             )
         )
+
+    def sorted_reads(self, variant: str, setdir: Path, c: C.Contender, files: list[data.File]):
+        """One reader, every file in the order the set lists them -- the images' order, as
+        `cp -r`, `tar` or a loop over sorted paths read -- on a fresh mount, caches dropped:
+        row "read 1 sorted cold"."""
+        total = sum(f.size for f in files)
+        self.drop()
+        m, _ = self.mounted(c, setdir, files[0])
+        paths = [m.path(f) for f in files]
+        self.drop()
+        t = time.perf_counter()
+        nbytes, _ = read_timed(paths)
+        dt = time.perf_counter() - t
+        self.mounts.release(m)
+        if nbytes != total:
+            raise RuntimeError(f"read {nbytes:,} bytes, expected {total:,}")
+        self.record(variant, "read 1 sorted cold", c.name, dt)
+        note(f"[{variant}] {c.name}: 1 reader, sorted order, cold: {len(files) / dt:,.0f} files/s")
 
     # --- the metadata storm --------------------------------------------------------------
 

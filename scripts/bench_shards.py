@@ -191,6 +191,7 @@ def main() -> int:
     # imported once here, before the readers are forked: where torch is installed, webdataset
     # imports it (~1.5 s a process), which each reader would otherwise pay inside its timing
     import webdataset  # noqa: F401
+
     repeat = args.repeat or (1 if args.quick else 3)
     classes, per_class, per_shard = (20, 100, 100) if args.quick else (100, 250, 1252)
     flavour = "-".join(args.mksquashfs_args.replace("-", "").split()) or "gzip"

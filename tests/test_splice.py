@@ -539,18 +539,23 @@ def test_a_cold_read_cut_short_fails_in_the_thread(
         worker.cold.close()
 
 
-def test_cold_reads_stay_with_the_worker_where_the_cache_cannot_be_asked(
+def test_reads_go_to_the_threads_where_the_cache_cannot_be_asked(
     device: Device, tmp_path: Path
 ) -> None:
-    """A file whose filesystem has no RWF_NOWAIT (here /proc: EOPNOTSUPP) is never called
-    cold: the worker reads it itself, as it would have, and that file is not probed again."""
+    """A file whose filesystem has no RWF_NOWAIT (here /proc: EOPNOTSUPP) is `UNSEEN`, never
+    probed again, and its READs go to the threads -- all of them started (the worker cannot
+    tell which READs will wait) -- up to `UNSEEN_WAITING` at once."""
     core = Core.__new__(Core)  # (the probe needs no index)
-    cold = wire.ColdReads(core, device.w, Counters())
+    cold = wire.ColdReads(core, device.w, [Counters() for _ in range(wire.UNSEEN_THREADS)])
     fd = os.open("/proc/self/status", os.O_RDONLY)
     try:
-        assert not cold.cold([Run(fd, 0, 50)]) and fd in cold._cannot_tell
-        assert not cold.take(1, 1, [Run(fd, 0, 50)], 0)
+        assert cold.cold([Run(fd, 0, 50)]) == wire.UNSEEN and fd in cold._cannot_tell
+        assert cold.take(1, 1, [Run(fd, 0, 50)], 0)
+        assert len(cold._threads) == wire.UNSEEN_THREADS
+        messages = wait_for_messages(device, 1)
+        assert len(messages) == 1 and messages[0][:2] == (1, 0)
     finally:
+        cold.close()
         os.close(fd)
 
 

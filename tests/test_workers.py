@@ -274,6 +274,10 @@ def test_a_worker_killed_mid_request_fails_that_request_only(
     gets its exact bytes once the passthrough goes on; the daemon starts another worker and
     every later request succeeds."""
     data, extracted, _ = served
+    # one READ per worker: without RWF_NOWAIT a worker hands its READs to threads and could
+    # take the second read too (wire.ColdReads); this test kills a worker holding one
+    plain_env = mounter.env
+    mounter.env = lambda: {**plain_env(), "IMAGENETFS_COLD_THREAD": "0"}  # type: ignore[method-assign]
     exe = stormfs(mounter.work)
     shared = mounter.mkdir("shared")
     storm = subprocess.Popen([str(exe), "-f", "-d", "0", "-q", "64", "-t", "10", str(data),

@@ -31,7 +31,7 @@ from imagenetfs.index import (
     Node,
     directory_node,
 )
-from imagenetfs.squashfs import Piece
+from imagenetfs.squashfs import Piece, Run
 from imagenetfs.views.resize import (
     DEFAULT_QUALITY,
     MAX_SOURCE_BYTES,
@@ -236,6 +236,20 @@ class Tree:
         if view == TFRECORD_VIEW and self.tfrecord is not None:
             return self.tfrecord.locate(node, offset, size)
         return cast("list[Piece] | None", self.index.locate(node, offset, size))
+
+    def cache_visible(self, node: Node) -> bool:
+        """Whether the filesystem of the file's image says what it caches (`Index`'s); True
+        for a shard view's file (made on read: in no image)."""
+        if node.ino >> VIEW_SHIFT in (SHARDS_VIEW, TFRECORD_VIEW):
+            return True
+        return self.index.cache_visible(node)  # (the view's inode bits do not matter)
+
+    def span(self, node: Node) -> Run | None:
+        """Where a base-tree file's stored bytes lie (`Index.span`), for read-ahead; None for
+        a shard view's file."""
+        if node.ino >> VIEW_SHIFT in (SHARDS_VIEW, TFRECORD_VIEW):
+            return None
+        return self.index.span(node)
 
     # resized files
     def spec_of(self, node: Node) -> ResizeSpec | None:

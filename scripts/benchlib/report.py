@@ -24,7 +24,7 @@ TAR_WHO = ["imagenetfs-tar", "ratarmount-tar", "imagenetfs-packed"]
 TARS = "tars"
 #: The read epochs (each with its speed and CPU rows), then the memory row of the reads.
 EPOCH_ROWS = ["read 1 cold", "read 1 warm", "read 8 cold", "read 8 warm", "read 8 fresh cached"]
-READ_ROWS = [*EPOCH_ROWS, "peak RSS 3 epochs"]
+READ_ROWS = [*EPOCH_ROWS, "peak RSS 3 epochs", "read 1 sorted cold"]
 #: The FUSE floor (benchlib/contenders.py: Floor): every epoch also as a fraction of it.
 FLOOR = "floor"
 #: imagenetfs's epochs that issue 28 wants at >= 0.8x the floor.
@@ -40,6 +40,7 @@ ROW_TITLES = {
     "read 8 cold": "read epoch, 8 readers, cold (s)",
     "read 8 warm": "read epoch, 8 readers, warm (s)",
     "read 8 fresh cached": "read epoch, 8 readers, fresh mount, images cached (s)",
+    "read 1 sorted cold": "read epoch, 1 reader, sorted order, cold (s)",
     "peak RSS 3 epochs": "daemon peak RSS after 3 epochs (MiB)",
     "PSS 3 epochs": "daemon PSS after 3 epochs (MiB)",
     "USS 3 epochs": "daemon USS after 3 epochs (MiB)",

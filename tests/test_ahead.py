@@ -1,0 +1,363 @@
+"""A reader in image order: read-ahead across files, files pushed with their IOCTL, and the
+reads of a filesystem that cannot say what it caches handed to threads.
+
+1. `ahead.Ahead` without FUSE, on a real file: files in image order ask the kernel to read
+   ahead (the pages arrive in the page cache), bounded by the window; files in random order
+   and a lone file ask nothing.
+2. Real mounts of a `-noD -noF` and a gzip image, one reader: in sorted order (unbuffered
+   reads, as `cp` reads: no IOCTL) the workers read ahead (`reads_ahead`), in random order
+   they do not; the bytes are exact either way.
+3. Python's buffered `open()` (an IOCTL before the READs): the workers push each cached
+   file's bytes into the kernel's page cache with it, the READs it spares are not sent, and
+   the bytes are exact; a second pass pushes nothing; a file whose pages were dropped since
+   is READ as before.
+4. Images behind a passthrough FUSE filesystem (no RWF_NOWAIT): a worker's READs go to its
+   threads, several at once (gzip: the core's reads; `-noD -noF`: the splices), exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import Mounted, Mounter, children, evict, fuse_unusable, is_mounted, wait_until
+
+from imagenetfs import ahead, ops
+from imagenetfs.generate import Spec, generate
+from imagenetfs.ops import Counters
+
+REPO = Path(__file__).resolve().parent.parent
+VARIANTS = {"noD-noF": ("-noD", "-noF"), "gzip": ()}
+
+
+def _mountable() -> str | None:
+    return fuse_unusable(("fusermount3", "unsquashfs"), "these tests mount as root")
+
+
+mounts = pytest.mark.skipif(_mountable() is not None, reason=str(_mountable()))
+
+
+@dataclass
+class EnvMounter(Mounter):
+    """A `Mounter` whose commands see `extra` in their environment."""
+
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), **self.extra}
+
+
+@pytest.fixture
+def env_mounter(tmp_path: Path) -> Iterator[EnvMounter]:
+    harness = EnvMounter(tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.cleanup()
+
+
+@dataclass
+class Set:
+    root: Path  # the images
+    files: dict[str, bytes]  # train/<wnid>/<name>: bytes, in image (sorted) order
+
+
+@pytest.fixture(scope="module")
+def sets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Set]:
+    """Both variants of one generated set of realistic JPEGs (~110 KB each, 30 MB of train
+    images: far more than `ahead.NEAR`), and the train files' bytes by unsquashfs."""
+    if _mountable() is not None:
+        pytest.skip(str(_mountable()))
+    base = tmp_path_factory.mktemp("ahead")
+    out = {}
+    for name, args in VARIANTS.items():
+        root = base / name
+        spec = Spec(classes=4, train_per_class=70, val_per_class=1, test=2,
+                    mksquashfs_args=args, progress=False, jobs=2)  # fmt: skip
+        generate(root, spec)
+        tree = base / f"{name}-tree"
+        cmd = ["unsquashfs", "-q", "-n", "-d", str(tree), str(root / "train.squashfs")]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        files = {
+            f"train/{p.relative_to(tree)}": p.read_bytes() for p in sorted(tree.rglob("*.JPEG"))
+        }
+        out[name] = Set(root, files)
+    return out
+
+
+def fs_counts(mounted: Mounted) -> dict[str, int]:
+    """The mount's request counters, published after this call."""
+    stats: dict[str, Any] = mounted.stats(after=time.time())
+    return dict(stats["fs"])
+
+
+def unbuffered(mp: Path, order: list[str]) -> dict[str, bytes]:
+    """Each file read whole as `cp` reads it: unbuffered, so no `isatty` IOCTL."""
+    got = {}
+    for rel in order:
+        with open(mp / rel, "rb", buffering=0) as f:
+            chunks = []
+            while chunk := f.read(1 << 20):
+                chunks.append(chunk)
+            got[rel] = b"".join(chunks)
+    return got
+
+
+def drop_caches() -> None:
+    """Every clean page dropped (root): the images cold, as for a first reader."""
+    os.sync()
+    Path("/proc/sys/vm/drop_caches").write_text("1")
+
+
+# --- 1. without FUSE ------------------------------------------------------------------------
+
+
+def cached(fd: int, pos: int) -> bool:
+    try:
+        return os.preadv(fd, [bytearray(1)], pos, os.RWF_NOWAIT) == 1
+    except BlockingIOError:
+        return False
+
+
+def test_files_in_order_read_ahead_within_the_window_and_random_ones_do_not(
+    tmp_path: Path,
+) -> None:
+    """`Ahead.saw` of files lying one after another asks the kernel to read ahead once
+    `STREAK` files came in order -- never further than `WINDOW` past the furthest end, and
+    the pages arrive; files at random places (and a lone file) ask nothing."""
+    image = tmp_path / "image"
+    size = 1 << 30  # (sparse past its first 64 MiB)
+    with open(image, "wb") as f:
+        f.write(os.urandom(1 << 20) * 64)
+        f.truncate(size)
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        counters = Counters()
+        reader = ahead.Ahead(counters)
+        file_size = 100_000
+        for n in range(ahead.STREAK):  # (the first file starts a stream: STREAK after it)
+            reader.saw(fd, n * file_size, (n + 1) * file_size)
+        assert counters.values[ops.READS_AHEAD] == 0
+        reader.saw(fd, ahead.STREAK * file_size, (ahead.STREAK + 1) * file_size)
+        frontier = (ahead.STREAK + 1) * file_size
+        assert counters.values[ops.READS_AHEAD] == 1
+        assert counters.values[ops.BYTES_AHEAD] == ahead.WINDOW
+        assert wait_until(lambda: cached(fd, frontier + ahead.WINDOW - 1), 10)
+        for n in range(ahead.STREAK + 1, 200):  # in order on: topped up, never past the window
+            reader.saw(fd, n * file_size, (n + 1) * file_size)
+            assert counters.values[ops.BYTES_AHEAD] <= (n + 1) * file_size + ahead.WINDOW
+        reached = frontier + counters.values[ops.BYTES_AHEAD]  # (topped up by STEP or more)
+        assert (
+            200 * file_size + ahead.WINDOW - ahead.STEP < reached <= 200 * file_size + ahead.WINDOW
+        )
+        calls = counters.values[ops.READS_AHEAD]
+        assert 1 < calls <= (200 * file_size) // ahead.STEP + 1
+
+        rng = random.Random(7)
+        for _ in range(500):  # random places (a 1 GiB file: hardly ever near each other)
+            start = rng.randrange(0, size - file_size, 4096)
+            reader.saw(fd, start, start + file_size)
+        assert counters.values[ops.READS_AHEAD] == calls
+    finally:
+        os.close(fd)
+
+
+# --- 2. a reader in image order, mounted ----------------------------------------------------
+
+
+@mounts
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_reader_in_image_order_reads_ahead_and_a_random_one_does_not(
+    sets: dict[str, Set], env_mounter: EnvMounter, variant: str
+) -> None:
+    """One worker, one reader, caches dropped: every train file in random order asks for no
+    read-ahead; in sorted order (image order), read as `cp` reads, the worker reads ahead;
+    the bytes are the image's either way."""
+    s = sets[variant]
+    env_mounter.extra = {"IMAGENETFS_PUSH": "0"}
+    mp = env_mounter.mkdir("mp")
+    mounted = env_mounter.mount(mp, s.root, "--workers", "1", index=s.root / "i.lmdb")
+    order = list(s.files)
+    shuffled = order[:]
+    random.Random(3).shuffle(shuffled)
+    drop_caches()
+    before = fs_counts(mounted)
+    got = unbuffered(mp, shuffled)
+    assert got == {rel: s.files[rel] for rel in shuffled}
+    after = fs_counts(mounted)
+    assert after["reads_ahead"] == before["reads_ahead"], after
+
+    drop_caches()
+    for rel in order:
+        evict(mp / rel)
+    before = after
+    assert unbuffered(mp, order) == s.files
+    after = fs_counts(mounted)
+    assert after["reads_ahead"] - before["reads_ahead"] >= 3, after
+    calls = after["reads_ahead"] - before["reads_ahead"]
+    assert after["bytes_ahead"] - before["bytes_ahead"] <= calls * ahead.WINDOW
+    assert after["errors"] == 0 and "Traceback" not in mounted.log
+
+
+@mounts
+@pytest.mark.timeout(300)
+def test_read_ahead_can_be_turned_off(sets: dict[str, Set], env_mounter: EnvMounter) -> None:
+    """`IMAGENETFS_READ_AHEAD=0`: the same reader in image order reads nothing ahead."""
+    s = sets["noD-noF"]
+    env_mounter.extra = {"IMAGENETFS_READ_AHEAD": "0", "IMAGENETFS_PUSH": "0"}
+    mounted = env_mounter.mount(env_mounter.mkdir("mp"), s.root, index=s.root / "i.lmdb")
+    drop_caches()
+    assert unbuffered(mounted.mp, list(s.files)) == s.files
+    assert fs_counts(mounted)["reads_ahead"] == 0
+
+
+# --- 3. files pushed with their IOCTL -------------------------------------------------------
+
+READ_PY = """
+import sys
+for path in sys.argv[1:]:
+    with open(path, "rb") as f:  # (buffered: Python asks isatty() first)
+        sys.stdout.buffer.write(f.read())
+"""
+
+
+@mounts
+@pytest.mark.timeout(300)
+def test_a_python_reader_gets_cached_files_pushed_with_its_ioctl(
+    sets: dict[str, Set], env_mounter: EnvMounter
+) -> None:
+    """Python's `open()` sends an IOCTL before it reads: a worker pushes the file's bytes
+    (cached, stored as they are read) into the kernel's page cache with it, and the reader's
+    READs are then not sent -- exact bytes, `files_pushed` counts them; read again, nothing is
+    pushed (the kernel has them); a file whose pages were dropped since is READ again."""
+    s = sets["noD-noF"]
+    mounted = env_mounter.mount(env_mounter.mkdir("mp"), s.root, index=s.root / "i.lmdb")
+    order = list(s.files)
+    subprocess.run(["cat", str(s.root / "train.squashfs")], stdout=subprocess.DEVNULL, check=True)
+    before = fs_counts(mounted)
+    paths = [str(mounted.mp / rel) for rel in order]
+    out = subprocess.run([sys.executable, "-c", READ_PY, *paths], capture_output=True, check=True)
+    assert out.stdout == b"".join(s.files.values())
+    after = fs_counts(mounted)
+    pushed = after["files_pushed"] - before["files_pushed"]
+    small = sum(len(data) <= 512 << 10 for data in s.files.values())
+    assert pushed == small > 0, after
+    assert after["bytes_pushed"] - before["bytes_pushed"] == sum(
+        len(data) for data in s.files.values() if len(data) <= 512 << 10
+    )
+    # READs only for the files too big to push (without pushes: one or more per file)
+    big = [data for data in s.files.values() if len(data) > 512 << 10]
+    reads = after["reads"] - before["reads"]
+    assert reads <= sum(-(-len(data) // 4096) for data in big) and reads < len(order) / 2
+
+    out = subprocess.run([sys.executable, "-c", READ_PY, *paths], capture_output=True, check=True)
+    assert out.stdout == b"".join(s.files.values())
+    again = fs_counts(mounted)
+    assert again["files_pushed"] == after["files_pushed"]
+    assert again["reads"] - after["reads"] <= sum(-(-len(data) // 4096) for data in big)
+
+    evict(mounted.mp / order[0])
+    out = subprocess.run([sys.executable, "-c", READ_PY, paths[0]], capture_output=True, check=True)
+    assert out.stdout == s.files[order[0]]
+    last = fs_counts(mounted)
+    assert last["reads"] > again["reads"] and last["files_pushed"] == again["files_pushed"]
+    assert last["errors"] == 0 and "Traceback" not in mounted.log
+
+
+# --- 4. a filesystem that cannot say what it caches ------------------------------------------
+
+
+def stormfs(work: Path) -> Path:
+    """The passthrough of scripts/storm/ (the benchmark's slow shared filesystem)."""
+    sys.path.insert(0, str(REPO / "scripts"))
+    try:
+        from benchlib import storm
+    finally:
+        sys.path.remove(str(REPO / "scripts"))
+    return storm.build(work)
+
+
+#: pread64 and splice (x86_64): how a worker's threads read an image
+READ_CALLS = {"17", "275"}
+
+
+def reading(worker: int, under: str) -> list[int]:
+    """The threads of process `worker` in a pread or splice from a file under `under`."""
+    found = []
+    for task in Path(f"/proc/{worker}/task").iterdir():
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = (task / "syscall").read_text().split()
+            if fields[0] not in READ_CALLS:
+                continue
+            if os.readlink(f"/proc/{worker}/fd/{int(fields[1], 16)}").startswith(under):
+                found.append(int(task.name))
+    return found
+
+
+@mounts
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_reads_from_a_filesystem_without_nowait_go_to_several_threads(
+    sets: dict[str, Set], env_mounter: EnvMounter, variant: str
+) -> None:
+    """The images behind a FUSE passthrough (no RWF_NOWAIT; reads capped at 50 MB/s, so a
+    READ waits for "the link"), one worker, eight readers: the worker hands its READs to its
+    threads (`reads_cold`), more than one at once -- it sees a READ while others wait -- and
+    every byte is exact."""
+    if platform.machine() != "x86_64":
+        pytest.skip("reads threads' system calls by their x86_64 numbers")
+    s = sets[variant]
+    exe = stormfs(env_mounter.work)
+    shared = env_mounter.mkdir("shared")
+    storm = subprocess.Popen(
+        [str(exe), "-f", "-d", "0", "-q", "64", "-t", "10", "-b", "50", str(s.root), str(shared)]
+    )
+    try:
+        assert wait_until(lambda: is_mounted(shared), 30)
+        mounted = env_mounter.mount(
+            env_mounter.mkdir("mp"), shared, "--workers", "1", index=s.root / "i.lmdb"
+        )
+        order = list(s.files)
+        assert (mounted.mp / order[0]).is_file(), (os.listdir(mounted.mp), mounted.log)
+        random.Random(5).shuffle(order)
+        drop_caches()
+        before = fs_counts(mounted)
+        chunks = [order[i::8] for i in range(8)]
+        (worker,) = children(mounted.pid)
+        most = 0  # threads of the worker seen at once in a read of the image
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(unbuffered, mounted.mp, chunk) for chunk in chunks]
+            while not all(f.done() for f in futures):
+                most = max(most, len(reading(worker, str(shared))))
+                time.sleep(0.002)
+            got: dict[str, bytes] = {}
+            for f in futures:
+                got.update(f.result())
+        assert got == s.files
+        assert most >= 3, most  # (the worker and its threads: up to 1 + UNSEEN_THREADS)
+        after = fs_counts(mounted)
+        handed = after["reads_cold"] - before["reads_cold"]
+        # (all but those the worker took while UNSEEN_WAITING READs waited for its threads)
+        assert handed > (after["reads"] - before["reads"]) / 2 > 0, after
+        buckets = mounted.stats()["read_latency"]["buckets"]
+        assert sum(buckets) >= after["reads"]
+        assert after["errors"] == 0 and "Traceback" not in mounted.log
+    finally:
+        env_mounter.cleanup()
+        subprocess.run(["fusermount3", "-u", "-z", str(shared)], capture_output=True)
+        storm.kill()
+        storm.wait()
