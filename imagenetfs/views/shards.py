@@ -804,11 +804,14 @@ def _pieces(sample: Sample) -> Iterator[tuple[int, int, Node | None]]:
 def _made(sample: Sample, start: int) -> bytes:
     """The bytes of the part of `sample` that starts at `start` (see `_pieces`): `.cls`'s
     header and data, `.jpg`'s header, its padding, or `.json`'s header and data."""
-    cls, jpg, js = sample.members()
-    if start == cls.offset:
-        return header(cls.name, cls.size) + sample.cls.ljust(padded(cls.size), b"\0")
-    if start == jpg.offset:
-        return header(jpg.name, jpg.size)
-    if start == js.offset:
-        return header(js.name, js.size) + sample.json.ljust(padded(js.size), b"\0")
-    return bytes(padded(jpg.size) - jpg.size)
+    key, size = sample.key, sample.node.size
+    if start == sample.offset:
+        cls = sample.cls
+        return header(key + b".cls", len(cls)) + cls.ljust(padded(len(cls)), b"\0")
+    jpg = sample.offset + BLOCK + padded(len(sample.cls))
+    if start == jpg:
+        return header(key + b".jpg", size)
+    if start == jpg + BLOCK + padded(size):
+        js = sample.json
+        return header(key + b".json", len(js)) + js.ljust(padded(len(js)), b"\0")
+    return bytes(padded(size) - size)
