@@ -22,6 +22,7 @@ import subprocess
 import tarfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,7 @@ from imagenetfs.views.shards import (
     MTIME,
     READ_AHEAD,
     RECORD,
+    Ahead,
     header,
     json_length,
     sample_json,
@@ -565,7 +567,8 @@ def test_streaming_reader_gets_the_next_samples_read_ahead(
     """Two READs that follow each other at a shard's start make the worker ask for the image
     bytes of the samples ahead (`WdsView.read_ahead`): a sample ~2 MiB further is in the page
     cache soon after, without being read. One READ in the middle of another shard (a reader
-    seeking, as wids does) asks for nothing: a sample ~1.5 MiB past it stays uncached."""
+    seeking, as wids does) asks for nothing: a sample ~1.5 MiB past it stays uncached. A
+    second pass over the first shard, once its bytes were dropped, is read ahead again."""
     data = tmp_path / "src"
     generate.generate(data, Spec(**{**STORED.__dict__, "train_per_class": 80}))
     image = data / "train.squashfs"
@@ -592,6 +595,48 @@ def test_streaming_reader_gets_the_next_samples_read_ahead(
             os.close(fd)
         assert wait_until(lambda: image_bytes_cached(image, ix, ahead), 10)
         assert not image_bytes_cached(image, ix, past)
+
+
+@dataclass
+class Asked:
+    """Stands in for the index in `Ahead.follow`, which only calls `advise`: which image
+    nodes were asked for (the asking itself is `Index.advise`, shown on a real mount by
+    `test_streaming_reader_gets_the_next_samples_read_ahead`)."""
+
+    nodes: list[int] = field(default_factory=list)
+
+    def advise(self, node: index.Node) -> None:
+        self.nodes.append(node.ino)
+
+
+def test_read_ahead_asks_once_per_pass_and_again_for_the_next(tmp_path: Path) -> None:
+    """`Ahead.follow` over a real shard table: a pass of 128 KiB READs from the start asks
+    for every sample once, each before a READ reaches it; a READ far from the last one asks
+    for nothing; a second pass from the start (its bytes may be gone from the page cache by
+    then) asks for every sample again. A READ in the middle of a shard no READ has touched
+    asks for nothing."""
+    data = tmp_path / "src"
+    generate.generate(data, Spec(**{**STORED.__dict__, "train_per_class": 80}))
+    src = source.open_source(data)
+    index.build(tmp_path / "i", src.image_list, src.placer(), virtual=src.virtual_files,
+                progress=False)  # fmt: skip
+    with Index.open(tmp_path / "i") as ix:
+        view = Tree(ix, shards=ShardSettings(0, 80)).shards
+        assert view is not None
+        table = view.table(0, 0)
+        samples, size = table.samples, table.samples[-1].end
+        assert size > 2 * READ_AHEAD
+        inos = [sample.node.ino for sample in samples]
+        for _ in range(2):
+            asked = Asked()
+            for offset in range(0, size, 128 << 10):
+                table.ahead.follow(asked, samples, table.starts, offset, offset + (128 << 10))
+                reached = [s.node.ino for s in samples if s.offset < offset + (128 << 10)]
+                assert set(reached) <= set(asked.nodes), offset
+            assert asked.nodes == inos  # each once, in order
+        asked, fresh = Asked(), Ahead()  # (a shard no READ has touched yet)
+        fresh.follow(asked, samples, table.starts, size // 2, size // 2 + (128 << 10))
+        assert asked.nodes == []
 
 
 # --- the loaders' own readers -------------------------------------------------------------

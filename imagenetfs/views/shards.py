@@ -221,9 +221,13 @@ class Ahead:
         bytes of the items up to `READ_AHEAD` past this one's end, a batch at a time
         (`Index.advise`): the disk (or a shared filesystem) then reads them all at once
         instead of one sample per waiting READ. A READ elsewhere (a reader seeking to
-        samples: wids, DALI) asks for nothing. The kernel decides what to read; nothing is
-        kept here but two offsets."""
-        sequential = abs(offset - self.last_end) <= SEQUENTIAL
+        samples: wids, DALI) asks for nothing. A READ at the shard's start begins a pass, and
+        a READ elsewhere ends one: the next pass asks afresh (the last one's bytes may be
+        gone from the page cache by then). The kernel decides what to read; nothing is kept
+        here but two offsets."""
+        sequential = offset == 0 or abs(offset - self.last_end) <= SEQUENTIAL
+        if offset == 0 or not sequential:
+            self.advised = 0
         self.last_end = end
         if not items or not sequential or self.advised >= min(end + READ_AHEAD // 2, items[-1].end):
             return
@@ -236,7 +240,7 @@ class Ahead:
         self.advised = items[i - 1].end if i else stop
 
 
-#: What a shard's bytes are made of, in order (`WdsView.spans`): bytes made by the view, or
+#: What a shard's bytes are made of, in order (`WdsView._spans`): bytes made by the view, or
 #: (image node, offset, length) of bytes of an image.
 Span = bytes | tuple[Node, int, int]
 
