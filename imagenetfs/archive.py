@@ -88,7 +88,7 @@ from typing import NamedTuple, NoReturn, Self
 
 from imagenetfs import squashfs
 from imagenetfs.errors import CorruptImageError, ImagenetfsError, NoSuchEntry
-from imagenetfs.squashfs import NO_NOWAIT, Entry, Extent, Run, WouldBlock, cache_visible
+from imagenetfs.squashfs import NO_NOWAIT, CacheVisibility, Entry, Extent, Run, WouldBlock
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ class _ArchiveFile:
             raise ImagenetfsError(f"{self.path}: cannot open: {exc.strerror}") from None
         self._size = os.fstat(self._fd).st_size
         self._nowait_supported = True  # until the file's filesystem says otherwise
-        self._visible: tuple[int, bool] | None = None  # (descriptor, `cache_visible`)
+        self._visible = CacheVisibility()
         self._retired: list[int] = []  # descriptors replaced by `switch`, closed with the image
 
     def close(self) -> None:
@@ -239,11 +239,7 @@ class _ArchiveFile:
 
     def cache_visible(self) -> bool:
         """`squashfs.cache_visible` of the descriptor reads use now, asked once per descriptor."""
-        fd = self._fd
-        known = self._visible
-        if known is None or known[0] != fd:
-            self._visible = known = (fd, cache_visible(fd))
-        return known[1]
+        return self._visible.of(self._fd)
 
     def span(self, extent: Extent) -> Run:
         """Where a member's stored bytes lie in the file (for read-ahead, ahead.py: a hint;

@@ -138,6 +138,20 @@ def cache_visible(fd: int) -> bool:
     return True
 
 
+class CacheVisibility:
+    """`cache_visible` of an image's descriptor, asked once per descriptor (`switch` may
+    change it): what the images' `cache_visible` answers."""
+
+    def __init__(self) -> None:
+        self._known: tuple[int, bool] | None = None  # (descriptor, its answer)
+
+    def of(self, fd: int) -> bool:
+        known = self._known
+        if known is None or known[0] != fd:
+            self._known = known = (fd, cache_visible(fd))
+        return known[1]
+
+
 class Run(NamedTuple):
     """`length` bytes of a file stored as they are read, at `offset` of descriptor `fd` (what
     `locate` answers: bytes that can be spliced from the image file, never copied)."""
@@ -279,7 +293,7 @@ class SquashImage:
         except OSError as exc:
             raise ImagenetfsError(f"{self.path}: cannot open: {exc.strerror}") from None
         self._nowait_supported = True  # until the image's filesystem says otherwise
-        self._visible: tuple[int, bool] | None = None  # (descriptor, `cache_visible`)
+        self._visible = CacheVisibility()
         self._retired: list[int] = []  # descriptors replaced by `switch`, closed with the image
         try:
             st = os.fstat(self._fd)
@@ -584,11 +598,7 @@ class SquashImage:
 
     def cache_visible(self) -> bool:
         """`cache_visible` of the descriptor reads use now, asked once per descriptor."""
-        fd = self._fd
-        known = self._visible
-        if known is None or known[0] != fd:
-            self._visible = known = (fd, cache_visible(fd))
-        return known[1]
+        return self._visible.of(self._fd)
 
     def span(self, extent: Extent) -> Run | None:
         """Where a file's stored bytes begin in the image and how far they reach: its data
