@@ -66,7 +66,7 @@ import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -243,6 +243,43 @@ class Ahead:
 #: What a shard's bytes are made of, in order (`WdsView._spans`): bytes made by the view, or
 #: (image node, offset, length) of bytes of an image.
 Span = bytes | tuple[Node, int, int]
+
+
+#: A part of a shard's item, as `spans` takes it: (offset in the shard, length, the bytes,
+#: the image's node for its data, or None for bytes `spans`' `made` makes when touched).
+Part = tuple[int, int, bytes | Node | None]
+
+
+def spans(
+    items: Sequence[Any],
+    starts: list[int],
+    offset: int,
+    end: int,
+    parts: Callable[[Any], Iterable[Part]],
+    made: Callable[[Any, int], bytes] | None = None,
+) -> Iterator[Span]:
+    """Bytes [offset, end) of a shard of `items` (each starting at `starts`), as far as
+    the items reach, in order: the slices of each item's `parts` that fall in the range --
+    bytes, or (image node, offset, length) of bytes of its image."""
+    i = max(bisect.bisect_right(starts, offset) - 1, 0)
+    pos = offset
+    while pos < end and i < len(items):
+        item = items[i]
+        for start, length, piece in parts(item):
+            if pos >= end:
+                break
+            if pos >= start + length:
+                continue
+            a, b = pos - start, min(end, start + length) - start
+            if isinstance(piece, Node):
+                yield piece, a, b - a
+            elif piece is None:
+                assert made is not None
+                yield made(item, start)[a:b]
+            else:
+                yield piece[a:b]
+            pos = start + b
+        i += 1
 
 
 def read_spans(index: Index, spans: Iterator[Span], nowait: bool) -> bytes:
@@ -766,26 +803,9 @@ class WdsView:
     @staticmethod
     def _spans(table: Table, offset: int, end: int) -> Iterator[Span]:
         """Bytes [offset, end) of a shard, in order: bytes made here, or (image node,
-        offset, length) of bytes of a sample's image."""
-        i = max(bisect.bisect_right(table.starts, offset) - 1, 0)
-        pos = offset
-        while pos < end and i < len(table.samples):
-            sample = table.samples[i]
-            if pos >= sample.end:
-                i += 1
-                continue
-            for start, length, piece in _pieces(sample):
-                if pos >= end:
-                    break
-                if pos >= start + length:
-                    continue
-                a, b = pos - start, min(end, start + length) - start
-                if piece is None:
-                    yield _made(sample, start)[a:b]
-                else:
-                    yield piece, a, b - a
-                pos = start + b
-            i += 1
+        offset, length) of bytes of a sample's image; past the last sample, zeros."""
+        yield from spans(table.samples, table.starts, offset, end, _pieces, _made)
+        pos = max(offset, table.samples[-1].end if table.samples else 0)
         while pos < end:  # the end: zeros
             chunk = min(end - pos, RECORD)
             yield _ZEROS[:chunk]

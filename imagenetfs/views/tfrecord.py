@@ -50,7 +50,6 @@ Inodes: the view's range `(TFRECORD_VIEW << VIEW_SHIFT) | n`: n = 1 the seed dir
 
 from __future__ import annotations
 
-import bisect
 import functools
 import json
 import struct
@@ -75,11 +74,13 @@ from imagenetfs.views.shards import (
     MTIME,
     Ahead,
     Companion,
+    Part,
     Span,
     Split,
     cut,
     locate_spans,
     read_spans,
+    spans,
 )
 
 TFRECORD = b"tfrecord"
@@ -413,6 +414,16 @@ class Table:
         return "".join(f"{r.offset} {r.end - r.offset}\n" for r in self.records).encode()
 
 
+def _parts(record: Record) -> tuple[Part, Part, Part]:
+    """A record's parts, for `shards.spans`: its head, its image, its tail."""
+    image = record.offset + len(record.head)
+    return (
+        (record.offset, len(record.head), record.head),
+        (image, record.node.size, record.node),
+        (image + record.node.size, len(record.tail), record.tail),
+    )
+
+
 class Layout:
     """The view's files over the WebDataset layout's splits (or `README.txt` alone)."""
 
@@ -692,22 +703,4 @@ class TfrecordView:
     def _spans(table: Table, offset: int, end: int) -> Iterator[Span]:
         """Bytes [offset, end) of a shard, in order: bytes made here (a record's head, its
         tail), or (image node, offset, length) of bytes of a record's image."""
-        i = max(bisect.bisect_right(table.starts, offset) - 1, 0)
-        pos = offset
-        while pos < end and i < len(table.records):
-            record = table.records[i]
-            image = record.offset + len(record.head)
-            pieces: tuple[tuple[int, int, bytes | Node], ...] = (
-                (record.offset, len(record.head), record.head),
-                (image, record.node.size, record.node),
-                (image + record.node.size, len(record.tail), record.tail),
-            )
-            for start, length, piece in pieces:
-                if pos >= end:
-                    break
-                if pos >= start + length:
-                    continue
-                a, b = pos - start, min(end, start + length) - start
-                yield piece[a:b] if isinstance(piece, bytes) else (piece, a, b - a)
-                pos = start + b
-            i += 1
+        return spans(table.records, table.starts, offset, end, _parts)
