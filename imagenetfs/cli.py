@@ -650,11 +650,11 @@ def build_parser() -> argparse.ArgumentParser:
         choices=ORDERS,
         default=None,
         help="with --shards: 'shuffled' (default) deals train's samples to the shards in a "
-        "global shuffle, each shard a mix of all classes and ~1,250 reads scattered over the "
-        "images; 'contiguous' keeps both splits in path order -- the images' own order, so a "
-        "shard is one stretch of them -- served as shards/wds-contiguous/ and shards/"
-        "tfrecord-contiguous/: for slow or compressed images, and when the loader's own "
-        "shuffle buffer mixes enough (each shard holds one or two classes)",
+        "global shuffle, each shard a mix of all classes, for training; 'contiguous' keeps "
+        "both splits in path order, the images' own (a shard is one stretch of them and holds "
+        "one or two classes), served as shards/wds-contiguous/ and shards/tfrecord-contiguous/"
+        ": for passes that need no mixing (evaluation, feature extraction); it reads no faster "
+        "than the shuffle except on gzip images staged from a share (docs/views.md)",
     )
     mnt.add_argument(
         "--shard-samples",

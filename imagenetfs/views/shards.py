@@ -27,10 +27,13 @@ Order. Train samples are in a global shuffle that depends on the seed and each f
 only: ordered by the 64-bit BLAKE2b digest of the path under `train/`, keyed by the seed
 (`--shard-seed`, default 0; another seed serves `shards/wds-seed<N>/`), ties by path -- the
 same order on every machine and Python, whatever else the split holds. Val samples are in
-file-name order. Each split is cut into contiguous runs: `ceil(samples / S)` shards, S = 1,252
-samples for train and 782 for val (what full ImageNet's 1,024 and 64 shards hold; `--shard-
-samples` sets S for both), the remainder one more sample each to the first shards. Shard
-numbers have as many digits as the last one (full ImageNet: 4 for train, 2 for val).
+file-name order. `--shard-order contiguous` (served as `shards/wds-contiguous/`) keeps both
+splits in path order instead -- the walk's, the images' own -- for passes that need no mixing
+(what each order costs cold: docs/bench/shards.md). Each split is cut into contiguous runs:
+`ceil(samples / S)` shards, S = 1,252 samples for train and 782 for val (what full ImageNet's
+1,024 and 64 shards hold; `--shard-samples` sets S for both), the remainder one more sample
+each to the first shards. Shard numbers have as many digits as the last one (full ImageNet:
+4 for train, 2 for val).
 
 Bytes. Plain ustar: one 512-byte header per member (mode 0444, uid and gid 0, no user or group
 names, mtime `MTIME`, no pax or GNU records), the data padded with zeros to 512, two zero

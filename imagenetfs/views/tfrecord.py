@@ -8,7 +8,8 @@ preprocessing writes, made on the fly from the index:
 
 Samples and order are the WebDataset view's (shards.py), taken from its layout -- the walk that
 orders the samples computes each record's length too (a `shards.Companion`) -- so both views
-hold the same samples in the same order; another `--shard-seed` serves `shards/tfrecord-seed<N>/`.
+hold the same samples in the same order; another `--shard-seed` serves `shards/tfrecord-seed<N>/`,
+`--shard-order contiguous` `shards/tfrecord-contiguous/`.
 Each split is cut into `ceil(samples / S)` shards, S = 1,252 for train and 391 for val (full
 ImageNet's 1,024 and 128 shards: `imagenet_to_gcs.py`'s counts; `--shard-samples` sets S for
 both), the remainder one more record each to the first shards. Shard numbers have five digits
