@@ -40,6 +40,7 @@ from imagenetfs import (
 )
 from imagenetfs.errors import ImagenetfsError
 from imagenetfs.views import resize
+from imagenetfs.views.shards import ORDERS
 from imagenetfs.views.tree import ShardSettings
 
 log = logging.getLogger("imagenetfs")
@@ -222,8 +223,10 @@ def cmd_mount(args: argparse.Namespace) -> int:
         args.metrics = metrics.check_target(args.metrics)
     if args.idle_timeout is not None:
         args.idle_timeout = config.parse_duration(args.idle_timeout, "--idle-timeout")
-    if (args.shard_seed or args.shard_samples is not None) and not args.shards:
-        raise errors.UsageError("--shard-seed and --shard-samples go with --shards")
+    if (args.shard_seed or args.shard_samples is not None or args.shard_order) and not args.shards:
+        raise errors.UsageError("--shard-seed, --shard-samples and --shard-order go with --shards")
+    if args.shard_seed and args.shard_order == "contiguous":
+        raise errors.UsageError("--shard-seed: the contiguous order has no shuffle to seed")
     if args.shard_samples is not None and args.shard_samples < 1:
         raise errors.UsageError(f"--shard-samples {args.shard_samples}: give 1 or more")
     if not -(1 << 63) <= args.shard_seed < 1 << 63:
@@ -279,7 +282,11 @@ def _mount(
         stage_keep_free=args.stage_keep_free or staging.DEFAULT_KEEP_FREE,
         metrics=args.metrics,
         idle_timeout=args.idle_timeout or 0.0,
-        shards=ShardSettings(args.shard_seed, args.shard_samples) if args.shards else None,
+        shards=(
+            ShardSettings(args.shard_seed, args.shard_samples, args.shard_order or "shuffled")
+            if args.shards
+            else None
+        ),
     )
     return mount.mount(settings)
 
@@ -637,6 +644,17 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="with --shards: shuffle train with seed N, served as shards/wds-seedN/ and "
         "shards/tfrecord-seedN/ (default: 0, shards/wds/ and shards/tfrecord/)",
+    )
+    mnt.add_argument(
+        "--shard-order",
+        choices=ORDERS,
+        default=None,
+        help="with --shards: 'shuffled' (default) deals train's samples to the shards in a "
+        "global shuffle, each shard a mix of all classes, for training; 'contiguous' keeps "
+        "both splits in path order, the images' own (a shard is one stretch of them and holds "
+        "one or two classes), served as shards/wds-contiguous/ and shards/tfrecord-contiguous/"
+        ": for passes that need no mixing (evaluation, feature extraction); it reads no faster "
+        "than the shuffle except on gzip images staged from a share (docs/views.md)",
     )
     mnt.add_argument(
         "--shard-samples",

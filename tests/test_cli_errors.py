@@ -201,3 +201,19 @@ def test_bad_workers_setting(mounter: Mounter, tmp_path: Path, mountpoint: Path)
         env = {"IMAGENETFS_WORKERS": bad, "IMAGENETFS_SOURCE": str(tmp_path / "x")}
         one_error_line(mounter.cli("mount", str(mountpoint), env=env), "IMAGENETFS_WORKERS")
     one_error_line(mounter.cli("mount", "--workers", "99", str(mountpoint)), "--workers")
+
+
+def test_bad_shard_options(mounter: Mounter, tmp_path: Path, mountpoint: Path) -> None:
+    """Shard options are refused without `--shards`, a seed with the contiguous order (which
+    has no shuffle), an unknown order and a shard of no samples -- before the source is looked
+    at (it does not exist here)."""
+    source = ["--source", str(tmp_path / "x")]
+    for options, expected in (
+        (["--shard-order", "contiguous"], "go with --shards"),
+        (["--shard-seed", "1"], "go with --shards"),
+        (["--shards", "--shard-order", "contiguous", "--shard-seed", "1"], "no shuffle to seed"),
+        (["--shards", "--shard-samples", "0"], "--shard-samples 0"),
+    ):
+        one_error_line(mounter.cli("mount", *source, *options, str(mountpoint)), expected)
+    result = mounter.cli("mount", *source, "--shards", "--shard-order", "random", str(mountpoint))
+    assert result.returncode == 2 and "invalid choice: 'random'" in result.stderr

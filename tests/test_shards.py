@@ -66,7 +66,8 @@ def small(tmp_path_factory: pytest.TempPathFactory) -> SmallSource:
 def mounts(
     small: SmallSource, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Mounted]]:
-    """workers, workers-again (a second mount), pyfuse3 (`--workers 0`), seed1, plain."""
+    """workers, workers-again (a second mount), pyfuse3 (`--workers 0`), seed1, contiguous
+    (`--shard-order contiguous`), plain."""
     harness = Mounter(tmp_path_factory.mktemp("mounts"))
     shards = ["--shards", "--shard-samples", PER_SHARD]
     try:
@@ -76,6 +77,7 @@ def mounts(
             "workers-again": [*shards, "--workers", 2],
             "pyfuse3": [*shards, "--workers", 0],
             "seed1": [*shards, "--shard-seed", 1, "--workers", 2],
+            "contiguous": [*shards, "--shard-order", "contiguous", "--workers", 2],
             "plain": ["--workers", 2],
         }.items():
             mp = harness.mkdir(name)
@@ -301,6 +303,34 @@ def test_train_is_shuffled_by_seed_val_in_name_order(
     assert val == sorted(val)
     assert "shards" not in os.listdir(mounts["plain"].mp)
     assert "shards" in os.listdir(mounts["workers"].mp)
+
+
+def test_contiguous_order_is_path_order_in_both_splits(
+    small: SmallSource, mounts: dict[str, Mounted]
+) -> None:
+    """`--shard-order contiguous`: its own directories (`wds-contiguous`, `tfrecord-contiguous`),
+    both splits in path order -- class directory, then file name: the order mksquashfs stores
+    them in -- holding the same samples as the shuffled view, in shards of the same lengths."""
+    mounted = mounts["contiguous"]
+    assert os.listdir(mounted.mp / "shards") == ["tfrecord-contiguous", "wds-contiguous"]
+    wnids = sorted(labels_of(mounted.mp), key=labels_of(mounted.mp).__getitem__)
+    for split in SPLITS:
+        paths = shard_paths(view(mounted, "wds-contiguous"), split)
+        shuffled = shard_paths(view(mounts["workers"]), split)
+        assert [p.name for p in paths] == [p.name for p in shuffled]
+        samples, lengths = [], []
+        for path in paths:
+            with tarfile.open(path) as tar:
+                classes = [m for m in tar.getmembers() if m.name.endswith(".cls")]
+                lengths.append(len(classes))
+                for member in classes:
+                    label = int(tar.extractfile(member).read())  # type: ignore[union-attr]
+                    samples.append((wnids[label], member.name[: -len(".cls")]))
+        assert samples == sorted(samples), split  # (wnid, key): path order
+        assert len(samples) > 3, split
+        expected = sorted(m.name for p in shuffled for m in members(p) if m.name.endswith(".cls"))
+        assert sorted(f"{key}.cls" for _, key in samples) == expected
+        assert lengths == [len(members(p)) // 3 for p in shuffled]
 
 
 # --- the index files ----------------------------------------------------------------------

@@ -27,10 +27,13 @@ Order. Train samples are in a global shuffle that depends on the seed and each f
 only: ordered by the 64-bit BLAKE2b digest of the path under `train/`, keyed by the seed
 (`--shard-seed`, default 0; another seed serves `shards/wds-seed<N>/`), ties by path -- the
 same order on every machine and Python, whatever else the split holds. Val samples are in
-file-name order. Each split is cut into contiguous runs: `ceil(samples / S)` shards, S = 1,252
-samples for train and 782 for val (what full ImageNet's 1,024 and 64 shards hold; `--shard-
-samples` sets S for both), the remainder one more sample each to the first shards. Shard
-numbers have as many digits as the last one (full ImageNet: 4 for train, 2 for val).
+file-name order. `--shard-order contiguous` (served as `shards/wds-contiguous/`) keeps both
+splits in path order instead -- the walk's, the images' own -- for passes that need no mixing
+(what each order costs cold: docs/bench/shards.md). Each split is cut into contiguous runs:
+`ceil(samples / S)` shards, S = 1,252 samples for train and 782 for val (what full ImageNet's
+1,024 and 64 shards hold; `--shard-samples` sets S for both), the remainder one more sample
+each to the first shards. Shard numbers have as many digits as the last one (full ImageNet:
+4 for train, 2 for val).
 
 Bytes. Plain ustar: one 512-byte header per member (mode 0444, uid and gid 0, no user or group
 names, mtime `MTIME`, no pax or GNU records), the data padded with zeros to 512, two zero
@@ -88,6 +91,8 @@ SHARDS = b"shards"
 SHARDS_VIEW = 0xFFFE
 #: The one mtime of every member and file of the view: 2012-01-01 00:00 UTC.
 MTIME = 1325376000
+#: `--shard-order`: train in a global shuffle (the default), or both splits in path order.
+ORDERS = ("shuffled", "contiguous")
 #: Samples per shard: full ImageNet's 1,281,167 train samples in 1,024 shards, 50,000 val in 64.
 TRAIN_SAMPLES = 1252
 VAL_SAMPLES = 782
@@ -109,6 +114,13 @@ SEQUENTIAL = 1 << 20
 
 _SHARDS_DIR, _SEED_DIR, _FIRST_CHILD = 1, 2, 3
 _ZEROS = bytes(RECORD)
+
+
+def variant(base: bytes, seed: int, order: str) -> bytes:
+    """The directory name of one order of a format: `wds`, `wds-seed<N>`, `wds-contiguous`."""
+    if order == "contiguous":
+        return base + b"-contiguous"
+    return base if seed == 0 else base + f"-seed{seed}".encode()
 
 
 def padded(size: int) -> int:
@@ -403,6 +415,7 @@ class Layout:
         per_shard: int | None,
         image_size: Callable[[int], tuple[int, int] | None],
         companion: Companion | None = None,
+        order: str = "shuffled",
     ) -> None:
         self.labels = _labels(index)
         self.splits: list[Split] = []
@@ -416,6 +429,7 @@ class Layout:
                 per_shard or default,
                 image_size,
                 companion,
+                order,
             )
             if split is not None:
                 self.splits.append(split)
@@ -492,9 +506,11 @@ def _split(
     per_shard: int,
     image_size: Callable[[int], tuple[int, int] | None],
     companion: Companion | None = None,
+    order_by: str = "shuffled",
 ) -> Split | None:
     """One split's order and shard sizes: a walk of its class directories in the index (one
-    pass in Python, ~1 µs a file beyond the index's own), the rest in numpy."""
+    pass in Python, ~1 µs a file beyond the index's own), the rest in numpy. The walk is in
+    path order (class directories, then files, by name): the order `contiguous` keeps."""
     import numpy as np  # (only once shards are asked for)
 
     try:
@@ -508,7 +524,8 @@ def _split(
     names: list[bytes] = []  # (val only: ordered by name)
     digests = array.array("Q")  # (train only: the shuffle's sort keys)
     seed_key = seed.to_bytes(8, "little", signed=True)
-    train = directory == b"train"
+    contiguous = order_by == "contiguous"
+    train = directory == b"train" and not contiguous
     for wnid in index.readdir(top.ino):
         label = labels.get(wnid.ino)
         if wnid.kind != DIR or label is None:
@@ -531,10 +548,12 @@ def _split(
             if train:
                 digest = hashlib.blake2b(prefix + file_name, digest_size=8, key=seed_key)
                 digests.append(int.from_bytes(digest.digest(), "big"))
-            else:
+            elif not contiguous:
                 names.append(file_name)
     count = len(inos)
-    if train:  # by digest; ties (never seen) by path: the walk's order
+    if contiguous:
+        order = np.arange(count, dtype=np.int64)
+    elif train:  # by digest; ties (never seen) by path: the walk's order
         order = np.argsort(np.frombuffer(digests, dtype=np.uint64), kind="stable")
     else:
         order = np.array(sorted(range(count), key=names.__getitem__), dtype=np.int64)
@@ -628,6 +647,7 @@ class WdsView:
         *,
         seed: int = 0,
         per_shard: int | None = None,
+        order: str = "shuffled",
         view_shift: int,
         siblings: Sequence[Sibling] = (),
         companion: Companion | None = None,
@@ -635,7 +655,8 @@ class WdsView:
         self.index = index
         self.seed = seed
         self.per_shard = per_shard
-        self.dir_name = b"wds" if seed == 0 else f"wds-seed{seed}".encode()
+        self.order = order
+        self.dir_name = variant(b"wds", seed, order)
         self._shift = view_shift
         self._base = SHARDS_VIEW << view_shift
         self.root_ino = self._base | _SHARDS_DIR
@@ -654,7 +675,12 @@ class WdsView:
             with self._lock:
                 if self._layout is None:
                     self._layout = Layout(
-                        self.index, self.seed, self.per_shard, self._size_of, self._companion
+                        self.index,
+                        self.seed,
+                        self.per_shard,
+                        self._size_of,
+                        self._companion,
+                        self.order,
                     )
                 layout = self._layout
         return layout

@@ -8,7 +8,8 @@ preprocessing writes, made on the fly from the index:
 
 Samples and order are the WebDataset view's (shards.py), taken from its layout -- the walk that
 orders the samples computes each record's length too (a `shards.Companion`) -- so both views
-hold the same samples in the same order; another `--shard-seed` serves `shards/tfrecord-seed<N>/`.
+hold the same samples in the same order; another `--shard-seed` serves `shards/tfrecord-seed<N>/`,
+`--shard-order contiguous` `shards/tfrecord-contiguous/`.
 Each split is cut into `ceil(samples / S)` shards, S = 1,252 for train and 391 for val (full
 ImageNet's 1,024 and 128 shards: `imagenet_to_gcs.py`'s counts; `--shard-samples` sets S for
 both), the remainder one more record each to the first shards. Shard numbers have five digits
@@ -81,6 +82,7 @@ from imagenetfs.views.shards import (
     locate_spans,
     read_spans,
     spans,
+    variant,
 )
 
 TFRECORD = b"tfrecord"
@@ -427,7 +429,9 @@ def _parts(record: Record) -> tuple[Part, Part, Part]:
 class Layout:
     """The view's files over the WebDataset layout's splits (or `README.txt` alone)."""
 
-    def __init__(self, splits: list[tuple[Split, TfSplit]], readme: bytes | None, seed: int):
+    def __init__(
+        self, splits: list[tuple[Split, TfSplit]], readme: bytes | None, seed: int, order: str
+    ) -> None:
         self.splits = splits
         files = [_File(README, -1, -1, "readme")] if readme is not None else []
         idx: list[_File] = []
@@ -442,9 +446,9 @@ class Layout:
         self.position = {f.name: k for k, f in enumerate(self.files)}
         self.idx_position = {f.name: k for k, f in enumerate(self.idx)}
         self.readme = readme
-        self.info = self._info(seed) if readme is None else b""
+        self.info = self._info(seed, order) if readme is None else b""
 
-    def _info(self, seed: int) -> bytes:
+    def _info(self, seed: int, order: str) -> bytes:
         splits = {
             tf.name: {
                 "num_examples": tf.first[-1],
@@ -471,7 +475,8 @@ class Layout:
                 "image/colorspace": "bytes: RGB",
                 "image/channels": "int64: 3",
             },
-            "train_shuffle_seed": seed,
+            "order": order,
+            "train_shuffle_seed": seed if order == "shuffled" else None,
             "dali_index_dir": "idx",
             "splits": splits,
         }
@@ -489,12 +494,14 @@ class TfrecordView:
         *,
         seed: int = 0,
         per_shard: int | None = None,
+        order: str = "shuffled",
         parent: int,
         view_shift: int,
     ) -> None:
         self.index = index
         self.seed = seed
-        self.dir_name = TFRECORD if seed == 0 else f"tfrecord-seed{seed}".encode()
+        self.order = order
+        self.dir_name = variant(TFRECORD, seed, order)
         self.parent = parent
         self._wds_layout = wds_layout
         self._shift = view_shift
@@ -511,10 +518,10 @@ class TfrecordView:
         layout = self._layout
         if layout is None:
             if not self.has_crcs:
-                layout = Layout([], self._readme(), self.seed)
+                layout = Layout([], self._readme(), self.seed, self.order)
             else:
                 wds = self._wds_layout()
-                layout = Layout([(s, s.companion) for s in wds.splits], None, self.seed)
+                layout = Layout([(s, s.companion) for s in wds.splits], None, self.seed, self.order)
             with self._lock:
                 if self._layout is None:
                     self._layout = layout

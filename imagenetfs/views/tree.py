@@ -54,10 +54,11 @@ _BASE_MASK = (1 << VIEW_SHIFT) - 1
 @dataclass(frozen=True)
 class ShardSettings:
     """What `--shards` serves: the train shuffle's seed, samples per shard (None: full
-    ImageNet's; see shards.py)."""
+    ImageNet's), the order (`shards.ORDERS`; see shards.py)."""
 
     seed: int = 0
     per_shard: int | None = None
+    order: str = "shuffled"
 
 
 class Tree:
@@ -86,6 +87,7 @@ class Tree:
                 lambda: wds.layout,
                 seed=shards.seed,
                 per_shard=shards.per_shard,
+                order=shards.order,
                 parent=(SHARDS_VIEW << VIEW_SHIFT) | 1,
                 view_shift=VIEW_SHIFT,
             )
@@ -93,6 +95,7 @@ class Tree:
                 index,
                 seed=shards.seed,
                 per_shard=shards.per_shard,
+                order=shards.order,
                 view_shift=VIEW_SHIFT,
                 siblings=[self.tfrecord],
                 companion=self.tfrecord.companion,

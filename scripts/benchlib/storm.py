@@ -65,6 +65,7 @@ class Config:
     inflight: int = 4
     timeout_s: float = 1.0
     read_mbps: float = 0.0  # total READ bandwidth cap, 10^6 bytes/s; 0: none
+    read_ms: float = 0.0  # a round trip per READ, after its transfer (not holding the link)
 
 
 class Stormfs:
@@ -77,7 +78,7 @@ class Stormfs:
         self.stats_file.unlink(missing_ok=True)
         mp.mkdir(parents=True, exist_ok=True)
         argv = [str(exe), "-f", "-d", str(cfg.delay_ms), "-q", str(cfg.inflight)]
-        argv += ["-t", str(cfg.timeout_s), "-b", str(cfg.read_mbps)]
+        argv += ["-t", str(cfg.timeout_s), "-b", str(cfg.read_mbps), "-l", str(cfg.read_ms)]
         argv += ["-s", str(self.stats_file), str(source), str(mp)]
         self.proc = subprocess.Popen(argv)
         end = time.monotonic() + 30

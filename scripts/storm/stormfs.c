@@ -3,7 +3,8 @@
  * operation, to model a shared filesystem's metadata server (Lustre, GPFS, NFS) on one machine,
  * and optionally caps its read bandwidth, to model the servers' share of a busy cluster.
  *
- *     stormfs [-d DELAY_MS] [-q MAX_INFLIGHT] [-t TIMEOUT_S] [-b MB_PER_S] [-s STATS_FILE] [-f]
+ *     stormfs [-d DELAY_MS] [-q MAX_INFLIGHT] [-t TIMEOUT_S] [-b MB_PER_S] [-l READ_MS]
+ *             [-s STATS_FILE] [-f]
  *             SOURCE MOUNTPOINT
  *
  * Design (written for imagenetfs's benchmark, scripts/bench.py; see notes/storm-sim.md):
@@ -22,7 +23,10 @@
  *   reservations before it (arrival order) and its reply is sent when its reservation ends, so
  *   any mix of readers gets RATE in total and a lone 128 KiB read on an idle link takes its
  *   transfer time (0.66 ms at 200 MB/s). The bytes are those really returned (the request's
- *   size cut at end of file). READ takes no metadata slot and no DELAY_MS.
+ *   size cut at end of file). READ takes no metadata slot and no DELAY_MS. With -l READ_MS
+ *   (default 0) each READ's reply also waits READ_MS after its transfer -- a round trip to
+ *   the servers, as every RPC of a Lustre or NFS client pays -- without holding the link:
+ *   READs in flight wait theirs side by side.
  * - Client page cache, and what the cap therefore means: OPEN replies with keep_cache (and
  *   libfuse's default auto_inval_data, which only drops pages when a file's size or mtime
  *   changes: never here), no direct_io. So the kernel keeps the pages of a stormfs file across
@@ -78,6 +82,7 @@ static atomic_ullong read_bytes;  /* bytes returned by READ */
 static atomic_ullong read_wait_ns;  /* total time READ replies waited for the link */
 
 static double read_bytes_per_s;  /* -b, in bytes/s; 0: no cap */
+static uint64_t read_latency_ns; /* -l, per READ */
 static pthread_mutex_t link_lock = PTHREAD_MUTEX_INITIALIZER;
 static uint64_t link_free_ns;  /* when the link has sent every reservation made so far */
 
@@ -164,15 +169,18 @@ static void sleep_until(uint64_t ns)
 static void bandwidth(size_t bytes)
 {
 	atomic_fetch_add(&read_bytes, bytes);
-	if (read_bytes_per_s <= 0 || bytes == 0)
+	if (read_bytes_per_s <= 0 || bytes == 0) {
+		if (read_latency_ns)
+			sleep_until(now_ns() + read_latency_ns);
 		return;
+	}
 	uint64_t cost = (uint64_t)(bytes * 1e9 / read_bytes_per_s);
 	pthread_mutex_lock(&link_lock);
 	uint64_t start = now_ns();
 	uint64_t done = (link_free_ns > start ? link_free_ns : start) + cost;
 	link_free_ns = done;
 	pthread_mutex_unlock(&link_lock);
-	sleep_until(done);
+	sleep_until(done + read_latency_ns);
 	atomic_fetch_add(&read_wait_ns, now_ns() - start);
 }
 
@@ -480,7 +488,7 @@ static const struct fuse_lowlevel_ops ops = {
 static void usage(const char *argv0)
 {
 	fprintf(stderr,
-		"usage: %s [-d DELAY_MS] [-q MAX_INFLIGHT] [-t TIMEOUT_S] [-b MB_PER_S] "
+		"usage: %s [-d DELAY_MS] [-q MAX_INFLIGHT] [-t TIMEOUT_S] [-b MB_PER_S] [-l READ_MS] "
 		"[-s STATS_FILE] [-f] SOURCE MOUNTPOINT\n", argv0);
 	exit(2);
 }
@@ -488,12 +496,13 @@ static void usage(const char *argv0)
 int main(int argc, char *argv[])
 {
 	int inflight = 4, foreground = 0, opt;
-	while ((opt = getopt(argc, argv, "d:q:t:b:s:f")) != -1) {
+	while ((opt = getopt(argc, argv, "d:q:t:b:l:s:f")) != -1) {
 		switch (opt) {
 		case 'd': delay_ns = (long)(atof(optarg) * 1e6); break;
 		case 'q': inflight = atoi(optarg); break;
 		case 't': timeout_s = atof(optarg); break;
 		case 'b': read_bytes_per_s = atof(optarg) * 1e6; break;
+		case 'l': read_latency_ns = (uint64_t)(atof(optarg) * 1e6); break;
 		case 's': stats_path = optarg; break;
 		case 'f': foreground = 1; break;
 		default: usage(argv[0]);
