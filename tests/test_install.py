@@ -19,9 +19,10 @@ stdin:
   with libfuse3-dev removed, then python3.11-venv too, then on a "RHEL" os-release, one
   stderr line naming them and the apt-get/dnf command, exit 1, nothing created either.
 
-Needs root, debootstrap (scripts/test-prepare.sh installs it), Debian's mirror and PyPI: 1.5 to
-2 minutes here (pip's downloads and pyfuse3's compile), plus about 45 s the first time (building
-the cached root, ~570 MB). Part of the test command's run (scripts/test.sh), CI's included.
+Needs root, debootstrap (scripts/test-prepare.sh installs it), Debian's mirror and PyPI: about
+75 s here (pip's downloads, and pyfuse3's compile by the first install: the re-runs take it
+from a wheel of that build), plus about 45 s the first time (building the cached root,
+~570 MB). Part of the test command's run (scripts/test.sh), CI's included.
 """
 
 from __future__ import annotations
