@@ -248,7 +248,7 @@ class Mounted:
                     return dict(state["stats"])
             if time.monotonic() > deadline:
                 raise AssertionError(f"{self.mp}: no fresh counters in {self.state_path}")
-            time.sleep(0.2)
+            time.sleep(0.05)  # (a small file: looking often costs nothing, and each wait less)
 
 
 @dataclass

@@ -15,18 +15,19 @@ stdin:
   only the mount point and the mount records);
   `imagenetfs umount`; re-running it upgrades (the version in use by a mount is kept).
 - test_missing_packages_fail_in_one_line_leaving_nothing: setup.sh, with no sudo, points to
-  install-user.sh in one line; with libfuse3-dev removed, then
-  python3.11-venv too, then on a "RHEL" os-release, one stderr line naming them and the
-  apt-get/dnf command, exit 1, nothing created; a pip failure and a SIGTERM during pip leave
-  nothing behind either.
+  install-user.sh in one line; a pip failure and a SIGTERM during pip leave nothing behind;
+  with libfuse3-dev removed, then python3.11-venv too, then on a "RHEL" os-release, one
+  stderr line naming them and the apt-get/dnf command, exit 1, nothing created either.
 
-Needs root, debootstrap (scripts/test-prepare.sh installs it), Debian's mirror and PyPI: 1.5 to
-2 minutes here (pip's downloads and pyfuse3's compile), plus about 45 s the first time (building
-the cached root, ~570 MB). Part of the test command's run (scripts/test.sh), CI's included.
+Needs root, debootstrap (scripts/test-prepare.sh installs it), Debian's mirror and PyPI: about
+75 s here (pip's downloads, and pyfuse3's compile by the first install: the re-runs take it
+from a wheel of that build), plus about 45 s the first time (building the cached root,
+~570 MB). Part of the test command's run (scripts/test.sh), CI's included.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
 import hashlib
@@ -38,6 +39,7 @@ import socket
 import stat
 import subprocess
 import time
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -331,6 +333,36 @@ def tree(path: Path) -> set[str]:
     return {str(p.relative_to(path)) for p in path.rglob("*")} if path.exists() else set()
 
 
+def wheel_of_installed(venv: Path, project: str, dest: Path) -> Path:
+    """A wheel of `project` as pip installed it into `venv` -- the files its RECORD lists, a
+    RECORD of their hashes -- in `dest`. For the installs that re-run the first one: pyfuse3
+    from this wheel instead of compiled again (the first install compiled it; what a re-run
+    proves is the switch from one venv to the next, not the compiler)."""
+    site = next(venv.glob("lib/python3*/site-packages"))
+    info = next(site.glob(f"{project}-*.dist-info"))
+    tag = next(ln.split(":", 1)[1].strip() for ln in (info / "WHEEL").read_text().splitlines()
+               if ln.startswith("Tag:"))  # fmt: skip
+    left_out = {f"{info.name}/{n}" for n in ("INSTALLER", "REQUESTED", "direct_url.json")}
+    names = [
+        row.split(",")[0]
+        for row in (info / "RECORD").read_text().splitlines()
+        if row and not row.startswith("..") and "__pycache__" not in row
+    ]
+    names = [n for n in names if n not in left_out and n != f"{info.name}/RECORD"]
+    dest.mkdir(parents=True, exist_ok=True)
+    wheel = dest / f"{info.name.removesuffix('.dist-info')}-{tag}.whl"
+    record = []
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in names:
+            data = (site / name).read_bytes()
+            digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=")
+            record.append(f"{name},sha256={digest.decode()},{len(data)}")
+            z.writestr(name, data)
+        z.writestr(f"{info.name}/RECORD", "\n".join([*record, f"{info.name}/RECORD,,", ""]))
+    wheel.chmod(0o644)
+    return wheel
+
+
 # --- the tests ------------------------------------------------------------------------------
 
 
@@ -378,7 +410,11 @@ def test_user_install_mounts_and_writes_only_home(root: Path) -> None:
     assert str(root / "tmp" / f"{name}-inet") in mounts_under(root)
 
     # Re-running upgrades: a new venv; the one the mount's daemon uses stays until the next.
-    again = as_user(root, name, "cd imagenetfs && bash scripts/install-user.sh")
+    # (pyfuse3 from a wheel of what the first install built: pip finds it before PyPI's
+    # source, so that the re-runs do not compile it again.)
+    wheels = {"PIP_FIND_LINKS": "/wheelhouse"}
+    wheel_of_installed(home / ".local/share/imagenetfs" / venvs[1], "pyfuse3", root / "wheelhouse")
+    again = as_user(root, name, "cd imagenetfs && bash scripts/install-user.sh", env=wheels)
     assert again.returncode == 0, again.stderr
     assert "a running process uses it" in again.stderr
     versions = sorted(p.name for p in (home / ".local/share/imagenetfs").glob("venv-*"))
@@ -398,7 +434,7 @@ def test_user_install_mounts_and_writes_only_home(root: Path) -> None:
     while daemons(root) and time.monotonic() < deadline:  # the daemon ends after the unmount
         time.sleep(0.2)
     assert not daemons(root)
-    third = as_user(root, name, "cd imagenetfs && bash scripts/install-user.sh")
+    third = as_user(root, name, "cd imagenetfs && bash scripts/install-user.sh", env=wheels)
     assert third.returncode == 0, third.stderr
     assert len(list((home / ".local/share/imagenetfs").glob("venv-*"))) == 1
 
@@ -447,36 +483,8 @@ def test_missing_packages_fail_in_one_line_leaving_nothing(root: Path) -> None:
     ]
     assert tree(home) == before
 
-    in_root(root, "apt-get remove -y -qq libfuse3-dev")
-    result = as_user(root, name, install)
-    assert_failed_leaving_nothing(result, home, before)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("install-user: error: missing system packages: libfuse3-dev ")
-    assert lines[0].endswith("ask an admin to run: apt-get install -y libfuse3-dev"), lines[0]
-    assert result.stdout == ""
-
-    in_root(root, "apt-get remove -y -qq python3.11-venv")
-    result = as_user(root, name, install)
-    assert_failed_leaving_nothing(result, home, before)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].endswith("apt-get install -y libfuse3-dev python3-venv"), lines[0]
-
-    # The same machine calling itself RHEL: dnf and its package names.
-    (root / "etc/os-release").unlink()
-    (root / "etc/os-release").write_text(
-        'NAME="Rocky Linux"\nID="rocky"\nID_LIKE="rhel centos fedora"\n'
-    )
-    result = as_user(root, name, install)
-    assert_failed_leaving_nothing(result, home, before)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].endswith("dnf install -y fuse3-devel python3"), lines[0]
-
-    # Packages back; pip fails (an index that refuses connections): nothing left behind.
-    in_root(root, "ln -sf ../usr/lib/os-release /etc/os-release")
-    in_root(root, "apt-get install -y -qq libfuse3-dev python3-venv")
+    # Every package there; pip fails (an index that refuses connections): nothing left
+    # behind. (Before the packages go: putting them back would download them again.)
     with socket.socket() as closed:  # bound, never listening, kept: it refuses connections
         closed.bind(("127.0.0.1", 0))
         port = closed.getsockname()[1]
@@ -518,6 +526,33 @@ def test_missing_packages_fail_in_one_line_leaving_nothing(root: Path) -> None:
     assert proc.returncode != 0, stderr
     assert "nothing was installed or changed" in stderr, stderr
     assert tree(home) == before, sorted(tree(home) - before)
+
+    in_root(root, "apt-get remove -y -qq libfuse3-dev")
+    result = as_user(root, name, install)
+    assert_failed_leaving_nothing(result, home, before)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("install-user: error: missing system packages: libfuse3-dev ")
+    assert lines[0].endswith("ask an admin to run: apt-get install -y libfuse3-dev"), lines[0]
+    assert result.stdout == ""
+
+    in_root(root, "apt-get remove -y -qq python3.11-venv")
+    result = as_user(root, name, install)
+    assert_failed_leaving_nothing(result, home, before)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].endswith("apt-get install -y libfuse3-dev python3-venv"), lines[0]
+
+    # The same machine calling itself RHEL: dnf and its package names.
+    (root / "etc/os-release").unlink()
+    (root / "etc/os-release").write_text(
+        'NAME="Rocky Linux"\nID="rocky"\nID_LIKE="rhel centos fedora"\n'
+    )
+    result = as_user(root, name, install)
+    assert_failed_leaving_nothing(result, home, before)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].endswith("dnf install -y fuse3-devel python3"), lines[0]
 
 
 def pip_running(root: Path, uid: int) -> bool:

@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +77,14 @@ def run(
 def program(name: str, *args: str | os.PathLike[str], python: str = sys.executable) -> str:
     """Run `programs/<name>.py ARGS...` with this interpreter; its stdout."""
     return run([python, PROGRAMS / f"{name}.py", *args]).stdout
+
+
+def on_both(trees: Trees, name: str, *args: str | os.PathLike[str]) -> tuple[str, str]:
+    """`program(name, ROOT, *args)` on the mount and on the unpacked tree, at the same time
+    (two processes: a torch program spends seconds importing); their stdouts, in that order."""
+    with ThreadPoolExecutor(2) as pool:
+        mount, unpacked = pool.map(lambda root: program(name, root, *args), trees.both)
+    return mount, unpacked
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from .conftest import (
     TRAIN_PER_CLASS,
     VAL_PER_CLASS,
     Trees,
-    program,
+    on_both,
     run,
 )
 
@@ -30,8 +30,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def both(trees: Trees, name: str, *args: str) -> tuple[str, str]:
-    mount, unpacked = (program(name, root, *args) for root in trees.both)
-    return mount, unpacked
+    return on_both(trees, name, *args)
 
 
 def test_pil_loop_over_random_images(trees: Trees) -> None:

@@ -11,6 +11,7 @@ generator's `val_labels.txt`, not from imagenetfs.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import subprocess
@@ -19,7 +20,7 @@ import sys
 import pytest
 from prepared import unprepared
 
-from .conftest import CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, Trees, program
+from .conftest import CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, Trees, on_both
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -31,7 +32,7 @@ def test_torch_load_meta_bin(trees: Trees) -> None:
     tree: the classes of the tree's wnids and the val labels of the generator."""
     if importlib.util.find_spec("torch") is None:
         unprepared(f"no torch in this environment ({sys.executable})")
-    mount, unpacked = (program("torch_meta", root) for root in trees.both)
+    mount, unpacked = on_both(trees, "torch_meta")
     assert mount == unpacked
     meta = json.loads(mount)
     assert meta["types"] == ["tuple", "dict", "tuple"]
@@ -43,6 +44,7 @@ def test_torch_load_meta_bin(trees: Trees) -> None:
     assert meta["val_wnids"] == [trees.val_labels[name] for name in sorted(trees.val_labels)]
 
 
+@functools.cache  # (one interpreter importing torchvision: seconds; once for both cases)
 def _torchvision_problem() -> str | None:
     if importlib.util.find_spec("torchvision") is None:
         return "torchvision is not installed in this environment"
@@ -65,7 +67,7 @@ def test_torchvision_imagenet_and_dataloader(
     if problem is not None:
         unprepared(problem)
     trees: Trees = request.getfixturevalue("trees" if served_from == "images" else "tar_trees")
-    mount, unpacked = (program("torchvision_imagenet", root) for root in trees.both)
+    mount, unpacked = on_both(trees, "torchvision_imagenet")
     assert mount == unpacked
     out = json.loads(mount)
     for split in ("train", "val"):  # the evidence, shown by pytest -rP
