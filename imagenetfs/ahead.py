@@ -8,13 +8,13 @@ time and, without help, waits for the disk on each.
 
 `Ahead` is that help, one per worker (and so per process: it holds no lock). The worker tells
 it where each file it starts reading lies in its image (`saw(fd, start, end)`, for a READ at
-offset 0). When `STREAK` files in a row begin near where the files before them ended -- at most
-`NEAR` bytes before or after: the files of one reader in image order, even when the workers
-take turns at them, and the tails that a gzip image keeps in fragment blocks a little further
-on -- it asks the kernel to read the next `WINDOW` bytes of that image into the page cache
-(`posix_fadvise(POSIX_FADV_WILLNEED)`: the kernel starts the reads and returns), and tops the
-window up by at least `STEP` as the reader moves on. A file that begins anywhere else ends the
-streak: random access reads nothing ahead.
+offset 0, or a file pushed with its IOCTL: wire.Worker._push). When `STREAK` files in a row
+begin near where the files before them ended -- at most `NEAR` bytes before or after: the files
+of one reader in image order, even when the workers take turns at them, and the tails that a
+gzip image keeps in fragment blocks a little further on -- it asks the kernel to read the next
+`WINDOW` bytes of that image into the page cache (`posix_fadvise(POSIX_FADV_WILLNEED)`: the
+kernel starts the reads and returns), and tops the window up by at least `STEP` as the reader
+moves on. A file that begins anywhere else ends the streak: random access reads nothing ahead.
 
 Bounds: page cache only (no buffer of ours), at most `WINDOW` bytes past the furthest file
 seen, per image descriptor, per worker -- bytes the reader is about to ask for. Each request to

@@ -6,7 +6,9 @@ seconds -- the images served, the staging progress and the counters of ops.py, s
 worker processes, read-latency histogram included.
 
 - `summary(state, ...)` is one mount as `imagenetfs status --json` prints it: requests by kind,
-  bytes, errors, the caches' hits and misses, and the read latency's p50 and p99 in seconds --
+  every other counter of ops.FS_COUNTERS (`COUNTERS`: bytes, errors, the workers' spliced, cold
+  and read-ahead reads, their pushes ...), the caches' hits and misses, and the read latency's
+  p50 and p99 in seconds --
   each the upper bound of the power-of-two bucket that holds it (`ops.latency_quantile`).
 - `prometheus(state, ...)` is the same in the Prometheus text exposition format (version
   0.0.4), as node_exporter's textfile collector reads it: every sample labelled with the mount
@@ -36,6 +38,27 @@ REQUESTS = {
     "open": "opens",
     "read": "reads",
     "ioctl": "ioctls",
+}
+#: Every other counter (ops.FS_COUNTERS), as `status --json` names it (a key of its own):
+#: (the metric that carries it, `imagenetfs_<name>_total`, and the metric's help).
+COUNTERS = {
+    "inline_reads": ("inline_reads", "Reads served at once from the page cache (pyfuse3)."),
+    "reads_spliced": ("reads_spliced", "Reads spliced from the image file, never copied."),
+    "reads_cold": ("reads_cold", "Reads of bytes not in the page cache, sent by a thread."),
+    "reads_ahead": (
+        "reads_ahead",
+        "Requests to the kernel to read an image ahead of a reader in its order (workers).",
+    ),
+    "bytes_ahead": ("read_ahead_bytes", "Bytes of images asked to be read ahead (workers)."),
+    "files_pushed": (
+        "files_pushed",
+        "Files whose bytes went to the kernel's page cache with their IOCTL, before any READ "
+        "(workers).",
+    ),
+    "bytes_pushed": ("pushed_bytes", "Bytes of the files pushed (in read_bytes too)."),
+    "bytes_read": ("read_bytes", "Bytes of file data served."),
+    "errors": ("errors", "Requests that failed (answered EIO, logged)."),
+    "resizes": ("resizes", "Files resized (not found in the resize cache)."),
 }
 
 
@@ -102,12 +125,7 @@ def summary(
         "images": state.get("images", []),
         "staging": state.get("staging"),
         "requests": {kind: fs.get(name, 0) for kind, name in REQUESTS.items()} if fs else None,
-        "inline_reads": fs.get("inline_reads"),
-        "reads_spliced": fs.get("reads_spliced"),
-        "reads_cold": fs.get("reads_cold"),
-        "bytes_read": fs.get("bytes_read"),
-        "errors": fs.get("errors"),
-        "resizes": fs.get("resizes"),
+        **{name: fs.get(name) for name in COUNTERS},  # (None: not in an older daemon's)
         "caches": caches,
         "read_latency": latency(stats),
         "index_stats": stats.get("index"),
@@ -197,15 +215,7 @@ def prometheus(state: dict[str, Any], *, serving: bool, now: float | None = None
         "FUSE requests answered, by operation.",
         [("", {"op": kind}, fs.get(name, 0)) for kind, name in REQUESTS.items()],
     )
-    counters = [
-        ("read_bytes", "bytes_read", "Bytes of file data served."),
-        ("inline_reads", "inline_reads", "Reads served at once from the page cache (pyfuse3)."),
-        ("reads_spliced", "reads_spliced", "Reads spliced from the image file, never copied."),
-        ("reads_cold", "reads_cold", "Reads of bytes not in the page cache, sent by a thread."),
-        ("errors", "errors", "Requests that failed (answered EIO, logged)."),
-        ("resizes", "resizes", "Files resized (not found in the resize cache)."),
-    ]
-    for name, counter, help_text in counters:
+    for counter, (name, help_text) in COUNTERS.items():
         out.one(f"imagenetfs_{name}_total", "counter", help_text, fs.get(counter, 0))
     caches = [(c, stats.get(k)) for c, k in (("block", "block_cache"), ("resize", "resize_cache"))]
     for result in ("hits", "misses"):

@@ -73,17 +73,17 @@ core hands back (`Core.defer_unseen`: it has counted the READ; the thread only r
 counts the latency and `reads_cold`). `IMAGENETFS_COLD_THREAD=0` turns the threads off (for
 A/B runs).
 
-Read-ahead and pushes, for a reader in the images' order (`cp -r`, a loop over sorted paths):
-a worker tells `ahead.Ahead` where each file it starts reading lies in its image (the READ's
-runs, or `Core.span`), which asks the kernel to read ahead once files come in order (see
-ahead.py). And Python's `open()` asks `isatty()` of each file (an IOCTL, answered ENOTTY)
-before reading it: `_push` first sends the file's bytes to the kernel's page cache for it
-(FUSE_NOTIFY_STORE, spliced like a READ's reply) when they are stored as they are read, at
-most `PUSH_MAX` and cached already (a cold file is left to its READs and the cold-read
-thread), once per file per mount -- `Board.sent`, a bit per inode shared by the workers and
-set by a READ from byte 0 too, so that a file the kernel already holds is not pushed again.
-The READs that would have followed are then not sent. `IMAGENETFS_READ_AHEAD=0` and
-`IMAGENETFS_PUSH=0` turn them off.
+Read-ahead and pushes, for a reader in the images' order (`cp -r`, a loop over sorted paths): a
+worker tells `ahead.Ahead` where each file it starts reading lies in its image (the READ's
+runs, or `Core.span`; a file pushed, below, as it is pushed), which asks the kernel to read
+ahead once files come in order (see ahead.py). And Python's `open()` asks `isatty()` of each
+file (an IOCTL, answered ENOTTY) before reading it: `_push` first sends the file's bytes to the
+kernel's page cache for it (FUSE_NOTIFY_STORE, spliced like a READ's reply) when they are
+stored as they are read, at most `PUSH_MAX` and cached already (a cold file is left to its
+READs and the cold-read thread), once per file per mount -- `Board.sent`, a bit per inode
+shared by the workers and set by a READ from byte 0 too, so that a file the kernel already
+holds is not pushed again. The READs that would have followed are then not sent.
+`IMAGENETFS_READ_AHEAD=0` and `IMAGENETFS_PUSH=0` turn them off.
 
 Replies the kernel refuses. The kernel checks each reply against its request and refuses,
 with an error on the write (EINVAL), one it cannot take -- a READLINK reply of 4,096 bytes or
@@ -803,7 +803,10 @@ class Worker:
         """Send the bytes of file `ino` to the kernel's page cache for it (FUSE_NOTIFY_STORE)
         when they are stored as they are read, in the page cache already, at most `PUSH_MAX`:
         Python's `open()` asks `isatty()` of a file (this IOCTL) before it reads it, and the
-        READs it would send next are then answered by the kernel at once."""
+        READs it would send next are then answered by the kernel at once. A file pushed is
+        shown to the read-ahead (`_ahead`) as a READ from its start would be: a reader in image
+        order whose files are pushed (the kernel's own readahead of the image had them) still
+        has the image read ahead of it."""
         runs = self.core.locate_read(ino, 0, PUSH_MAX + 1)
         if not runs or sum(len(r) if isinstance(r, bytes) else r.length for r in runs) > PUSH_MAX:
             return
@@ -823,6 +826,8 @@ class Worker:
         counts[FILES_PUSHED] += 1
         counts[BYTES_PUSHED] += size
         counts[BYTES_READ] += size  # (file data served, as a READ's)
+        if self.ahead is not None:  # (no READ of it will come: the read-ahead sees it now)
+            self._ahead(ino, 0, runs)
 
     def _ahead(self, ino: int, offset: int, runs: list[Piece] | None) -> None:
         """Tell the read-ahead (ahead.py) where a file read from its start lies. (Not a

@@ -6,6 +6,8 @@
     scripts/bench.py --only imagenetfs,squashfuse_ll --variants gzip --no-storm
     scripts/bench.py --quick --tars       # and the official tars as a source (issue 15)
     scripts/bench.py --quick --variants tars --no-storm --no-shared   # the tars alone
+    scripts/bench.py --quick --variants tars --only imagenetfs-tar,ratarmount-tar --no-meta \
+        --no-storm --no-shared --sorted-only     # one reader in the tars' order
     scripts/bench.py --quick --pipeline --no-meta --no-reads --no-storm --no-shared --repeat 3
                                           # the input pipeline alone (torch from the test env)
 
@@ -35,6 +37,9 @@ root only) unless said otherwise:
   of 3 epochs of 8 readers: RSS, peak RSS (VmHWM), PSS and USS (/proc/<pid>/smaps_rollup),
   summed over the daemon and its children (imagenetfs: the supervisor and its workers); the same
   memory after the walk and stat of the metadata set (in a full run: at ImageNet's entry count);
+- one reader, every file in the order its images store them, fresh mount, caches dropped
+  (`read 1 sorted cold`: what `cp -r` or a loop over sorted paths does; over the official tars
+  served as they are, the tars' order); `--sorted-only` runs this row alone of the reads;
 - the metadata storm (scripts/storm/stormfs.c, see benchlib/storm.py), once per
   --storm-delay-ms value (default 0.5 and 5 ms per metadata operation);
 - the shared filesystem (issue 13, benchlib/shared.py): the images behind stormfs with its
@@ -101,6 +106,7 @@ ORDER = ["imagenetfs", "kernel", "squashfuse", "squashfuse_ll", "ratarmount", "u
 ONCE = ("unpacked", "floor")
 TARS = "tars"  # the variant of the official tars, and its contenders (--tars)
 TAR_ORDER = [*report.TAR_WHO, "unpacked"]
+SERVE_TARS = ("imagenetfs-tar", "ratarmount-tar")  # (imagenetfs-packed serves its own images)
 
 
 def note(msg: str) -> None:
@@ -119,6 +125,7 @@ class Run:
         # results[variant][row][contender] = list of values; extra[...] = anything else
         self.results: dict[str, dict[str, dict[str, list[float]]]] = {}
         self.extra: dict[str, Any] = {"entries": {}, "rss_by_epoch": {}, "errors": []}
+        self.tar_members: dict[Path, dict[tuple[str, str], tuple[int, int]]] = {}
 
     def drop(self) -> None:
         if not C.drop_caches():
@@ -188,6 +195,9 @@ class Run:
     # --- read workloads ------------------------------------------------------------------
 
     def reads(self, variant: str, setdir: Path, c: C.Contender, files: list[data.File], rep: int):
+        if self.args.sorted_only:
+            self.sorted_reads(variant, setdir, c, files)
+            return
         total = sum(f.size for f in files)
         seed = 1000 * rep
         key = f"{variant}/{c.name}"
@@ -256,10 +266,14 @@ class Run:
         )
 
     def sorted_reads(self, variant: str, setdir: Path, c: C.Contender, files: list[data.File]):
-        """One reader, every file in the order the set lists them -- the images' order, as
-        `cp -r`, `tar` or a loop over sorted paths read -- on a fresh mount, caches dropped:
-        row "read 1 sorted cold"."""
+        """One reader, every file in the order its images store them, on a fresh mount,
+        caches dropped: row "read 1 sorted cold". For images, the order the set lists them
+        (mksquashfs stores a directory's files sorted by name: what `cp -r`, `tar` or a loop
+        over sorted paths read); for the official tars served as they are, the tars' own
+        order (`tar tf`: the class tars' members need not be sorted by name)."""
         total = sum(f.size for f in files)
+        if variant == TARS and c.name in SERVE_TARS:
+            files = self.tar_order(setdir, files)
         self.drop()
         m, _ = self.mounted(c, setdir, files[0])
         paths = [m.path(f) for f in files]
@@ -272,6 +286,14 @@ class Run:
             raise RuntimeError(f"read {nbytes:,} bytes, expected {total:,}")
         self.record(variant, "read 1 sorted cold", c.name, dt)
         note(f"[{variant}] {c.name}: 1 reader, sorted order, cold: {len(files) / dt:,.0f} files/s")
+
+    def tar_order(self, setdir: Path, files: list[data.File]) -> list[data.File]:
+        """`files` in the order their split's tar stores them, split by split."""
+        if setdir not in self.tar_members:
+            self.tar_members[setdir] = data.tar_members(setdir)
+        where = self.tar_members[setdir]
+        splits = list(dict.fromkeys(f.split for f in files))
+        return sorted(files, key=lambda f: (splits.index(f.split), where[(f.split, f.relpath)]))
 
     # --- the metadata storm --------------------------------------------------------------
 
@@ -635,6 +657,11 @@ def main() -> int:
     )
     p.add_argument("--no-meta", action="store_true")
     p.add_argument("--no-reads", action="store_true")
+    p.add_argument(
+        "--sorted-only",
+        action="store_true",
+        help="of the read workloads, only `read 1 sorted cold` (one reader in the images' order)",
+    )
     p.add_argument("--no-storm", action="store_true")
     p.add_argument(
         "--storm-delay-ms",

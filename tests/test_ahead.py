@@ -10,7 +10,7 @@ reads of a filesystem that cannot say what it caches handed to threads.
 3. Python's buffered `open()` (an IOCTL before the READs): the workers push each cached
    file's bytes into the kernel's page cache with it, the READs it spares are not sent, and
    the bytes are exact; a second pass pushes nothing; a file whose pages were dropped since
-   is READ as before.
+   is READ as before. A reader in image order whose files are pushed is still read ahead of.
 4. Images behind a passthrough FUSE filesystem (no RWF_NOWAIT): a worker's READs go to its
    threads, several at once (gzip: the core's reads; `-noD -noF`: the splices), exact.
 """
@@ -276,6 +276,32 @@ def test_a_python_reader_gets_cached_files_pushed_with_its_ioctl(
     last = fs_counts(mounted)
     assert last["reads"] > again["reads"] and last["files_pushed"] == again["files_pushed"]
     assert last["errors"] == 0 and "Traceback" not in mounted.log
+
+
+@mounts
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="Python 3.14's open() asks no isatty()")
+def test_a_reader_whose_files_are_pushed_is_still_read_ahead_of(
+    sets: dict[str, Set], env_mounter: EnvMounter
+) -> None:
+    """A reader in image order with Python's buffered `open()`, the image in the page cache
+    (as the kernel's own readahead of an image read in order leaves the next files): its
+    files are pushed with their IOCTLs and no READ comes for them, yet the worker reads the
+    image ahead of it (`reads_ahead`): a pushed file counts for the read-ahead as a READ from
+    its start would. One worker: the read-ahead follows one worker's files."""
+    s = sets["noD-noF"]
+    mounted = env_mounter.mount(
+        env_mounter.mkdir("mp"), s.root, "--workers", "1", index=s.root / "i.lmdb"
+    )
+    subprocess.run(["cat", str(s.root / "train.squashfs")], stdout=subprocess.DEVNULL, check=True)
+    before = fs_counts(mounted)
+    paths = [str(mounted.mp / rel) for rel in s.files]
+    out = subprocess.run([sys.executable, "-c", READ_PY, *paths], capture_output=True, check=True)
+    assert out.stdout == b"".join(s.files.values())
+    after = fs_counts(mounted)
+    assert after["files_pushed"] - before["files_pushed"] > len(paths) / 2, after
+    assert after["reads_ahead"] - before["reads_ahead"] >= 3, after
+    assert after["errors"] == 0 and "Traceback" not in mounted.log
 
 
 # --- 4. a filesystem that cannot say what it caches ------------------------------------------

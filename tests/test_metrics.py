@@ -5,7 +5,8 @@ FUSE-free first: the buckets and percentiles, a worker counting its READs, the t
 read back by Prometheus's own parser. Then real mounts, by worker processes and by pyfuse3
 alone: the counters grow with the reads made, the histogram counts every READ the daemon
 answered (exactly as many as the read counter), the file is rewritten while mounted and once
-more at the end.
+more at the end; every counter a daemon keeps reaches both (the workers' read-ahead and pushes
+among them, counted on a mount read in image order).
 
 How many READ requests a file costs is the kernel's affair (readahead, request sizes), so the
 tests bound it instead of guessing it: on a fresh mount no page is cached, so each file read
@@ -192,6 +193,28 @@ def test_prometheus_text_parses() -> None:
     assert sample(ended["imagenetfs_serving"]) == 0
 
 
+def test_every_counter_reaches_status_json_and_the_metrics() -> None:
+    """Each of a daemon's counters (ops.FS_COUNTERS), given a value of its own, shows in
+    `status --json` (a key of its own, or `requests`) and as a Prometheus counter: a counter
+    added to the daemon and not to metrics.py fails here."""
+    values = [0] * Counters.SLOTS
+    own = {name: 1_000 + i for i, name in enumerate(ops.FS_COUNTERS)}
+    values[: len(own)] = own.values()
+    state = {**_state("/m"), "stats": Counters.report(values, cache=False)}
+    doc = metrics.summary(state, alive=True, serving=True)
+    shown = {name: doc[name] for name in metrics.COUNTERS}
+    shown.update({metrics.REQUESTS[kind]: n for kind, n in doc["requests"].items()})
+    assert shown == own
+    exported = {
+        s.value
+        for family in families(metrics.prometheus(state, serving=True)).values()
+        if family.type == "counter"
+        for s in family.samples
+        if s.name.endswith("_total")
+    }
+    assert set(own.values()) <= exported, set(own.values()) - exported
+
+
 def test_summary_of_a_state() -> None:
     doc = metrics.summary(_state("/m"), alive=True, serving=True)
     assert doc["requests"]["read"] == 100 and doc["bytes_read"] == 123_456
@@ -349,6 +372,72 @@ def test_status_json_and_metrics_file_count_the_reads(
     assert block >= compressed_files(data / "train.squashfs") > 0
     assert sorted(os.listdir(prom.parent)).count("inet.prom") == 1
     assert not [n for n in os.listdir(prom.parent) if n.endswith(".tmp")]
+
+
+@pytest.fixture(scope="module")
+def in_order(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`-noD -noF` images (files stored as they are read: read ahead and pushed) of realistic
+    JPEGs, 24 train files of ~110 KB: far more than the streak read-ahead waits for."""
+    out = tmp_path_factory.mktemp("in-order")
+    spec = Spec(classes=2, train_per_class=12, val_per_class=3, test=2, jobs=2,
+                mksquashfs_args=("-noD", "-noF"), progress=False)  # fmt: skip
+    generate(out, spec)
+    return out
+
+
+@needs_fuse
+@pytest.mark.timeout(180)
+def test_read_ahead_and_pushes_show_in_status_json_and_metrics(
+    mounter: Mounter, in_order: Path
+) -> None:
+    """A reader in image order (every train file, sorted, read as `cp` reads: no IOCTL)
+    makes the worker read ahead, and Python's buffered `open()` of cached files (its IOCTL)
+    makes it push their bytes: `reads_ahead`, `bytes_ahead`, `files_pushed` and
+    `bytes_pushed` rise in `status --json` and plain `status`, and the metrics file carries
+    them as `imagenetfs_reads_ahead_total`, `_read_ahead_bytes_total`,
+    `_files_pushed_total` and `_pushed_bytes_total`. One worker: the read-ahead follows one
+    worker's READs, and with one all of them are its."""
+    prom = mounter.work / "inet.prom"
+    mounted = mounter.mount(
+        mounter.work / "mnt", in_order, "--workers", 1, "--metrics", prom,
+        index=in_order / "i.lmdb",
+    )  # fmt: skip
+    before = fresh_status(mounter, mounted, time.time())
+    names = ("reads_ahead", "bytes_ahead", "files_pushed", "bytes_pushed")
+    assert all(before[name] == 0 for name in names), before
+
+    train = sorted((mounted.mp / "train").rglob("*.JPEG"))
+    for path in train:
+        with open(path, "rb", buffering=0) as f:
+            while f.read(1 << 20):
+                pass
+    # the val image's bytes in the page cache, then read as PIL opens a file
+    (in_order / "val.squashfs").read_bytes()
+    val = sorted((mounted.mp / "val").rglob("*.JPEG"))
+    for path in val:
+        with open(path, "rb") as f:
+            f.read()
+    after = fresh_status(mounter, mounted, time.time())
+    assert after["reads_ahead"] >= 1 and after["bytes_ahead"] >= after["reads_ahead"], after
+    if sys.version_info < (3, 14):  # (3.14's open() asks no isatty(): nothing to push with)
+        assert after["files_pushed"] >= 1, after
+        assert after["bytes_pushed"] >= after["files_pushed"], after
+    assert after["errors"] == 0
+    text = mounter.cli("status", mounted.mp).stdout
+    assert f"reads_ahead {after['reads_ahead']:,}" in text, text
+
+    result = mounter.cli("umount", mounted.mp)
+    assert result.returncode == 0, result.stderr
+    final = read_metrics(prom)  # (umount waits for the daemon: the last file is written)
+    metric = {
+        "reads_ahead": "imagenetfs_reads_ahead",
+        "bytes_ahead": "imagenetfs_read_ahead_bytes",
+        "files_pushed": "imagenetfs_files_pushed",
+        "bytes_pushed": "imagenetfs_pushed_bytes",
+    }
+    for name, family in metric.items():
+        assert final[family].type == "counter"
+        assert sample(final[family], "_total") >= after[name], (name, after[name])
 
 
 @needs_fuse
