@@ -24,7 +24,12 @@ one nursery holds
   more than `MAX_FAILURES` failed within `FAILURE_WINDOW` seconds: a crash loop, and the mount
   goes away rather than fail every request.
 
-Stopping sends SIGTERM to every worker and waits for them; the caller then unmounts.
+Stopping sends SIGTERM to every worker and waits for them -- sending it again every
+`STOP_AGAIN` seconds to one still there; the caller then unmounts. A worker's SIGTERM handler is
+Python's, run between two bytecodes: a SIGTERM that comes in the few instructions before the
+worker blocks in its read of the device is taken, and its handler runs only once the read
+returns -- which, with the mount being stopped, may be never. Another SIGTERM interrupts that
+read.
 
 Signals and forks. SIGTERM, SIGINT and SIGHUP are blocked from before the mount (mount.py)
 until the receiver is in place, and again around each fork: a signal that arrives meanwhile
@@ -73,6 +78,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PUBLISH_INTERVAL = 2.0
 MAX_FAILURES = 3
 FAILURE_WINDOW = 10.0
+STOP_AGAIN = 1.0
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -121,6 +127,7 @@ class Daemon:
         self.stopping = False
         self.cache = config.cache  # None from the moment the resize cache proves unusable
         self._workers: dict[int, int] = {}  # pid -> counters slot
+        self._waits: dict[int, trio.CancelScope] = {}  # pid -> its `_watch`'s wait
         self._failures: list[float] = []
         self._statistics: Callable[[], dict[str, Any]] | None = None
         self._metrics_problem: str | None = None  # why --metrics FILE was not written, if so
@@ -239,6 +246,8 @@ class Daemon:
         for pid in self._workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+            if pid in self._waits:  # (its `_watch` sends it again: see the module docstring)
+                self._waits[pid].deadline = trio.current_time() + STOP_AGAIN
 
     async def _on_signals(self, signals: Any) -> None:
         async for signum in signals:
@@ -381,8 +390,17 @@ class Daemon:
     ) -> None:
         pidfd = os.pidfd_open(pid)
         try:
-            await trio.lowlevel.wait_readable(pidfd)
+            while True:
+                with trio.CancelScope() as self._waits[pid]:  # (`stop` gives it a deadline)
+                    if self.stopping:
+                        self._waits[pid].deadline = trio.current_time() + STOP_AGAIN
+                    await trio.lowlevel.wait_readable(pidfd)
+                    break
+                log.info("worker %d has not ended: SIGTERM again", pid)
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
         finally:
+            self._waits.pop(pid, None)
             os.close(pidfd)
         status = os.waitpid(pid, 0)[1]
         del self._workers[pid]

@@ -5,6 +5,9 @@ started again, the registry.
   `imagenetfs mount` process, or to the daemon once it exists), the process stopped there
   and the moment checked before the signal: every time, within 10 s, nothing is mounted and
   no process of that mount is left;
+- SIGTERM, SIGINT or SIGHUP to a daemon whose workers are about to block in their first read
+  of the device (a SIGTERM that comes then is handled only once the read returns): the
+  daemon sends SIGTERM again, and within 10 s nothing is left;
 - a daemon that fails after the mount (its state file cannot be written) leaves nothing
   mounted, and the refusal is one line;
 - a worker started again after an image was renamed over serves the old image's bytes, from
@@ -232,6 +235,73 @@ def test_a_signal_while_mounting_leaves_nothing(
             assert code == 1 and len(errors) == 1, (moment, code, said)
             assert f"the daemon did not start serving {mp}" in errors[0], (moment, said)
         assert "Traceback" not in said, said
+
+
+#: A library to preload: a process's first readv of /dev/fuse sleeps `SLOW_READ_SECONDS` before
+#: it reads, going on through signals -- each handled, at C level, by Python's handler, which
+#: only marks it for the interpreter: a signal then is one that came just before the read.
+SLOW_FIRST_READ = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/uio.h>
+#include <time.h>
+
+static int done;
+
+ssize_t readv(int fd, const struct iovec *iov, int count)
+{
+    ssize_t (*real)(int, const struct iovec *, int) = dlsym(RTLD_NEXT, "readv");
+    struct stat st;
+    if (!done && fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) && major(st.st_rdev) == 10
+        && minor(st.st_rdev) == 229) {
+        struct timespec left = {SLOW_READ_SECONDS, 0};
+        done = 1;
+        while (nanosleep(&left, &left) != 0 && errno == EINTR)
+            ;
+    }
+    return real(fd, iov, count);
+}
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc (to build a preloaded library)")
+@pytest.mark.parametrize("signum", sorted(HELD), ids=lambda s: signal.Signals(s).name)
+def test_a_signal_as_the_workers_start_to_read_leaves_nothing(
+    mounter: Mounter,
+    data: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    signum: signal.Signals,
+) -> None:
+    """`signum` to the daemon while each worker is about to block in its first read of the
+    device (held there 2 s, by a preloaded readv): the SIGTERM each worker gets is handled
+    only once its read returns, and nothing will come to read on a mount being stopped. The
+    daemon sends SIGTERM again: within 10 s nothing is mounted and no process is left."""
+    library = tmp_path / "slow_first_read.so"
+    (tmp_path / "slow_first_read.c").write_text(SLOW_FIRST_READ)
+    subprocess.run(
+        ["gcc", "-shared", "-fPIC", "-DSLOW_READ_SECONDS=2", "-o", library,
+         tmp_path / "slow_first_read.c", "-ldl"],
+        check=True,
+    )  # fmt: skip
+    monkeypatch.setenv("LD_PRELOAD", str(library))
+    mounted = mounter.mount(mounter.mkdir("mp"), data, "--workers", "2", index=tmp_path / "i")
+    workers = children(mounted.pid)
+    assert len(workers) == 2
+
+    def about_to_read(pid: int) -> bool:
+        return Path(f"/proc/{pid}/wchan").read_text() == "hrtimer_nanosleep"
+
+    assert wait_until(lambda: all(about_to_read(w) for w in workers), 10), workers
+    os.kill(mounted.pid, signum)
+    assert wait_until(lambda: settled(mounted.mp), 10), (
+        is_mounted(mounted.mp), processes_of(mounted.mp), mounted.log,
+    )  # fmt: skip
+    assert "SIGTERM again" in mounted.log and "Traceback" not in mounted.log, mounted.log
 
 
 @pytest.mark.timeout(120)
