@@ -61,7 +61,6 @@ from typing import Any, NoReturn
 import lmdb
 import pyfuse3
 import trio
-import trio.testing
 
 from imagenetfs import ahead, archive, fs, holders, metrics, ops, registry, staging, wire
 from imagenetfs.config import ServeConfig
@@ -363,7 +362,9 @@ class Daemon:
                 # A stop signal that came while starting is acted on first, not after `mount`
                 # has said "ready": its handler only queues it, and the receiving task runs
                 # once every other task waits.
-                await trio.testing.wait_all_tasks_blocked()
+                from trio.testing import wait_all_tasks_blocked  # (imports pytest, if there)
+
+                await wait_all_tasks_blocked()
                 if self.stop_asked():
                     return
                 self.ready()  # (requests that came meanwhile wait in the kernel's queue)
