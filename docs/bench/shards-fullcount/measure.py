@@ -52,7 +52,7 @@ def daemon_pids(mp: Path) -> list[int]:
     children and `memory` counts them)."""
     found = []
     for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+        if not pid.isdigit() or int(pid) == os.getpid():  # (the runs logged counted this one)
             continue
         try:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
