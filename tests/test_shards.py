@@ -41,6 +41,7 @@ from imagenetfs import generate, index, source
 from imagenetfs.generate import Spec
 from imagenetfs.index import Index
 from imagenetfs.squashfs import SquashImage
+from imagenetfs.views import shards as shards_module
 from imagenetfs.views.shards import (
     MTIME,
     READ_AHEAD,
@@ -667,6 +668,33 @@ def test_read_ahead_asks_once_per_pass_and_again_for_the_next(tmp_path: Path) ->
         asked, fresh = Asked(), Ahead()  # (a shard no READ has touched yet)
         fresh.follow(asked, samples, table.starts, size // 2, size // 2 + (128 << 10))
         assert asked.nodes == []
+
+
+def test_layout_a_block_of_shards_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The layout computes shard sizes `BLOCK_SHARDS` shards at a time (so that its numpy
+    temporaries stay small at ImageNet's count): with blocks of 2 shards of 2 samples, where
+    train's 12 samples make 6 shards and 3 blocks, every shard's size and its DALI index's
+    size are those of the bytes the view makes, and the index is the one `wds2idx` makes of
+    those bytes."""
+    monkeypatch.setattr(shards_module, "BLOCK_SHARDS", 2)
+    data = tmp_path / "src"
+    generate.generate(data, STORED)
+    src = source.open_source(data)
+    index.build(tmp_path / "i", src.image_list, src.placer(), virtual=src.virtual_files,
+                progress=False)  # fmt: skip
+    with Index.open(tmp_path / "i") as ix:
+        tree = Tree(ix, shards=ShardSettings(0, 2))
+        top = tree.lookup(tree.lookup(index.ROOT_INO, b"shards").ino, b"wds")
+        files = {n.name.decode(): n for n in tree.readdir(top.ino) if n.kind == index.FILE}
+        made = {name: tree.read(n, 0, n.size + 1) for name, n in files.items()}
+    assert len([name for name in made if name.startswith("imagenet1k-train-")]) == 2 * 6 + 1
+    for name, node in files.items():
+        assert len(made[name]) == node.size, name
+        if name.endswith(".tar"):
+            (tmp_path / name).write_bytes(made[name])
+            assert made[name.removesuffix(".tar") + ".idx"] == dali_index(tmp_path / name)
 
 
 # --- the loaders' own readers -------------------------------------------------------------

@@ -45,11 +45,14 @@ bytes it touches from the images (copied: the worker's splice path sends image r
 Layout. The first request into the seed's directory computes, per serving process, the order
 of both splits (one walk of their class directories in the index, in Python; the sizes and
 offsets in numpy) and each shard's sizes; it keeps the inode numbers of the samples in order
-(4 bytes each: ~5 MB for full ImageNet) and the sizes. Measured on 105,000 files: 0.37 s and
-a transient peak of 12 MB -- so some 5 s and 150 MB for full ImageNet, in each serving
-process at its first request there. A shard's table -- its samples' names, sizes, offsets --
-is computed when it is first read, from the index (a `getattr` per sample: ~20 ms for 1,252),
-and the last `TABLES` are kept.
+(4 bytes each: ~5 MB for full ImageNet) and the sizes. Measured at full ImageNet's entry
+count (docs/bench/shards-fullcount.md): 3.5 s (6.7 s over an index with CRCs, which adds the
+TFRecord view's record lengths), in each serving process at its first request there; its
+temporaries (the walk's columns, then the sizes a block of `BLOCK_SHARDS` shards at a time)
+peak at ~50 MB (~100 MB with CRCs), and are given back to the kernel once the layout is made
+(`release_freed_memory`): what stays is ~7 MB. A shard's table -- its samples' names,
+sizes, offsets -- is computed when it is first read, from the index (a `getattr` per sample:
+~20 ms for 1,252), and the last `TABLES` are kept.
 
 Inodes: the view's range `(SHARDS_VIEW << VIEW_SHIFT) | n` (views.py): n = 1 is `shards/`,
 2 the seed's directory, 3 + k its k-th child in name order.
@@ -64,6 +67,7 @@ from __future__ import annotations
 
 import array
 import bisect
+import ctypes
 import hashlib
 import json
 import re
@@ -567,26 +571,69 @@ def _split(
         del ordered_others, others
     if not count:
         return Split(name, 1, array.array("I"), first, [], [], summary)
-    file_size = np.frombuffer(sizes, dtype=np.uint64).astype(np.int64)[order]
-    labelled = np.frombuffer(labels_of, dtype=np.uint32).astype(np.int64)[order]
-    cls_len = _ndigits(np, labelled)
-    json_len = np.frombuffer(jsons, dtype=np.uint32).astype(np.int64)[order]
-    key_len = np.frombuffer(keys, dtype=np.uint16).astype(np.int64)[order]
+    columns = (
+        np.frombuffer(sizes, dtype=np.uint64),
+        np.frombuffer(labels_of, dtype=np.uint32),
+        np.frombuffer(jsons, dtype=np.uint32),
+        np.frombuffer(keys, dtype=np.uint16),
+    )
+    shard_sizes: list[int] = []
+    index_sizes: list[int] = []
+    for lo in range(0, shards, BLOCK_SHARDS):  # (a block at a time: its temporaries are small)
+        hi = min(lo + BLOCK_SHARDS, shards)
+        data, lines = _shard_sums(np, columns, order[first[lo] : first[hi]], first[lo : hi + 1])
+        shard_sizes += [-(-(int(d) + 2 * BLOCK) // RECORD) * RECORD for d in data]
+        index_sizes += [
+            len(f"v1.2 {first[n + 1] - first[n]}\n") + int(lines[n - lo]) for n in range(lo, hi)
+        ]
+    ordered = array.array("I", np.frombuffer(inos, dtype=np.uint32)[order].tobytes())
+    return Split(name, len(str(shards - 1)), ordered, first, shard_sizes, index_sizes, summary)
+
+
+#: Shards whose sizes `_split` computes at once (64: ~80,000 samples, ~10 MB of temporaries).
+BLOCK_SHARDS = 64
+
+
+def _shard_sums(np: Any, columns: tuple[Any, ...], pick: Any, bounds: list[int]) -> Any:
+    """(data bytes, DALI index line bytes) of each of a run of consecutive shards: `pick` the
+    positions (in the walk's order) of their samples in shard order, `bounds` the first
+    sample of each shard and the end, as positions in the split's order."""
+    sizes, labels_of, jsons, keys = columns
+    file_size = sizes[pick].astype(np.int64)
+    cls_len = _ndigits(np, labels_of[pick].astype(np.int64))
+    json_len = jsons[pick].astype(np.int64)
+    key_len = keys[pick].astype(np.int64)
     sample = 3 * BLOCK + _padded(cls_len) + _padded(file_size) + _padded(json_len)
-    starts = np.array(first[:-1], dtype=np.int64)
+    starts = np.array(bounds[:-1], dtype=np.int64) - bounds[0]
     # each sample's offset in its shard: the running sum, less the shard's start
     total = np.cumsum(sample) - sample
-    offset = total - np.repeat(total[starts], np.diff(first))
+    offset = total - np.repeat(total[starts], np.diff(bounds))
     line = (_LINE + 3 * key_len + _ndigits(np, cls_len) + _ndigits(np, file_size)
             + _ndigits(np, json_len) + _ndigits(np, offset + BLOCK)
             + _ndigits(np, offset + 2 * BLOCK + _padded(cls_len))
             + _ndigits(np, offset + sample - _padded(json_len)))  # fmt: skip
-    data = np.add.reduceat(sample, starts)
-    lines = np.add.reduceat(line, starts)
-    shard_sizes = [-(-(int(d) + 2 * BLOCK) // RECORD) * RECORD for d in data]
-    index_sizes = [len(f"v1.2 {first[n + 1] - first[n]}\n") + int(lines[n]) for n in range(shards)]
-    ordered = array.array("I", np.frombuffer(inos, dtype=np.uint32)[order].tobytes())
-    return Split(name, len(str(shards - 1)), ordered, first, shard_sizes, index_sizes, summary)
+    return np.add.reduceat(sample, starts), np.add.reduceat(line, starts)
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the kernel (glibc's `malloc_trim(0)`; nothing
+    where the C library has none): the layout's temporaries, freed as it goes, otherwise
+    partly stay in the serving process's heap, since glibc returns free pages only at the
+    heap's top. Measured at the full entry count, anonymous memory the layout leaves behind:
+    in a worker (its fixed thresholds, `wire.steady_heap`) 12 MB, 6 MB after the trim; in a
+    process with glibc's own (`--workers 0`), which raises its mmap threshold to the size of
+    the first freed arrays so the later ones come from the heap, 110 MB, 7 MB after it."""
+    global _trim
+    if _trim is None:
+        try:
+            _trim = ctypes.CDLL(None).malloc_trim
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
+_trim: Any = None  # (libc's malloc_trim, False where there is none; looked up once)
 
 
 def cut(count: int, per_shard: int) -> list[int]:
@@ -682,6 +729,7 @@ class WdsView:
                         self._companion,
                         self.order,
                     )
+                    release_freed_memory()
                 layout = self._layout
         return layout
 
