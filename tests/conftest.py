@@ -20,6 +20,7 @@ import pytest
 from helpers import (
     CLI,
     RUN_MARK,
+    EnvMounter,
     Leftovers,
     Mounter,
     force_unmount,
@@ -59,6 +60,16 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
 def mounter(tmp_path: Path) -> Iterator[Mounter]:
     """Mounts as root, with a state directory of its own; undone after the test."""
     harness = Mounter(tmp_path)
+    try:
+        yield harness
+    finally:
+        harness.cleanup()
+
+
+@pytest.fixture
+def env_mounter(tmp_path: Path) -> Iterator[EnvMounter]:
+    """A `mounter` whose commands see its `extra` in their environment."""
+    harness = EnvMounter(tmp_path)
     try:
         yield harness
     finally:

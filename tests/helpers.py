@@ -383,6 +383,16 @@ class Mounter:
 # --- what a run of the suite leaves behind -----------------------------------------------------
 
 
+@dataclass
+class EnvMounter(Mounter):
+    """A `Mounter` whose commands see `extra` in their environment."""
+
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        return {**super().env(), **self.extra}
+
+
 def suite_dirs(basetemp: Path) -> tuple[str, ...]:
     """Where the suite makes its mount points (as path prefixes): pytest's temporary
     directories, and the world-searchable ones that the `base` fixtures make."""

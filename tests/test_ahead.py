@@ -24,14 +24,13 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Mounted, Mounter, children, evict, fuse_unusable, is_mounted, wait_until
+from helpers import EnvMounter, Mounted, children, evict, fuse_unusable, is_mounted, wait_until
 
 from imagenetfs import ahead, ops
 from imagenetfs.generate import Spec, generate
@@ -46,25 +45,6 @@ def _mountable() -> str | None:
 
 
 mounts = pytest.mark.skipif(_mountable() is not None, reason=str(_mountable()))
-
-
-@dataclass
-class EnvMounter(Mounter):
-    """A `Mounter` whose commands see `extra` in their environment."""
-
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def env(self) -> dict[str, str]:
-        return {**super().env(), **self.extra}
-
-
-@pytest.fixture
-def env_mounter(tmp_path: Path) -> Iterator[EnvMounter]:
-    harness = EnvMounter(tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.cleanup()
 
 
 @dataclass

@@ -41,6 +41,7 @@ from typing import Any
 
 import pytest
 from helpers import (
+    EnvMounter,
     Mounted,
     Mounter,
     drop_written,
@@ -564,25 +565,6 @@ def _mountable() -> str | None:
 
 
 mounts = pytest.mark.skipif(_mountable() is not None, reason=str(_mountable()))
-
-
-@dataclass
-class EnvMounter(Mounter):
-    """A `Mounter` whose commands see `extra` in their environment."""
-
-    extra: dict[str, str] = field(default_factory=dict)
-
-    def env(self) -> dict[str, str]:
-        return {**super().env(), **self.extra}
-
-
-@pytest.fixture
-def env_mounter(tmp_path: Path) -> Iterator[EnvMounter]:
-    harness = EnvMounter(tmp_path)
-    try:
-        yield harness
-    finally:
-        harness.cleanup()
 
 
 def read_everything(mp: Path, files: dict[str, bytes], seed: str) -> list[str]:
