@@ -25,54 +25,11 @@ python=$(command -v "${IMAGENETFS_PYTHON:-/usr/bin/python3}")
 
 say() { printf 'test-prepare-tf: %s\n' "$*" >&2; }
 die() { printf 'test-prepare-tf: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=testenv.sh
+. "$repo/scripts/testenv.sh"
 
 tf_pins=(tensorflow-cpu==2.21.0)
-requirements=$("$python" - "$repo/pyproject.toml" "${tf_pins[@]}" <<'EOF'
-import sys, tomllib
-with open(sys.argv[1], "rb") as f:
-    project = tomllib.load(f)["project"]
-print("\n".join([*sys.argv[2:], *project["dependencies"], *project["optional-dependencies"]["test"]]))
-EOF
-)
-recipe=1  # bump to rebuild every machine's environment for a change not in the key
-key=$(printf '%s\n' "recipe $recipe" "$("$python" -VV)" "$(uname -m)" "$requirements" \
-      | sha256sum | cut -c1-16)
-env="$cache/tensorflow-$key"
-
-mkdir -p "$cache"
-exec 9>"$cache/.lock-tensorflow"
-flock 9
-if [ ! -e "$env/.complete" ]; then
-    rm -rf "$env"
-    say "building the TensorFlow test environment $env (${tf_pins[*]}, the project's" \
-        "dependencies and test extras; once per machine, a few minutes)"
-    started=$SECONDS
-    "$python" -m venv "$env"
-    printf '%s\n' "$requirements" >"$env/requirements.txt"
-    pip=("$env/bin/python" -m pip install -q --disable-pip-version-check)
-    "${pip[@]}" --upgrade pip
-    "${pip[@]}" -r "$env/requirements.txt"
-    "$env/bin/python" -c 'import tensorflow' || die "tensorflow does not import in $env"
-    printf '%s\n' "$key" >"$env/.complete"
-    say "built $env in $((SECONDS - started)) s"
-fi
-touch "$env/.used"
-for old in "$cache"/tensorflow-*; do
-    [ -d "$old" ] && [ "$old" != "$env" ] || continue
-    [ -n "$(find "$old/.used" -mtime -2 2>/dev/null)" ] && continue
-    say "removing a TensorFlow test environment unused for two days: $old"
-    rm -rf "$old"
-done
-flock -u 9
-
+cached_env tensorflow "TensorFlow test environment" tensorflow "${tf_pins[@]}"
 venv="$prefix/test-venv-tf"
-rm -rf "$venv"
-mkdir -p "$prefix"
-"$python" -m venv --without-pip "$venv"
-site() { "$1" -c 'import sysconfig; print(sysconfig.get_path("purelib"))'; }
-printf 'import site; site.addsitedir(%s)\n' "'$(site "$env/bin/python")'" \
-    >"$(site "$venv/bin/python")/imagenetfs-test-env.pth"
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$repo"
-"$venv/bin/python" -c 'import imagenetfs, tensorflow' \
-    || die "the venv $venv does not import imagenetfs and tensorflow"
+venv_over "$env" "$venv" tensorflow
 say "TensorFlow test venv: $venv (tensorflow from $env)"

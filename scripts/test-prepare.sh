@@ -35,6 +35,8 @@ python=$(command -v "${IMAGENETFS_PYTHON:-/usr/bin/python3}")
 
 say() { printf 'test-prepare: %s\n' "$*" >&2; }
 die() { printf 'test-prepare: error: %s\n' "$*" >&2; exit 1; }
+# shellcheck source=testenv.sh
+. "$repo/scripts/testenv.sh"
 [ "$(id -u)" -eq 0 ] || die "run as root (scripts/test.sh does)"
 
 # --- Debian packages ---------------------------------------------------------------------
@@ -80,56 +82,9 @@ esac
 # Readers of the shard view that need torch (tests/test_shards.py): timm's WebDataset reader
 # and wids (webdataset's random-access reader, a package of its own).
 torch_pins+=(timm==1.0.31 wids==0.1.11)
-requirements=$("$python" - "$repo/pyproject.toml" "${torch_pins[@]}" <<'EOF'
-import sys, tomllib
-with open(sys.argv[1], "rb") as f:
-    project = tomllib.load(f)["project"]
-print("\n".join([*sys.argv[2:], *project["dependencies"], *project["optional-dependencies"]["test"]]))
-EOF
-)
-recipe=1  # bump to rebuild every machine's environment for a change not in the key
-key=$(printf '%s\n' "recipe $recipe" "$("$python" -VV)" "$(uname -m)" "$requirements" \
-      | sha256sum | cut -c1-16)
-env="$cache/torch-$key"
-
-mkdir -p "$cache"
-exec 9>"$cache/.lock"
-flock 9  # one builder at a time; the others wait, then find it complete
-if [ ! -e "$env/.complete" ]; then
-    rm -rf "$env"  # left half-built by an interrupted run, if anything
-    say "building the test environment $env (${torch_pins[*]}, the project's dependencies" \
-        "and test extras; once per machine, a few minutes)"
-    started=$SECONDS
-    "$python" -m venv "$env"
-    printf '%s\n' "$requirements" >"$env/requirements.txt"
-    pip=("$env/bin/python" -m pip install -q --disable-pip-version-check)
-    "${pip[@]}" --upgrade pip
-    "${pip[@]}" -r "$env/requirements.txt"
-    "$env/bin/python" -c 'import torch, torchvision' \
-        || die "torch and torchvision do not import together in $env"
-    printf '%s\n' "$key" >"$env/.complete"
-    say "built $env in $((SECONDS - started)) s"
-fi
-touch "$env/.used"
-# Environments of other keys (an older pyproject.toml) unused for two days: 5-6 GB each.
-for old in "$cache"/torch-*; do
-    [ -d "$old" ] && [ "$old" != "$env" ] || continue
-    [ -n "$(find "$old/.used" -mtime -2 2>/dev/null)" ] && continue
-    say "removing a test environment unused for two days: $old"
-    rm -rf "$old"
-done
-flock -u 9
+cached_env torch "test environment" "torch, torchvision" "${torch_pins[@]}"
 
 # --- the test venv: this checkout, editable, over the cached environment -------------------
 venv="$prefix/test-venv"
-rm -rf "$venv"
-mkdir -p "$prefix"
-"$python" -m venv --without-pip "$venv"
-site() { "$1" -c 'import sysconfig; print(sysconfig.get_path("purelib"))'; }
-printf 'import site; site.addsitedir(%s)\n' "'$(site "$env/bin/python")'" \
-    >"$(site "$venv/bin/python")/imagenetfs-test-env.pth"
-# pip itself comes from the cached environment (through the .pth), installing into this venv
-"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$repo"
-"$venv/bin/python" -c 'import imagenetfs, torch, torchvision' \
-    || die "the test venv $venv does not import imagenetfs, torch and torchvision"
+venv_over "$env" "$venv" "torch, torchvision"
 say "test venv: $venv (torch from $env)"
