@@ -86,6 +86,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple, NoReturn, Self
 
+from zlib_ng import zlib_ng
+
 from imagenetfs import squashfs
 from imagenetfs.errors import CorruptImageError, ImagenetfsError, NoSuchEntry
 from imagenetfs.squashfs import NO_NOWAIT, CacheVisibility, Entry, Extent, Run, WouldBlock
@@ -1025,7 +1027,7 @@ class ZipImage(_ArchiveFile):
             self._corrupt(f"bad extent of the member at byte {start} in the index")
         out = bytearray(size)
         view = memoryview(out)
-        inflater = zlib.decompressobj(-15)
+        inflater = zlib_ng.decompressobj(-15)
         done = taken = 0  # bytes inflated; compressed bytes read
         pending = b""  # compressed bytes read, not inflated yet
         try:
@@ -1043,11 +1045,11 @@ class ZipImage(_ArchiveFile):
                     break
                 view[done : done + len(piece)] = piece
                 done += len(piece)
-        except zlib.error as exc:
+        except zlib_ng.error as exc:  # type: ignore[misc]  # (its stub calls the class an instance)
             self._corrupt(f"the member at byte {start} does not inflate: {exc}")
         if not inflater.eof or done != size:
             self._corrupt(f"the member at byte {start} does not inflate to its {size} bytes")
-        if zlib.crc32(view) != crc:
+        if zlib_ng.crc32(view) != crc:
             self._corrupt(f"the member at byte {start} fails its CRC-32 check")
         return out
 
