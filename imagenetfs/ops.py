@@ -393,7 +393,18 @@ class Core:
 
     # --- metadata --------------------------------------------------------------------------
 
+    def _layout_first(self, ino: int, then: Callable[[], object]) -> None:
+        """Under pyfuse3 (`blocking_reads` False), a request into the shard views before
+        their layout is made hands the making back (`Blocked`: to a thread), then `then`."""
+        if not self.blocking_reads and self.tree.layout_pending(ino):
+            raise Blocked(lambda: self._after_layout(then))
+
+    def _after_layout(self, then: Callable[[], object]) -> object:
+        self.tree.make_layout()
+        return then()
+
     def lookup(self, parent: int, name: bytes) -> Attributes:
+        self._layout_first(parent, lambda: self.lookup(parent, name))
         self._counts[LOOKUPS] += 1
         if name == b".":
             node = self.tree.getattr(parent)
@@ -420,6 +431,7 @@ class Core:
         ))  # fmt: skip
 
     def getattr(self, ino: int) -> Attributes:
+        self._layout_first(ino, lambda: self.getattr(ino))
         self._counts[GETATTRS] += 1
         return self._attributes(self.tree.getattr(ino))
 
@@ -439,6 +451,7 @@ class Core:
         """The entries of directory `ino` after cookie `offset`: `.` (cookie 1), `..` (2),
         then the children (3, 4, ...: a child's cookie is its position + 3). Checked now,
         listed lazily."""
+        self._layout_first(ino, lambda: self.readdir(ino, offset))
         self._counts[READDIRS] += 1
         directory = self.tree.getattr(ino)
         if directory.kind != DIR:
@@ -494,6 +507,7 @@ class Core:
 
     def open(self, ino: int, flags: int) -> None:
         """Check an open for reading; a resized file is resized here if it has not been."""
+        self._layout_first(ino, lambda: self.open(ino, flags))
         self._counts[OPENS] += 1
         if flags & WRITE_FLAGS:
             raise ReadOnly(ino)
@@ -504,6 +518,7 @@ class Core:
             raise Blocked(lambda: self.resized_bytes(node), ino)
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
+        self._layout_first(ino, lambda: self.read(ino, offset, size))
         self._counts[READS] += 1
         node = self.tree.getattr(ino)
         if node.kind != FILE:

@@ -384,7 +384,7 @@ class Split:
 
     name: str  # train, validation
     digits: int
-    inos: array.array[int]  # the samples' inodes, in order
+    inos: Sequence[int]  # the samples' inodes, in order (an array, or a mapped file's)
     first: list[int]  # the first sample of each shard; one more entry: the sample count
     sizes: list[int]  # each shard's size in bytes
     index_sizes: list[int]  # each shard's DALI index's size
@@ -410,33 +410,12 @@ class _Child:
 
 
 class Layout:
-    """Both splits' order and shard sizes, and the seed directory's children."""
+    """Both splits' order and shard sizes (`compute`d from the index, or read from a layout
+    file: layoutfile.py), the class labels, and the seed directory's children."""
 
-    def __init__(
-        self,
-        index: Index,
-        seed: int,
-        per_shard: int | None,
-        image_size: Callable[[int], tuple[int, int] | None],
-        companion: Companion | None = None,
-        order: str = "shuffled",
-    ) -> None:
-        self.labels = _labels(index)
-        self.splits: list[Split] = []
-        for name, directory, default in SPLITS:
-            split = _split(
-                index,
-                name,
-                directory,
-                self.labels,
-                seed,
-                per_shard or default,
-                image_size,
-                companion,
-                order,
-            )
-            if split is not None:
-                self.splits.append(split)
+    def __init__(self, labels: dict[int, int], splits: list[Split]) -> None:
+        self.labels = labels
+        self.splits = splits
         children = [_Child(b"_info.json", -1, -1, "info")]
         for s, split in enumerate(self.splits):
             children.append(_Child(f"{PREFIX}-{split.name}-wids.json".encode(), s, -1, "wids"))
@@ -448,6 +427,35 @@ class Layout:
         self.position = {c.name: k for k, c in enumerate(children)}
         self.info = self._info()
         self.wids = [self._wids(split) for split in self.splits]
+
+    @classmethod
+    def compute(
+        cls,
+        index: Index,
+        seed: int,
+        per_shard: int | None,
+        image_size: Callable[[int], tuple[int, int] | None],
+        companion: Companion | None = None,
+        order: str = "shuffled",
+    ) -> Layout:
+        """The layout of `index`'s train and val splits: the walk, in this process."""
+        labels = labels_of(index)
+        splits = []
+        for name, directory, default in SPLITS:
+            split = _split(
+                index,
+                name,
+                directory,
+                labels,
+                seed,
+                per_shard or default,
+                image_size,
+                companion,
+                order,
+            )
+            if split is not None:
+                splits.append(split)
+        return cls(labels, splits)
 
     def _info(self) -> bytes:
         splits = {
@@ -476,7 +484,7 @@ class Layout:
         return (json.dumps(body, indent=2) + "\n").encode()
 
 
-def _labels(index: Index) -> dict[int, int]:
+def labels_of(index: Index) -> dict[int, int]:
     """Class directory inode -> label: sorted wnids of train/ (else val/), as rootfiles.py
     numbers `train.txt`; the other split's directories of the same wnids get the same."""
     wnids: dict[bytes, int] = {}
@@ -686,7 +694,9 @@ class Sibling(Protocol):
 class WdsView:
     """`shards/` and the one seed directory in it, over `index` (see the module docstring).
     `shards/` lists the `siblings` too (other formats' directories, each serving itself); a
-    `companion` rides along in the walk that orders the samples (see `Companion`)."""
+    `companion` rides along in the walk that orders the samples (see `Companion`). The layout
+    comes from `make_layout` when given (a serving process's: the mount's layout file,
+    layoutfile.py), else it is computed here (`Layout.compute`)."""
 
     def __init__(
         self,
@@ -698,6 +708,7 @@ class WdsView:
         view_shift: int,
         siblings: Sequence[Sibling] = (),
         companion: Companion | None = None,
+        make_layout: Callable[[], Layout] | None = None,
     ) -> None:
         self.index = index
         self.seed = seed
@@ -709,6 +720,7 @@ class WdsView:
         self.root_ino = self._base | _SHARDS_DIR
         self.siblings = tuple(siblings)
         self._companion = companion
+        self._make_layout = make_layout
         self._layout: Layout | None = None
         self._lock = threading.Lock()
         self._tables: OrderedDict[tuple[int, int], Table] = OrderedDict()
@@ -716,20 +728,28 @@ class WdsView:
     # --- the layout ------------------------------------------------------------------------
 
     @property
+    def layout_ready(self) -> bool:
+        """Whether the layout is made (else the next request into the view waits for it)."""
+        return self._layout is not None
+
+    @property
     def layout(self) -> Layout:
         layout = self._layout
         if layout is None:
             with self._lock:
                 if self._layout is None:
-                    self._layout = Layout(
-                        self.index,
-                        self.seed,
-                        self.per_shard,
-                        self._size_of,
-                        self._companion,
-                        self.order,
-                    )
-                    release_freed_memory()
+                    if self._make_layout is not None:
+                        self._layout = self._make_layout()
+                    else:
+                        self._layout = Layout.compute(
+                            self.index,
+                            self.seed,
+                            self.per_shard,
+                            self._size_of,
+                            self._companion,
+                            self.order,
+                        )
+                        release_freed_memory()
                 layout = self._layout
         return layout
 

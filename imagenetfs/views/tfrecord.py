@@ -386,6 +386,15 @@ def summarize(per_shard: int | None) -> Callable[[str, Any], TfSplit]:
     return summary
 
 
+def companion_of(index: Index, per_shard: int | None) -> Companion | None:
+    """What this view adds to the WebDataset layout's walk over `index`: the record lengths
+    and their summary (`summarize`), when the index has CRCs (else the view serves no
+    records)."""
+    if index.file_crcs is None:
+        return None
+    return Companion(record_length, summarize(per_shard))
+
+
 @dataclass(frozen=True)
 class _File:
     name: bytes
@@ -507,7 +516,7 @@ class TfrecordView:
         self._shift = view_shift
         self._base = TFRECORD_VIEW << view_shift
         self.has_crcs = index.file_crcs is not None
-        self.companion = Companion(record_length, summarize(per_shard)) if self.has_crcs else None
+        self.companion = companion_of(index, per_shard)
         self._layout: Layout | None = None
         self._lock = threading.Lock()
         self._tables: OrderedDict[tuple[int, int], Table] = OrderedDict()
