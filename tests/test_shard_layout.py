@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import signal
 import subprocess
 import threading
 import time
@@ -171,3 +172,27 @@ def test_a_layout_that_cannot_be_written_fails_with_eio_then_is_made(
     assert "imagenet1k-train-0.tar" in names or "imagenet1k-train-00.tar" in names
     assert log_text(mounted).count(MADE) == 1
     assert user.cli("umount", mp).returncode == 0
+
+
+def test_a_killed_daemons_layout_directory_goes_with_its_record(
+    mounter: Mounter, sample: tuple[Path, Path]
+) -> None:
+    """A daemon SIGKILLed with its layout made leaves its directory; `umount` of the stale
+    point removes it with the record, and a mount's leftover directory without a record is
+    swept by `status`."""
+    data, index = sample
+    mp = mounter.mkdir("mp")
+    mounted = mounter.mount(mp, data, *SHARDS, "--workers", 2, index=index)
+    os.listdir(mp / "shards" / "wds")
+    directory = layout_dir(mounted)
+    assert list(directory.glob("layout-*.bin"))
+    os.kill(mounted.pid, signal.SIGKILL)
+    assert wait_until(lambda: not Path(f"/proc/{mounted.pid}").exists(), 10)
+    assert directory.exists()
+    assert mounter.cli("umount", mp).returncode == 0
+    assert not directory.exists()
+    lone = mounted.state_path.with_name("0123456789abcdef.shards")
+    lone.mkdir(mode=0o700)
+    (lone / "layout-0.bin").write_bytes(b"left")
+    assert mounter.cli("status").returncode == 0
+    assert not lone.exists()

@@ -42,17 +42,21 @@ from every mount of every source layout. A shard's size is known from the layout
 without reading a byte; a READ at any offset builds the headers it touches and reads the file
 bytes it touches from the images (copied: the worker's splice path sends image runs only).
 
-Layout. The first request into the seed's directory computes, per serving process, the order
-of both splits (one walk of their class directories in the index, in Python; the sizes and
-offsets in numpy) and each shard's sizes; it keeps the inode numbers of the samples in order
-(4 bytes each: ~5 MB for full ImageNet) and the sizes. Measured at full ImageNet's entry
-count (docs/bench/shards-fullcount.md): 3.5 s (6.7 s over an index with CRCs, which adds the
-TFRecord view's record lengths), in each serving process at its first request there; its
-temporaries (the walk's columns, then the sizes a block of `BLOCK_SHARDS` shards at a time)
-peak at ~50 MB (~100 MB with CRCs), and are given back to the kernel once the layout is made
-(`release_freed_memory`): what stays is ~7 MB. A shard's table -- its samples' names,
-sizes, offsets -- is computed when it is first read, from the index (a `getattr` per sample:
-~20 ms for 1,252), and the last `TABLES` are kept.
+Layout. Every shard's size depends on the order of both splits: one walk of their class
+directories in the index (in Python; the sizes and offsets in numpy) makes the order and each
+shard's sizes (`Layout.compute`), keeping the inode numbers of the samples in order (4 bytes
+each: ~5 MB for full ImageNet) and the sizes. A mount makes it once, at the first request into
+the view, in a short-lived process of its own, into a file that every serving process maps
+(layoutfile.py): a serving process keeps the file's pages (page cache, shared) and a few
+thousand small objects, and never imports numpy. Measured at full ImageNet's entry count
+(docs/bench/shards-fullcount.md): the walk takes 3.5 s (6.7 s over an index with CRCs, which
+adds the TFRecord view's record lengths), once per mount; its temporaries (the walk's columns,
+then the sizes a block of `BLOCK_SHARDS` shards at a time) peak at ~50 MB (~100 MB with CRCs),
+in that process. Without the mount's directory (a `Tree` made without one: tools and tests,
+or a daemon that could not make it) the view computes its own layout in-process and gives
+the temporaries back to the kernel (`release_freed_memory`). A shard's table -- its samples'
+names, sizes, offsets -- is computed when it is first read, from the index (a `getattr` per
+sample: ~20 ms for 1,252), and the last `TABLES` are kept, per serving process.
 
 Inodes: the view's range `(SHARDS_VIEW << VIEW_SHIFT) | n` (views.py): n = 1 is `shards/`,
 2 the seed's directory, 3 + k its k-th child in name order.
