@@ -41,8 +41,8 @@ Layout and reads. Shard sizes and index sizes come from the record lengths of th
 shard is first read, from the index (a `getattr` per record, the Example's bytes, the CRC
 combination: ~18 µs a record, ~25 ms for 1,252), and the last `TABLES` are kept. The record
 lengths add ~1.2 µs a file to the layout's walk (~1.6 s for full ImageNet, once per mount:
-layoutfile.py), and a shard's table holds ~200 bytes a record. A READ at any offset copies the bytes it
-touches: the made bytes from the table, the image bytes from the index (`Index.read`).
+layoutfile.py), and a shard's table holds ~200 bytes a record. A READ at any offset copies the
+bytes it touches: the made bytes from the table, the image bytes from the index (`Index.read`).
 
 Inodes: the view's range `(TFRECORD_VIEW << VIEW_SHIFT) | n`: n = 1 the seed directory, 2 its
 `idx/`, 3 + k the k-th of `Layout.files` (`dataset_info.json`, then the shards in name order;
