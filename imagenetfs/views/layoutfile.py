@@ -27,8 +27,9 @@ that needs it starts a process of its own to make it, and every serving process 
 - Staleness: the file's name and its header carry a key -- this format's version, the index
   file (device, inode, size, mtime, its counts), the seed, order, samples per shard, whether
   the TFRecord companion rides along, the byte order -- and a file is used only when its
-  header's key is the one wanted, its length the one written and its BLAKE2b digest right. A
-  file that fails a check is said in the log, removed and made again.
+  BLAKE2b digest is right (a torn or changed file), its header's key is the one wanted (a
+  file of another index or other settings) and its orders lie within it. A file that fails a
+  check is said in the log, removed and made again.
 
 Where (`directory`): `<state dir>/<mount key>.shards/` (registry.py), mode 0700, made by the
 daemon before it serves (emptied first: a killed daemon's leftovers), removed when it ends,
