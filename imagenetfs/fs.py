@@ -130,8 +130,9 @@ class Operations(pyfuse3.Operations):
         return inode
 
     async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        listing = await self._call("readdir", self.core.readdir, fh, start_id)
         with self._errors("readdir", (fh, start_id)):
-            for entry in self.core.readdir(fh, start_id):
+            for entry in listing:
                 attrs = self._entry(self.core.listed_attributes(entry))
                 if not pyfuse3.readdir_reply(token, entry.name, attrs, entry.cookie):
                     break

@@ -689,6 +689,10 @@ class Index:
         self._env.close()
         self._attach(_open_env(self._fd))
 
+    def fileno(self) -> int:
+        """The descriptor of the index file, held open since `open` (see `reopen`)."""
+        return self._fd
+
     def _attach(self, env: lmdb.Environment) -> None:
         """Serve from `env`: its databases, and fresh per-thread transactions."""
         self._env = env

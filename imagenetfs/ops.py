@@ -41,15 +41,18 @@ The decompressed-block caches of the images (squashfs.py) count their own hits a
 `refresh` copies them into the counter slots, on the first read after each second
 (`REFRESH_NS`), at the end of a worker and whenever `statistics()` is asked for.
 
-Blocking. Two things may have to wait: a read of bytes that are not in the page cache (or that
-need decompressing), and a resize. An operation that would wait raises `Blocked`, which carries
-the rest of the work as a callable; the adapter runs it where waiting harms no other request
-and answers with its result. A resize's `Blocked` carries the file's inode as `key`: concurrent
-requests for one file must resize it once, and the adapter brings the waiting -- record locks
-across worker processes (wire.py), a `trio.Event` under pyfuse3 (fs.py). A request that has
-waited for another finds the work done: the size known, the bytes in the resize cache. Worker
-processes have nothing else to do meanwhile, so their core reads blocking
-(`blocking_reads=True`) and only resizes raise.
+Blocking. Three things may have to wait: a read of bytes that are not in the page cache (or
+that need decompressing), a resize, and the shard views' layout (made once per mount by a
+process of its own: views/layoutfile.py). An operation that would wait raises `Blocked`, which
+carries the rest of the work as a callable; the adapter runs it where waiting harms no other
+request and answers with its result. A resize's `Blocked` carries the file's inode as `key`:
+concurrent requests for one file must resize it once, and the adapter brings the waiting --
+record locks across worker processes (wire.py), a `trio.Event` under pyfuse3 (fs.py). A
+request that has waited for another finds the work done: the size known, the bytes in the
+resize cache. Worker processes have nothing else to do meanwhile, so their core reads blocking
+(`blocking_reads=True`), makes the layout where it is, and only resizes raise. Under pyfuse3 a
+lookup, getattr, readdir, open or read into the shard views before the layout is made raises
+(no key: concurrent ones wait for the first in their threads, on the view's lock).
 """
 
 from __future__ import annotations
@@ -309,6 +312,10 @@ class Core:
         self.defer_unseen = False
         self._counts = self.counters.values
         self._views = bool(tree.specs)  # (without resized views, no file is ever resized)
+        # Under pyfuse3 (reads not blocking), a request into the shard views before their
+        # layout is made hands the making to a thread (`_after_layout`): it may take seconds.
+        # A worker makes it where it is (it has nothing else to do: wire.py).
+        self._layouts = not blocking_reads and tree.shards is not None
         self._recent: _Memo[bytes] = _Memo(RECENT_RESIZED)
         self._sizes: _Memo[int] = _Memo(KNOWN_SIZES)
         # the images with a block cache, and their counts when this core began
@@ -393,7 +400,15 @@ class Core:
 
     # --- metadata --------------------------------------------------------------------------
 
+    def _after_layout(self, then: Callable[[], object]) -> object:
+        """Under pyfuse3, the rest of a request into the shard views that came before their
+        layout was made (`_layouts`): make it, then answer (in a thread: `Blocked`)."""
+        self.tree.make_layout()
+        return then()
+
     def lookup(self, parent: int, name: bytes) -> Attributes:
+        if self._layouts and self.tree.layout_pending(parent):
+            raise Blocked(lambda: self._after_layout(lambda: self.lookup(parent, name)))
         self._counts[LOOKUPS] += 1
         if name == b".":
             node = self.tree.getattr(parent)
@@ -420,6 +435,8 @@ class Core:
         ))  # fmt: skip
 
     def getattr(self, ino: int) -> Attributes:
+        if self._layouts and self.tree.layout_pending(ino):
+            raise Blocked(lambda: self._after_layout(lambda: self.getattr(ino)))
         self._counts[GETATTRS] += 1
         return self._attributes(self.tree.getattr(ino))
 
@@ -439,6 +456,8 @@ class Core:
         """The entries of directory `ino` after cookie `offset`: `.` (cookie 1), `..` (2),
         then the children (3, 4, ...: a child's cookie is its position + 3). Checked now,
         listed lazily."""
+        if self._layouts and self.tree.layout_pending(ino):
+            raise Blocked(lambda: self._after_layout(lambda: self.readdir(ino, offset)))
         self._counts[READDIRS] += 1
         directory = self.tree.getattr(ino)
         if directory.kind != DIR:
@@ -494,6 +513,8 @@ class Core:
 
     def open(self, ino: int, flags: int) -> None:
         """Check an open for reading; a resized file is resized here if it has not been."""
+        if self._layouts and self.tree.layout_pending(ino):
+            raise Blocked(lambda: self._after_layout(lambda: self.open(ino, flags)))
         self._counts[OPENS] += 1
         if flags & WRITE_FLAGS:
             raise ReadOnly(ino)
@@ -504,6 +525,8 @@ class Core:
             raise Blocked(lambda: self.resized_bytes(node), ino)
 
     def read(self, ino: int, offset: int, size: int) -> bytes:
+        if self._layouts and self.tree.layout_pending(ino):
+            raise Blocked(lambda: self._after_layout(lambda: self.read(ino, offset, size)))
         self._counts[READS] += 1
         node = self.tree.getattr(ino)
         if node.kind != FILE:

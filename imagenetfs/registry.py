@@ -40,6 +40,7 @@ import functools
 import hashlib
 import json
 import os
+import shutil
 import socket
 import stat
 import time
@@ -127,6 +128,11 @@ def state_file(mountpoint: Path) -> Path:
     point = os.path.normpath(mountpoint.absolute())
     key = hashlib.blake2b(point.encode(errors="surrogateescape"), digest_size=8).hexdigest()
     return state_dir() / f"{key}.json"
+
+
+def layout_dir(state_path: Path) -> Path:
+    """The directory of a mount's shard layout file (views/layoutfile.py), beside its state."""
+    return state_path.with_suffix(".shards")
 
 
 def log_file(mountpoint: Path) -> Path:
@@ -275,6 +281,7 @@ def remove(mountpoint: Path, *, log: bool = False) -> None:
     for suffix in suffixes:
         with contextlib.suppress(FileNotFoundError):
             state_file(mountpoint).with_suffix(suffix).unlink()
+    shutil.rmtree(layout_dir(state_file(mountpoint)), ignore_errors=True)
 
 
 # --- locks ----------------------------------------------------------------------------------
@@ -365,7 +372,9 @@ def sweep(now: float | None = None) -> list[State]:
         with locked(directory / f"{key}.lock", blocking=False) as lock:
             if not lock.acquired:  # a command is mounting or unmounting there
                 continue
-            if path.suffix == ".users" or (".tmp" in path.name and age > 60):
+            if path.suffix == ".shards" and path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.suffix == ".users" or (".tmp" in path.name and age > 60):
                 path.unlink(missing_ok=True)
             lock.discard = True
     return removed

@@ -50,6 +50,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import shutil
 import signal
 import tempfile
 import time
@@ -130,6 +131,8 @@ class Daemon:
         self._failures: list[float] = []
         self._statistics: Callable[[], dict[str, Any]] | None = None
         self._metrics_problem: str | None = None  # why --metrics FILE was not written, if so
+        #: The shard views' layout file's directory (layoutfile.py): made in `main`.
+        self.layout_dir: Path | None = None
         self.stager = None
         if config.stage_dir is not None:
             self.stager = staging.Stager(
@@ -142,6 +145,8 @@ class Daemon:
             self.state["staging"] = self.stager.report()  # (its copies: in the first record)
 
     async def main(self) -> None:
+        if self.config.shards is not None:
+            self.layout_dir = layout_dir(self.state_path)
         with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
             unblock_signals()
             try:
@@ -166,6 +171,8 @@ class Daemon:
                     self.publish(final=True)
                 except Exception:  # (never in the way of unmounting)
                     log.exception("the last publish failed")
+                if self.layout_dir is not None:
+                    shutil.rmtree(self.layout_dir, ignore_errors=True)
                 block_signals()  # until the caller has unmounted
 
     async def _idle(self, timeout: float) -> None:
@@ -306,6 +313,7 @@ class Daemon:
             self.config.resize,
             quality=self.config.resize_quality,
             shards=self.config.shards,
+            layout_dir=self.layout_dir,
         )
         return Core(
             tree, uid=os.getuid(), gid=os.getgid(), cache=cache, counters=counters,
@@ -469,6 +477,23 @@ def _die_with_parent(parent: int) -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
     if os.getppid() != parent:  # it died before the prctl
         os._exit(1)
+
+
+def layout_dir(state_path: Path) -> Path | None:
+    """The mount's directory for the shard views' layout file (layoutfile.py) beside its
+    state file, made empty (a killed daemon's may be left) and private; None, said in the
+    log, when it cannot be made: each serving process then makes its own layout."""
+    directory = registry.layout_dir(state_path)
+    shutil.rmtree(directory, ignore_errors=True)
+    try:
+        directory.mkdir(mode=0o700)
+    except OSError as e:
+        log.warning(
+            "no directory for the shard layout (%s: %s): each serving process makes its own",
+            directory, e.strerror or e,
+        )  # fmt: skip
+        return None
+    return directory
 
 
 def open_cache(directory: Path, size: int) -> ResizeCache | None:

@@ -42,17 +42,21 @@ from every mount of every source layout. A shard's size is known from the layout
 without reading a byte; a READ at any offset builds the headers it touches and reads the file
 bytes it touches from the images (copied: the worker's splice path sends image runs only).
 
-Layout. The first request into the seed's directory computes, per serving process, the order
-of both splits (one walk of their class directories in the index, in Python; the sizes and
-offsets in numpy) and each shard's sizes; it keeps the inode numbers of the samples in order
-(4 bytes each: ~5 MB for full ImageNet) and the sizes. Measured at full ImageNet's entry
-count (docs/bench/shards-fullcount.md): 3.5 s (6.7 s over an index with CRCs, which adds the
-TFRecord view's record lengths), in each serving process at its first request there; its
-temporaries (the walk's columns, then the sizes a block of `BLOCK_SHARDS` shards at a time)
-peak at ~50 MB (~100 MB with CRCs), and are given back to the kernel once the layout is made
-(`release_freed_memory`): what stays is ~7 MB. A shard's table -- its samples' names,
-sizes, offsets -- is computed when it is first read, from the index (a `getattr` per sample:
-~20 ms for 1,252), and the last `TABLES` are kept.
+Layout. Every shard's size depends on the order of both splits: one walk of their class
+directories in the index (in Python; the sizes and offsets in numpy) makes the order and each
+shard's sizes (`Layout.compute`), keeping the inode numbers of the samples in order (4 bytes
+each: ~5 MB for full ImageNet) and the sizes. A mount makes it once, at the first request into
+the view, in a short-lived process of its own, into a file that every serving process maps
+(layoutfile.py): a serving process keeps the file's pages (page cache, shared) and a few
+thousand small objects, and never imports numpy. Measured at full ImageNet's entry count
+(docs/bench/shards-fullcount.md): the walk takes 3.5 s (6.7 s over an index with CRCs, which
+adds the TFRecord view's record lengths), once per mount; its temporaries (the walk's columns,
+then the sizes a block of `BLOCK_SHARDS` shards at a time) peak at ~50 MB (~100 MB with CRCs),
+in that process. Without the mount's directory (a `Tree` made without one: tools and tests,
+or a daemon that could not make it) the view computes its own layout in-process and gives
+the temporaries back to the kernel (`release_freed_memory`). A shard's table -- its samples'
+names, sizes, offsets -- is computed when it is first read, from the index (a `getattr` per
+sample: ~20 ms for 1,252), and the last `TABLES` are kept, per serving process.
 
 Inodes: the view's range `(SHARDS_VIEW << VIEW_SHIFT) | n` (views.py): n = 1 is `shards/`,
 2 the seed's directory, 3 + k its k-th child in name order.
@@ -384,7 +388,7 @@ class Split:
 
     name: str  # train, validation
     digits: int
-    inos: array.array[int]  # the samples' inodes, in order
+    inos: Sequence[int]  # the samples' inodes, in order (an array, or a mapped file's)
     first: list[int]  # the first sample of each shard; one more entry: the sample count
     sizes: list[int]  # each shard's size in bytes
     index_sizes: list[int]  # each shard's DALI index's size
@@ -410,33 +414,12 @@ class _Child:
 
 
 class Layout:
-    """Both splits' order and shard sizes, and the seed directory's children."""
+    """Both splits' order and shard sizes (`compute`d from the index, or read from a layout
+    file: layoutfile.py), the class labels, and the seed directory's children."""
 
-    def __init__(
-        self,
-        index: Index,
-        seed: int,
-        per_shard: int | None,
-        image_size: Callable[[int], tuple[int, int] | None],
-        companion: Companion | None = None,
-        order: str = "shuffled",
-    ) -> None:
-        self.labels = _labels(index)
-        self.splits: list[Split] = []
-        for name, directory, default in SPLITS:
-            split = _split(
-                index,
-                name,
-                directory,
-                self.labels,
-                seed,
-                per_shard or default,
-                image_size,
-                companion,
-                order,
-            )
-            if split is not None:
-                self.splits.append(split)
+    def __init__(self, labels: dict[int, int], splits: list[Split]) -> None:
+        self.labels = labels
+        self.splits = splits
         children = [_Child(b"_info.json", -1, -1, "info")]
         for s, split in enumerate(self.splits):
             children.append(_Child(f"{PREFIX}-{split.name}-wids.json".encode(), s, -1, "wids"))
@@ -448,6 +431,35 @@ class Layout:
         self.position = {c.name: k for k, c in enumerate(children)}
         self.info = self._info()
         self.wids = [self._wids(split) for split in self.splits]
+
+    @classmethod
+    def compute(
+        cls,
+        index: Index,
+        seed: int,
+        per_shard: int | None,
+        image_size: Callable[[int], tuple[int, int] | None],
+        companion: Companion | None = None,
+        order: str = "shuffled",
+    ) -> Layout:
+        """The layout of `index`'s train and val splits: the walk, in this process."""
+        labels = labels_of(index)
+        splits = []
+        for name, directory, default in SPLITS:
+            split = _split(
+                index,
+                name,
+                directory,
+                labels,
+                seed,
+                per_shard or default,
+                image_size,
+                companion,
+                order,
+            )
+            if split is not None:
+                splits.append(split)
+        return cls(labels, splits)
 
     def _info(self) -> bytes:
         splits = {
@@ -476,7 +488,7 @@ class Layout:
         return (json.dumps(body, indent=2) + "\n").encode()
 
 
-def _labels(index: Index) -> dict[int, int]:
+def labels_of(index: Index) -> dict[int, int]:
     """Class directory inode -> label: sorted wnids of train/ (else val/), as rootfiles.py
     numbers `train.txt`; the other split's directories of the same wnids get the same."""
     wnids: dict[bytes, int] = {}
@@ -686,7 +698,9 @@ class Sibling(Protocol):
 class WdsView:
     """`shards/` and the one seed directory in it, over `index` (see the module docstring).
     `shards/` lists the `siblings` too (other formats' directories, each serving itself); a
-    `companion` rides along in the walk that orders the samples (see `Companion`)."""
+    `companion` rides along in the walk that orders the samples (see `Companion`). The layout
+    comes from `make_layout` when given (a serving process's: the mount's layout file,
+    layoutfile.py), else it is computed here (`Layout.compute`)."""
 
     def __init__(
         self,
@@ -698,6 +712,7 @@ class WdsView:
         view_shift: int,
         siblings: Sequence[Sibling] = (),
         companion: Companion | None = None,
+        make_layout: Callable[[], Layout] | None = None,
     ) -> None:
         self.index = index
         self.seed = seed
@@ -709,6 +724,7 @@ class WdsView:
         self.root_ino = self._base | _SHARDS_DIR
         self.siblings = tuple(siblings)
         self._companion = companion
+        self._make_layout = make_layout
         self._layout: Layout | None = None
         self._lock = threading.Lock()
         self._tables: OrderedDict[tuple[int, int], Table] = OrderedDict()
@@ -716,20 +732,28 @@ class WdsView:
     # --- the layout ------------------------------------------------------------------------
 
     @property
+    def layout_ready(self) -> bool:
+        """Whether the layout is made (else the next request into the view waits for it)."""
+        return self._layout is not None
+
+    @property
     def layout(self) -> Layout:
         layout = self._layout
         if layout is None:
             with self._lock:
                 if self._layout is None:
-                    self._layout = Layout(
-                        self.index,
-                        self.seed,
-                        self.per_shard,
-                        self._size_of,
-                        self._companion,
-                        self.order,
-                    )
-                    release_freed_memory()
+                    if self._make_layout is not None:
+                        self._layout = self._make_layout()
+                    else:
+                        self._layout = Layout.compute(
+                            self.index,
+                            self.seed,
+                            self.per_shard,
+                            self._size_of,
+                            self._companion,
+                            self.order,
+                        )
+                        release_freed_memory()
                 layout = self._layout
         return layout
 

@@ -40,9 +40,9 @@ Layout and reads. Shard sizes and index sizes come from the record lengths of th
 (numpy); a shard's table -- each record's offset, framing bytes and image -- is made when the
 shard is first read, from the index (a `getattr` per record, the Example's bytes, the CRC
 combination: ~18 µs a record, ~25 ms for 1,252), and the last `TABLES` are kept. The record
-lengths add ~1.2 µs a file to the layout's walk (~1.6 s for full ImageNet, once per serving
-process), and a shard's table holds ~200 bytes a record. A READ at any offset copies the bytes it
-touches: the made bytes from the table, the image bytes from the index (`Index.read`).
+lengths add ~1.2 µs a file to the layout's walk (~1.6 s for full ImageNet, once per mount:
+layoutfile.py), and a shard's table holds ~200 bytes a record. A READ at any offset copies the
+bytes it touches: the made bytes from the table, the image bytes from the index (`Index.read`).
 
 Inodes: the view's range `(TFRECORD_VIEW << VIEW_SHIFT) | n`: n = 1 the seed directory, 2 its
 `idx/`, 3 + k the k-th of `Layout.files` (`dataset_info.json`, then the shards in name order;
@@ -386,6 +386,15 @@ def summarize(per_shard: int | None) -> Callable[[str, Any], TfSplit]:
     return summary
 
 
+def companion_of(index: Index, per_shard: int | None) -> Companion | None:
+    """What this view adds to the WebDataset layout's walk over `index`: the record lengths
+    and their summary (`summarize`), when the index has CRCs (else the view serves no
+    records)."""
+    if index.file_crcs is None:
+        return None
+    return Companion(record_length, summarize(per_shard))
+
+
 @dataclass(frozen=True)
 class _File:
     name: bytes
@@ -507,7 +516,7 @@ class TfrecordView:
         self._shift = view_shift
         self._base = TFRECORD_VIEW << view_shift
         self.has_crcs = index.file_crcs is not None
-        self.companion = Companion(record_length, summarize(per_shard)) if self.has_crcs else None
+        self.companion = companion_of(index, per_shard)
         self._layout: Layout | None = None
         self._lock = threading.Lock()
         self._tables: OrderedDict[tuple[int, int], Table] = OrderedDict()

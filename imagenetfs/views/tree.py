@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import cast
 
 from imagenetfs.errors import NoSuchEntry
@@ -32,6 +33,7 @@ from imagenetfs.index import (
     directory_node,
 )
 from imagenetfs.squashfs import Piece, Run
+from imagenetfs.views.layoutfile import Shared
 from imagenetfs.views.resize import (
     DEFAULT_QUALITY,
     MAX_SOURCE_BYTES,
@@ -75,7 +77,10 @@ class Tree:
         *,
         quality: int = DEFAULT_QUALITY,
         shards: ShardSettings | None = None,
+        layout_dir: Path | None = None,
     ) -> None:
+        """`layout_dir`: the mount's directory for the shard views' layout file, made once
+        for every serving process (layoutfile.py); None: this process computes its own."""
         self.index = index
         self.specs = tuple(specs)
         self.quality = quality
@@ -99,10 +104,28 @@ class Tree:
                 view_shift=VIEW_SHIFT,
                 siblings=[self.tfrecord],
                 companion=self.tfrecord.companion,
+                make_layout=None
+                if layout_dir is None
+                else Shared(layout_dir, index, shards.seed, shards.per_shard, shards.order),
             )
             assert self.tfrecord.parent == self.shards.root_ino
         self._root_count = index.getattr(ROOT_INO).children()[1]
         self._fingerprints = [json.dumps(r, sort_keys=True) for r in index.image_records]
+
+    def layout_pending(self, ino: int) -> bool:
+        """Whether a request about `ino` may first have to make (or wait for) the shard
+        views' layout: blocking work (`make_layout`)."""
+        view = ino >> VIEW_SHIFT
+        return (
+            self.shards is not None
+            and not self.shards.layout_ready
+            and view in (SHARDS_VIEW, TFRECORD_VIEW)
+        )
+
+    def make_layout(self) -> None:
+        """Make the shard views' layout now, if it is not made (blocking)."""
+        if self.shards is not None:
+            self.shards.layout  # noqa: B018  (made on first use)
 
     # inode arithmetic
     @staticmethod

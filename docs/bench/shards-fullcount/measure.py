@@ -58,7 +58,12 @@ def daemon_pids(mp: Path) -> list[int]:
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if str(mp).encode() in cmdline and any(b"imagenetfs" in a for a in cmdline):
+        # (the CLI's processes only: not a `flock` or `sh -c` whose command line names the
+        # mount point and a lock file called imagenetfs-*, and whose children include this
+        # script -- the runs logged before once-*.log counted those too)
+        if str(mp).encode() in cmdline and any(
+            os.path.basename(a) == b"imagenetfs" for a in cmdline[:2]
+        ):
             found.append(int(pid))
     # the top one: the one whose parent is not among them
     parents = {
@@ -67,9 +72,10 @@ def daemon_pids(mp: Path) -> list[int]:
     return [p for p in found if parents[p] not in found]
 
 
-def do_mount(src: str, ix: str, mp: Path, shards: bool) -> float:
+def do_mount(src: str, ix: str, mp: Path, shards: bool, *extra: str) -> float:
     mp.mkdir(parents=True, exist_ok=True)
     cmd = [CLI, "mount", "--source", src, "--index", ix, str(mp)] + (["--shards"] if shards else [])
+    cmd += extra
     started = time.monotonic()
     subprocess.run(cmd, env=env(), check=True, capture_output=True)
     while True:
