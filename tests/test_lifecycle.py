@@ -82,6 +82,9 @@ import os, signal, sys
 from imagenetfs import cli, mount, supervisor, wire
 
 pause, done = sys.argv[1], []
+# SIGINT as a terminal's command has it: a shell's background job (`pytest ... &`) starts with
+# it ignored, and an ignored SIGINT would not stop the mount
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def stop() -> None:
