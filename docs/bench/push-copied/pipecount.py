@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
-from benchlib import contenders as C  # noqa: E402
-from benchlib import data, pipeline  # noqa: E402
+from benchlib import contenders as C
+from benchlib import data, pipeline
 
 W = Path("/var/tmp/imagenetfs-bench-pipeline")
 out = Path(sys.argv[1]).resolve()

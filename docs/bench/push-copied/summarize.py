@@ -12,8 +12,14 @@ from pathlib import Path
 
 here = Path(__file__).parent
 variant = sys.argv[1] if len(sys.argv) > 1 else "gzip"
-rows = ["cold images/s", "warm images/s", "cold daemon CPU s/1k", "warm daemon CPU s/1k",
-        "cold pipeline CPU s/1k", "warm pipeline CPU s/1k"]
+rows = [
+    "cold images/s",
+    "warm images/s",
+    "cold daemon CPU s/1k",
+    "warm daemon CPU s/1k",
+    "cold pipeline CPU s/1k",
+    "warm pipeline CPU s/1k",
+]
 pooled: dict[tuple[str, str, str], list[float]] = {}
 for which in ("zng", "push"):
     for path in sorted(here.glob(f"pipeline-{variant}-*-{which}/results.json")):
@@ -22,12 +28,27 @@ for which in ("zng", "push"):
             for who in ("imagenetfs", "squashfuse_ll", "unpacked"):
                 pooled.setdefault((which, row, who), []).extend(results[row].get(who, []))
 print(f"{variant}: medians of all rounds (n)")
-print("| | A zng: imagenetfs | B push: imagenetfs | B ÷ A | squashfuse_ll (A runs, B runs) | unpacked (A, B) |")
+print(
+    "| | A zng: imagenetfs | B push: imagenetfs | B ÷ A "
+    "| squashfuse_ll (A runs, B runs) | unpacked (A, B) |"
+)
 print("|---|---|---|---|---|---|")
+
+
+def median(v: list[float]) -> str:
+    return f"{statistics.median(v):.3g} ({len(v)})" if v else "-"
+
+
 for row in rows:
-    a, b = pooled.get(("zng", row, "imagenetfs"), []), pooled.get(("push", row, "imagenetfs"), [])
-    sa, sb = pooled.get(("zng", row, "squashfuse_ll"), []), pooled.get(("push", row, "squashfuse_ll"), [])
-    ua, ub = pooled.get(("zng", row, "unpacked"), []), pooled.get(("push", row, "unpacked"), [])
-    m = lambda v: f"{statistics.median(v):.3g} ({len(v)})" if v else "-"  # noqa: E731
+    got = {
+        (which, who): pooled.get((which, row, who), [])
+        for which in ("zng", "push")
+        for who in ("imagenetfs", "squashfuse_ll", "unpacked")
+    }
+    a, b = got["zng", "imagenetfs"], got["push", "imagenetfs"]
     ratio = f"{statistics.median(b) / statistics.median(a):.3f}" if a and b else "-"
-    print(f"| {row} | {m(a)} | {m(b)} | {ratio} | {m(sa)}, {m(sb)} | {m(ua)}, {m(ub)} |")
+    print(
+        f"| {row} | {median(a)} | {median(b)} | {ratio} "
+        f"| {median(got['zng', 'squashfuse_ll'])}, {median(got['push', 'squashfuse_ll'])} "
+        f"| {median(got['zng', 'unpacked'])}, {median(got['push', 'unpacked'])} |"
+    )
