@@ -23,7 +23,9 @@ packs replies -- so what a request answers is decided here, once:
 - where a READ's bytes lie (`locate_read`), for the worker adapter that splices them from the
   image file instead of reading them (wire.py): answered for file bytes stored as they are
   read, None for everything else -- and then, as for any error, `read` answers. A READ sent
-  from its runs is counted by `count_spliced` as `read` counts one, and in `reads_spliced`.
+  from its runs is counted by `count_spliced` as `read` counts one, and in `reads_spliced`;
+  and a small file's whole bytes (`whole_file`), for a worker that pushes them to the kernel
+  before their READs come (wire.py), counted by the worker as it sends them.
 
 Read latency. Each adapter takes `time.perf_counter_ns()` as it enters its READ handler and
 calls `read_served(started)` when the reply's bytes are ready (also when the read failed): what
@@ -67,6 +69,7 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 from imagenetfs.errors import (
     Answer,
+    CorruptImageError,
     ImagenetfsError,
     InvalidRequest,
     IsADirectory,
@@ -578,6 +581,34 @@ class Core:
         if node.kind != FILE or (self._views and self.tree.spec_of(node) is not None):
             return None
         return self.tree.span(node)
+
+    def whole_file(self, ino: int, limit: int) -> bytes | None:
+        """All the bytes of base-tree file `ino`, as `read` answers them, when it holds 1 to
+        `limit` bytes -- for a worker's pushes (wire.py): read now when that waits for nothing
+        (the page cache and the block caches have them, a virtual file); else `Blocked` (no
+        key) with the read that waits (the disk, inflating), to run off the request loop. None
+        for any other file: a view's (resized, shards), a directory, a larger file, an error
+        finding it. Counts nothing; the read raises what `read`'s would (a corrupt block), and
+        `CorruptImageError` when it comes back short (an image cut short since it was indexed:
+        never less or more than the file, whose size the kernel holds)."""
+        if ino >> VIEW_SHIFT:
+            return None
+        try:
+            node = self.tree.getattr(ino)
+        except ImagenetfsError:
+            return None
+        if node.kind != FILE or not 0 < node.size <= limit:
+            return None
+        try:
+            return self._whole(node, nowait=True)
+        except WouldBlock:
+            raise Blocked(lambda: self._whole(node)) from None
+
+    def _whole(self, node: Node, *, nowait: bool = False) -> bytes:
+        data = self.tree.read(node, 0, node.size, nowait=nowait)
+        if len(data) != node.size:
+            raise CorruptImageError(f"inode {node.ino}: {len(data)} of {node.size} bytes read")
+        return data
 
     def count_spliced(self, size: int) -> None:
         """Count a READ answered with the `size` bytes of `locate_read`'s runs: as `read`

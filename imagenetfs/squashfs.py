@@ -727,7 +727,7 @@ class SquashImage:
         return block[first + lo : first + hi]
 
     def _cached_block(self, pos: int, disk: int, nowait: bool = False) -> bytes:
-        block = self._cache.get(pos)
+        block = self._cache.get(pos, count_miss=not nowait)
         if block is None:
             if nowait:
                 raise WouldBlock(pos)
@@ -944,11 +944,15 @@ class _BlockCache:
         self._lock = threading.Lock()
         self._hits = self._misses = 0
 
-    def get(self, pos: int) -> bytes | None:
+    def get(self, pos: int, *, count_miss: bool = True) -> bytes | None:
+        """The block at `pos`, or None; a miss counted unless `count_miss` is False (a
+        `nowait` read, which inflates nothing: the blocking read that follows counts it, so
+        that misses are blocks inflated)."""
         with self._lock:
             block = self._blocks.get(pos)
             if block is None:
-                self._misses += 1
+                if count_miss:
+                    self._misses += 1
             else:
                 self._hits += 1
                 self._blocks.move_to_end(pos)

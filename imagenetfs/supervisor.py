@@ -449,10 +449,11 @@ class Daemon:
                 staging.adopt(self.index, stager)  # what was switched while it started
             cold = None
             if wire.cold_thread_wanted():
-                cold = [Counters(board.slot(slot, t)) for t in range(1, wire.THREADS)]
+                cold = [Counters(board.slot(slot, t)) for t in range(1, 1 + wire.UNSEEN_THREADS)]
             wire.Worker(
                 core, fd, lock_fd=lock_fd, splice=wire.splice_wanted(), cold=cold,
                 ahead=ahead.wanted(), sent=board.sent,
+                push=Counters(board.slot(slot, wire.PUSH_THREAD)),
             ).run()  # fmt: skip
             code = 0
         except SystemExit as e:  # SIGTERM (`_stopped`), once Worker.run has published its last

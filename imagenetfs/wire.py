@@ -77,12 +77,28 @@ Read-ahead and pushes, for a reader in the images' order (`cp -r`, a loop over s
 worker tells `ahead.Ahead` where each file it starts reading lies in its image (the READ's
 runs, or `Core.span`; a file pushed, below, as it is pushed), which asks the kernel to read
 ahead once files come in order (see ahead.py). And Python's `open()` asks `isatty()` of each
-file (an IOCTL, answered ENOTTY) before reading it: `_push` first sends the file's bytes to the
-kernel's page cache for it (FUSE_NOTIFY_STORE, spliced like a READ's reply) when they are
-stored as they are read, at most `PUSH_MAX` and cached already (a cold file is left to its
-READs and the cold-read thread), once per file per mount -- `Board.sent`, a bit per inode
-shared by the workers and set by a READ from byte 0 too, so that a file the kernel already
-holds is not pushed again. The READs that would have followed are then not sent.
+file (an IOCTL, answered ENOTTY) before reading it: `_push` first sends the file's bytes, when
+it holds at most `PUSH_MAX`, to the kernel's page cache for it (FUSE_NOTIFY_STORE), once per
+file per mount -- `Board.sent`, a bit per inode shared by the workers and set by a READ from
+byte 0 too, so that a file the kernel already holds is not pushed again. The READs that would
+have followed are then not sent. What waits for nothing goes at once, from the request loop:
+bytes stored as they are read and in the page cache (spliced like a READ's reply), a virtual
+file or bytes in a block cache (copied, `Core.whole_file`). The rest -- a cold file, bytes to
+inflate (gzip, zstd, ... images; deflated zip members), an image whose filesystem cannot say
+what it caches -- goes to the worker's push thread (`Pushes`: at most `PUSH_WAITING` waiting;
+past that the IOCTL is answered at once and the READs come), which reads and inflates them,
+stores them, and only then answers the IOCTL. The reader waits in its ioctl meanwhile, so no
+READ of its own for that file is in flight: that is what makes a push safe here and not at a
+READ -- the kernel locks a READ's pages until it is answered, and a store waits for them.
+(Another reader's READ of the same file may be in flight: the push thread waits for it, and
+it is answered by the request loop or a cold-read thread, never from behind the push.) Over a
+gzip image a file's blocks are then inflated once, in one worker, where PIL's small reads made
+~3.3 READs a file, landing on both workers and inflating the file's blocks for each worker's
+own block cache. A push that fails (a corrupt block, EIO, the kernel refusing it) is given up,
+said at debug level: the IOCTL is answered as ever, and the READs that come fail as they would
+have. The cost: a reader that opens a file with Python's `open()` and reads only its start (an
+image's header) now has the whole file read, inflated and sent, up to `PUSH_MAX`. Counted in
+`files_pushed` and `bytes_pushed` (the push thread in a slot of its own).
 `IMAGENETFS_READ_AHEAD=0` and `IMAGENETFS_PUSH=0` turn them off.
 
 Replies the kernel refuses. The kernel checks each reply against its request and refuses,
@@ -173,8 +189,10 @@ COLD_WAITING = 4
 #: how many such READs may wait for them; past that the worker reads them itself.
 UNSEEN_THREADS = 4
 UNSEEN_WAITING = 8
-#: Threads per worker, each with a counter slot of its own: the worker's, its cold reads'.
-THREADS = 1 + UNSEEN_THREADS
+#: Threads per worker, each with a counter slot of its own: the worker's, its cold reads'
+#: (1 to `UNSEEN_THREADS`), its pushes' (the last, `PUSH_THREAD`).
+THREADS = 2 + UNSEEN_THREADS
+PUSH_THREAD = THREADS - 1
 #: FUSE_NOTIFY_STORE (a message to the kernel: bytes for a file's page cache, `Worker._push`)
 #: and what follows its header: nodeid, offset, size, padding.
 NOTIFY_STORE = 4
@@ -182,6 +200,9 @@ STORE_OUT = struct.Struct("<QQII")
 STORE_EXTRA = STORE_OUT.size
 #: The largest file pushed whole with its IOCTL (`Worker._push`).
 PUSH_MAX = 512 << 10
+#: How many pushes may wait for a worker's push thread; past that an IOCTL is answered at
+#: once and the file's READs come.
+PUSH_WAITING = 4
 #: Turns pushing off when "0".
 PUSH_ENV = "IMAGENETFS_PUSH"
 
@@ -259,7 +280,8 @@ def steady_heap() -> None:
 
 class Board:
     """The counters of N workers in one shared anonymous mapping: `slot(n, thread)` is worker
-    n's thread's (0: the worker's, 1 and on: its cold reads'), on cache lines of its own (two
+    n's thread's (0: the worker's, then its cold reads', then its pushes'), on cache lines of
+    its own (two
     writers on one line would slow each other down). With `inodes`, also `sent`: one bit per
     inode below it, set once a file's bytes have gone to the kernel (a push or a READ from
     its start), shared by the workers (see `Worker._push`)."""
@@ -275,6 +297,8 @@ class Board:
             self.sent = memoryview(self._sent_map)
 
     def slot(self, n: int, thread: int = 0) -> memoryview:
+        """Worker `n`'s counters of its `thread`: 0 the worker's, 1 to `UNSEEN_THREADS` its
+        cold reads' threads', `PUSH_THREAD` its push thread's."""
         start = (n * THREADS + thread) * self.stride
         return memoryview(self._map)[start : start + self.slot_size].cast("Q")
 
@@ -617,6 +641,123 @@ def _read_exactly(run: Piece) -> bytes:
     return data
 
 
+def store(device: int, ino: int, data: bytes) -> bool:
+    """Send `data` to the kernel's page cache as file `ino`'s bytes from its byte 0
+    (FUSE_NOTIFY_STORE, copied): True when the kernel took them."""
+    size = len(data)
+    header = OUT_HEADER.pack(16 + STORE_EXTRA + size, NOTIFY_STORE, 0)
+    try:
+        os.writev(device, [header + STORE_OUT.pack(ino, 0, size, 0), data])
+    except OSError as e:  # (the file gone from the kernel's inodes: nothing to store)
+        log.debug("a push of inode %d was refused: %s", ino, e)
+        return False
+    return True
+
+
+def pushed(counters: Counters, size: int) -> None:
+    """Count a file pushed with `size` bytes (`Worker._push`)."""
+    counts = counters.values
+    counts[FILES_PUSHED] += 1
+    counts[BYTES_PUSHED] += size
+    counts[BYTES_READ] += size  # (file data served, as a READ's)
+
+
+class _Push(NamedTuple):
+    ino: int
+    reply: bytes  # the IOCTL's answer, sent once the push is done or given up
+    runs: list[Piece] | None  # the file's bytes, stored as they are read: spliced
+    work: Callable[[], bytes] | None = None  # or the core's read of them (the disk, inflating)
+
+
+class Pushes:
+    """A worker's thread for the pushes that would wait (see the module docstring): the
+    worker hands it an IOCTL (`take`) with the answer it made and where the file's bytes are
+    to be had; the thread reads them -- splices the runs of bytes stored as they are read,
+    or runs the core's read, which inflates -- sends them to the kernel (FUSE_NOTIFY_STORE),
+    counts them in `counters` (a slot of its own), then sends the IOCTL's answer. A thread of
+    its own, not a cold-read thread: its store may wait for a READ of the same file that
+    another reader sent meanwhile (the kernel locks a READ's pages until it is answered), and
+    that READ must never wait behind it. A push that fails (a corrupt block, an I/O error) is
+    given up, said at debug level only: the READs then come as without it, and answer (and
+    count) the failure."""
+
+    def __init__(self, device: int, counters: Counters, *, splice: bool) -> None:
+        self.device = device
+        self.counters = counters
+        self.splice = splice
+        self.broken = False  # a bug met, or no thread: no more pushes that wait
+        self._jobs: queue.SimpleQueue[_Push | None] = queue.SimpleQueue()
+        self._room = threading.BoundedSemaphore(PUSH_WAITING)
+        self._thread: threading.Thread | None = None
+        self._splicer: Splicer | None = None
+
+    def take(self, job: _Push) -> bool:
+        """Hand a push to the thread (started on the first): True when it took it -- then it
+        answers the IOCTL; False when `PUSH_WAITING` wait already or there is no thread."""
+        if self.broken or not self._room.acquire(blocking=False):
+            return False
+        if self._thread is None:
+            try:
+                self._splicer = Splicer(self.device) if self.splice else None
+            except OSError as e:  # (out of descriptors, say): the files are READ
+                log.warning("no pipe for pushes (%s): files are READ", e)
+                self.broken = True
+                self._room.release()
+                return False
+            self._thread = threading.Thread(target=self._serve, name="pushes", daemon=True)
+            self._thread.start()
+        self._jobs.put(job)
+        return True
+
+    def close(self) -> None:
+        """Let the thread answer what it holds (briefly: the mount may be going away)."""
+        if self._thread is None:
+            return
+        self._jobs.put(None)
+        self._thread.join(timeout=1)
+        if not self._thread.is_alive() and self._splicer is not None:
+            self._splicer.close()
+
+    def _serve(self) -> None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())  # all to the worker
+        while (job := self._jobs.get()) is not None:
+            try:
+                self._push(job)
+            except Exception:  # a bug: said; no more pushes that wait, the READs come
+                self.broken = True
+                log.exception("a push of inode %d failed", job.ino)
+            finally:
+                self._room.release()
+                try:
+                    os.write(self.device, job.reply)
+                except OSError as e:  # (interrupted: ENOENT; unmounted: ENODEV)
+                    log.debug("the ioctl of inode %d was not answered: %s", job.ino, e)
+
+    def _push(self, job: _Push) -> None:
+        splicer = self._splicer
+        if job.runs is not None and splicer is not None:
+            size = splicer.fill_store(job.ino, job.runs)
+            if size is not None:
+                try:
+                    splicer.send(size, STORE_EXTRA)
+                except OSError as e:  # (the file gone from the kernel's inodes)
+                    log.debug("a push of inode %d was refused: %s", job.ino, e)
+                    return
+                pushed(self.counters, size)
+                return
+        try:
+            if job.work is not None:
+                data = job.work()
+            else:
+                assert job.runs is not None
+                data = b"".join(_read_exactly(run) for run in job.runs)
+        except (OSError, ImagenetfsError) as e:  # (the READs that come say it, and count it)
+            log.debug("a push of inode %d was given up: %s", job.ino, e)
+            return
+        if store(self.device, job.ino, data):
+            pushed(self.counters, len(data))
+
+
 class Worker:
     """Answers the requests that arrive on `fd` until the mount goes away (ENODEV, or the end
     of a socket in the tests); with `splice`, sends what it can of READs by splicing."""
@@ -631,6 +772,7 @@ class Worker:
         cold: Counters | list[Counters] | None = None,
         ahead: bool = False,
         sent: memoryview | None = None,
+        push: Counters | None = None,
     ) -> None:
         self.core = core
         self.fd = fd
@@ -641,8 +783,10 @@ class Worker:
         core.defer_unseen = self.cold is not None
         # (with `ahead`, reading ahead of a reader in image order: ahead.py)
         self.ahead = Ahead(core.counters) if ahead else None
-        # (with `sent`, the shared bits of files whose bytes went to the kernel: `_push`)
-        self.sent = sent if self.splicer is not None else None
+        # (with `sent`, the shared bits of files whose bytes went to the kernel: `_push`;
+        # with `push` too, the counters of the thread for the pushes that wait)
+        self.sent = sent
+        self.pushes = None if sent is None or push is None else Pushes(fd, push, splice=splice)
         self.done = False  # DESTROY answered
         self._stored_lookup = core.stored_lookup
         self._handlers: dict[int, Callable[[int, memoryview], bytes]] = {
@@ -659,7 +803,6 @@ class Worker:
             fuse.ACCESS: self._access,
             fuse.GETXATTR: self._getxattr,
             fuse.LISTXATTR: self._listxattr,
-            fuse.IOCTL: self._ioctl,
             fuse.DESTROY: self._destroy,
         }
         self._handlers.update(dict.fromkeys(fuse.WRITES, self._write))
@@ -671,6 +814,8 @@ class Worker:
         finally:
             if self.cold is not None:
                 self.cold.close()
+            if self.pushes is not None:
+                self.pushes.close()
             self.core.refresh()  # the last block-cache counts, for the supervisor's last look
             if self.splicer is not None:
                 self.splicer.close()
@@ -717,6 +862,8 @@ class Worker:
                 if data is None:
                     return None
                 payload = data
+            elif opcode == fuse.IOCTL:
+                return self._ioctl(nodeid, unique)
             else:
                 payload = self._handlers.get(opcode, self._refuse)(nodeid, body)
         except Exception as exc:
@@ -791,43 +938,82 @@ class Worker:
             raise
         return None
 
-    def _ioctl(self, ino: int, body: memoryview) -> bytes:
-        """No ioctls (`Core.ioctl`); but first, maybe, the file's bytes (`_push`)."""
+    def _ioctl(self, ino: int, unique: int) -> bytes | None:
+        """No ioctls (`Core.ioctl`): the answer, once the file's bytes, maybe, have gone to the
+        kernel (`_push`) -- or None when the push thread took them: it answers once they have.
+        The answer is the same either way."""
+        try:
+            payload = self.core.ioctl(ino)
+            reply = OUT_HEADER.pack(16 + len(payload), 0, unique) + payload
+        except Exception as exc:
+            reply = OUT_HEADER.pack(16, -self.core.errno_for(exc, "ioctl", ino), unique)
         sent = self.sent
-        if sent is not None and (ino >> 3) < len(sent) and not sent[ino >> 3] & (1 << (ino & 7)):
-            sent[ino >> 3] |= 1 << (ino & 7)
-            self._push(ino)
-        return self.core.ioctl(ino)
+        if sent is None or (ino >> 3) >= len(sent) or sent[ino >> 3] & (1 << (ino & 7)):
+            return reply
+        sent[ino >> 3] |= 1 << (ino & 7)
+        try:
+            return None if self._push(ino, reply) else reply
+        except Exception:  # a bug: said; the IOCTL is answered as ever, the READs come
+            log.exception("a push of inode %d failed", ino)
+            return reply
 
-    def _push(self, ino: int) -> None:
-        """Send the bytes of file `ino` to the kernel's page cache for it (FUSE_NOTIFY_STORE)
-        when they are stored as they are read, in the page cache already, at most `PUSH_MAX`:
-        Python's `open()` asks `isatty()` of a file (this IOCTL) before it reads it, and the
-        READs it would send next are then answered by the kernel at once. A file pushed is
-        shown to the read-ahead (`_ahead`) as a READ from its start would be: a reader in image
-        order whose files are pushed (the kernel's own readahead of the image had them) still
-        has the image read ahead of it."""
-        runs = self.core.locate_read(ino, 0, PUSH_MAX + 1)
-        if not runs or sum(len(r) if isinstance(r, bytes) else r.length for r in runs) > PUSH_MAX:
-            return
-        if self.cold is None or self.cold.cold(runs) != CACHED:  # (no probe: no push)
-            return
+    def _push(self, ino: int, reply: bytes) -> bool:
+        """Send the bytes of file `ino`, at most `PUSH_MAX`, to the kernel's page cache for it
+        (FUSE_NOTIFY_STORE): Python's `open()` asks `isatty()` of a file (this IOCTL) before
+        it reads it, and the READs it would send next are then answered by the kernel at
+        once. Now, when that waits for nothing -- bytes stored as they are read and in the page
+        cache (spliced), a virtual file, bytes in a block cache (copied) -- else by the push
+        thread (`Pushes`), which answers the IOCTL with `reply` once done: True then. A file
+        pushed is shown to the read-ahead (`_ahead`) as a READ from its start would be: a
+        reader in image order whose files are pushed still has the image read ahead of it."""
+        runs = None if self.splicer is None else self.core.locate_read(ino, 0, PUSH_MAX + 1)
+        job: _Push | None = None
+        if runs:  # (stored as they are read)
+            if sum(len(r) if isinstance(r, bytes) else r.length for r in runs) > PUSH_MAX:
+                return False
+            if self.cold is None or self.cold.cold(runs) != CACHED:
+                job = _Push(ino, reply, runs)
+            elif not self._store_runs(ino, runs):
+                return False
+        else:
+            try:
+                data = self.core.whole_file(ino, PUSH_MAX)
+            except Blocked as blocked:
+                job = _Push(ino, reply, None, blocked.work)
+            except Exception as e:  # (the READs that come say it, and count it)
+                log.debug("a push of inode %d was given up: %s", ino, e)
+                return False
+            else:
+                if data is None or not store(self.fd, ino, data):
+                    return False
+                pushed(self.core.counters, len(data))
+        handed = False
+        if job is not None:
+            handed = self.pushes is not None and self.pushes.take(job)
+            if not handed:  # (no room: the file's READs come, and a later open may push it)
+                sent = self.sent
+                assert sent is not None
+                sent[ino >> 3] &= ~(1 << (ino & 7))
+                return False
+        if self.ahead is not None:  # (no READ of it will come: the read-ahead sees it now)
+            self._ahead(ino, 0, runs)
+        return handed
+
+    def _store_runs(self, ino: int, runs: list[Piece]) -> bool:
+        """Push file `ino`'s bytes in `runs` (cached) now, spliced; False when they could not
+        go."""
         splicer = self.splicer
         assert splicer is not None
         size = splicer.fill_store(ino, runs)
         if size is None:
-            return
+            return False
         try:
             splicer.send(size, STORE_EXTRA)
         except OSError as e:  # (the file gone from the kernel's inodes: nothing to store)
             log.debug("a push of inode %d was refused: %s", ino, e)
-            return
-        counts = self.core.counters.values
-        counts[FILES_PUSHED] += 1
-        counts[BYTES_PUSHED] += size
-        counts[BYTES_READ] += size  # (file data served, as a READ's)
-        if self.ahead is not None:  # (no READ of it will come: the read-ahead sees it now)
-            self._ahead(ino, 0, runs)
+            return False
+        pushed(self.core.counters, size)
+        return True
 
     def _ahead(self, ino: int, offset: int, runs: list[Piece] | None) -> None:
         """Tell the read-ahead (ahead.py) where a file read from its start lies. (Not a

@@ -18,9 +18,11 @@ reads of a filesystem that cannot say what it caches handed to threads.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import platform
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -32,9 +34,10 @@ from typing import Any
 import pytest
 from helpers import EnvMounter, Mounted, children, evict, fuse_unusable, is_mounted, wait_until
 
-from imagenetfs import ahead, ops
+from imagenetfs import ahead, ops, wire
 from imagenetfs.generate import Spec, generate
 from imagenetfs.ops import Counters
+from imagenetfs.squashfs import SquashImage
 
 REPO = Path(__file__).resolve().parent.parent
 VARIANTS = {"noD-noF": ("-noD", "-noF"), "gzip": ()}
@@ -282,6 +285,145 @@ def test_a_reader_whose_files_are_pushed_is_still_read_ahead_of(
     assert after["files_pushed"] - before["files_pushed"] > len(paths) / 2, after
     assert after["reads_ahead"] - before["reads_ahead"] >= 3, after
     assert after["errors"] == 0 and "Traceback" not in mounted.log
+
+
+def pushable(files: dict[str, bytes]) -> tuple[int, int, list[bytes]]:
+    """(files, bytes) a worker pushes whole with their IOCTL, and the files too big for it."""
+    small = [data for data in files.values() if len(data) <= wire.PUSH_MAX]
+    big = [data for data in files.values() if len(data) > wire.PUSH_MAX]
+    return len(small), sum(map(len, small)), big
+
+
+@mounts
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="Python 3.14's open() asks no isatty()")
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_a_python_reader_gets_cold_files_pushed_with_its_ioctl(
+    sets: dict[str, Set], env_mounter: EnvMounter, variant: str
+) -> None:
+    """Caches dropped (the image cold), two workers: Python's `open()` of each file -- its
+    IOCTL -- has the file pushed whole all the same, by a worker's push thread: read from the
+    disk and, on a gzip image, inflated, then stored in the kernel's page cache before the
+    IOCTL is answered. Exact bytes; `files_pushed` counts every file up to `PUSH_MAX`, and no
+    READ comes for them (`reads`: only the larger files')."""
+    s = sets[variant]
+    mounted = env_mounter.mount(
+        env_mounter.mkdir("mp"), s.root, "--workers", "2", index=s.root / "i.lmdb"
+    )
+    paths = [str(mounted.mp / rel) for rel in s.files]
+    drop_caches()
+    before = fs_counts(mounted)
+    out = subprocess.run([sys.executable, "-c", READ_PY, *paths], capture_output=True, check=True)
+    assert out.stdout == b"".join(s.files.values())
+    after = fs_counts(mounted)
+    small, small_bytes, big = pushable(s.files)
+    assert after["files_pushed"] - before["files_pushed"] == small > 0, after
+    assert after["bytes_pushed"] - before["bytes_pushed"] == small_bytes
+    reads = after["reads"] - before["reads"]
+    assert reads <= sum(-(-len(data) // 4096) for data in big), after
+    assert after["errors"] == 0 and "Traceback" not in mounted.log
+
+
+@mounts
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="Python 3.14's open() asks no isatty()")
+def test_IMAGENETFS_PUSH_0_pushes_no_cold_file(
+    sets: dict[str, Set], env_mounter: EnvMounter
+) -> None:
+    """With `IMAGENETFS_PUSH=0` the same reader of a cold gzip image gets its files by READs,
+    none pushed."""
+    s = sets["gzip"]
+    env_mounter.extra = {"IMAGENETFS_PUSH": "0"}
+    mounted = env_mounter.mount(
+        env_mounter.mkdir("mp"), s.root, "--workers", "2", index=s.root / "i.lmdb"
+    )
+    paths = [str(mounted.mp / rel) for rel in s.files]
+    drop_caches()
+    out = subprocess.run([sys.executable, "-c", READ_PY, *paths], capture_output=True, check=True)
+    assert out.stdout == b"".join(s.files.values())
+    after = fs_counts(mounted)
+    assert after["files_pushed"] == after["bytes_pushed"] == 0, after
+    assert after["reads"] >= len(paths), after
+
+
+READ_ONE_PY = """
+import sys
+f = open(sys.argv[1], "rb")  # (buffered: Python asks isatty() first)
+print("opened", flush=True)
+try:
+    f.read()
+    print("read")
+except OSError as e:
+    print("errno", e.errno)
+"""
+
+
+def compressed_block(image: Path, names: list[str]) -> tuple[str, int, int]:
+    """(name, position, length) of a compressed block of one of `names` (file names, in
+    the image's order) in gzip image `image`: a data block of its, else its fragment's."""
+    wanted = {name.encode(): name for name in names}
+    with SquashImage(image) as squash:
+        for entry in squash.walk():
+            if entry.extent is None or entry.name not in wanted:
+                continue
+            extent = entry.extent
+            pos = extent.blocks_start
+            for word in extent.block_words():
+                if word & 0xFFFFFF and not word & (1 << 24):
+                    return wanted[entry.name], pos, word & 0xFFFFFF
+                pos += word & 0xFFFFFF
+            if extent.fragment is not None:
+                start, word = squash._fragment(extent.fragment)
+                if not word & (1 << 24):
+                    return wanted[entry.name], start, word & 0xFFFFFF
+    raise AssertionError("no compressed block")
+
+
+@mounts
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="Python 3.14's open() asks no isatty()")
+def test_a_corrupt_block_fails_the_read_not_the_open_and_the_worker_goes_on(
+    sets: dict[str, Set], env_mounter: EnvMounter
+) -> None:
+    """A gzip block of a file spoilt after mounting (its inflating fails): Python's `open()`
+    of it succeeds -- the IOCTL's push is given up, the IOCTL answered as ever -- and its
+    read fails with EIO, from the READ that then comes (counted in `errors`, said in the
+    log). The workers live on, and the next cold file is pushed as usual."""
+    root = env_mounter.work / "src"  # (a copy to spoil, with an index of its own)
+    shutil.copytree(sets["gzip"].root, root, ignore=shutil.ignore_patterns("i.lmdb*"))
+    files = sets["gzip"].files
+    mounted = env_mounter.mount(
+        env_mounter.mkdir("mp"), root, "--workers", "2", index=root / "i.lmdb"
+    )
+    workers = children(mounted.pid)
+    assert len(workers) == 2, workers
+    image = root / "train.squashfs"
+    name, pos, length = compressed_block(image, [rel.rsplit("/", 1)[1] for rel in files])
+    rel = next(r for r in files if r.endswith("/" + name))
+    with open(image, "r+b") as f:  # (through the page cache: the daemon reads it so)
+        f.seek(pos + length // 2)
+        f.write(bytes(64))
+    spoilt = subprocess.run(
+        [sys.executable, "-c", READ_ONE_PY, str(mounted.mp / rel)], capture_output=True,
+        text=True, check=True,
+    )  # fmt: skip
+    assert spoilt.stdout.split() == ["opened", "errno", str(errno.EIO)], spoilt
+    counts = fs_counts(mounted)
+    assert counts["errors"] >= 1 and counts["files_pushed"] == 0, counts
+    assert "decompression failed" in mounted.log and "Traceback" not in mounted.log
+
+    # the workers go on: the same processes push the next cold files
+    drop_caches()
+    others = [r for r in files if r != rel and len(files[r]) <= wire.PUSH_MAX][-4:]
+    out = subprocess.run(
+        [sys.executable, "-c", READ_PY, *(str(mounted.mp / r) for r in others)],
+        capture_output=True, check=True,
+    )  # fmt: skip
+    assert out.stdout == b"".join(files[r] for r in others)
+    after = fs_counts(mounted)
+    assert after["files_pushed"] == len(others), after
+    assert children(mounted.pid) == workers
+    assert "Traceback" not in mounted.log
 
 
 # --- 4. a filesystem that cannot say what it caches ------------------------------------------

@@ -77,3 +77,25 @@ def test_image_on_a_filesystem_without_rwf_nowait(tmp_path: Path) -> None:
                 assert len(whole) == entry.size
     finally:
         subprocess.run(["fusermount3", "-u", "-z", str(mp)], check=False)
+
+
+def test_a_nowait_miss_is_not_counted_as_a_block_inflated(tmp_path: Path) -> None:
+    """A `nowait` read that finds a compressed block missing inflates nothing and counts no
+    miss; the blocking read after it counts one: misses are blocks inflated (a worker's push
+    tries a file `nowait` first, and the pipeline's counters read misses so)."""
+    generate.generate(tmp_path, SPEC)
+    with SquashImage(tmp_path / "train.squashfs") as image:
+        files = [e for e in image.walk() if e.extent is not None]
+        entry = next(e for e in files if e.extent and image.locate(e.extent, 0, e.size) is None)
+        assert entry.extent is not None
+        blocks = sum(1 for w in entry.extent.block_words() if w & 0xFFFFFF and not w & 1 << 24)
+        blocks += entry.extent.fragment is not None and not image._fragment(entry.extent.fragment)[
+            1
+        ] & (1 << 24)
+        with pytest.raises(WouldBlock):
+            image.read(entry.extent, 0, entry.size, nowait=True)
+        assert image.statistics().cache_misses == 0
+        image.read(entry.extent, 0, entry.size)
+        assert image.statistics().cache_misses == blocks > 0
+        assert image.read(entry.extent, 0, entry.size, nowait=True)  # (now from the cache)
+        assert image.statistics().cache_misses == blocks
