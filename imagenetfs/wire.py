@@ -281,10 +281,9 @@ def steady_heap() -> None:
 class Board:
     """The counters of N workers in one shared anonymous mapping: `slot(n, thread)` is worker
     n's thread's (0: the worker's, then its cold reads', then its pushes'), on cache lines of
-    its own (two
-    writers on one line would slow each other down). With `inodes`, also `sent`: one bit per
-    inode below it, set once a file's bytes have gone to the kernel (a push or a READ from
-    its start), shared by the workers (see `Worker._push`)."""
+    its own (two writers on one line would slow each other down). With `inodes`, also `sent`:
+    one bit per inode below it, set once a file's bytes have gone to the kernel (a push or a
+    READ from its start), shared by the workers (see `Worker._push`)."""
 
     def __init__(self, workers: int, inodes: int = 0) -> None:
         self.slot_size = 8 * Counters.SLOTS
@@ -654,6 +653,22 @@ def store(device: int, ino: int, data: bytes) -> bool:
     return True
 
 
+def splice_store(splicer: Splicer, ino: int, runs: list[Piece], counters: Counters) -> bool | None:
+    """Send file `ino`'s bytes in `runs` to the kernel's page cache, spliced, and count them:
+    True when the kernel took them, False when it refused them, None when they could not be
+    spliced (`Splicer.fill_store`: nothing was sent)."""
+    size = splicer.fill_store(ino, runs)
+    if size is None:
+        return None
+    try:
+        splicer.send(size, STORE_EXTRA)
+    except OSError as e:  # (the file gone from the kernel's inodes: nothing to store)
+        log.debug("a push of inode %d was refused: %s", ino, e)
+        return False
+    pushed(counters, size)
+    return True
+
+
 def pushed(counters: Counters, size: int) -> None:
     """Count a file pushed with `size` bytes (`Worker._push`)."""
     counts = counters.values
@@ -735,16 +750,12 @@ class Pushes:
 
     def _push(self, job: _Push) -> None:
         splicer = self._splicer
-        if job.runs is not None and splicer is not None:
-            size = splicer.fill_store(job.ino, job.runs)
-            if size is not None:
-                try:
-                    splicer.send(size, STORE_EXTRA)
-                except OSError as e:  # (the file gone from the kernel's inodes)
-                    log.debug("a push of inode %d was refused: %s", job.ino, e)
-                    return
-                pushed(self.counters, size)
-                return
+        if (
+            job.runs is not None
+            and splicer is not None
+            and splice_store(splicer, job.ino, job.runs, self.counters) is not None
+        ):
+            return  # (stored, or refused: else copied below)
         try:
             if job.work is not None:
                 data = job.work()
@@ -973,8 +984,10 @@ class Worker:
                 return False
             if self.cold is None or self.cold.cold(runs) != CACHED:
                 job = _Push(ino, reply, runs)
-            elif not self._store_runs(ino, runs):
-                return False
+            else:
+                assert self.splicer is not None  # (`runs` are located only with one)
+                if not splice_store(self.splicer, ino, runs, self.core.counters):
+                    return False
         else:
             try:
                 data = self.core.whole_file(ino, PUSH_MAX)
@@ -998,22 +1011,6 @@ class Worker:
         if self.ahead is not None:  # (no READ of it will come: the read-ahead sees it now)
             self._ahead(ino, 0, runs)
         return handed
-
-    def _store_runs(self, ino: int, runs: list[Piece]) -> bool:
-        """Push file `ino`'s bytes in `runs` (cached) now, spliced; False when they could not
-        go."""
-        splicer = self.splicer
-        assert splicer is not None
-        size = splicer.fill_store(ino, runs)
-        if size is None:
-            return False
-        try:
-            splicer.send(size, STORE_EXTRA)
-        except OSError as e:  # (the file gone from the kernel's inodes: nothing to store)
-            log.debug("a push of inode %d was refused: %s", ino, e)
-            return False
-        pushed(self.core.counters, size)
-        return True
 
     def _ahead(self, ino: int, offset: int, runs: list[Piece] | None) -> None:
         """Tell the read-ahead (ahead.py) where a file read from its start lies. (Not a
