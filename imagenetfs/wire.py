@@ -81,17 +81,18 @@ file (an IOCTL, answered ENOTTY) before reading it: `_push` first sends the file
 it holds at most `PUSH_MAX`, to the kernel's page cache for it (FUSE_NOTIFY_STORE), once per
 file per mount -- `Board.sent`, a bit per inode shared by the workers and set by a READ from
 byte 0 too, so that a file the kernel already holds is not pushed again. The READs that would
-have followed are then not sent. What waits for nothing goes at once, from the request loop:
-bytes stored as they are read and in the page cache (spliced like a READ's reply), a virtual
-file or bytes in a block cache (copied, `Core.whole_file`). The rest -- a cold file, bytes to
-inflate (gzip, zstd, ... images; deflated zip members), an image whose filesystem cannot say
-what it caches -- goes to the worker's push thread (`Pushes`: at most `PUSH_WAITING` waiting;
-past that the IOCTL is answered at once and the READs come), which reads and inflates them,
-stores them, and only then answers the IOCTL. The reader waits in its ioctl meanwhile, so no
-READ of its own for that file is in flight: that is what makes a push safe here and not at a
-READ -- the kernel locks a READ's pages until it is answered, and a store waits for them.
-(Another reader's READ of the same file may be in flight: the push thread waits for it, and
-it is answered by the request loop or a cold-read thread, never from behind the push.) Over a
+have followed are then not sent. Every push goes to the worker's push thread (`Pushes`: at
+most `PUSH_WAITING` waiting; past that the IOCTL is answered at once and the READs come),
+which splices bytes stored as they are read (like a READ's reply), or reads and inflates
+them, or copies a virtual file's or a block cache's (`Core.whole_file`), stores them, and
+only then answers the IOCTL. The reader waits in its ioctl meanwhile, so no READ of its own
+for that file is in flight: that is what makes a push safe here and not at a READ -- the
+kernel locks a READ's pages until it is answered, and a store waits for them. Another
+reader's READ of the same file may be in flight (the kernel may even have queued it behind
+this IOCTL): the push thread waits for it, and it is answered by the request loop or a
+cold-read thread, never from behind the push. That is why no push is made from the request
+loop, not even of bytes at hand: with one worker, it would wait for a READ that only it
+could answer, and hang the mount (test_ahead.py shows it). Over a
 gzip image a file's blocks are then inflated once, in one worker, where PIL's small reads made
 ~3.3 READs a file, landing on both workers and inflating the file's blocks for each worker's
 own block cache. A push that fails (a corrupt block, EIO, the kernel refusing it) is given up,
@@ -682,6 +683,7 @@ class _Push(NamedTuple):
     reply: bytes  # the IOCTL's answer, sent once the push is done or given up
     runs: list[Piece] | None  # the file's bytes, stored as they are read: spliced
     work: Callable[[], bytes] | None = None  # or the core's read of them (the disk, inflating)
+    data: bytes | None = None  # or the bytes themselves (a virtual file, a block cache's)
 
 
 class Pushes:
@@ -757,7 +759,9 @@ class Pushes:
         ):
             return  # (stored, or refused: else copied below)
         try:
-            if job.work is not None:
+            if job.data is not None:
+                data = job.data
+            elif job.work is not None:
                 data = job.work()
             else:
                 assert job.runs is not None
@@ -972,45 +976,36 @@ class Worker:
         """Send the bytes of file `ino`, at most `PUSH_MAX`, to the kernel's page cache for it
         (FUSE_NOTIFY_STORE): Python's `open()` asks `isatty()` of a file (this IOCTL) before
         it reads it, and the READs it would send next are then answered by the kernel at
-        once. Now, when that waits for nothing -- bytes stored as they are read and in the page
-        cache (spliced), a virtual file, bytes in a block cache (copied) -- else by the push
-        thread (`Pushes`), which answers the IOCTL with `reply` once done: True then. A file
-        pushed is shown to the read-ahead (`_ahead`) as a READ from its start would be: a
-        reader in image order whose files are pushed still has the image read ahead of it."""
+        once. Always by the push thread (`Pushes`), which answers the IOCTL with `reply` once
+        done: True then. Never from this loop, even for bytes at hand: a store waits for the
+        pages of another reader's READ of the file in flight, which this loop may be the one
+        to answer. A file pushed is shown to the read-ahead (`_ahead`) as a READ from its
+        start would be: a reader in image order whose files are pushed still has the image
+        read ahead of it."""
         runs = None if self.splicer is None else self.core.locate_read(ino, 0, PUSH_MAX + 1)
-        job: _Push | None = None
         if runs:  # (stored as they are read)
             if sum(len(r) if isinstance(r, bytes) else r.length for r in runs) > PUSH_MAX:
                 return False
-            if self.cold is None or self.cold.cold(runs) != CACHED:
-                job = _Push(ino, reply, runs)
-            else:
-                assert self.splicer is not None  # (`runs` are located only with one)
-                if not splice_store(self.splicer, ino, runs, self.core.counters):
-                    return False
+            job = _Push(ino, reply, runs)
         else:
             try:
-                data = self.core.whole_file(ino, PUSH_MAX)
+                job = _Push(ino, reply, None, data=self.core.whole_file(ino, PUSH_MAX))
             except Blocked as blocked:
                 job = _Push(ino, reply, None, blocked.work)
             except Exception as e:  # (the READs that come say it, and count it)
                 log.debug("a push of inode %d was given up: %s", ino, e)
                 return False
-            else:
-                if data is None or not store(self.fd, ino, data):
-                    return False
-                pushed(self.core.counters, len(data))
-        handed = False
-        if job is not None:
-            handed = self.pushes is not None and self.pushes.take(job)
-            if not handed:  # (no room: the file's READs come, and a later open may push it)
-                sent = self.sent
-                assert sent is not None
-                sent[ino >> 3] &= ~(1 << (ino & 7))
+            if job.data is None and job.work is None:
                 return False
+        if self.pushes is None or not self.pushes.take(job):
+            # (no room: the file's READs come, and a later open may push it)
+            sent = self.sent
+            assert sent is not None
+            sent[ino >> 3] &= ~(1 << (ino & 7))
+            return False
         if self.ahead is not None:  # (no READ of it will come: the read-ahead sees it now)
             self._ahead(ino, 0, runs)
-        return handed
+        return True
 
     def _ahead(self, ino: int, offset: int, runs: list[Piece] | None) -> None:
         """Tell the read-ahead (ahead.py) where a file read from its start lies. (Not a

@@ -23,6 +23,7 @@ import os
 import platform
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -285,6 +286,100 @@ def test_a_reader_whose_files_are_pushed_is_still_read_ahead_of(
     assert after["files_pushed"] - before["files_pushed"] > len(paths) / 2, after
     assert after["reads_ahead"] - before["reads_ahead"] >= 3, after
     assert after["errors"] == 0 and "Traceback" not in mounted.log
+
+
+def abort(mp: Path) -> None:
+    """End a hung mount's connection (fusectl's /sys/fs/fuse/connections, mounted for it if
+    it is not): its requests fail, its readers and daemon are released, and it can go."""
+    connections = Path("/sys/fs/fuse/connections")
+    ours = not any(connections.iterdir())
+    if ours:
+        subprocess.run(["mount", "-t", "fusectl", "none", str(connections)], check=True)
+    try:
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split()
+            if fields[4] == str(mp):  # (not a stat of it: that would wait on the hung mount)
+                (connections / fields[2].split(":")[1] / "abort").write_text("1")
+    finally:
+        if ours:
+            subprocess.run(["umount", str(connections)], check=True)
+
+
+@mounts
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(sys.version_info >= (3, 14), reason="Python 3.14's open() asks no isatty()")
+def test_a_push_waiting_for_another_readers_read_of_the_file_does_not_hang_the_worker(
+    sets: dict[str, Set], env_mounter: EnvMounter
+) -> None:
+    """One worker; a cached file. Python's `open()` of it sends an IOCTL, and while the
+    worker has not yet answered, another reader's unbuffered READ of the same file locks its
+    pages in the kernel until it is answered. The push that comes with the IOCTL waits for
+    those pages: made in the worker's request loop, it would wait for a READ only that loop
+    can answer -- both readers and the mount hung for good. The order is made sure by
+    stopping the worker (SIGSTOP) until both requests wait in the kernel's queue, the IOCTL
+    first. Both readers get the exact bytes, promptly."""
+    if platform.machine() != "x86_64":
+        pytest.skip("reads readers' system calls by their x86_64 numbers")
+    s = sets["noD-noF"]
+    mounted = env_mounter.mount(
+        env_mounter.mkdir("mp"), s.root, "--workers", "1", index=s.root / "i.lmdb"
+    )
+    [worker] = children(mounted.pid)
+    subprocess.run(["cat", str(s.root / "train.squashfs")], stdout=subprocess.DEVNULL, check=True)
+    rel = next(r for r, data in s.files.items() if 64 << 10 < len(data) <= wire.PUSH_MAX)
+    path = mounted.mp / rel
+    # (its LOOKUP answered, and an OPEN -- ENOSYS: the kernel sends no more: the two readers
+    # then send just the IOCTL and the READ)
+    os.close(os.open(path, os.O_RDONLY))
+    buffered = [sys.executable, "-c", READ_PY, str(path)]
+    raw = [sys.executable, "-c", RAW_PY, str(path)]
+    readers: list[subprocess.Popen[bytes]] = []
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        readers.append(subprocess.Popen(buffered, stdout=subprocess.PIPE))
+        assert wait_until(lambda: waiting_on(readers[0].pid, path), 10)  # (its IOCTL queued)
+        readers.append(subprocess.Popen(raw, stdout=subprocess.PIPE))
+        assert wait_until(lambda: waiting_on(readers[1].pid, path), 10)  # (its READ queued)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    try:
+        for reader in readers:
+            out, _ = reader.communicate(timeout=20)
+            assert out == s.files[rel]
+    except subprocess.TimeoutExpired:
+        abort(mounted.mp)
+        pytest.fail("the worker hung: its push waited for a READ that only it could answer")
+    finally:
+        for reader in readers:
+            reader.kill()
+            reader.wait()
+    after = fs_counts(mounted)
+    assert after["files_pushed"] == 1 and after["errors"] == 0, after
+    assert "Traceback" not in mounted.log
+
+
+RAW_PY = """
+import os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)  # (no isatty(): the READ alone)
+out = bytearray()
+while chunk := os.read(fd, 1 << 20):
+    out += chunk
+sys.stdout.buffer.write(out)
+"""
+
+
+def waiting_on(pid: int, path: Path) -> bool:
+    """Process `pid` waits in an ioctl or a read of `path`: for a FUSE request to be
+    answered, or for the pages one will fill."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = Path(f"/proc/{pid}/syscall").read_text().split()
+        if fields[0] in WAITING_CALLS:
+            return os.readlink(f"/proc/{pid}/fd/{int(fields[1], 16)}") == str(path)
+    return False
+
+
+#: ioctl and read (x86_64): where a reader waits for its IOCTL, or its READ's pages
+WAITING_CALLS = {"16", "0"}
 
 
 def pushable(files: dict[str, bytes]) -> tuple[int, int, list[bytes]]:
