@@ -453,7 +453,7 @@ class Daemon:
             wire.Worker(
                 core, fd, lock_fd=lock_fd, splice=wire.splice_wanted(), cold=cold,
                 ahead=ahead.wanted(), sent=board.sent,
-                push=Counters(board.slot(slot, wire.PUSH_THREAD)),
+                push=Counters(board.slot(slot, wire.PUSH_THREAD)), others=board.workers - 1,
             ).run()  # fmt: skip
             code = 0
         except SystemExit as e:  # SIGTERM (`_stopped`), once Worker.run has published its last

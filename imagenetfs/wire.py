@@ -82,7 +82,8 @@ it holds at most `PUSH_MAX`, to the kernel's page cache for it (FUSE_NOTIFY_STOR
 file per mount -- `Board.sent`, a bit per inode shared by the workers and set by a READ from
 byte 0 too, so that a file the kernel already holds is not pushed again. The READs that would
 have followed are then not sent. Every push goes to the worker's push thread (`Pushes`: at
-most `PUSH_WAITING` waiting; past that the IOCTL is answered at once and the READs come),
+most `PUSH_WAITING` waiting that wait for the disk or inflate, `PUSH_WAITING_AT_HAND` whose
+bytes are at hand; past that the IOCTL is answered at once and the READs come),
 which splices bytes stored as they are read (like a READ's reply), or reads and inflates
 them, or copies a virtual file's or a block cache's (`Core.whole_file`), stores them, and
 only then answers the IOCTL. The reader waits in its ioctl meanwhile, so no READ of its own
@@ -90,9 +91,12 @@ for that file is in flight: that is what makes a push safe here and not at a REA
 kernel locks a READ's pages until it is answered, and a store waits for them. Another
 reader's READ of the same file may be in flight (the kernel may even have queued it behind
 this IOCTL): the push thread waits for it, and it is answered by the request loop or a
-cold-read thread, never from behind the push. That is why no push is made from the request
-loop, not even of bytes at hand: with one worker, it would wait for a READ that only it
-could answer, and hang the mount (test_ahead.py shows it). Over a
+cold-read thread, never from behind the push. A push from the request loop could wait for a
+READ that only a request loop can answer: with one worker, or with every worker in such a
+store at once, the mount would hang (test_ahead.py shows both). So a push is stored from the
+loop only when its bytes are at hand and the worker holds `PUSH_TOKEN` -- a record lock that
+one worker at a time holds, and only with others, whose loops are then free to answer the
+READs (`_push_here`: it saves the thread's hop, ~10% of a first epoch of cached files). Over a
 gzip image a file's blocks are then inflated once, in one worker, where PIL's small reads made
 ~3.3 READs a file, landing on both workers and inflating the file's blocks for each worker's
 own block cache. A push that fails (a corrupt block, EIO, the kernel refusing it) is given up,
@@ -165,6 +169,9 @@ from imagenetfs.squashfs import NO_NOWAIT, Piece, Run
 log = logging.getLogger(__name__)
 
 LOCK_STRIPES = 4096
+#: The byte of the workers' lock file after the stripes: held by the one worker that may store
+#: a push from its request loop (`Worker._push_here`).
+PUSH_TOKEN = LOCK_STRIPES
 #: The protocol revision spoken here (what libfuse 3.14 answers).
 MINOR = 31
 #: What FUSE_INIT asks for: libfuse's choice for pyfuse3 without DO_READDIRPLUS, with
@@ -201,9 +208,13 @@ STORE_OUT = struct.Struct("<QQII")
 STORE_EXTRA = STORE_OUT.size
 #: The largest file pushed whole with its IOCTL (`Worker._push`).
 PUSH_MAX = 512 << 10
-#: How many pushes may wait for a worker's push thread; past that an IOCTL is answered at
-#: once and the file's READs come.
+#: How many pushes may wait for a worker's push thread -- of ones that wait for the disk or
+#: inflate, and of ones whose bytes are at hand (in the page cache, a virtual file's, a block
+#: cache's) -- past which an IOCTL is answered at once and the file's READs come. The few of
+#: the first keep the READs of other readers' cold files going meanwhile, in the request loop
+#: and the cold-read threads; the second are quick, and a READ costs more than the wait.
 PUSH_WAITING = 4
+PUSH_WAITING_AT_HAND = 16
 #: Turns pushing off when "0".
 PUSH_ENV = "IMAGENETFS_PUSH"
 
@@ -684,6 +695,7 @@ class _Push(NamedTuple):
     runs: list[Piece] | None  # the file's bytes, stored as they are read: spliced
     work: Callable[[], bytes] | None = None  # or the core's read of them (the disk, inflating)
     data: bytes | None = None  # or the bytes themselves (a virtual file, a block cache's)
+    at_hand: bool = False  # waits for no disk and no inflating (`PUSH_WAITING_AT_HAND`)
 
 
 class Pushes:
@@ -705,13 +717,16 @@ class Pushes:
         self.broken = False  # a bug met, or no thread: no more pushes that wait
         self._jobs: queue.SimpleQueue[_Push | None] = queue.SimpleQueue()
         self._room = threading.BoundedSemaphore(PUSH_WAITING)
+        self._room_at_hand = threading.BoundedSemaphore(PUSH_WAITING_AT_HAND)
         self._thread: threading.Thread | None = None
         self._splicer: Splicer | None = None
 
     def take(self, job: _Push) -> bool:
         """Hand a push to the thread (started on the first): True when it took it -- then it
-        answers the IOCTL; False when `PUSH_WAITING` wait already or there is no thread."""
-        if self.broken or not self._room.acquire(blocking=False):
+        answers the IOCTL; False when as many as may (`PUSH_WAITING`, `PUSH_WAITING_AT_HAND`)
+        wait already, or there is no thread."""
+        room = self._room_at_hand if job.at_hand else self._room
+        if self.broken or not room.acquire(blocking=False):
             return False
         if self._thread is None:
             try:
@@ -719,7 +734,7 @@ class Pushes:
             except OSError as e:  # (out of descriptors, say): the files are READ
                 log.warning("no pipe for pushes (%s): files are READ", e)
                 self.broken = True
-                self._room.release()
+                room.release()
                 return False
             self._thread = threading.Thread(target=self._serve, name="pushes", daemon=True)
             self._thread.start()
@@ -744,7 +759,7 @@ class Pushes:
                 self.broken = True
                 log.exception("a push of inode %d failed", job.ino)
             finally:
-                self._room.release()
+                (self._room_at_hand if job.at_hand else self._room).release()
                 try:
                     os.write(self.device, job.reply)
                 except OSError as e:  # (interrupted: ENOENT; unmounted: ENODEV)
@@ -788,6 +803,7 @@ class Worker:
         ahead: bool = False,
         sent: memoryview | None = None,
         push: Counters | None = None,
+        others: int = 0,
     ) -> None:
         self.core = core
         self.fd = fd
@@ -802,6 +818,8 @@ class Worker:
         # with `push` too, the counters of the thread for the pushes that wait)
         self.sent = sent
         self.pushes = None if sent is None or push is None else Pushes(fd, push, splice=splice)
+        # (with other workers to answer the READs a store may wait for: `_push_here`)
+        self.push_here = others > 0 and lock_fd is not None
         self.done = False  # DESTROY answered
         self._stored_lookup = core.stored_lookup
         self._handlers: dict[int, Callable[[int, memoryview], bytes]] = {
@@ -976,20 +994,22 @@ class Worker:
         """Send the bytes of file `ino`, at most `PUSH_MAX`, to the kernel's page cache for it
         (FUSE_NOTIFY_STORE): Python's `open()` asks `isatty()` of a file (this IOCTL) before
         it reads it, and the READs it would send next are then answered by the kernel at
-        once. Always by the push thread (`Pushes`), which answers the IOCTL with `reply` once
-        done: True then. Never from this loop, even for bytes at hand: a store waits for the
-        pages of another reader's READ of the file in flight, which this loop may be the one
-        to answer. A file pushed is shown to the read-ahead (`_ahead`) as a READ from its
-        start would be: a reader in image order whose files are pushed still has the image
-        read ahead of it."""
+        once. By the push thread (`Pushes`), which answers the IOCTL with `reply` once done:
+        True then -- or, bytes at hand, from this loop when that is safe (`_push_here`): a
+        store waits for the pages of another reader's READ of the file in flight, which this
+        loop may be the one to answer. A file pushed is shown to the read-ahead (`_ahead`) as
+        a READ from its start would be: a reader in image order whose files are pushed still
+        has the image read ahead of it."""
         runs = None if self.splicer is None else self.core.locate_read(ino, 0, PUSH_MAX + 1)
         if runs:  # (stored as they are read)
             if sum(len(r) if isinstance(r, bytes) else r.length for r in runs) > PUSH_MAX:
                 return False
-            job = _Push(ino, reply, runs)
+            cached = self.cold is not None and self.cold.cold(runs) == CACHED
+            job = _Push(ino, reply, runs, at_hand=cached)
         else:
             try:
-                job = _Push(ino, reply, None, data=self.core.whole_file(ino, PUSH_MAX))
+                data = self.core.whole_file(ino, PUSH_MAX)
+                job = _Push(ino, reply, None, data=data, at_hand=True)
             except Blocked as blocked:
                 job = _Push(ino, reply, None, blocked.work)
             except Exception as e:  # (the READs that come say it, and count it)
@@ -997,6 +1017,11 @@ class Worker:
                 return False
             if job.data is None and job.work is None:
                 return False
+        here = self._push_here(job) if job.at_hand else None
+        if here is not None:
+            if here and self.ahead is not None:
+                self._ahead(ino, 0, runs)
+            return False  # (answered now)
         if self.pushes is None or not self.pushes.take(job):
             # (no room: the file's READs come, and a later open may push it)
             sent = self.sent
@@ -1006,6 +1031,31 @@ class Worker:
         if self.ahead is not None:  # (no READ of it will come: the read-ahead sees it now)
             self._ahead(ino, 0, runs)
         return True
+
+    def _push_here(self, job: _Push) -> bool | None:
+        """Store a push whose bytes are at hand from this loop, saving the push thread's hop
+        (~10% of a first epoch of cached files): True when stored, False when refused, None
+        when not made here -- no other worker, or one is storing already (`PUSH_TOKEN`, a
+        record lock; one at a time), or the bytes could not be spliced. A store may wait for
+        another reader's READ of the file in flight; with one worker at most storing, another
+        worker's loop is free to answer it, as it never waits for a store."""
+        if not self.push_here:
+            return None
+        assert self.lock_fd is not None
+        try:
+            fcntl.lockf(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, PUSH_TOKEN)
+        except OSError:  # (another worker holds it)
+            return None
+        try:
+            if job.data is not None:
+                if not store(self.fd, job.ino, job.data):
+                    return False
+                pushed(self.core.counters, len(job.data))
+                return True
+            assert job.runs is not None and self.splicer is not None
+            return splice_store(self.splicer, job.ino, job.runs, self.core.counters)
+        finally:
+            fcntl.lockf(self.lock_fd, fcntl.LOCK_UN, 1, PUSH_TOKEN)
 
     def _ahead(self, ino: int, offset: int, runs: list[Piece] | None) -> None:
         """Tell the read-ahead (ahead.py) where a file read from its start lies. (Not a

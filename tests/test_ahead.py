@@ -30,6 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from subprocess import PIPE
 from typing import Any
 
 import pytest
@@ -308,53 +309,58 @@ def abort(mp: Path) -> None:
 @mounts
 @pytest.mark.timeout(120)
 @pytest.mark.skipif(sys.version_info >= (3, 14), reason="Python 3.14's open() asks no isatty()")
-def test_a_push_waiting_for_another_readers_read_of_the_file_does_not_hang_the_worker(
-    sets: dict[str, Set], env_mounter: EnvMounter
+@pytest.mark.parametrize("workers", [1, 2])
+def test_pushes_waiting_for_other_readers_reads_of_their_files_do_not_hang_the_workers(
+    sets: dict[str, Set], env_mounter: EnvMounter, workers: int
 ) -> None:
-    """One worker; a cached file. Python's `open()` of it sends an IOCTL, and while the
-    worker has not yet answered, another reader's unbuffered READ of the same file locks its
-    pages in the kernel until it is answered. The push that comes with the IOCTL waits for
-    those pages: made in the worker's request loop, it would wait for a READ only that loop
-    can answer -- both readers and the mount hung for good. The order is made sure by
-    stopping the worker (SIGSTOP) until both requests wait in the kernel's queue, the IOCTL
-    first. Both readers get the exact bytes, promptly."""
+    """As many cached files as workers. Python's `open()` of each sends an IOCTL, and while
+    no worker has answered, another reader's unbuffered READ of the same file locks its pages
+    in the kernel until it is answered. The push that comes with an IOCTL waits for those
+    pages: made in a worker's request loop, it waits for a READ that only a request loop can
+    answer -- with every worker's loop in such a store (one worker; or two, each with an
+    IOCTL), the readers and the mount hang for good. The order is made sure by stopping the
+    workers (SIGSTOP) until every request waits in the kernel's queue, the IOCTLs first.
+    Every reader gets the exact bytes, promptly, and each file is pushed."""
     if platform.machine() != "x86_64":
         pytest.skip("reads readers' system calls by their x86_64 numbers")
     s = sets["noD-noF"]
     mounted = env_mounter.mount(
-        env_mounter.mkdir("mp"), s.root, "--workers", "1", index=s.root / "i.lmdb"
+        env_mounter.mkdir("mp"), s.root, "--workers", str(workers), index=s.root / "i.lmdb"
     )
-    [worker] = children(mounted.pid)
+    pids = children(mounted.pid)
+    assert len(pids) == workers, pids
     subprocess.run(["cat", str(s.root / "train.squashfs")], stdout=subprocess.DEVNULL, check=True)
-    rel = next(r for r, data in s.files.items() if 64 << 10 < len(data) <= wire.PUSH_MAX)
-    path = mounted.mp / rel
-    # (its LOOKUP answered, and an OPEN -- ENOSYS: the kernel sends no more: the two readers
-    # then send just the IOCTL and the READ)
-    os.close(os.open(path, os.O_RDONLY))
-    buffered = [sys.executable, "-c", READ_PY, str(path)]
-    raw = [sys.executable, "-c", RAW_PY, str(path)]
-    readers: list[subprocess.Popen[bytes]] = []
-    os.kill(worker, signal.SIGSTOP)
+    rels = [r for r, data in s.files.items() if 64 << 10 < len(data) <= wire.PUSH_MAX]
+    paths = [mounted.mp / rel for rel in rels[:workers]]
+    # (their LOOKUPs answered, and an OPEN -- ENOSYS: the kernel sends no more: the readers
+    # then send just the IOCTLs and the READs)
+    for path in paths:
+        os.close(os.open(path, os.O_RDONLY))
+    readers: list[tuple[Path, subprocess.Popen[bytes]]] = []
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
     try:
-        readers.append(subprocess.Popen(buffered, stdout=subprocess.PIPE))
-        assert wait_until(lambda: waiting_on(readers[0].pid, path), 10)  # (its IOCTL queued)
-        readers.append(subprocess.Popen(raw, stdout=subprocess.PIPE))
-        assert wait_until(lambda: waiting_on(readers[1].pid, path), 10)  # (its READ queued)
+        for code in (READ_PY, RAW_PY):  # (the IOCTLs queued, then the READs)
+            for path in paths:
+                reader = subprocess.Popen([sys.executable, "-c", code, path], stdout=PIPE)
+                readers.append((path, reader))
+                assert wait_until(lambda: waiting_on(reader.pid, path), 10)  # noqa: B023
     finally:
-        os.kill(worker, signal.SIGCONT)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
     try:
-        for reader in readers:
+        for path, reader in readers:
             out, _ = reader.communicate(timeout=20)
-            assert out == s.files[rel]
+            assert out == s.files[str(path.relative_to(mounted.mp))]
     except subprocess.TimeoutExpired:
         abort(mounted.mp)
-        pytest.fail("the worker hung: its push waited for a READ that only it could answer")
+        pytest.fail("the workers hung: their pushes waited for READs only they could answer")
     finally:
-        for reader in readers:
+        for _, reader in readers:
             reader.kill()
             reader.wait()
     after = fs_counts(mounted)
-    assert after["files_pushed"] == 1 and after["errors"] == 0, after
+    assert after["files_pushed"] == workers and after["errors"] == 0, after
     assert "Traceback" not in mounted.log
 
 
