@@ -998,7 +998,7 @@ class ZipImage(_ArchiveFile):
         if not extent.block_sizes:
             return self._read_data(extent.blocks_start + offset, end - offset, nowait)
         key = extent.blocks_start
-        data = self._cache.get(key)
+        data = self._cache.get(key, count_miss=not nowait)
         if data is None:
             if nowait:
                 raise WouldBlock(key)
@@ -1070,14 +1070,17 @@ class _InflatedCache:
         self._lock = threading.Lock()
         self._hits = self._misses = 0
 
-    def get(self, key: int, *, count: bool = True) -> bytearray | None:
+    def get(self, key: int, *, count: bool = True, count_miss: bool = True) -> bytearray | None:
+        """The member at `key`, or None; counted unless `count` is False, a miss unless
+        `count_miss` is False too (a `nowait` read, which inflates nothing: the blocking read
+        that follows counts it, so that misses are members inflated)."""
         with self._lock:
             data = self._data.get(key)
             if data is not None:
                 self._data.move_to_end(key)
             if count:
                 if data is None:
-                    self._misses += 1
+                    self._misses += count_miss
                 else:
                     self._hits += 1
             return data
