@@ -81,7 +81,7 @@ file (an IOCTL, answered ENOTTY) before reading it: `_push` first sends the file
 it holds at most `PUSH_MAX`, to the kernel's page cache for it (FUSE_NOTIFY_STORE), once per
 file per mount -- `Board.sent`, a bit per inode shared by the workers and set by a READ from
 byte 0 too, so that a file the kernel already holds is not pushed again. The READs that would
-have followed are then not sent. Every push goes to the worker's push thread (`Pushes`: at
+have followed are then not sent. A push goes to the worker's push thread (`Pushes`: at
 most `PUSH_WAITING` waiting that wait for the disk or inflate, `PUSH_WAITING_AT_HAND` whose
 bytes are at hand; past that the IOCTL is answered at once and the READs come),
 which splices bytes stored as they are read (like a READ's reply), or reads and inflates
