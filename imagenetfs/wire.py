@@ -845,11 +845,15 @@ class Worker:
         try:
             self._serve()
         finally:
+            # the last block-cache counts, for the supervisor's last look: first, since the
+            # joins below take up to a second each, and a second SIGTERM (`STOP_AGAIN`) may cut
+            # them short; then again, with what the threads counted as they finished
+            self.core.refresh()
             if self.cold is not None:
                 self.cold.close()
             if self.pushes is not None:
                 self.pushes.close()
-            self.core.refresh()  # the last block-cache counts, for the supervisor's last look
+            self.core.refresh()
             if self.splicer is not None:
                 self.splicer.close()
 
