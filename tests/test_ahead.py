@@ -337,24 +337,25 @@ def test_pushes_waiting_for_other_readers_reads_of_their_files_do_not_hang_the_w
     for path in paths:
         os.close(os.open(path, os.O_RDONLY))
     readers: list[tuple[Path, subprocess.Popen[bytes]]] = []
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
     try:
-        for code in (READ_PY, RAW_PY):  # (the IOCTLs queued, then the READs)
-            for path in paths:
-                reader = subprocess.Popen([sys.executable, "-c", code, path], stdout=PIPE)
-                readers.append((path, reader))
-                assert wait_until(lambda: waiting_on(reader.pid, path), 10)  # noqa: B023
-    finally:
         for pid in pids:
-            os.kill(pid, signal.SIGCONT)
-    try:
-        for path, reader in readers:
-            out, _ = reader.communicate(timeout=20)
-            assert out == s.files[str(path.relative_to(mounted.mp))]
-    except subprocess.TimeoutExpired:
-        abort(mounted.mp)
-        pytest.fail("the workers hung: their pushes waited for READs only they could answer")
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            for code in (READ_PY, RAW_PY):  # (the IOCTLs queued, then the READs)
+                for path in paths:
+                    reader = subprocess.Popen([sys.executable, "-c", code, path], stdout=PIPE)
+                    readers.append((path, reader))
+                    assert wait_until(lambda: waiting_on(reader.pid, path), 10)  # noqa: B023
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        try:
+            for path, reader in readers:
+                out, _ = reader.communicate(timeout=20)
+                assert out == s.files[str(path.relative_to(mounted.mp))]
+        except subprocess.TimeoutExpired:
+            abort(mounted.mp)
+            pytest.fail("the workers hung: their pushes waited for READs only they could answer")
     finally:
         for _, reader in readers:
             reader.kill()
