@@ -652,9 +652,9 @@ def _read_exactly(run: Piece) -> bytes:
     return data
 
 
-def store(device: int, ino: int, data: bytes) -> bool:
+def store(device: int, ino: int, data: bytes, counters: Counters) -> bool:
     """Send `data` to the kernel's page cache as file `ino`'s bytes from its byte 0
-    (FUSE_NOTIFY_STORE, copied): True when the kernel took them."""
+    (FUSE_NOTIFY_STORE, copied), and count them: True when the kernel took them."""
     size = len(data)
     header = OUT_HEADER.pack(16 + STORE_EXTRA + size, NOTIFY_STORE, 0)
     try:
@@ -662,6 +662,7 @@ def store(device: int, ino: int, data: bytes) -> bool:
     except OSError as e:  # (the file gone from the kernel's inodes: nothing to store)
         log.debug("a push of inode %d was refused: %s", ino, e)
         return False
+    pushed(counters, size)
     return True
 
 
@@ -725,7 +726,7 @@ class Pushes:
         """Hand a push to the thread (started on the first): True when it took it -- then it
         answers the IOCTL; False when as many as may (`PUSH_WAITING`, `PUSH_WAITING_AT_HAND`)
         wait already, or there is no thread."""
-        room = self._room_at_hand if job.at_hand else self._room
+        room = self._room_for(job)
         if self.broken or not room.acquire(blocking=False):
             return False
         if self._thread is None:
@@ -740,6 +741,9 @@ class Pushes:
             self._thread.start()
         self._jobs.put(job)
         return True
+
+    def _room_for(self, job: _Push) -> threading.BoundedSemaphore:
+        return self._room_at_hand if job.at_hand else self._room
 
     def close(self) -> None:
         """Let the thread answer what it holds (briefly: the mount may be going away)."""
@@ -759,7 +763,7 @@ class Pushes:
                 self.broken = True
                 log.exception("a push of inode %d failed", job.ino)
             finally:
-                (self._room_at_hand if job.at_hand else self._room).release()
+                self._room_for(job).release()
                 try:
                     os.write(self.device, job.reply)
                 except OSError as e:  # (interrupted: ENOENT; unmounted: ENODEV)
@@ -784,8 +788,7 @@ class Pushes:
         except (OSError, ImagenetfsError) as e:  # (the READs that come say it, and count it)
             log.debug("a push of inode %d was given up: %s", job.ino, e)
             return
-        if store(self.device, job.ino, data):
-            pushed(self.counters, len(data))
+        store(self.device, job.ino, data, self.counters)
 
 
 class Worker:
@@ -818,8 +821,7 @@ class Worker:
         # with `push` too, the counters of the thread for the pushes that wait)
         self.sent = sent
         self.pushes = None if sent is None or push is None else Pushes(fd, push, splice=splice)
-        # (with other workers to answer the READs a store may wait for: `_push_here`)
-        self.push_here = others > 0 and lock_fd is not None
+        self.others = others  # (workers to answer the READs a store may wait for: `_push_here`)
         self.done = False  # DESTROY answered
         self._stored_lookup = core.stored_lookup
         self._handlers: dict[int, Callable[[int, memoryview], bytes]] = {
@@ -1043,23 +1045,20 @@ class Worker:
         record lock; one at a time), or the bytes could not be spliced. A store may wait for
         another reader's READ of the file in flight; with one worker at most storing, another
         worker's loop is free to answer it, as it never waits for a store."""
-        if not self.push_here:
+        lock_fd = self.lock_fd  # (None also once record locks failed: `_finish`)
+        if not self.others or lock_fd is None:
             return None
-        assert self.lock_fd is not None
         try:
-            fcntl.lockf(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, PUSH_TOKEN)
+            fcntl.lockf(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, PUSH_TOKEN)
         except OSError:  # (another worker holds it)
             return None
         try:
             if job.data is not None:
-                if not store(self.fd, job.ino, job.data):
-                    return False
-                pushed(self.core.counters, len(job.data))
-                return True
+                return store(self.fd, job.ino, job.data, self.core.counters)
             assert job.runs is not None and self.splicer is not None
             return splice_store(self.splicer, job.ino, job.runs, self.core.counters)
         finally:
-            fcntl.lockf(self.lock_fd, fcntl.LOCK_UN, 1, PUSH_TOKEN)
+            fcntl.lockf(lock_fd, fcntl.LOCK_UN, 1, PUSH_TOKEN)
 
     def _ahead(self, ino: int, offset: int, runs: list[Piece] | None) -> None:
         """Tell the read-ahead (ahead.py) where a file read from its start lies. (Not a
